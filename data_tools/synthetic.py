@@ -1,0 +1,145 @@
+"""BraTS-like synthetic phantoms, seeded and reproducible.
+
+Each case is a brain-shaped ellipsoid with two tissue classes and ventricles (CSF), and a tumour made of nested
+irregular regions: necrotic core (label 1) inside an enhancing rim (label 3) inside edema (label 2), so that
+WT = {1, 2, 3} contains TC = {1, 3} contains ET = {3} as in BraTS. The four contrasts carry different
+information, as in real MRI:
+
+* FLAIR: edema and the whole tumour bright, CSF dark -> the best single modality for WT;
+* T1ce: the (patchy) enhancing rim very bright, necrosis dark, edema invisible -> the only one that shows ET;
+* T1: tumour slightly dark, little contrast;
+* T2: edema and the core bright, but so is CSF -> WT with some confusion.
+
+Outside T1ce, enhancing tumour and necrosis look the same, and the enhancement is patchy, so ET cannot be
+inferred from the shape of the core alone.
+
+Smooth multiplicative bias fields and Gaussian noise are added per modality; volumes are z-scored over brain
+voxels as preprocessing would do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prism.modalities import BRATS_MODALITIES
+
+# label -> intensity per modality; None keeps the tissue background (the lesion is invisible there)
+_TISSUE = {  # (grey matter, white matter, CSF)
+    "flair": (0.55, 0.45, 0.10),
+    "t1ce": (0.45, 0.60, 0.15),
+    "t1": (0.45, 0.65, 0.15),
+    "t2": (0.60, 0.45, 1.10),
+}
+_LESION = {  # (necrosis=1, edema=2, enhancing=3): absolute values, or offsets (negative) added to the tissue
+    # only T1ce tells enhancing tumour from the rest of the core: elsewhere labels 1 and 3 look the same
+    "flair": {1: 0.80, 2: 1.00, 3: 0.80},
+    "t1ce": {1: 0.15, 2: None, 3: 1.30},
+    "t1": {1: 0.35, 2: -0.06, 3: 0.35},
+    "t2": {1: 1.10, 2: 0.95, 3: 1.10},
+}
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """What a synthetic dataset is made of."""
+
+    cases: int = 24
+    shape: tuple[int, int, int] = (48, 48, 48)
+    seed: int = 0
+    noise: float = 0.06
+    bias: float = 0.25
+    sites: int = 1
+
+
+def _smooth_field(gen: torch.Generator, shape: Sequence[int], coarse: int = 4) -> torch.Tensor:
+    """A smooth random field in [-1, 1] (trilinear upsampling of a coarse random grid)."""
+    grid = torch.rand((1, 1, coarse, coarse, coarse), generator=gen) * 2 - 1
+    return F.interpolate(grid, size=tuple(shape), mode="trilinear", align_corners=True)[0, 0]
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """A light 3x3x3 box blur (partial-volume effect)."""
+    return F.avg_pool3d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+
+
+def make_case(index: int, settings: SynthSettings, modalities: Sequence[str] = BRATS_MODALITIES
+              ) -> tuple[np.ndarray, np.ndarray, str]:
+    """One phantom: image float32 ``[M, D, H, W]`` (z-scored over the brain), label uint8, site name."""
+    gen = torch.Generator().manual_seed(int(settings.seed) * 1_000_003 + int(index))
+    shape = settings.shape
+    axes = [torch.linspace(-1, 1, s) for s in shape]
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+
+    def u(lo: float, hi: float) -> float:
+        return float(lo + (hi - lo) * torch.rand((), generator=gen))
+
+    # brain and tissue
+    radii = (u(0.78, 0.9), u(0.8, 0.92), u(0.72, 0.86))
+    brain = (z / radii[0]) ** 2 + (y / radii[1]) ** 2 + (x / radii[2]) ** 2 < 1.0
+    white = _smooth_field(gen, shape, coarse=6) > 0.0
+    ventricles = ((z / 0.22) ** 2 + ((y - 0.05) / 0.12) ** 2 + ((x - 0.12) / 0.1) ** 2 < 1) | (
+        (z / 0.22) ** 2 + ((y - 0.05) / 0.12) ** 2 + ((x + 0.12) / 0.1) ** 2 < 1
+    )
+    ventricles &= brain
+
+    # tumour: irregular nested regions around a random centre
+    centre = [u(-0.35, 0.35) for _ in range(3)]
+    dist = torch.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+    dist = dist * (1 + 0.25 * _smooth_field(gen, shape, coarse=5))
+    r_wt = u(0.32, 0.46)
+    r_tc = r_wt * u(0.55, 0.75)
+    r_nec = r_tc * u(0.45, 0.65)
+    label = torch.zeros(shape, dtype=torch.uint8)
+    enhancing = _smooth_field(gen, shape, coarse=6) > -0.35  # patchy enhancement: not a fixed-width rim
+    label[dist < r_wt] = 2
+    label[(dist < r_tc) & enhancing] = 3
+    label[(dist < r_tc) & ~enhancing] = 1
+    label[dist < r_nec] = 1
+    label[~brain] = 0
+    ventricles &= label == 0
+
+    site = index % max(settings.sites, 1)
+    site_gain = 1.0 + 0.15 * site
+    images = []
+    for m in modalities:
+        gm, wm, csf = _TISSUE.get(m, (0.5, 0.5, 0.5))
+        img = torch.where(white, torch.tensor(wm), torch.tensor(gm)).float()
+        img[ventricles] = csf
+        for lab, value in _LESION.get(m, {}).items():
+            if value is None:
+                continue
+            region = label == lab
+            img[region] = img[region] + value if value < 0 else torch.tensor(value)
+        img = _blur(img)
+        img = img * torch.exp(settings.bias * _smooth_field(gen, shape, coarse=3)) * site_gain
+        img = img + settings.noise * torch.randn(shape, generator=gen)
+        img[~brain] = 0.0
+        vals = img[brain]
+        img[brain] = (vals - vals.mean()) / vals.std().clamp_min(1e-6)
+        images.append(img)
+    image = torch.stack(images).numpy().astype(np.float32)
+    return image, label.numpy(), f"site{site}"
+
+
+def write_synthetic_cache(path: str, settings: SynthSettings, *, test_fraction: float = 0.25,
+                          val_fraction: float = 0.0) -> None:
+    """Generate ``settings.cases`` phantoms into a prism cache at ``path`` with train/val/test splits."""
+    from prism.data.cache_format import BRATS_LABELS
+    from prism.data.cache_writer import CacheWriter
+    from prism.data.splits import make_splits
+
+    ids = [f"synth_{i:04d}" for i in range(settings.cases)]
+    preprocessing = {"generator": "prism.data_tools.synthetic", **settings.__dict__}
+    with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, preprocessing=preprocessing,
+                     seed=settings.seed) as writer:
+        for i, case_id in enumerate(ids):
+            image, label, site = make_case(i, settings)
+            writer.add_case(case_id, image, label, availability=[True] * len(BRATS_MODALITIES), site=site)
+        for name, members in make_splits(ids, seed=settings.seed, test_fraction=test_fraction,
+                                         val_fraction=val_fraction).items():
+            writer.set_split(name, members)

@@ -1,0 +1,1 @@
+"""prism's built-in plugins, registered through the ``prism`` entry-point group like any third party's."""

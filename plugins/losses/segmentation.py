@@ -1,0 +1,99 @@
+"""Segmentation loss: weighted cross-entropy + soft Dice on logits, as a plain function on tensors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Reduction = Literal["mean", "sum", "none"]
+
+
+def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
+    if logits.dim() < 3:
+        raise ValueError(f"logits must be [B, K, ...spatial], got {tuple(logits.shape)}")
+    if target.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"target must be [B, ...spatial] = {(logits.shape[0], *logits.shape[2:])}, "
+                         f"got {tuple(target.shape)}")
+    if target.dtype.is_floating_point:
+        raise ValueError(f"target must hold integer class indices, got {target.dtype}")
+
+
+def _reduce(x: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "none":
+        return x
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, include_background: bool = True,
+                   smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
+                   reduction: Reduction = "mean") -> torch.Tensor:
+    """Soft Dice loss ``1 - (2|P.G| + smooth_nr) / (|P| + |G| + smooth_dr)`` on softmax probabilities.
+
+    logits ``[B, K, ...]``, target ``[B, ...]`` class indices. Per sample and class, averaged over classes
+    (``batch=True`` sums over the batch first, as MONAI's DiceLoss). Computed in float32.
+    Returns ``[B]`` (or a scalar with ``batch=True``) before ``reduction``.
+    """
+    _check(logits, target)
+    k = logits.shape[1]
+    probs = logits.float().softmax(1)
+    onehot = F.one_hot(target.long(), k).movedim(-1, 1).to(probs.dtype)
+    if not include_background:
+        probs, onehot = probs[:, 1:], onehot[:, 1:]
+    dims = tuple(range(2, probs.dim()))
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    if batch:
+        inter, denom = inter.sum(0), denom.sum(0)
+    dice = 1.0 - (2.0 * inter + smooth_nr) / (denom + smooth_dr)
+    return _reduce(dice.mean(-1), reduction)
+
+
+def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None,
+                       class_weighting: Literal["none", "passion"] = "none", prob_floor: float = 0.005,
+                       reduction: Reduction = "mean") -> torch.Tensor:
+    """Cross-entropy per sample (mean over voxels), in float32. Returns ``[B]`` before ``reduction``.
+
+    ``weight``: fixed class weights ``[K]`` (normalised as torch does). ``class_weighting="passion"``: PASSION's
+    per-sample weights ``w_c = 1 - |y_c| / |y|`` with probabilities clamped at ``prob_floor`` (plain mean over
+    voxels, not normalised by the weights).
+    """
+    _check(logits, target)
+    logits = logits.float()
+    target = target.long()
+    if class_weighting == "passion":
+        k = logits.shape[1]
+        onehot = F.one_hot(target, k).movedim(-1, 1).float()
+        dims = tuple(range(2, onehot.dim()))
+        w = 1.0 - onehot.sum(dims) / onehot[0, 0].numel()  # [B, K]
+        logp = logits.softmax(1).clamp_min(prob_floor).log()
+        per_voxel = -(onehot * logp * w.view(*w.shape, *([1] * len(dims)))).sum(1)
+        return _reduce(per_voxel.flatten(1).mean(1), reduction)
+    if class_weighting != "none":
+        raise ValueError(f"class_weighting must be 'none' or 'passion', got {class_weighting!r}")
+    per_voxel = F.cross_entropy(logits, target, weight=None if weight is None else weight.float(),
+                                reduction="none")
+    if weight is None:
+        return _reduce(per_voxel.flatten(1).mean(1), reduction)
+    w = weight.float()[target]  # weighted mean per sample, as torch's reduction="mean"
+    return _reduce(per_voxel.flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1e-12), reduction)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, include_background: bool = True,
+                 ce_weight: torch.Tensor | None = None, class_weighting: Literal["none", "passion"] = "none",
+                 lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, reduction: Reduction = "mean") -> torch.Tensor:
+    """``lambda_dice * soft Dice + lambda_ce * cross-entropy`` on logits ``[B, K, ...]`` and labels ``[B, ...]``.
+
+    With ``include_background=True``, no class weights and ``lambda_*=1`` it equals MONAI's
+    ``DiceCELoss(softmax=True, to_onehot_y=True)`` up to its batch handling (per-sample Dice, averaged).
+    """
+    dice = soft_dice_loss(logits, target, include_background=include_background, smooth_nr=smooth_nr,
+                          smooth_dr=smooth_dr, reduction="none")
+    ce = cross_entropy_loss(logits, target, weight=ce_weight, class_weighting=class_weighting, reduction="none")
+    return _reduce(lambda_dice * dice + lambda_ce * ce, reduction)

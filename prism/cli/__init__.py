@@ -1,0 +1,1 @@
+"""Command-line entry points: prism-train, prism-eval, prism-data, prism-plugins."""

@@ -1,0 +1,56 @@
+"""prism-plugins: list every registered plugin by kind, where it comes from, and what it provides or needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from ..registry import KINDS, get_registry
+from .common import run_command, stdout_console
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prism-plugins", description="List the plugins prism found (built-in and third-party), by kind, with "
+        "their distribution and version; for backbones the SegOutput parts they provide, for losses the parts "
+        "they need. Plugins that failed to load are reported at the end.",
+        epilog="environment: PRISM_STRICT_PLUGINS=1 makes plugin failures fatal; PRISM_DISABLE_PLUGIN_AUTOLOAD=1 "
+        "loads only prism's own plugins; PRISM_PLUGINS=a,b loads only these third-party entry points.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command("prism-plugins", lambda: _list(args))
+
+
+def _list(args: argparse.Namespace) -> int:
+    reg = get_registry()
+    if args.json:
+        data = {kind: [{"name": e.name, "plugin": e.plugin, "distribution": e.distribution, "version": e.version,
+                        "provides": sorted(e.provides), "needs": sorted(e.needs), "summary": e.summary}
+                       for e in reg.entries(kind)] for kind in KINDS}
+        data["failures"] = [{"plugin": f.plugin, "distribution": f.distribution, "error": f.error}
+                            for f in reg.failures]
+        print(json.dumps(data, indent=2))
+        return 0
+    console = stdout_console()
+    for kind, (_, human) in KINDS.items():
+        table = Table(title=f"{human}s", title_justify="left")
+        for col in ("name", "distribution", "version", "provides" if kind == "backbone" else "needs", "summary"):
+            table.add_column(col)
+        for e in reg.entries(kind):
+            parts = e.provides if kind == "backbone" else e.needs
+            table.add_row(e.name, e.distribution or e.plugin, e.version or "-",
+                          ", ".join(sorted(parts)) if kind in ("backbone", "loss") else "-", e.summary)
+        console.print(table)
+    for failure in reg.failures:
+        console.print(f"[red]failed:[/red] {failure}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

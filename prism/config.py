@@ -1,0 +1,242 @@
+"""The run configuration: pydantic models (unknown fields are errors), YAML files and dotted CLI overrides."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Model):
+    """The built-in synthetic dataset used when no cache is given."""
+
+    cases: int = Field(20, ge=2)
+    shape: tuple[int, int, int] = (48, 48, 48)
+    seed: int = 0
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+class DataConfig(_Model):
+    cache: Path | None = None  # None: the built-in synthetic dataset (generated once in the user cache folder)
+    synthetic: SynthConfig = SynthConfig()
+    train_split: str = "train"
+    test_split: str = "test"
+    patch_size: tuple[int, int, int] = (32, 32, 32)
+    batch_size: int = Field(2, ge=1)
+    foreground_fraction: float = Field(1 / 3, ge=0, le=1)
+    flip: bool = True
+    num_workers: int | None = Field(None, ge=0)  # None: 0 on CPU, 4 on CUDA
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(s < 1 for s in v):
+            raise ValueError("every patch size must be positive")
+        return v
+
+
+class PluginChoice(_Model):
+    name: str
+    options: dict[str, Any] = {}
+
+
+class LossTermConfig(PluginChoice):
+    weight: float = 1.0
+
+
+class MaskingConfig(_Model):
+    """Masking policies by role: ``train`` is the one training batches use; strategies may ask for others."""
+
+    train: PluginChoice = PluginChoice(name="random")
+    extra: dict[str, PluginChoice] = {}
+
+
+class OptimConfig(_Model):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    momentum: float = Field(0.99, ge=0, lt=1)  # sgd only (nnU-Net's default, with nesterov)
+    poly_power: float = Field(0.9, ge=0)
+    grad_clip: float | None = Field(12.0, gt=0)
+
+
+class TrainConfig(_Model):
+    steps: int = Field(200, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["bf16", "fp16", "none"] = "bf16"  # used on CUDA only
+    deterministic: bool = False
+    channels_last: bool = True  # channels-last 3D memory format (faster convolutions on CPU and GPU)
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(25, ge=1)
+    threads: int | None = Field(None, ge=1)  # CPU threads (torch.set_num_threads)
+
+
+class EvalConfig(_Model):
+    split: str = "test"
+    max_cases: int | None = Field(None, ge=1)
+    et_postprocess_voxels: int = Field(0, ge=0)  # fewer predicted ET voxels count as none (BraTS: 500)
+
+
+class Config(_Model):
+    """Everything a run needs. ``prism-train`` writes the resolved copy into the run folder."""
+
+    data: DataConfig = DataConfig()
+    model: PluginChoice = PluginChoice(name="multi_unet")
+    losses: list[LossTermConfig] = [LossTermConfig(name="fuse")]
+    masking: MaskingConfig = MaskingConfig()
+    strategy: PluginChoice = PluginChoice(name="standard")
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: Path | None = None  # None: runs/<strategy>-<time> in the working directory
+
+    @model_validator(mode="after")
+    def _losses_non_empty(self) -> Config:
+        if not self.losses:
+            raise ValueError("at least one loss term is needed")
+        return self
+
+
+# ---- loading and overrides -----------------------------------------------------------------------------------
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (for listing allowed fields)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """One line per problem, naming the dotted field and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        field = _dotted(loc)
+        if err["type"] == "extra_forbidden":
+            holder = _model_at(loc)
+            allowed = sorted(holder.model_fields) if holder else []
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            lines.append(f"{source}: {field}: unknown field; {hint}allowed: {', '.join(allowed)}")
+        else:
+            got = err.get("input")
+            got_txt = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+            lines.append(f"{source}: {field}: {err['msg']}{got_txt}")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML: numbers, booleans, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like field.sub=value (e.g. optim.lr=1e-3)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty field name")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; numbers are what users mean
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def _set_dotted(data: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:i + 1])} is not a valid list index") from None
+            continue
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = {}
+            node[part] = nxt
+        if not isinstance(nxt, dict | list):
+            raise ConfigError(f"override {text!r}: {'.'.join(path[:i + 1])} is a value, not a section")
+        node = nxt
+    last = path[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"override {text!r}: {last} is not a valid list index") from None
+    else:
+        node[last] = value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_config(base: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = (),
+                 source: str = "config") -> Config:
+    """Validate ``base`` (e.g. loaded YAML) with dotted ``overrides`` applied; errors name the dotted field."""
+    data = Config().model_dump(mode="python") if base is None else _deep_merge(Config().model_dump(), base)
+    for text in overrides:
+        path, value = parse_override(text)
+        _set_dotted(data, path, value, text)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def _deep_merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in {"options", "extra"}:
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

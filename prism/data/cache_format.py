@@ -1,0 +1,35 @@
+"""The prism HDF5 cache, format v1 (documented in docs/cache-format.md).
+
+Layout::
+
+    /                     attrs: prism_format="prism-cache", format_version, prism_version, modalities (JSON),
+                                 labels (JSON), label_map (JSON), preprocessing (JSON), preprocessing_hash,
+                                 sources (JSON), created, complete
+    /cases/<case_id>/image       float32 [M, D, H, W], chunked (1, c, c, c), Blosc2-LZ4 + shuffle, Fletcher32
+    /cases/<case_id>/label       uint8 [D, H, W], same chunking and filters
+    /cases/<case_id>/foreground  int32 [N, 3], a sample of foreground voxel coordinates
+                          attrs: availability (uint8 [M]), spacing [3], affine [4, 4], crop_box [3, 2],
+                                 original_shape [3], site
+    /splits/<name>        variable-length UTF-8 strings: the case ids of that split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+FORMAT_NAME = "prism-cache"
+FORMAT_VERSION = 1
+#: versions this prism can read
+READABLE_VERSIONS = frozenset({1})
+DEFAULT_CHUNK = 32
+FOREGROUND_SAMPLES = 4096
+
+BRATS_LABELS = {0: "background", 1: "necrotic core", 2: "edema", 3: "enhancing tumour"}
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """Stable hash of preprocessing settings (sorted JSON, SHA-256, 16 hex digits)."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

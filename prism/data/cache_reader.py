@@ -1,0 +1,144 @@
+"""Read a prism cache: validated on open, file handle opened lazily (and again after a fork, per worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the Blosc2 filter with HDF5)
+import numpy as np
+
+from ..errors import CacheError
+from .cache_format import FORMAT_NAME, READABLE_VERSIONS
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """Per-case metadata stored in the cache."""
+
+    case_id: str
+    shape: tuple[int, int, int]
+    availability: tuple[bool, ...]
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    crop_box: np.ndarray
+    original_shape: tuple[int, int, int]
+    site: str
+
+
+class CacheReader:
+    """Reads cases, patches and splits from a cache file. Safe to pass to DataLoader workers."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        f = self._open()
+        attrs = dict(f.attrs)
+        self.modalities: tuple[str, ...] = tuple(json.loads(attrs["modalities"]))
+        self.labels: dict[int, str] = {int(k): v for k, v in json.loads(attrs["labels"]).items()}
+        self.label_map: dict[int, int] = {int(k): int(v) for k, v in json.loads(attrs.get("label_map", "{}")).items()}
+        self.preprocessing: dict[str, Any] = json.loads(attrs.get("preprocessing", "{}"))
+        self.preprocessing_hash: str = str(attrs.get("preprocessing_hash", ""))
+        self.format_version = int(attrs["format_version"])
+        self.prism_version = str(attrs.get("prism_version", ""))
+        self.case_ids: tuple[str, ...] = tuple(sorted(f["cases"].keys()))
+        self.splits: dict[str, tuple[str, ...]] = {
+            name: tuple(s.decode() if isinstance(s, bytes) else str(s) for s in ds[()])
+            for name, ds in f["splits"].items()
+        }
+        self._info: dict[str, CaseInfo] = {}
+
+    def _open(self) -> h5py.File:
+        if self._file is not None and self._pid == os.getpid():
+            return self._file
+        if not self.path.is_file():
+            raise CacheError(f"{self.path}: cache file not found")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise CacheError(f"{self.path}: not a readable HDF5 file (truncated or corrupted?): {exc}") from None
+        attrs = f.attrs
+        if attrs.get("prism_format") != FORMAT_NAME:
+            f.close()
+            raise CacheError(f"{self.path}: not a prism cache (no prism_format attribute)")
+        version = int(attrs.get("format_version", -1))
+        if version not in READABLE_VERSIONS:
+            f.close()
+            raise CacheError(
+                f"{self.path}: cache format version {version} cannot be read by this prism "
+                f"(reads {sorted(READABLE_VERSIONS)}); rebuild it with prism-data"
+            )
+        if not bool(attrs.get("complete", False)) or "cases" not in f or "splits" not in f:
+            f.close()
+            raise CacheError(f"{self.path}: cache is incomplete (its build was interrupted); rebuild it")
+        self._file, self._pid = f, os.getpid()
+        return f
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None  # never share an HDF5 handle across processes
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.modalities)
+
+    def split(self, name: str) -> tuple[str, ...]:
+        if name not in self.splits:
+            raise CacheError(f"{self.path}: no split '{name}' (has {sorted(self.splits) or 'none'})")
+        return self.splits[name]
+
+    def _case(self, case_id: str) -> h5py.Group:
+        f = self._open()
+        try:
+            return f["cases"][case_id]
+        except KeyError:
+            raise CacheError(f"{self.path}: no case '{case_id}'") from None
+
+    def info(self, case_id: str) -> CaseInfo:
+        if case_id not in self._info:
+            g = self._case(case_id)
+            a = g.attrs
+            self._info[case_id] = CaseInfo(
+                case_id=case_id,
+                shape=tuple(int(s) for s in g["label"].shape),
+                availability=tuple(bool(v) for v in a["availability"]),
+                spacing=tuple(float(v) for v in a["spacing"]),
+                affine=np.asarray(a["affine"]),
+                crop_box=np.asarray(a["crop_box"]),
+                original_shape=tuple(int(v) for v in a["original_shape"]),
+                site=str(a.get("site", "")),
+            )
+        return self._info[case_id]
+
+    def foreground(self, case_id: str) -> np.ndarray:
+        return self._case(case_id)["foreground"][()]
+
+    def read_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Whole case: image float32 ``[M, D, H, W]`` and label uint8 ``[D, H, W]``."""
+        g = self._case(case_id)
+        try:
+            return g["image"][()], g["label"][()]
+        except OSError as exc:
+            raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {exc}") from None
+
+    def read_patch(self, case_id: str, start: tuple[int, int, int], size: tuple[int, int, int]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The patch at ``start`` of ``size`` (clipped to the volume): only the chunks it touches are read."""
+        g = self._case(case_id)
+        sl = tuple(slice(max(s, 0), max(s, 0) + n) for s, n in zip(start, size, strict=False))
+        try:
+            return g["image"][(slice(None), *sl)], g["label"][sl]
+        except OSError as exc:
+            raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {exc}") from None

@@ -1,0 +1,163 @@
+"""Write a prism cache atomically: everything goes to a temporary file that is renamed into place at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from .. import __version__
+from ..errors import CacheError
+from .cache_format import DEFAULT_CHUNK, FOREGROUND_SAMPLES, FORMAT_NAME, FORMAT_VERSION, settings_hash
+
+
+def _filters() -> dict[str, Any]:
+    return dict(fletcher32=True, **hdf5plugin.Blosc2(cname="lz4", clevel=5, filters=hdf5plugin.Blosc2.SHUFFLE))
+
+
+def foreground_points(label: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``count`` coordinates ``[N, 3]`` drawn without replacement from the label's non-zero voxels."""
+    coords = np.argwhere(label > 0)
+    if len(coords) > count:
+        coords = coords[np.sort(rng.choice(len(coords), size=count, replace=False))]
+    return coords.astype(np.int32)
+
+
+class CacheWriter:
+    """Context manager writing a cache; on error or interruption the temporary file is removed.
+
+    >>> with CacheWriter(path, modalities=("flair", "t1ce", "t1", "t2"), labels=BRATS_LABELS) as w:
+    ...     w.add_case("case_000", image, label, availability=[True] * 4)
+    ...     w.set_split("train", ["case_000"])
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        modalities: Sequence[str],
+        labels: Mapping[int, str],
+        label_map: Mapping[int, int] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        sources: Sequence[Mapping[str, Any]] = (),
+        chunk: int = DEFAULT_CHUNK,
+        seed: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.modalities = tuple(modalities)
+        self.labels = {int(k): str(v) for k, v in labels.items()}
+        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        self.preprocessing = dict(preprocessing or {})
+        self.sources = [dict(s) for s in sources]
+        self.chunk = int(chunk)
+        self._rng = np.random.default_rng(seed)
+        self._file: h5py.File | None = None
+        self._case_ids: list[str] = []
+
+    def __enter__(self) -> CacheWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.tmp_path, "w")
+        a = self._file.attrs
+        a["prism_format"] = FORMAT_NAME
+        a["format_version"] = FORMAT_VERSION
+        a["prism_version"] = __version__
+        a["modalities"] = json.dumps(list(self.modalities))
+        a["labels"] = json.dumps({str(k): v for k, v in sorted(self.labels.items())})
+        a["label_map"] = json.dumps({str(k): v for k, v in sorted(self.label_map.items())})
+        a["preprocessing"] = json.dumps(self.preprocessing, sort_keys=True, default=str)
+        a["preprocessing_hash"] = settings_hash(self.preprocessing)
+        a["sources"] = json.dumps(self.sources, sort_keys=True)
+        a["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        a["complete"] = False
+        self._file.create_group("cases")
+        self._file.create_group("splits")
+        return self
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None:
+            raise RuntimeError("CacheWriter is not open; use it as a context manager")
+        return self._file
+
+    def add_case(
+        self,
+        case_id: str,
+        image: np.ndarray,
+        label: np.ndarray,
+        *,
+        availability: Sequence[bool],
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        affine: np.ndarray | None = None,
+        crop_box: np.ndarray | None = None,
+        original_shape: Sequence[int] | None = None,
+        site: str = "",
+    ) -> None:
+        """Add one preprocessed case: image float ``[M, D, H, W]``, label int ``[D, H, W]``."""
+        m = len(self.modalities)
+        if image.ndim != 4 or image.shape[0] != m:
+            raise CacheError(f"case {case_id}: image must be [{m}, D, H, W], got {image.shape}")
+        if label.shape != image.shape[1:]:
+            raise CacheError(f"case {case_id}: label shape {label.shape} != image shape {image.shape[1:]}")
+        if len(availability) != m:
+            raise CacheError(f"case {case_id}: availability needs {m} entries, got {len(availability)}")
+        if case_id in self._case_ids or "/" in case_id or not case_id:
+            raise CacheError(f"case id {case_id!r} is empty, contains '/', or is duplicated")
+        unknown = sorted(set(np.unique(label).tolist()) - set(self.labels))
+        if unknown:
+            raise CacheError(f"case {case_id}: label values {unknown} are not in the label map {sorted(self.labels)}")
+        spatial = image.shape[1:]
+        chunk = tuple(min(self.chunk, s) for s in spatial)
+        group = self.file["cases"].create_group(case_id)
+        group.create_dataset("image", data=image.astype(np.float32, copy=False), chunks=(1, *chunk), **_filters())
+        group.create_dataset("label", data=label.astype(np.uint8, copy=False), chunks=chunk, **_filters())
+        group.create_dataset("foreground", data=foreground_points(label, FOREGROUND_SAMPLES, self._rng))
+        group.attrs["availability"] = np.asarray(availability, dtype=np.uint8)
+        group.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
+        group.attrs["affine"] = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        box = np.stack([np.zeros(3, int), np.asarray(spatial)], axis=1) if crop_box is None else crop_box
+        group.attrs["crop_box"] = np.asarray(box, dtype=np.int64)
+        group.attrs["original_shape"] = np.asarray(original_shape or spatial, dtype=np.int64)
+        group.attrs["site"] = site
+        self._case_ids.append(case_id)
+
+    def set_split(self, name: str, case_ids: Sequence[str]) -> None:
+        """Store a named split (train, val, test, ...) of case ids already added."""
+        missing = sorted(set(case_ids) - set(self._case_ids))
+        if missing:
+            raise CacheError(f"split '{name}' names cases not in the cache: {missing[:5]}")
+        if name in self.file["splits"]:
+            del self.file["splits"][name]
+        self.file["splits"].create_dataset(name, data=np.array(list(case_ids), dtype=h5py.string_dtype()))
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        f = self._file
+        self._file = None
+        if f is None:
+            return
+        try:
+            if exc_type is None:
+                f.attrs["complete"] = True
+            f.flush()
+        finally:
+            f.close()
+        if exc_type is not None:
+            self.tmp_path.unlink(missing_ok=True)
+            return
+        with open(self.tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp_path, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,98 @@
+"""Random training patches from a cache, addressed by sample number so that runs resume exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..batch import Batch
+from .cache_reader import CacheReader
+
+
+class PatchDataset(Dataset):
+    """Sample ``i`` is a patch drawn with a generator seeded by ``(seed, i)``: independent of workers and order.
+
+    A fraction ``foreground_fraction`` of patches is centred on a stored foreground voxel (nnU-Net oversamples a
+    third); the rest are uniform. Volumes smaller than the patch are zero-padded (label 0).
+    """
+
+    def __init__(self, reader: CacheReader, case_ids: Sequence[str], patch_size: Sequence[int], *,
+                 foreground_fraction: float = 1 / 3, seed: int = 0, flip: bool = True) -> None:
+        if not case_ids:
+            raise ValueError("PatchDataset needs at least one case")
+        self.reader = reader
+        self.case_ids = tuple(case_ids)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.foreground_fraction = float(foreground_fraction)
+        self.seed = int(seed)
+        self.flip = flip
+
+    def __len__(self) -> int:  # addressed by sample number; the sampler decides how many
+        return 2**62
+
+    def _start(self, rng: np.random.Generator, case_id: str, shape: tuple[int, ...]) -> list[int]:
+        ps = self.patch_size
+        centre = None
+        if rng.random() < self.foreground_fraction:
+            fg = self.reader.foreground(case_id)
+            if len(fg):
+                centre = fg[rng.integers(len(fg))]
+        if centre is None:
+            return [int(rng.integers(0, max(s - p, 0) + 1)) for s, p in zip(shape, ps, strict=False)]
+        return [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, s, p in zip(centre, shape, ps, strict=False)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng((self.seed, int(index)))
+        case_id = self.case_ids[int(rng.integers(len(self.case_ids)))]
+        info = self.reader.info(case_id)
+        start = self._start(rng, case_id, info.shape)
+        image, label = self.reader.read_patch(case_id, tuple(start), self.patch_size)
+        pad = [(0, p - s) for p, s in zip(self.patch_size, label.shape, strict=False)]
+        if any(after for _, after in pad):
+            image = np.pad(image, [(0, 0), *pad])
+            label = np.pad(label, pad)
+        if self.flip:
+            axes = tuple(ax for ax in range(3) if rng.random() < 0.5)
+            if axes:
+                image = np.flip(image, axis=tuple(a + 1 for a in axes))
+                label = np.flip(label, axis=axes)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),
+            "availability": torch.tensor(info.availability, dtype=torch.bool),
+            "case_id": case_id,
+        }
+
+
+def collate_batch(samples: list[dict[str, Any]]) -> Batch:
+    """Stack samples into a Batch; the mask starts as the availability (the masking policy narrows it)."""
+    availability = torch.stack([s["availability"] for s in samples])
+    image = torch.stack([s["image"] for s in samples])
+    image = image * availability[:, :, None, None, None].to(image.dtype)  # what does not exist is zero
+    return Batch(
+        image=image,
+        label=torch.stack([s["label"] for s in samples]),
+        mask=availability.clone(),
+        availability=availability,
+        case_ids=[s["case_id"] for s in samples],
+    )
+
+
+class CountingSampler(Sampler[int]):
+    """Yields sample numbers ``start, start + 1, ...`` forever: the data position is one integer."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[int]:
+        i = self.start
+        while True:
+            yield i
+            i += 1
+
+    def __len__(self) -> int:  # pragma: no cover - infinite
+        return 2**62

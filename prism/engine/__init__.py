@@ -1,0 +1,1 @@
+"""The training engine: building a run from config, the step context, checkpoints, logging."""

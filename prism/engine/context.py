@@ -1,0 +1,77 @@
+"""TrainContext: what a strategy's step can use (model, losses, optimizer, batches, AMP) and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..backbone import Backbone
+from ..batch import Batch
+from ..masking import MaskingPolicy
+from .losses import LossSet
+from .streams import BatchStreams, move_batch
+
+
+@dataclass
+class TrainContext:
+    model: Backbone
+    losses: LossSet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    streams: BatchStreams
+    masking: dict[str, MaskingPolicy]
+    mask_generator: torch.Generator
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    grad_clip: float | None = None
+    channels_last: bool = False
+    step: int = 0
+    total_steps: int = 1
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def next_batch(self, stream: str = "train", policy: str = "train") -> Batch:
+        """The next batch of ``stream`` on the device, masked by the masking policy named ``policy``."""
+        raw = self.streams.next(stream)
+        mask = self.masking[policy](raw.availability, self.mask_generator)
+        return move_batch(raw, self.device).with_mask(mask)
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.amp_dtype is None:
+            yield
+        else:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                yield
+
+    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward the model on ``batch`` and apply the loss set (under autocast when enabled)."""
+        image = batch.image
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        with self.autocast():
+            output = self.model(image, batch.mask)
+            return self.losses(output, batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def clip_and_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Unscale (fp16), clip gradients and step ``optimizer`` (default: the main one)."""
+        opt = optimizer or self.optimizer
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        if self.grad_clip is not None:
+            params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+
+    def optimizer_step(self) -> None:
+        self.clip_and_step(self.optimizer)

@@ -1,0 +1,36 @@
+"""CSV log of training losses, kept consistent with the checkpoint on resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+class CsvLog:
+    """Appends rows ``step, lr, <parts>``; on resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            keep = [r for r in rows if int(r["step"]) <= resume_step]
+            if rows:
+                self.fields = list(rows[0].keys())
+                with open(path, "w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=self.fields)
+                    writer.writeheader()
+                    writer.writerows(keep)
+        elif path.exists():
+            path.unlink()
+
+    def write(self, row: dict[str, float | int]) -> None:
+        new = self.fields is None
+        if new:
+            self.fields = list(row.keys())
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)

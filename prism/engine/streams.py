@@ -1,0 +1,66 @@
+"""Named, resumable streams of batches (train, meta, support, ...), each an infinite DataLoader."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..batch import Batch
+from ..data.cache_reader import CacheReader
+from ..data.patches import CountingSampler, PatchDataset, collate_batch
+
+
+class BatchStreams:
+    """Each stream draws patches with its own seed; its position (batches consumed) is its whole state."""
+
+    def __init__(self, reader: CacheReader, case_ids: Sequence[str], *, patch_size: Sequence[int], batch_size: int,
+                 seed: int, foreground_fraction: float, flip: bool, num_workers: int, pin_memory: bool) -> None:
+        self.reader = reader
+        self.case_ids = tuple(case_ids)
+        self.patch_size = tuple(patch_size)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.foreground_fraction = foreground_fraction
+        self.flip = flip
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.positions: dict[str, int] = {}
+        self._iters: dict[str, Iterator[Batch]] = {}
+
+    def _stream_seed(self, name: str) -> int:
+        return self.seed if name == "train" else (self.seed * 7919 + zlib.crc32(name.encode())) % 2**31
+
+    def _open(self, name: str) -> Iterator[Batch]:
+        dataset = PatchDataset(self.reader, self.case_ids, self.patch_size, seed=self._stream_seed(name),
+                               foreground_fraction=self.foreground_fraction, flip=self.flip)
+        start = self.positions.get(name, 0) * self.batch_size
+        loader = DataLoader(
+            dataset, batch_size=self.batch_size, sampler=CountingSampler(start), collate_fn=collate_batch,
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=False, prefetch_factor=2 if self.num_workers else None,
+        )
+        return iter(loader)
+
+    def next(self, name: str = "train") -> Batch:
+        if name not in self._iters:
+            self._iters[name] = self._open(name)
+        batch = next(self._iters[name])
+        self.positions[name] = self.positions.get(name, 0) + 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.positions)
+
+    def load_state_dict(self, positions: dict[str, int]) -> None:
+        self.positions = {str(k): int(v) for k, v in positions.items()}
+        self._iters.clear()
+
+    def close(self) -> None:
+        self._iters.clear()
+
+
+def move_batch(batch: Batch, device: torch.device) -> Batch:
+    return batch.to(device, non_blocking=device.type == "cuda")

@@ -1,0 +1,227 @@
+"""The training loop: build, (resume), step the strategy, log, checkpoint atomically, evaluate."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .. import __version__
+from ..config import Config, build_config, config_to_yaml
+from ..data.cache_reader import CacheReader
+from ..errors import CheckpointError, ConfigError
+from ..evaluation.report import EvalReport, evaluate
+from ..registry import get_registry
+from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
+from .checkpoint import load_checkpoint, save_checkpoint
+from .context import TrainContext
+from .metrics_log import CsvLog
+from .streams import BatchStreams
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    history: list[dict[str, float]]
+    report: EvalReport | None
+    context: TrainContext
+
+
+def run_info(config: Config) -> dict[str, Any]:
+    """Versions of prism, torch and every plugin in use, for the run folder."""
+    reg = get_registry()
+    used = [("backbone", config.model.name), ("strategy", config.strategy.name),
+            ("masking", config.masking.train.name), *[("masking", c.name) for c in config.masking.extra.values()],
+            *[("loss", c.name) for c in config.losses]]
+    plugins = []
+    for kind, name in dict.fromkeys(used):
+        e = reg.get(kind, name)
+        plugins.append({"kind": kind, "name": name, "plugin": e.plugin, "distribution": e.distribution,
+                        "version": e.version})
+    return {"prism": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "plugins": plugins}
+
+
+def _rng_state(ctx: TrainContext) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "mask": ctx.mask_generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def checkpoint_state(ctx: TrainContext, strategy_state: dict[str, Any], config: Config) -> dict[str, Any]:
+    return {
+        "step": ctx.step,
+        "model": ctx.model.state_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
+        "strategy": strategy_state,
+        "losses": ctx.losses.state_dict(),
+        "masking": {role: p.state_dict() for role, p in ctx.masking.items()},
+        "data": ctx.streams.state_dict(),
+        "rng": _rng_state(ctx),
+        "config": config_to_yaml(config),
+        "prism_version": __version__,
+    }
+
+
+class Trainer:
+    """Owns one run: ``Trainer(config, run_dir).fit()``; ``resume=True`` continues from ``run_dir/last.pt``."""
+
+    def __init__(self, config: Config, run_dir: Path, *, cache_path: Path, resume: bool = False,
+                 console: Console | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.console = console or Console(stderr=True)
+        self.resume = resume
+        torch.manual_seed(config.train.seed)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = select_device(config.train.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not config.train.deterministic
+        self.reader = CacheReader(cache_path)
+        self.train_cases = self.reader.split(config.data.train_split)
+        num_classes = max(self.reader.labels) + 1
+        parts = build_parts(config, self.reader.modalities, num_classes)
+        self.strategy = parts.strategy
+        model = parts.model.to(self.device)
+        if config.train.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        optimizer = build_optimizer(config, model)
+        amp_dtype = amp_dtype_for(config, self.device)
+        workers = config.data.num_workers
+        if workers is None:
+            workers = 4 if self.device.type == "cuda" else 0
+        streams = BatchStreams(
+            self.reader, self.train_cases, patch_size=config.data.patch_size, batch_size=config.data.batch_size,
+            seed=config.train.seed, foreground_fraction=config.data.foreground_fraction, flip=config.data.flip,
+            num_workers=workers, pin_memory=self.device.type == "cuda",
+        )
+        self.ctx = TrainContext(
+            model=model, losses=parts.losses, optimizer=optimizer,
+            scheduler=poly_schedule(optimizer, config.train.steps, config.optim.poly_power),
+            streams=streams, masking=parts.masking,
+            mask_generator=torch.Generator().manual_seed(config.train.seed + 1),
+            device=self.device, amp_dtype=amp_dtype,
+            scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+            grad_clip=config.optim.grad_clip, total_steps=config.train.steps,
+            channels_last=config.train.channels_last,
+        )
+        self.strategy.setup(self.ctx)
+        if resume:
+            self._load(self.run_dir / CHECKPOINT_NAME)
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir / CHECKPOINT_NAME,
+                               checkpoint_state(self.ctx, self.strategy.state_dict(), self.config))
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        ctx = self.ctx
+        try:
+            ctx.model.load_state_dict(state["model"])
+            ctx.optimizer.load_state_dict(state["optimizer"])
+            ctx.scheduler.load_state_dict(state["scheduler"])
+            if ctx.scaler is not None and state["scaler"]:
+                ctx.scaler.load_state_dict(state["scaler"])
+            self.strategy.load_state_dict(state["strategy"])
+            ctx.losses.load_state_dict(state["losses"])
+            for role, policy in ctx.masking.items():
+                policy.load_state_dict(state["masking"].get(role, {}))
+            ctx.streams.load_state_dict(state["data"])
+            torch.set_rng_state(state["rng"]["torch"])
+            ctx.mask_generator.set_state(state["rng"]["mask"])
+            if "cuda" in state["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"{path}: does not match this run's config: {first}") from None
+        ctx.step = int(state["step"])
+
+    # ---- the loop --------------------------------------------------------------------------------------------
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(config_to_yaml(self.config))
+        (self.run_dir / "run_info.json").write_text(json.dumps(run_info(self.config), indent=2) + "\n")
+
+    def fit(self) -> list[dict[str, float]]:
+        cfg, ctx = self.config, self.ctx
+        self._write_run_files()
+        log = CsvLog(self.run_dir / "train_log.csv", resume_step=ctx.step if self.resume else None)
+        history: list[dict[str, float]] = []
+        total = cfg.train.steps
+        ctx.model.train()
+        progress = None
+        if self.console.is_terminal:
+            progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
+                                transient=False)
+            task = progress.add_task("train", total=total, completed=ctx.step, info="")
+            progress.start()
+        t0, samples = time.perf_counter(), 0
+        try:
+            while ctx.step < total:
+                parts = self.strategy.step(ctx)
+                ctx.scheduler.step()
+                ctx.step += 1
+                samples += cfg.data.batch_size
+                if ctx.step % cfg.train.log_every == 0 or ctx.step == total:
+                    row = {"step": ctx.step, "lr": ctx.optimizer.param_groups[0]["lr"],
+                           **{k: float(v) for k, v in parts.items()}}
+                    elapsed = time.perf_counter() - t0
+                    row["samples_per_s"] = samples / elapsed if elapsed > 0 else 0.0
+                    if self.device.type == "cuda":
+                        row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    log.write(row)
+                    history.append(row)
+                    info = f"loss {row['loss']:.4f}  {row['samples_per_s']:.1f} samples/s"
+                    if progress is not None:
+                        progress.update(task, completed=ctx.step, info=info)
+                    else:
+                        self.console.print(f"step {ctx.step}/{total}  {info}", highlight=False)
+                    t0, samples = time.perf_counter(), 0
+                elif progress is not None:
+                    progress.update(task, completed=ctx.step)
+                if ctx.step % cfg.train.checkpoint_every == 0 or ctx.step == total:
+                    self.save()
+        finally:
+            if progress is not None:
+                progress.stop()
+            ctx.streams.close()
+        return history
+
+    def evaluate(self) -> EvalReport:
+        cfg = self.config
+        cases = list(self.reader.split(cfg.eval.split))
+        if cfg.eval.max_cases:
+            cases = cases[: cfg.eval.max_cases]
+        report = evaluate(self.ctx.model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
+                          et_postprocess_voxels=cfg.eval.et_postprocess_voxels,
+                          channels_last=cfg.train.channels_last)
+        report.write(self.run_dir)
+        return report
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config a run was started with (``run_dir/config.yaml``), with ``overrides`` applied."""
+    from ..config import load_yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a prism run folder (no config.yaml)")
+    return build_config(load_yaml(path), overrides, source=str(path))

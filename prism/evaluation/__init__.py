@@ -1,0 +1,1 @@
+"""Evaluation over every modality combination: inference, metrics, reports."""
