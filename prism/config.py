@@ -71,6 +71,7 @@ class OptimConfig(_Model):
 
 class TrainConfig(_Model):
     steps: int = Field(200, ge=1)
+    epoch_length: int = Field(250, ge=1)  # steps per "epoch": stateful losses update once per epoch
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["bf16", "fp16", "none"] = "bf16"  # used on CUDA only

@@ -159,7 +159,8 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(config_to_yaml(self.config))
         (self.run_dir / "run_info.json").write_text(json.dumps(run_info(self.config), indent=2) + "\n")
 
-    def fit(self) -> list[dict[str, float]]:
+    def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
+        """Train up to ``train.steps`` (or stop early at step ``stop_at``, e.g. to time-box a job)."""
         cfg, ctx = self.config, self.ctx
         self._write_run_files()
         log = CsvLog(self.run_dir / "train_log.csv", resume_step=ctx.step if self.resume else None)
@@ -175,11 +176,14 @@ class Trainer:
             progress.start()
         t0, samples = time.perf_counter(), 0
         try:
-            while ctx.step < total:
+            end = total if stop_at is None else min(stop_at, total)
+            while ctx.step < end:
                 parts = self.strategy.step(ctx)
                 ctx.scheduler.step()
                 ctx.step += 1
                 samples += cfg.data.batch_size
+                if ctx.step % cfg.train.epoch_length == 0:
+                    ctx.losses.on_epoch_end()
                 if ctx.step % cfg.train.log_every == 0 or ctx.step == total:
                     row = {"step": ctx.step, "lr": ctx.optimizer.param_groups[0]["lr"],
                            **{k: float(v) for k, v in parts.items()}}
@@ -197,7 +201,7 @@ class Trainer:
                     t0, samples = time.perf_counter(), 0
                 elif progress is not None:
                     progress.update(task, completed=ctx.step)
-                if ctx.step % cfg.train.checkpoint_every == 0 or ctx.step == total:
+                if ctx.step % cfg.train.checkpoint_every == 0 or ctx.step == end:
                     self.save()
         finally:
             if progress is not None:

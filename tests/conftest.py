@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny synthetic cache, a clean registry, a fast config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prism.config import build_config
+from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
+from prism.registry import reset_registry
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+FAST = [
+    "model.options.width=4", "model.options.depth=3", "data.patch_size=[16,16,16]", "data.batch_size=2",
+    "train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.threads=1", "train.deterministic=true",
+    "optim.lr=0.01",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cache") / "tiny.h5"
+    write_synthetic_cache(str(path), SynthSettings(cases=6, shape=(24, 24, 24), seed=3), test_fraction=0.34)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(monkeypatch: pytest.MonkeyPatch):
+    for var in ("PRISM_STRICT_PLUGINS", "PRISM_DISABLE_PLUGIN_AUTOLOAD", "PRISM_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+def fast_config(*overrides: str, cache: Path | None = None):
+    extra = [f"data.cache={cache}"] if cache is not None else []
+    return build_config(None, [*FAST, *extra, *overrides])

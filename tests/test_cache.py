@@ -1,0 +1,129 @@
+"""The HDF5 cache: round trip, patch reads, atomic build, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from prism.data.cache_format import BRATS_LABELS
+from prism.data.cache_reader import CacheReader
+from prism.data.cache_writer import CacheWriter
+from prism.data.patches import PatchDataset, collate_batch
+from prism.errors import CacheError
+
+MODS = ("flair", "t1ce", "t1", "t2")
+
+
+def write(path, n=2, shape=(10, 12, 14)):
+    rng = np.random.default_rng(0)
+    data = {}
+    with CacheWriter(path, modalities=MODS, labels=BRATS_LABELS, chunk=8) as w:
+        for i in range(n):
+            img = rng.standard_normal((4, *shape)).astype(np.float32)
+            lab = rng.integers(0, 4, shape).astype(np.uint8)
+            w.add_case(f"c{i}", img, lab, availability=[True, i == 0, True, True], spacing=(1, 1, 2))
+            data[f"c{i}"] = (img, lab)
+        w.set_split("train", [f"c{i}" for i in range(n)])
+    return data
+
+
+def test_roundtrip_and_patch_reads(tmp_path):
+    path = tmp_path / "c.h5"
+    data = write(path)
+    r = CacheReader(path)
+    assert r.modalities == MODS and r.case_ids == ("c0", "c1") and r.split("train") == ("c0", "c1")
+    img, lab = r.read_case("c1")
+    np.testing.assert_array_equal(img, data["c1"][0])
+    np.testing.assert_array_equal(lab, data["c1"][1])
+    pimg, plab = r.read_patch("c0", (2, 3, 4), (5, 6, 7))
+    np.testing.assert_array_equal(pimg, data["c0"][0][:, 2:7, 3:9, 4:11])
+    np.testing.assert_array_equal(plab, data["c0"][1][2:7, 3:9, 4:11])
+    info = r.info("c1")
+    assert info.availability == (True, False, True, True) and info.spacing == (1.0, 1.0, 2.0)
+    fg = r.foreground("c0")
+    assert len(fg) and (data["c0"][1][tuple(fg.T)] > 0).all()
+    with h5py.File(path) as f:
+        assert f["cases/c0/image"].chunks == (1, 8, 8, 8) and f["cases/c0/image"].fletcher32
+
+
+def test_patches_pad_small_volumes_and_zero_missing_modalities(tmp_path):
+    path = tmp_path / "c.h5"
+    write(path)
+    ds = PatchDataset(CacheReader(path), ["c1"], (16, 16, 16), flip=False)
+    batch = collate_batch([ds[0], ds[1]])
+    assert batch.image.shape == (2, 4, 16, 16, 16) and batch.label.shape == (2, 16, 16, 16)
+    assert batch.image[:, 1].abs().sum() == 0  # T1ce does not exist for c1
+    assert batch.image[:, :, 10:].abs().sum() == 0 and (batch.label[:, 10:] == 0).all()  # padding
+    assert batch.availability.tolist() == [[True, False, True, True]] * 2
+    again = ds[0]
+    assert (again["image"] == ds[0]["image"]).all()  # a sample number always gives the same patch
+
+
+def test_interrupted_build_leaves_nothing(tmp_path):
+    path = tmp_path / "c.h5"
+    with pytest.raises(KeyboardInterrupt):
+        with CacheWriter(path, modalities=MODS, labels=BRATS_LABELS) as w:
+            w.add_case("c0", np.zeros((4, 8, 8, 8), np.float32), np.zeros((8, 8, 8), np.uint8), availability=[1] * 4)
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_rejects_bad_cases(tmp_path):
+    with pytest.raises(CacheError, match=r"case bad: label values \[7\] are not in the label map"):
+        with CacheWriter(tmp_path / "c.h5", modalities=MODS, labels=BRATS_LABELS) as w:
+            w.add_case("bad", np.zeros((4, 8, 8, 8), np.float32), np.full((8, 8, 8), 7, np.uint8),
+                       availability=[1] * 4)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_errors_are_one_line(tmp_path):
+    path = tmp_path / "c.h5"
+    write(path)
+    with pytest.raises(CacheError, match="cache file not found"):
+        CacheReader(tmp_path / "none.h5")
+    trunc = tmp_path / "t.h5"
+    trunc.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CacheError, match="t.h5: not a readable HDF5 file"):
+        CacheReader(trunc)
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(CacheError, match="format version 99 cannot be read"):
+        CacheReader(path)
+    plain = tmp_path / "p.h5"
+    with h5py.File(plain, "w") as f:
+        f["x"] = 1
+    with pytest.raises(CacheError, match="not a prism cache"):
+        CacheReader(plain)
+
+
+def test_reader_reopens_after_pickling(tmp_path):
+    import pickle
+
+    path = tmp_path / "c.h5"
+    write(path)
+    r = CacheReader(path)
+    r.read_case("c0")
+    clone = pickle.loads(pickle.dumps(r))  # what a DataLoader worker receives
+    assert clone._file is None
+    np.testing.assert_array_equal(clone.read_case("c0")[1], r.read_case("c0")[1])
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_synthetic_contrasts_carry_different_information(index):
+    from prism.data_tools.synthetic import SynthSettings, make_case
+
+    img, lab, _ = make_case(index, SynthSettings(shape=(48, 48, 48), noise=0.0, bias=0.0))
+    assert set(np.unique(lab)) == {0, 1, 2, 3}
+    brain = img[0] != 0
+
+    def contrast(m, a, b):
+        return abs(img[m][(lab == a) & brain].mean() - img[m][(lab == b) & brain].mean())
+
+    flair, t1ce, t1, t2 = range(4)
+    # edema stands out on FLAIR and T2, much less on T1ce
+    assert contrast(flair, 2, 0) > 1.5 * contrast(t1ce, 2, 0)
+    assert contrast(t2, 2, 0) > 1.5 * contrast(t1ce, 2, 0)
+    # only T1ce separates enhancing tumour from the rest of the core
+    others = max(contrast(m, 3, 1) for m in (flair, t1, t2))
+    assert contrast(t1ce, 3, 1) > 1.5 * others

@@ -1,0 +1,115 @@
+"""The training engine: loss goes down, checkpoints are atomic and safe, resume is exact."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from conftest import fast_config
+from prism.engine.checkpoint import load_checkpoint, save_checkpoint
+from prism.engine.trainer import CHECKPOINT_NAME, Trainer
+from prism.errors import CheckpointError, ConfigError, PluginError
+
+
+def params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.ctx.model.state_dict().items()}
+
+
+def test_short_run_lowers_the_loss(tiny_cache, tmp_path):
+    cfg = fast_config("train.steps=40", "train.log_every=5", "train.checkpoint_every=100",
+                      "data.foreground_fraction=1.0", cache=tiny_cache)
+    history = Trainer(cfg, tmp_path / "run", cache_path=tiny_cache).fit()
+    first, last = history[0]["loss"], sum(r["loss"] for r in history[-2:]) / 2
+    assert last < 0.8 * first, (first, last)
+    log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,lr,fuse,loss") and len(log) == 1 + 8
+
+
+def test_resume_is_exact(tiny_cache, tmp_path):
+    cfg = fast_config(cache=tiny_cache)
+    straight = Trainer(cfg, tmp_path / "a", cache_path=tiny_cache)
+    straight.fit()
+
+    first = Trainer(cfg, tmp_path / "b", cache_path=tiny_cache)
+    first.fit(stop_at=3)
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 3
+    resumed = Trainer(cfg, tmp_path / "b", cache_path=tiny_cache, resume=True)
+    assert resumed.ctx.step == 3
+    resumed.fit()
+    a, b = params(straight), params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    rows = (tmp_path / "b" / "train_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+
+
+def test_different_seed_gives_different_parameters(tiny_cache, tmp_path):
+    a = Trainer(fast_config("train.steps=2", cache=tiny_cache), tmp_path / "a", cache_path=tiny_cache)
+    b = Trainer(fast_config("train.steps=2", "train.seed=1", cache=tiny_cache), tmp_path / "b", cache_path=tiny_cache)
+    a.fit()
+    b.fit()
+    assert any(not torch.equal(x, y) for x, y in zip(params(a).values(), params(b).values()))
+
+
+def test_checkpoint_is_written_atomically_and_loads_weights_only(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(2)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+    assert load_checkpoint(path)["step"] == 1
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(Exception, match="disk full"):
+        save_checkpoint(path, {"step": 2, "bad": Boom()})
+    assert load_checkpoint(path)["step"] == 1  # the old checkpoint is intact, no temporary left
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_unsafe_or_broken_checkpoints_are_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"format": "prism-checkpoint", "x": print}))
+    with pytest.raises(CheckpointError, match="evil.pt: unreadable checkpoint"):
+        load_checkpoint(evil)
+    truncated = tmp_path / "trunc.pt"
+    save_checkpoint(truncated, {"step": 1, "w": torch.ones(1000)})
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="trunc.pt: unreadable checkpoint"):
+        load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_build_errors_name_the_field(tiny_cache, tmp_path):
+    with pytest.raises(PluginError, match="strategy.name: unknown meta-strategy 'maml'"):
+        Trainer(fast_config("strategy.name=maml", cache=tiny_cache), tmp_path, cache_path=tiny_cache)
+    with pytest.raises(ConfigError, match=r"data.patch_size: \[18, 16, 16\] must be multiples of 4"):
+        Trainer(fast_config("data.patch_size=[18,16,16]", cache=tiny_cache), tmp_path, cache_path=tiny_cache)
+    with pytest.raises(PluginError, match="losses.0.name: unknown loss 'fuze'; did you mean 'fuse'"):
+        Trainer(fast_config("losses.0.name=fuze", cache=tiny_cache), tmp_path, cache_path=tiny_cache)
+
+
+def test_loss_needs_are_checked_against_backbone(tiny_cache, tmp_path):
+    from prism.loss import LossResult, LossTerm
+    from prism.registry import register
+
+    class NeedsUni(LossTerm):
+        needs = frozenset({"uni"})
+
+        def __call__(self, output, batch):
+            return LossResult(output.uni.float().mean())
+
+    register("loss", "needs_uni", NeedsUni)
+    from prism.plugins.backbones.multi_unet import MultiEncoderUNet
+
+    class Plain(MultiEncoderUNet):
+        provides = frozenset({"logits"})
+
+    register("backbone", "plain", Plain)
+    cfg = fast_config("model.name=plain", "losses=[{name: needs_uni}]", cache=tiny_cache)
+    with pytest.raises(PluginError, match=r"loss 'needs_uni' needs SegOutput part\(s\) \['uni'\] that backbone"):
+        Trainer(cfg, tmp_path, cache_path=tiny_cache)
