@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -87,13 +88,51 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: to
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, include_background: bool = True,
                  ce_weight: torch.Tensor | None = None, class_weighting: Literal["none", "passion"] = "none",
                  lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth_nr: float = 1e-5,
-                 smooth_dr: float = 1e-5, reduction: Reduction = "mean") -> torch.Tensor:
+                 smooth_dr: float = 1e-5, prob_floor: float = 0.005, reduction: Reduction = "mean") -> torch.Tensor:
     """``lambda_dice * soft Dice + lambda_ce * cross-entropy`` on logits ``[B, K, ...]`` and labels ``[B, ...]``.
 
     With ``include_background=True``, no class weights and ``lambda_*=1`` it equals MONAI's
     ``DiceCELoss(softmax=True, to_onehot_y=True)`` up to its batch handling (per-sample Dice, averaged).
+    ``prob_floor`` only applies with ``class_weighting="passion"``. Returns ``[B]`` before ``reduction``.
     """
     dice = soft_dice_loss(logits, target, include_background=include_background, smooth_nr=smooth_nr,
                           smooth_dr=smooth_dr, reduction="none")
-    ce = cross_entropy_loss(logits, target, weight=ce_weight, class_weighting=class_weighting, reduction="none")
+    ce = cross_entropy_loss(logits, target, weight=ce_weight, class_weighting=class_weighting,
+                            prob_floor=prob_floor, reduction="none")
     return _reduce(lambda_dice * dice + lambda_ce * ce, reduction)
+
+
+@dataclass(frozen=True)
+class SegLossOptions:
+    """The options of the segmentation loss shared by the fuse, uni and PRM terms.
+
+    ``class_weights``: fixed cross-entropy class weights (length K) or None; the other fields are those of
+    :func:`dice_ce_loss`.
+    """
+
+    include_background: bool = True
+    class_weights: tuple[float, ...] | None = None
+    class_weighting: Literal["none", "passion"] = "none"
+    lambda_dice: float = 1.0
+    lambda_ce: float = 1.0
+    smooth_nr: float = 1e-5
+    smooth_dr: float = 1e-5
+    prob_floor: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.class_weighting not in ("none", "passion"):
+            raise ValueError(f"class_weighting must be 'none' or 'passion', got {self.class_weighting!r}")
+        if self.class_weights is not None:
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+
+    def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Dice + CE per sample: logits ``[B, K, ...]``, target ``[B, ...]`` -> ``[B]`` (float32)."""
+        weight = None
+        if self.class_weights is not None:
+            if len(self.class_weights) != logits.shape[1]:
+                raise ValueError(f"class_weights has {len(self.class_weights)} entries for {logits.shape[1]} classes")
+            weight = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+        return dice_ce_loss(logits, target, include_background=self.include_background, ce_weight=weight,
+                            class_weighting=self.class_weighting, lambda_dice=self.lambda_dice,
+                            lambda_ce=self.lambda_ce, smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr,
+                            prob_floor=self.prob_floor, reduction="none")

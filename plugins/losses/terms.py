@@ -2,13 +2,70 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
 
 from prism.batch import Batch
 from prism.loss import LossResult, LossTerm
 from prism.outputs import SegOutput
 
-from .segmentation import dice_ce_loss
+from .deep_supervision import LabelResample, prm_loss, uni_loss
+from .distillation import PIXEL_KL_VARIANTS, pixel_kl_loss
+from .gss import gss_loss
+from .preference import PreferenceRegulariser, preference_gate, relative_preference
+from .prototypes import PROTO_VARIANTS, proto_gap
+from .segmentation import SegLossOptions
+
+ClassWeighting = Literal["none", "passion"]
+
+
+def seg_options(*, include_background: bool = True, class_weights: Sequence[float] | None = None,
+                class_weighting: ClassWeighting = "none", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
+                smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, prob_floor: float = 0.005) -> SegLossOptions:
+    """SegLossOptions from term options (lists become tuples)."""
+    return SegLossOptions(include_background=include_background,
+                          class_weights=None if class_weights is None else tuple(class_weights),
+                          class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+                          smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor)
+
+
+def per_modality_values(value: float | Sequence[float], modalities: tuple[str, ...], name: str) -> list[float]:
+    """A scalar broadcast to every modality, or a list with one value per modality."""
+    if isinstance(value, int | float):
+        return [float(value)] * len(modalities)
+    values = [float(v) for v in value]
+    if len(values) != len(modalities):
+        raise ValueError(f"{name} has {len(values)} values for modalities {list(modalities)}")
+    return values
+
+
+def variant_options(table: dict[str, dict[str, Any]], variant: str, name: str) -> dict[str, Any]:
+    if variant not in table:
+        raise ValueError(f"{name} must be one of {sorted(table)}, got {variant!r}")
+    return dict(table[variant])
+
+
+def anchor_index(modalities: tuple[str, ...], anchor: str | None) -> int | None:
+    """Index of the anchor modality (FLAIR for GSS) by name, or None when absent."""
+    return modalities.index(anchor) if anchor is not None and anchor in modalities else None
+
+
+def modality_parts(prefix: str, values: torch.Tensor, modalities: tuple[str, ...], *, total: bool = True
+                   ) -> dict[str, torch.Tensor]:
+    """``{prefix: sum, prefix/<modality>: value}`` from per-modality values ``[M]`` (detached)."""
+    values = values.detach()
+    parts = {prefix: values.sum()} if total else {}
+    parts.update({f"{prefix}/{name}": values[i] for i, name in enumerate(modalities)})
+    return parts
+
+
+def _require(output: SegOutput, names: Sequence[str], term: str) -> None:
+    missing = [n for n in names if getattr(output, n) is None]
+    if missing:
+        raise ValueError(f"loss '{term}' needs SegOutput part(s) {missing}, which this output lacks "
+                         "(is the backbone in train mode, with these parts requested?)")
 
 
 class FuseLoss(LossTerm):
@@ -17,12 +74,182 @@ class FuseLoss(LossTerm):
     needs = frozenset({"logits"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, include_background: bool = True,
-                 class_weighting: Literal["none", "passion"] = "none", lambda_dice: float = 1.0,
-                 lambda_ce: float = 1.0) -> None:
+                 class_weighting: ClassWeighting = "none", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
+                 class_weights: Sequence[float] | None = None, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                 prob_floor: float = 0.005) -> None:
         super().__init__(modalities, num_classes)
-        self.options = dict(include_background=include_background, class_weighting=class_weighting,
-                            lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        self.seg = seg_options(include_background=include_background, class_weights=class_weights,
+                               class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+                               smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
-        loss = dice_ce_loss(output.logits, batch.label, **self.options)
+        loss = self.seg.per_sample(output.logits, batch.label).mean()
         return LossResult(loss, {"fuse": loss.detach()})
+
+
+class UniLoss(LossTerm):
+    """L_uni: Dice + CE of every available modality's own prediction (deep supervision over uni_deep if given)."""
+
+    needs = frozenset({"uni"})
+
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, deep: bool = True,
+                 deep_weights: Sequence[float] | None = None, label_resample: LabelResample = "maxpool",
+                 **seg: Any) -> None:
+        super().__init__(modalities, num_classes)
+        self.deep, self.deep_weights, self.label_resample = deep, deep_weights, label_resample
+        self.seg = seg_options(**seg)
+
+    def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        _require(output, ["uni"], "uni")
+        return uni_loss(output.uni, batch.label, batch.mask, uni_deep=output.uni_deep if self.deep else None,
+                        weights=self.deep_weights, label_resample=self.label_resample, options=self.seg,
+                        reduction="per_modality")
+
+    def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
+        per = self.per_modality(output, batch)
+        return LossResult(per.sum(), modality_parts("uni", per, self.modalities))
+
+
+class PrmLoss(LossTerm):
+    """L_PRM: deep supervision of the fused decoder levels, weights 2^-s, labels max-pooled to each level."""
+
+    needs = frozenset({"deep"})
+
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weights: Sequence[float] | None = None,
+                 label_resample: LabelResample = "maxpool", **seg: Any) -> None:
+        super().__init__(modalities, num_classes)
+        self.weights, self.label_resample = weights, label_resample
+        self.seg = seg_options(**seg)
+
+    def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
+        _require(output, ["deep"], "prm")
+        loss = prm_loss(output.deep, batch.label, weights=self.weights, label_resample=self.label_resample,
+                        options=self.seg)
+        return LossResult(loss, {"prm": loss.detach()})
+
+
+class PixelKLLoss(LossTerm):
+    """L_pixel: KL between every available modality's and the (detached) fused prediction, temperature mu.
+
+    Summed over the decoder levels when the output has ``deep`` and ``uni_deep`` (and ``deep=True``).
+    ``variant="seeds"``: KL(student || teacher), summed over classes; ``"passion"``: KL(teacher || student),
+    mean over classes, times mu^2.
+    """
+
+    needs = frozenset({"logits", "uni"})
+
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, temperature: float = 4.0,
+                 variant: Literal["seeds", "passion"] = "seeds", deep: bool = True) -> None:
+        super().__init__(modalities, num_classes)
+        self.temperature, self.deep = float(temperature), deep
+        self.kl = variant_options(PIXEL_KL_VARIANTS, variant, "pixel_kl variant")
+
+    def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        _require(output, ["logits", "uni"], "pixel_kl")
+        deep = self.deep and output.deep is not None and output.uni_deep is not None
+        return pixel_kl_loss(output.uni, output.logits, batch.mask,
+                             student_deep=output.uni_deep if deep else None,
+                             teacher_deep=output.deep if deep else None, temperature=self.temperature,
+                             reduction="per_modality", **self.kl)
+
+    def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
+        per = self.per_modality(output, batch)
+        return LossResult(per.sum(), modality_parts("pixel_kl", per, self.modalities))
+
+
+class PreferenceTerm(LossTerm):
+    """A term that may carry the preference-aware regulariser; its state goes through ``state_dict``."""
+
+    preference: PreferenceRegulariser | None = None
+
+    def setup_preference(self, enabled: bool, missing_rates: Sequence[float] | None, options: dict[str, Any]
+                         ) -> None:
+        self.preference = PreferenceRegulariser(len(self.modalities), missing_rates=missing_rates, **options) \
+            if enabled else None
+
+    def gate(self, gap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """omega ``[B, M]`` from the gap (and RP recorded while gradients are on, i.e. training); None if off."""
+        if self.preference is None:
+            return None
+        rp = relative_preference(gap, mask)
+        if torch.is_grad_enabled():
+            self.preference.observe(rp, mask)
+        return preference_gate(rp, mask)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.preference is None else {"preference": self.preference.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.preference is not None and "preference" in state:
+            self.preference.load_state_dict(state["preference"])
+
+    def on_epoch_end(self) -> None:
+        if self.preference is not None:
+            self.preference.on_epoch_end()
+
+
+class ProtoL2Loss(PreferenceTerm):
+    """L_proto: squared gap of per-modality vs fused (detached) prototype similarity maps at level 0.
+
+    ``variant="seeds"``: sum over the classes present in the sample; ``"passion"``: mean over the classes
+    present in every sample of the batch. ``preference=True`` gates it with omega = 1[RP < 0] and scales
+    modality m by E^m (updated in ``on_epoch_end``).
+    """
+
+    needs = frozenset({"features", "uni_features"})
+
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *,
+                 variant: Literal["seeds", "passion"] = "seeds", preference: bool = False,
+                 missing_rates: Sequence[float] | None = None, **preference_options: Any) -> None:
+        super().__init__(modalities, num_classes)
+        self.proto = variant_options(PROTO_VARIANTS, variant, "proto_l2 variant")
+        self.setup_preference(preference, missing_rates, preference_options)
+
+    def gaps(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        """The prototype gap D ``[B, M]`` (missing modalities zeroed)."""
+        _require(output, ["features", "uni_features"], "proto_l2")
+        if tuple(batch.mask.shape) != tuple(output.uni_features.shape[:2]):
+            raise ValueError(f"mask must be [B, M] = {tuple(output.uni_features.shape[:2])}, "
+                             f"got {tuple(batch.mask.shape)}")
+        gap = proto_gap(output.uni_features, output.features, batch.label, num_classes=self.num_classes,
+                        **self.proto)
+        return gap * batch.mask.to(gap.dtype)
+
+    def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
+        gap = self.gaps(output, batch)
+        omega = self.gate(gap, batch.mask)
+        per = (gap if omega is None else gap * omega).mean(0)
+        parts = modality_parts("proto_l2", per, self.modalities)
+        if self.preference is not None:
+            coef = self.preference.coefficients_on(per.device)
+            per = per * coef
+            parts.update(modality_parts("pref_coef", coef, self.modalities, total=False))
+        return LossResult(per.sum(), parts)
+
+
+class GssLoss(LossTerm):
+    """GSS: KL of each available modality's prediction to a confidence-region teacher (weight 0.5).
+
+    The anchor (high-confidence) modality is found by name (``anchor="flair"``); without it there is no high
+    region.
+    """
+
+    needs = frozenset({"uni"})
+
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 0.5,
+                 anchor: str | None = "flair", high: float = 0.65, medium: float = 0.75, floor: float = 0.005,
+                 medium_weights: Sequence[float] | None = None,
+                 direction: Literal["student_teacher", "teacher_student"] = "student_teacher") -> None:
+        super().__init__(modalities, num_classes)
+        self.weight = float(weight)
+        self.options = dict(anchor=anchor_index(self.modalities, anchor), high=high, medium=medium, floor=floor,
+                            medium_weights=None if medium_weights is None else list(medium_weights),
+                            direction=direction)
+
+    def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        _require(output, ["uni"], "gss")
+        return gss_loss(output.uni, batch.mask, reduction="per_modality", **self.options)
+
+    def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
+        per = self.per_modality(output, batch)
+        return LossResult(self.weight * per.sum(), modality_parts("gss", per, self.modalities))

@@ -1,0 +1,87 @@
+"""Pixel-wise self-distillation (pixel_kl): every modality's prediction against the fused one, over decoder levels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from .deep_supervision import ModalityReduction, reduce_modalities
+
+Direction = Literal["student_teacher", "teacher_student"]
+ClassReduction = Literal["sum", "mean"]
+
+#: Presets: the seeds' definition (default) and PASSION's implementation.
+PIXEL_KL_VARIANTS: dict[str, dict[str, object]] = {
+    "seeds": {"direction": "student_teacher", "class_reduction": "sum", "scale_by_temperature": False},
+    "passion": {"direction": "teacher_student", "class_reduction": "mean", "scale_by_temperature": True},
+}
+
+
+def kl_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+           direction: Direction = "student_teacher", class_reduction: ClassReduction = "sum",
+           class_dim: int = 1) -> torch.Tensor:
+    """Voxel-wise KL between ``softmax(student / T)`` and ``softmax(teacher / T)`` along ``class_dim`` (float32).
+
+    ``direction="student_teacher"``: KL(p_s || p_t); ``"teacher_student"``: KL(p_t || p_s). The inputs broadcast;
+    the class dimension is summed (``class_reduction="sum"``) or averaged (``"mean"``) away.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    log_s = (student_logits.float() / temperature).log_softmax(class_dim)
+    log_t = (teacher_logits.float() / temperature).log_softmax(class_dim)
+    if direction == "student_teacher":
+        kl = log_s.exp() * (log_s - log_t)
+    elif direction == "teacher_student":
+        kl = log_t.exp() * (log_t - log_s)
+    else:
+        raise ValueError(f"direction must be 'student_teacher' or 'teacher_student', got {direction!r}")
+    if class_reduction == "sum":
+        return kl.sum(class_dim)
+    if class_reduction == "mean":
+        return kl.mean(class_dim)
+    raise ValueError(f"class_reduction must be 'sum' or 'mean', got {class_reduction!r}")
+
+
+def _check_pair(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
+    if student.dim() != teacher.dim() + 1 or student.shape[0] != teacher.shape[0] or \
+            student.shape[2:] != teacher.shape[1:]:
+        raise ValueError(f"{what}: student must be [B, M, K, ...] for teacher [B, K, ...] = "
+                         f"{tuple(teacher.shape)}, got {tuple(student.shape)}")
+
+
+def pixel_kl_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, *,
+                  student_deep: Sequence[torch.Tensor] | None = None,
+                  teacher_deep: Sequence[torch.Tensor] | None = None, temperature: float = 4.0,
+                  direction: Direction = "student_teacher", class_reduction: ClassReduction = "sum",
+                  scale_by_temperature: bool = False, detach_teacher: bool = True,
+                  reduction: ModalityReduction = "total") -> torch.Tensor:
+    """L_pixel^m = sum_l mean_voxels KL(softmax(z^{m,l}/mu) || softmax(z^l/mu)) for every available modality m.
+
+    Args:
+        student: per-modality logits ``[B, M, K, D, H, W]`` (``uni``).
+        teacher: fused logits ``[B, K, D, H, W]``; detached unless ``detach_teacher=False``.
+        mask: ``[B, M]`` bool; missing modalities contribute 0 and receive no gradient.
+        student_deep / teacher_deep: the coarser levels (``uni_deep`` / ``deep``), summed in when both are given.
+        direction, class_reduction, scale_by_temperature: the seeds' definition by default; PASSION's is
+            ``teacher_student``, ``mean`` and ``True`` (``mu^2`` factor), see ``PIXEL_KL_VARIANTS``.
+    Returns ``reduce_modalities(kl [B, M], mask, reduction)``.
+    """
+    if tuple(mask.shape) != tuple(student.shape[:2]):
+        raise ValueError(f"mask must be [B, M] = {tuple(student.shape[:2])}, got {tuple(mask.shape)}")
+    pairs = [(student, teacher)]
+    if student_deep is not None and teacher_deep is not None:
+        if len(student_deep) != len(teacher_deep):
+            raise ValueError(f"{len(student_deep)} student deep levels for {len(teacher_deep)} teacher levels")
+        pairs += list(zip(student_deep, teacher_deep, strict=True))
+    total = mask.new_zeros(mask.shape, dtype=torch.float32)
+    for level, (s, t) in enumerate(pairs):
+        _check_pair(s, t, f"pixel_kl level {level}")
+        t = t.detach() if detach_teacher else t
+        kl = kl_map(s, t.unsqueeze(1), temperature=temperature, direction=direction,
+                    class_reduction=class_reduction, class_dim=2)
+        total = total + kl.flatten(2).mean(-1)
+    if scale_by_temperature:
+        total = total * temperature**2
+    return reduce_modalities(total, mask, reduction)

@@ -1,0 +1,127 @@
+"""Preference-aware regularisation (PASSION): relative preference, the proto gate and per-modality coefficients."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+Projection = Literal["passion", "clamp"]
+
+
+def relative_preference(gap: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """RP_n^m = 1 - D_n^m / mean_{available m'} D_n^m' for gaps ``[B, M]``; 0 for missing modalities.
+
+    No gradient flows through RP.
+    """
+    if gap.dim() != 2 or gap.shape != mask.shape:
+        raise ValueError(f"gap and mask must both be [B, M], got {tuple(gap.shape)} and {tuple(mask.shape)}")
+    gap = gap.detach().float()
+    m = mask.to(gap.dtype)
+    mean = (gap * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+    return (1.0 - gap / (mean + eps)) * m
+
+
+def preference_gate(rp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """omega = 1[RP < 0] (and modality available), as float ``[B, M]``."""
+    return ((rp < 0) & mask).float()
+
+
+def initial_coefficients(missing_rates: Sequence[float]) -> torch.Tensor:
+    """E^m = 1 / (1 - FR^m) from the missing rates FR^m in [0, 1)."""
+    rates = torch.as_tensor([float(r) for r in missing_rates], dtype=torch.float32)
+    if bool(((rates < 0) | (rates >= 1)).any()):
+        raise ValueError(f"missing rates must lie in [0, 1), got {list(missing_rates)}")
+    return 1.0 / (1.0 - rates)
+
+
+def project_coefficients(coef: torch.Tensor, *, low: float = 0.1, high: float = 4.0,
+                         projection: Projection = "passion", target_norm: float | None = None) -> torch.Tensor:
+    """Proj(E): clamp to ``[low, high]``; ``"passion"`` then rescales to ``target_norm * E / ||E||_2``.
+
+    ``target_norm`` defaults to sqrt(M) (= PASSION's 2 for four modalities), so all-ones stays all-ones.
+    """
+    coef = coef.clamp(low, high)
+    if projection == "clamp":
+        return coef
+    if projection == "passion":
+        norm = math.sqrt(coef.numel()) if target_norm is None else target_norm
+        return norm * coef / coef.norm(p=2)
+    raise ValueError(f"projection must be 'passion' or 'clamp', got {projection!r}")
+
+
+class PreferenceRegulariser:
+    """State of the preference-aware regularisation: coefficients E [M] and the epoch's RP statistics.
+
+    Call ``observe(rp, mask)`` every step (no host sync) and ``on_epoch_end()`` once per epoch:
+    ``E <- Proj(E - gamma * mean RP^m)``, gamma multiplied by ``gamma_growth`` every ``growth_every`` epochs.
+    """
+
+    def __init__(self, num_modalities: int, *, missing_rates: Sequence[float] | None = None, gamma: float = 0.01,
+                 gamma_growth: float = 1.5, growth_every: int = 100, clamp: tuple[float, float] = (0.1, 4.0),
+                 projection: Projection = "passion", target_norm: float | None = None) -> None:
+        rates = [0.0] * num_modalities if missing_rates is None else list(missing_rates)
+        if len(rates) != num_modalities:
+            raise ValueError(f"missing_rates has {len(rates)} entries for {num_modalities} modalities")
+        if projection not in ("passion", "clamp"):
+            raise ValueError(f"projection must be 'passion' or 'clamp', got {projection!r}")
+        self.num_modalities = num_modalities
+        self.gamma0, self.gamma_growth, self.growth_every = float(gamma), float(gamma_growth), int(growth_every)
+        self.clamp = (float(clamp[0]), float(clamp[1]))
+        self.projection: Projection = projection
+        self.target_norm = target_norm
+        self.coefficients = initial_coefficients(rates)
+        self.gamma = self.gamma0
+        self.epoch = 0
+        self._rp_sum = torch.zeros(num_modalities)
+        self._rp_count = torch.zeros(num_modalities)
+
+    def coefficients_on(self, device: torch.device) -> torch.Tensor:
+        """E ``[M]`` on ``device`` (cached there)."""
+        if self.coefficients.device != device:
+            self.coefficients = self.coefficients.to(device)
+        return self.coefficients
+
+    @torch.no_grad()
+    def observe(self, rp: torch.Tensor, mask: torch.Tensor) -> None:
+        """Accumulate RP ``[B, M]`` over the available (sample, modality) pairs."""
+        m = mask.to(torch.float32)
+        self._rp_sum = self._rp_sum.to(rp.device) + (rp.float() * m).sum(0)
+        self._rp_count = self._rp_count.to(rp.device) + m.sum(0)
+
+    @torch.no_grad()
+    def on_epoch_end(self) -> None:
+        """Update E from the epoch's mean RP (a modality never seen keeps its value), reset the statistics."""
+        device = self._rp_sum.device
+        mean_rp = self._rp_sum / self._rp_count.clamp_min(1.0)
+        coef = self.coefficients.to(device) - self.gamma * mean_rp
+        self.coefficients = project_coefficients(coef, low=self.clamp[0], high=self.clamp[1],
+                                                 projection=self.projection, target_norm=self.target_norm)
+        self._rp_sum = torch.zeros_like(self._rp_sum)
+        self._rp_count = torch.zeros_like(self._rp_count)
+        self.epoch += 1
+        self.gamma = self.gamma0 * self.gamma_growth ** (self.epoch // self.growth_every)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain floats and lists (loads with ``torch.load(weights_only=True)``)."""
+        return {
+            "coefficients": [float(x) for x in self.coefficients.tolist()],
+            "rp_sum": [float(x) for x in self._rp_sum.tolist()],
+            "rp_count": [float(x) for x in self._rp_count.tolist()],
+            "epoch": int(self.epoch),
+            "gamma": float(self.gamma),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("coefficients", "rp_sum", "rp_count"):
+            if len(state[key]) != self.num_modalities:
+                raise ValueError(f"preference state '{key}' has {len(state[key])} entries for "
+                                 f"{self.num_modalities} modalities")
+        device = self.coefficients.device
+        self.coefficients = torch.as_tensor(state["coefficients"], dtype=torch.float32, device=device)
+        self._rp_sum = torch.as_tensor(state["rp_sum"], dtype=torch.float32, device=device)
+        self._rp_count = torch.as_tensor(state["rp_count"], dtype=torch.float32, device=device)
+        self.epoch = int(state["epoch"])
+        self.gamma = float(state["gamma"])

@@ -1,0 +1,101 @@
+"""Prototype self-distillation (proto_l2): per-sample class prototypes and cosine-similarity maps."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .deep_supervision import ModalityReduction, reduce_modalities
+
+ClassPresence = Literal["sample", "batch"]
+
+#: Presets: the seeds' definition (default) and PASSION's implementation.
+PROTO_VARIANTS: dict[str, dict[str, str]] = {
+    "seeds": {"class_reduction": "sum", "class_presence": "sample"},
+    "passion": {"class_reduction": "mean", "class_presence": "batch"},
+}
+
+
+def class_prototypes(features: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Masked mean of features over the voxels of each class.
+
+    features ``[B, P, C, S]`` (P paths, S voxels), onehot ``[B, K, S]`` -> prototypes ``[B, P, K, C]``.
+    A class with no voxel gets a zero prototype (no NaN).
+    """
+    counts = onehot.sum(-1).clamp_min(1.0)  # [B, K]
+    return torch.einsum("bpcs,bks->bpkc", features, onehot) / counts[:, None, :, None]
+
+
+def similarity_maps(features: torch.Tensor, prototypes: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cosine similarity of every voxel to every prototype of its own path: ``[B, P, C, S]`` x ``[B, P, K, C]``
+    -> ``[B, P, K, S]``. Zero vectors give similarity 0."""
+    f = F.normalize(features, dim=2, eps=eps)
+    p = F.normalize(prototypes, dim=3, eps=eps)
+    return torch.einsum("bpcs,bpkc->bpks", f, p)
+
+
+def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, label: torch.Tensor, *,
+              num_classes: int, class_reduction: Literal["sum", "mean"] = "sum",
+              class_presence: ClassPresence = "sample", detach_teacher: bool = True, eps: float = 1e-8
+              ) -> torch.Tensor:
+    """Prototype gap D ``[B, M]``: squared difference of student and teacher similarity maps.
+
+    Prototypes are computed per sample and path from the level-0 features and the label; each path's voxels are
+    compared with its own prototypes. D = mean over voxels, then sum (``"sum"``, the seeds) or mean (``"mean"``,
+    PASSION) over the classes used. ``class_presence="sample"``: classes present in the sample;
+    ``"batch"`` (PASSION): classes present in every sample of the batch. Computed in float32.
+
+    Args:
+        student_features: ``[B, M, C, D, H, W]`` per-modality features (``uni_features``).
+        teacher_features: ``[B, C, D, H, W]`` fused features; detached unless ``detach_teacher=False``.
+        label: ``[B, D, H, W]`` class indices in ``[0, num_classes)``.
+    """
+    b = label.shape[0]
+    if teacher_features.dim() != label.dim() + 1 or teacher_features.shape[0] != b or \
+            teacher_features.shape[2:] != label.shape[1:]:
+        raise ValueError(f"teacher features must be [B, C, ...spatial] for label {tuple(label.shape)}, "
+                         f"got {tuple(teacher_features.shape)}")
+    if student_features.dim() != teacher_features.dim() + 1 or student_features.shape[0] != b or \
+            student_features.shape[2:] != teacher_features.shape[1:]:
+        raise ValueError(f"student features must be [B, M, C, ...spatial] matching teacher "
+                         f"{tuple(teacher_features.shape)}, got {tuple(student_features.shape)}")
+    if label.dtype.is_floating_point:
+        raise ValueError(f"label must hold integer class indices, got {label.dtype}")
+    teacher = teacher_features.detach() if detach_teacher else teacher_features
+    paths = torch.cat([teacher.unsqueeze(1), student_features], dim=1).float().flatten(3)  # [B, 1+M, C, S]
+    onehot = F.one_hot(label.long().flatten(1), num_classes).transpose(1, 2).float()  # [B, K, S]
+    sims = similarity_maps(paths, class_prototypes(paths, onehot), eps)  # [B, 1+M, K, S]
+    sq = (sims[:, 1:] - sims[:, :1]).square().mean(-1)  # [B, M, K]
+    present = onehot.amax(-1)  # [B, K]
+    if class_presence == "batch":
+        present = present.amin(0, keepdim=True).expand_as(present)
+    elif class_presence != "sample":
+        raise ValueError(f"class_presence must be 'sample' or 'batch', got {class_presence!r}")
+    gap = (sq * present[:, None]).sum(-1)
+    if class_reduction == "mean":
+        gap = gap / present.sum(-1, keepdim=True).clamp_min(1.0)
+    elif class_reduction != "sum":
+        raise ValueError(f"class_reduction must be 'sum' or 'mean', got {class_reduction!r}")
+    return gap
+
+
+def proto_l2_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, label: torch.Tensor,
+                  mask: torch.Tensor, *, num_classes: int, class_reduction: Literal["sum", "mean"] = "sum",
+                  class_presence: ClassPresence = "sample", gate: torch.Tensor | None = None,
+                  reduction: ModalityReduction = "total") -> torch.Tensor:
+    """L_proto^m: the prototype gap (``proto_gap``) of every available modality, optionally gated.
+
+    mask ``[B, M]`` bool (missing modalities contribute 0, no gradient); gate ``[B, M]`` float multiplies the gap
+    (the preference gate omega). Returns ``reduce_modalities(gap [B, M], mask, reduction)``.
+    """
+    if tuple(mask.shape) != tuple(student_features.shape[:2]):
+        raise ValueError(f"mask must be [B, M] = {tuple(student_features.shape[:2])}, got {tuple(mask.shape)}")
+    gap = proto_gap(student_features, teacher_features, label, num_classes=num_classes,
+                    class_reduction=class_reduction, class_presence=class_presence)
+    if gate is not None:
+        if gate.shape != gap.shape:
+            raise ValueError(f"gate must be [B, M] = {tuple(gap.shape)}, got {tuple(gate.shape)}")
+        gap = gap * gate.to(gap.dtype)
+    return reduce_modalities(gap, mask, reduction)
