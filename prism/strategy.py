@@ -15,7 +15,10 @@ class Strategy:
 
     ``setup(ctx)`` runs once before the first step (build extra optimizers, check compatibility);
     ``step(ctx)`` pulls the batches it needs from ``ctx``, updates the parameters and returns detached losses.
+    ``uses_optimizer = False`` tells the engine that the configured optimizer (and its LR schedule) is unused.
     """
+
+    uses_optimizer: bool = True
 
     def setup(self, ctx: TrainContext) -> None:
         return None

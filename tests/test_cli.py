@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import FAST
+
 from prism.cli import data as data_cli
 from prism.cli import evaluate as eval_cli
 from prism.cli import plugins as plugins_cli

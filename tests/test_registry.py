@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import fast_config
+
 from prism.engine.trainer import Trainer
 from prism.errors import PluginError
 from prism.registry import (
@@ -100,7 +100,7 @@ def test_third_party_backbone_trains_one_step(plugin_path, tiny_cache, tmp_path)
     before = [p.detach().clone() for p in trainer.ctx.model.parameters()]
     trainer.fit()
     assert type(trainer.ctx.model).__name__ == "TinyNet"
-    assert any(not (a == b.detach()).all() for a, b in zip(before, trainer.ctx.model.parameters()))
+    assert any(not (a == b.detach()).all() for a, b in zip(before, trainer.ctx.model.parameters(), strict=True))
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())
     assert {"kind": "backbone", "name": "tiny_thirdparty", "plugin": "tiny", "distribution": "prism-tiny-plugin",
             "version": "0.3.1"} in info["plugins"]
@@ -114,8 +114,11 @@ def test_prism_plugins_cli_lists_third_party_and_failure(plugin_path):
     assert "multi_unet" in out and "broken" in out and "needs a library that is not installed" in out
     data = json.loads(subprocess.run([sys.executable, "-m", "prism.cli.plugins", "--json"], capture_output=True,
                                      text=True, env=env, check=True).stdout)
-    assert [b["name"] for b in data["backbone"]] == ["multi_unet", "tiny_thirdparty"]
-    assert data["loss"][0]["needs"] == ["logits"]
+    by_name = {b["name"]: b for b in data["backbone"]}
+    assert by_name["tiny_thirdparty"]["distribution"] == "prism-tiny-plugin"
+    assert by_name["multi_unet"]["distribution"] == "prism-seg"
+    assert {e["name"]: e["needs"] for e in data["loss"]}["fuse"] == ["logits"]
+    assert [f["plugin"] for f in data["failures"]] == ["broken"]
 
 
 def test_strict_mode_makes_a_broken_plugin_fatal(plugin_path, monkeypatch):
@@ -127,7 +130,8 @@ def test_strict_mode_makes_a_broken_plugin_fatal(plugin_path, monkeypatch):
 def test_autoload_off_keeps_only_builtins(plugin_path, monkeypatch):
     monkeypatch.setenv("PRISM_DISABLE_PLUGIN_AUTOLOAD", "1")
     reg = get_registry()
-    assert reg.names("backbone") == ["multi_unet"] and reg.failures == []
+    assert "multi_unet" in reg.names("backbone") and "tiny_thirdparty" not in reg.names("backbone")
+    assert {e.distribution for e in reg.entries("backbone")} == {"prism-seg"} and reg.failures == []
 
 
 def test_allow_list_limits_third_party_plugins(plugin_path, monkeypatch):

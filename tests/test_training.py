@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 import torch
-
 from conftest import fast_config
+
 from prism.engine.checkpoint import load_checkpoint, save_checkpoint
 from prism.engine.trainer import CHECKPOINT_NAME, Trainer
 from prism.errors import CheckpointError, ConfigError, PluginError
@@ -51,7 +51,7 @@ def test_different_seed_gives_different_parameters(tiny_cache, tmp_path):
     b = Trainer(fast_config("train.steps=2", "train.seed=1", cache=tiny_cache), tmp_path / "b", cache_path=tiny_cache)
     a.fit()
     b.fit()
-    assert any(not torch.equal(x, y) for x, y in zip(params(a).values(), params(b).values()))
+    assert any(not torch.equal(x, y) for x, y in zip(params(a).values(), params(b).values(), strict=True))
 
 
 def test_checkpoint_is_written_atomically_and_loads_weights_only(tmp_path):
@@ -85,8 +85,8 @@ def test_unsafe_or_broken_checkpoints_are_refused(tmp_path):
 
 
 def test_build_errors_name_the_field(tiny_cache, tmp_path):
-    with pytest.raises(PluginError, match="strategy.name: unknown meta-strategy 'maml'"):
-        Trainer(fast_config("strategy.name=maml", cache=tiny_cache), tmp_path, cache_path=tiny_cache)
+    with pytest.raises(PluginError, match="strategy.name: unknown meta-strategy 'mamba'"):
+        Trainer(fast_config("strategy.name=mamba", cache=tiny_cache), tmp_path, cache_path=tiny_cache)
     with pytest.raises(ConfigError, match=r"data.patch_size: \[18, 16, 16\] must be multiples of 4"):
         Trainer(fast_config("data.patch_size=[18,16,16]", cache=tiny_cache), tmp_path, cache_path=tiny_cache)
     with pytest.raises(PluginError, match="losses.0.name: unknown loss 'fuze'; did you mean 'fuse'"):

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from prism.registry import hookimpl
 
+from .maml import MAML
+from .meta_drop import MetaDrop
+from .reptile import Reptile
 from .standard import Standard
 
 
 @hookimpl
 def register_strategies(register):
     register("standard", Standard)
+    register("meta_drop", MetaDrop)
+    register("maml", MAML)
+    register("reptile", Reptile)

@@ -20,7 +20,7 @@ class TrainContext:
     model: Backbone
     losses: LossSet
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
     streams: BatchStreams
     masking: dict[str, MaskingPolicy]
     mask_generator: torch.Generator
@@ -39,6 +39,20 @@ class TrainContext:
         mask = self.masking[policy](raw.availability, self.mask_generator)
         return move_batch(raw, self.device).with_mask(mask)
 
+    def raw_batch(self, stream: str = "train") -> Batch:
+        """The next batch of ``stream`` on the device with every available modality (the caller masks it)."""
+        return move_batch(self.streams.next(stream), self.device)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def prepare_image(self, image: torch.Tensor) -> torch.Tensor:
+        return image.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else image
+
+    def loss_of(self, output: object, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Apply the loss set to an output computed elsewhere (e.g. by a functional call)."""
+        return self.losses(output, batch)  # type: ignore[arg-type]
+
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         if self.amp_dtype is None:
@@ -49,11 +63,8 @@ class TrainContext:
 
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward the model on ``batch`` and apply the loss set (under autocast when enabled)."""
-        image = batch.image
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last_3d)
         with self.autocast():
-            output = self.model(image, batch.mask)
+            output = self.model(self.prepare_image(batch.image), batch.mask)
             return self.losses(output, batch)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -72,6 +83,23 @@ class TrainContext:
             self.scaler.update()
         else:
             opt.step()
+
+    def unscaled_clipped_grads(self, params: list[torch.nn.Parameter]) -> list[torch.Tensor] | None:
+        """The gradients of ``params`` unscaled (fp16) and clipped, for updates made outside an optimizer.
+
+        Returns None when an fp16 gradient overflowed (the caller skips its update, as GradScaler would).
+        """
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        if self.scaler is not None:
+            inv = 1.0 / self.scaler.get_scale()
+            grads = torch._foreach_mul(grads, inv)
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                return None
+        if self.grad_clip is not None:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            factor = (self.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+            grads = torch._foreach_mul(grads, factor)
+        return grads
 
     def optimizer_step(self) -> None:
         self.clip_and_step(self.optimizer)

@@ -28,14 +28,23 @@ class BatchStreams:
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.positions: dict[str, int] = {}
+        self.subsets: dict[str, tuple[str, ...]] = {}
         self._iters: dict[str, Iterator[Batch]] = {}
+
+    def define(self, name: str, case_ids: Sequence[str]) -> None:
+        """Let stream ``name`` draw only from ``case_ids`` (e.g. disjoint support and query cases)."""
+        if not case_ids:
+            raise ValueError(f"stream '{name}' needs at least one case")
+        self.subsets[name] = tuple(case_ids)
+        self._iters.pop(name, None)
 
     def _stream_seed(self, name: str) -> int:
         return self.seed if name == "train" else (self.seed * 7919 + zlib.crc32(name.encode())) % 2**31
 
     def _open(self, name: str) -> Iterator[Batch]:
-        dataset = PatchDataset(self.reader, self.case_ids, self.patch_size, seed=self._stream_seed(name),
-                               foreground_fraction=self.foreground_fraction, flip=self.flip)
+        dataset = PatchDataset(self.reader, self.subsets.get(name, self.case_ids), self.patch_size,
+                               seed=self._stream_seed(name), foreground_fraction=self.foreground_fraction,
+                               flip=self.flip)
         start = self.positions.get(name, 0) * self.batch_size
         loader = DataLoader(
             dataset, batch_size=self.batch_size, sampler=CountingSampler(start), collate_fn=collate_batch,

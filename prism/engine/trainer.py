@@ -113,7 +113,7 @@ class Trainer:
         )
         self.ctx = TrainContext(
             model=model, losses=parts.losses, optimizer=optimizer,
-            scheduler=poly_schedule(optimizer, config.train.steps, config.optim.poly_power),
+            scheduler=None,
             streams=streams, masking=parts.masking,
             mask_generator=torch.Generator().manual_seed(config.train.seed + 1),
             device=self.device, amp_dtype=amp_dtype,
@@ -122,6 +122,8 @@ class Trainer:
             channels_last=config.train.channels_last,
         )
         self.strategy.setup(self.ctx)
+        # after setup: a strategy may add parameter groups (Meta-SGD's learned inner learning rates)
+        self.ctx.scheduler = poly_schedule(optimizer, config.train.steps, config.optim.poly_power)
         if resume:
             self._load(self.run_dir / CHECKPOINT_NAME)
 
@@ -179,7 +181,8 @@ class Trainer:
             end = total if stop_at is None else min(stop_at, total)
             while ctx.step < end:
                 parts = self.strategy.step(ctx)
-                ctx.scheduler.step()
+                if self.strategy.uses_optimizer:
+                    ctx.scheduler.step()
                 ctx.step += 1
                 samples += cfg.data.batch_size
                 if ctx.step % cfg.train.epoch_length == 0:

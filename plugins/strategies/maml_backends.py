@@ -1,0 +1,180 @@
+"""Three ways to run the MAML inner loop, with the same meta-gradients: torch.func, higher, learn2learn.
+
+Each adapter turns (support batch, query batch) into a query loss that is differentiable with respect to the
+model's parameters (and the learned inner learning rates for Meta-SGD); the caller backpropagates it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from prism.batch import Batch
+from prism.errors import ConfigError
+
+LossFn = Callable[[Any, Batch], torch.Tensor]  # (SegOutput, Batch) -> scalar loss
+
+
+class InnerLoop:
+    """Base: ``query_loss(support, query, loss_fn, steps)``; ``extra_parameters()`` are learned inner LRs."""
+
+    def __init__(self, model: nn.Module, *, inner_lr: float, learn_inner_lr: bool, first_order: bool,
+                 loss_scale: Callable[[], float] | None = None, prepare: Callable[[torch.Tensor], torch.Tensor] = None
+                 ) -> None:
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.learn_inner_lr = learn_inner_lr
+        self.first_order = first_order
+        self.loss_scale = loss_scale
+        self.prepare = prepare or (lambda x: x)
+
+    def extra_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(())
+
+    def query_loss(self, support: Batch, query: Batch, loss_fn: LossFn, steps: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class TorchInnerLoop(InnerLoop):
+    """torch.func.functional_call + torch.autograd.grad (create_graph for second order). The default."""
+
+    def __init__(self, model: nn.Module, **kw: Any) -> None:
+        super().__init__(model, **kw)
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.lrs = nn.ParameterDict()
+        if self.learn_inner_lr:  # Meta-SGD: one learned step size per parameter entry
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    self.lrs[n.replace(".", "__")] = nn.Parameter(torch.full_like(p, self.inner_lr))
+
+    def extra_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.lrs.values())
+
+    def _forward(self, weights: dict[str, torch.Tensor], batch: Batch) -> Any:
+        buffers = dict(self.model.named_buffers())
+        return functional_call(self.model, (weights, buffers), (self.prepare(batch.image), batch.mask))
+
+    def query_loss(self, support: Batch, query: Batch, loss_fn: LossFn, steps: int) -> torch.Tensor:
+        fast = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        scale = self.loss_scale() if self.loss_scale is not None else 1.0
+        for _ in range(steps):
+            loss = loss_fn(self._forward(fast, support), support)
+            grads = torch.autograd.grad(loss * scale, list(fast.values()), create_graph=not self.first_order,
+                                        allow_unused=True)
+            new = {}
+            for (n, w), g in zip(fast.items(), grads, strict=True):
+                if g is None:
+                    new[n] = w
+                    continue
+                g = g / scale if scale != 1.0 else g
+                lr = self.lrs[n.replace(".", "__")] if self.learn_inner_lr else self.inner_lr
+                new[n] = w - lr * g
+            fast = new
+        return loss_fn(self._forward(fast, query), query)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.detach().clone() for k, v in self.lrs.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, v in state.items():
+                self.lrs[k].copy_(v)
+
+
+class HigherInnerLoop(InnerLoop):
+    """The ``higher`` library (copy_initial_weights=False, or the meta-gradient never reaches the model)."""
+
+    def __init__(self, model: nn.Module, **kw: Any) -> None:
+        super().__init__(model, **kw)
+        if self.learn_inner_lr:
+            raise ConfigError("strategy.options.backend: 'higher' does not learn inner learning rates (Meta-SGD); "
+                              "use backend 'torch' or 'learn2learn'")
+        try:
+            import higher  # noqa: F401
+        except ImportError:
+            raise ConfigError("strategy.options.backend: 'higher' is not installed (pip install higher)") from None
+
+    def query_loss(self, support: Batch, query: Batch, loss_fn: LossFn, steps: int) -> torch.Tensor:
+        import higher
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        inner_opt = torch.optim.SGD(params, lr=self.inner_lr)
+        scale = self.loss_scale() if self.loss_scale is not None else 1.0
+        first_order = self.first_order
+
+        def callback(grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+            out = []
+            for g in grads:
+                if g is not None:
+                    g = g / scale if scale != 1.0 else g
+                    g = g.detach() if first_order else g
+                out.append(g)
+            return out
+
+        with higher.innerloop_ctx(self.model, inner_opt, copy_initial_weights=False,
+                                  track_higher_grads=True) as (fmodel, diffopt):
+            for _ in range(steps):
+                loss = loss_fn(fmodel(self.prepare(support.image), support.mask), support)
+                diffopt.step(loss * scale, grad_callback=callback)
+            return loss_fn(fmodel(self.prepare(query.image), query.mask), query)
+
+
+class Learn2LearnInnerLoop(InnerLoop):
+    """learn2learn's MAML (fixed inner LR) or MetaSGD (learned per-parameter LRs)."""
+
+    def __init__(self, model: nn.Module, **kw: Any) -> None:
+        super().__init__(model, **kw)
+        if self.loss_scale is not None:
+            raise ConfigError("strategy.options.backend: 'learn2learn' cannot unscale fp16 inner gradients; "
+                              "use train.amp=bf16 or none, or backend 'torch'")
+        try:
+            import learn2learn as l2l
+        except ImportError as exc:
+            raise ConfigError(f"strategy.options.backend: learn2learn cannot be imported ({exc}); see the README "
+                              "section 'learn2learn' for how to install it") from None
+        if self.learn_inner_lr:
+            self.wrapper = l2l.algorithms.MetaSGD(model, lr=self.inner_lr, first_order=self.first_order)
+        else:
+            self.wrapper = l2l.algorithms.MAML(model, lr=self.inner_lr, first_order=self.first_order,
+                                               allow_unused=True)
+
+    def extra_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.wrapper.lrs) if self.learn_inner_lr else iter(())
+
+    def query_loss(self, support: Batch, query: Batch, loss_fn: LossFn, steps: int) -> torch.Tensor:
+        learner = self.wrapper.clone()
+        for _ in range(steps):
+            learner.adapt(loss_fn(learner(self.prepare(support.image), support.mask), support))
+        return loss_fn(learner(self.prepare(query.image), query.mask), query)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): p.detach().clone() for i, p in enumerate(self.extra_parameters())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(self.extra_parameters()):
+                p.copy_(state[str(i)])
+
+
+BACKENDS: dict[str, type[InnerLoop]] = {
+    "torch": TorchInnerLoop,
+    "higher": HigherInnerLoop,
+    "learn2learn": Learn2LearnInnerLoop,
+}
+
+
+def make_inner_loop(backend: str, model: nn.Module, **kw: Any) -> InnerLoop:
+    if backend not in BACKENDS:
+        raise ConfigError(f"strategy.options.backend: unknown MAML backend {backend!r}; "
+                          f"choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[backend](model, **kw)

@@ -1,0 +1,90 @@
+"""Reptile: k inner steps per task from theta, then theta <- theta + eps (mean_i W_i - theta)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from prism.engine.context import TrainContext
+from prism.errors import ConfigError
+from prism.strategy import Strategy
+
+from .tasks import TaskSampler
+
+
+class Reptile(Strategy):
+    """Reptile with the meta step size eps annealed linearly from ``meta_step`` to ``meta_step_final``.
+
+    Each task runs ``inner_steps`` steps of a fresh inner optimizer (``sgd``, or ``adam`` with beta1 = 0 as in
+    the Reptile paper) on successive support batches of that task. The configured outer optimizer is not used
+    for the meta update (Reptile's update is an interpolation); its LR schedule is ignored.
+    """
+
+    uses_optimizer = False
+
+    def __init__(self, *, inner_steps: int = 3, inner_lr: float = 1e-3, tasks_per_step: int = 1,
+                 meta_step: float = 1.0, meta_step_final: float = 0.0,
+                 inner_optimizer: Literal["sgd", "adam"] = "adam",
+                 tasks: Literal["combination", "site"] = "combination") -> None:
+        if inner_steps < 1 or tasks_per_step < 1 or inner_lr <= 0 or not 0 <= meta_step_final <= meta_step <= 1:
+            raise ConfigError("strategy.options: need inner_steps, tasks_per_step >= 1, inner_lr > 0 and "
+                              "0 <= meta_step_final <= meta_step <= 1")
+        self.inner_steps = int(inner_steps)
+        self.inner_lr = float(inner_lr)
+        self.tasks_per_step = int(tasks_per_step)
+        self.meta_step = float(meta_step)
+        self.meta_step_final = float(meta_step_final)
+        self.inner_optimizer = inner_optimizer
+        self.task_kind = tasks
+        self.sampler: TaskSampler | None = None
+        self.generator = torch.Generator().manual_seed(0)
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.sampler = TaskSampler(ctx, self.task_kind)
+        self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.mask_generator)))
+
+    def epsilon(self, step: int, total: int) -> float:
+        frac = min(step / max(total, 1), 1.0)
+        return self.meta_step + (self.meta_step_final - self.meta_step) * frac
+
+    def _inner_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        if self.inner_optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.inner_lr, betas=(0.0, 0.999))
+        return torch.optim.SGD(params, lr=self.inner_lr)
+
+    def step(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
+        assert self.sampler is not None
+        params = ctx.parameters()
+        theta = torch._foreach_mul(params, 1.0)
+        mean_w = [torch.zeros_like(p) for p in params]
+        losses = []
+        for _ in range(self.tasks_per_step):
+            task = self.sampler.sample(self.generator)
+            with torch.no_grad():
+                torch._foreach_copy_(params, theta)
+            inner = self._inner_optimizer(params)
+            for _ in range(self.inner_steps):
+                batch = self.sampler.batch(ctx, task, task.support_stream)
+                inner.zero_grad(set_to_none=True)
+                loss, _ = ctx.compute_loss(batch)
+                ctx.backward(loss)
+                ctx.clip_and_step(inner)
+                losses.append(loss.detach())
+            with torch.no_grad():
+                torch._foreach_add_(mean_w, params, alpha=1.0 / self.tasks_per_step)
+        eps = self.epsilon(ctx.step, ctx.total_steps)
+        with torch.no_grad():  # theta + eps (mean W - theta)
+            torch._foreach_lerp_(theta, mean_w, eps)
+            torch._foreach_copy_(params, theta)
+        for p in params:
+            p.grad = None
+        mean_loss = torch.stack(losses).mean()
+        return {"loss": mean_loss, "inner": mean_loss, "epsilon": torch.tensor(eps)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])

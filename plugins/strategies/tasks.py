@@ -1,0 +1,72 @@
+"""Task samplers for MAML and Reptile: what one task is, and its support and query batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prism.batch import Batch
+from prism.engine.context import TrainContext
+from prism.errors import ConfigError
+from prism.modalities import combination_masks
+
+
+@dataclass
+class Task:
+    name: str
+    support_stream: str
+    query_stream: str
+    mask: torch.Tensor | None  # [M] combination for the task, or None: the train masking policy decides
+
+
+def _halves(case_ids: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if len(case_ids) < 2:
+        raise ConfigError(f"meta-learning needs at least 2 training cases to split support and query, got "
+                          f"{len(case_ids)}")
+    return case_ids[0::2], case_ids[1::2]
+
+
+class TaskSampler:
+    """``kind="combination"``: one modality combination per task (support and query from disjoint cases).
+    ``kind="site"``: one acquisition site per task (needs at least two sites in the training split).
+    """
+
+    def __init__(self, ctx: TrainContext, kind: str = "combination") -> None:
+        if kind not in ("combination", "site"):
+            raise ConfigError(f"strategy.options.tasks: must be 'combination' or 'site', got {kind!r}")
+        self.kind = kind
+        streams = ctx.streams
+        if kind == "combination":
+            support, query = _halves(streams.case_ids)
+            streams.define("support", support)
+            streams.define("query", query)
+            self.combos = combination_masks(ctx.model.modalities)
+            return
+        by_site: dict[str, list[str]] = {}
+        for case in streams.case_ids:
+            by_site.setdefault(streams.reader.info(case).site or "default", []).append(case)
+        if len(by_site) < 2:
+            raise ConfigError("strategy.options.tasks: 'site' needs at least two sites in the training split, "
+                              f"found {sorted(by_site)}")
+        self.sites = sorted(by_site)
+        for site, cases in by_site.items():
+            support, query = _halves(tuple(cases))
+            streams.define(f"support/{site}", support)
+            streams.define(f"query/{site}", query)
+
+    def sample(self, generator: torch.Generator) -> Task:
+        if self.kind == "combination":
+            index = int(torch.randint(len(self.combos), (1,), generator=generator))
+            return Task(f"combination {index}", "support", "query", self.combos[index])
+        site = self.sites[int(torch.randint(len(self.sites), (1,), generator=generator))]
+        return Task(f"site {site}", f"support/{site}", f"query/{site}", None)
+
+    def batch(self, ctx: TrainContext, task: Task, stream: str) -> Batch:
+        """A batch of ``stream`` under the task's combination (within each case's availability)."""
+        if task.mask is None:
+            return ctx.next_batch(stream)
+        raw = ctx.raw_batch(stream)
+        mask = task.mask.to(raw.availability.device)[None, :] & raw.availability
+        mask = torch.where(mask.any(-1, keepdim=True), mask, raw.availability)  # a case lacking all of them
+        return raw.with_mask(mask)
