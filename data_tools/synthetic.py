@@ -14,13 +14,17 @@ Outside T1ce, enhancing tumour and necrosis look the same, and the enhancement i
 inferred from the shape of the core alone.
 
 Smooth multiplicative bias fields and Gaussian noise are added per modality; volumes are z-scored over brain
-voxels as preprocessing would do.
+voxels as preprocessing would do. With ``sites > 1`` case ``i`` comes from site ``i % sites``; every site but
+site 0 has its own intensity profile (a per-modality contrast curve), noise level and bias strength, so a model
+can be tested on a site it has not seen. Phantoms go straight to a cache (``write_synthetic_cache``) or to a
+BraTS-layout NIfTI folder (``write_synthetic_nifti``) that ``prism-data preprocess`` reads like real data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,9 +71,41 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool3d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
 
 
+@dataclass(frozen=True)
+class SiteProfile:
+    """How one acquisition site differs: contrast exponent per modality, noise and bias multipliers."""
+
+    gamma: tuple[float, ...]
+    noise: float
+    bias: float
+
+
+def site_profile(site: int, modalities: Sequence[str] = BRATS_MODALITIES) -> SiteProfile:
+    """Site 0 is the reference (identity); other sites draw a fixed profile from their number."""
+    if site == 0:
+        return SiteProfile(gamma=(1.0,) * len(modalities), noise=1.0, bias=1.0)
+    rng = np.random.default_rng(10_007 * site)
+    return SiteProfile(gamma=tuple(float(g) for g in rng.uniform(0.6, 1.6, len(modalities))),
+                       noise=float(rng.uniform(1.3, 2.5)), bias=float(rng.uniform(0.4, 1.8)))
+
+
 def make_case(index: int, settings: SynthSettings, modalities: Sequence[str] = BRATS_MODALITIES
               ) -> tuple[np.ndarray, np.ndarray, str]:
     """One phantom: image float32 ``[M, D, H, W]`` (z-scored over the brain), label uint8, site name."""
+    raw, label, brain, site = make_raw_case(index, settings, modalities)
+    images = []
+    for img in torch.from_numpy(raw):
+        img = img.clone()
+        vals = img[brain]
+        img[brain] = (vals - vals.mean()) / vals.std().clamp_min(1e-6)
+        images.append(img)
+    return torch.stack(images).numpy().astype(np.float32), label, site
+
+
+def make_raw_case(index: int, settings: SynthSettings, modalities: Sequence[str] = BRATS_MODALITIES
+                  ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, str]:
+    """One phantom before normalisation: image float32 ``[M, D, H, W]`` (0 outside the brain), label uint8,
+    brain mask, site name."""
     gen = torch.Generator().manual_seed(int(settings.seed) * 1_000_003 + int(index))
     shape = settings.shape
     axes = [torch.linspace(-1, 1, s) for s in shape]
@@ -105,8 +141,9 @@ def make_case(index: int, settings: SynthSettings, modalities: Sequence[str] = B
 
     site = index % max(settings.sites, 1)
     site_gain = 1.0 + 0.15 * site
+    profile = site_profile(site, modalities)
     images = []
-    for m in modalities:
+    for m, gamma in zip(modalities, profile.gamma, strict=True):
         gm, wm, csf = _TISSUE.get(m, (0.5, 0.5, 0.5))
         img = torch.where(white, torch.tensor(wm), torch.tensor(gm)).float()
         img[ventricles] = csf
@@ -116,14 +153,14 @@ def make_case(index: int, settings: SynthSettings, modalities: Sequence[str] = B
             region = label == lab
             img[region] = img[region] + value if value < 0 else torch.tensor(value)
         img = _blur(img)
-        img = img * torch.exp(settings.bias * _smooth_field(gen, shape, coarse=3)) * site_gain
-        img = img + settings.noise * torch.randn(shape, generator=gen)
+        if gamma != 1.0:
+            img = img.clamp_min(0) ** gamma
+        img = img * torch.exp(settings.bias * profile.bias * _smooth_field(gen, shape, coarse=3)) * site_gain
+        img = img + settings.noise * profile.noise * torch.randn(shape, generator=gen)
         img[~brain] = 0.0
-        vals = img[brain]
-        img[brain] = (vals - vals.mean()) / vals.std().clamp_min(1e-6)
         images.append(img)
     image = torch.stack(images).numpy().astype(np.float32)
-    return image, label.numpy(), f"site{site}"
+    return image, label.numpy(), brain, f"site{site}"
 
 
 def write_synthetic_cache(path: str, settings: SynthSettings, *, test_fraction: float = 0.25,
@@ -143,3 +180,39 @@ def write_synthetic_cache(path: str, settings: SynthSettings, *, test_fraction: 
         for name, members in make_splits(ids, seed=settings.seed, test_fraction=test_fraction,
                                          val_fraction=val_fraction).items():
             writer.set_split(name, members)
+
+
+def write_synthetic_nifti(folder: str | Path, settings: SynthSettings, *, layout: str = "brats2020", pad: int = 6,
+                          missing: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Write phantoms as a raw BraTS-layout NIfTI folder (int16 intensities, brain padded by ``pad`` zero voxels,
+    labels 0/1/2/4 for ``brats2020`` or 0-3 for ``brats2023``) plus ``sites.csv``. ``missing`` maps case ids to
+    modalities whose files are left out. Returns the case ids."""
+    import nibabel as nib
+
+    from .layouts import BUILTIN_LAYOUTS
+
+    spec = BUILTIN_LAYOUTS[layout]
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    prefix = "BraTS20_Training_" if layout == "brats2020" else "BraTS-GLI-"
+    ids = [f"{prefix}{i + 1:03d}" for i in range(settings.cases)]
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (-90.0, -126.0, -72.0)
+    rows = ["case,site"]
+    for i, case_id in enumerate(ids):
+        raw, label, brain, site = make_raw_case(i, settings)
+        rows.append(f"{case_id},{site}")
+        case_dir = root / case_id
+        case_dir.mkdir(exist_ok=True)
+        for c, m in enumerate(spec.modalities):
+            if m in (missing or {}).get(case_id, ()):
+                continue
+            vol = np.where(brain.numpy(), np.clip(raw[c] * 400 + 200, 1, 32000), 0)
+            vol = np.pad(vol, pad).astype(np.int16)
+            nib.save(nib.Nifti1Image(vol, affine), case_dir / spec.files[m][0].format(case=case_id))
+        stored = np.pad(label, pad)
+        if layout == "brats2020":
+            stored = np.where(stored == 3, 4, stored)
+        nib.save(nib.Nifti1Image(stored.astype(np.uint8), affine), case_dir / spec.label[0].format(case=case_id))
+    (root / "sites.csv").write_text("\n".join(rows) + "\n")
+    return ids

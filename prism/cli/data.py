@@ -24,10 +24,40 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--sites", type=int, default=1, help="number of acquisition sites (default 1)")
     s.add_argument("--test-fraction", type=float, default=0.25, help="share of cases in the test split")
     s.add_argument("--val-fraction", type=float, default=0.0, help="share of cases in the val split")
+    s.add_argument("--nifti", action="store_true",
+                   help="write a raw BraTS-layout NIfTI folder at OUTPUT instead of a cache")
+    s.add_argument("--layout", choices=("brats2020", "brats2023"), default="brats2020",
+                   help="file naming of --nifti folders (default brats2020)")
+    pp = sub.add_parser("preprocess", help="raw NIfTI folders -> a prism cache",
+                        description="Crop to the brain, z-score each modality over brain voxels, map labels, and "
+                        "write a verified cache (built in a temporary file, renamed into place).")
+    pp.add_argument("raw", type=Path, help="raw data folder (one sub-folder per case)")
+    pp.add_argument("-o", "--output", type=Path, required=True, help="cache file to write (.h5)")
+    pp.add_argument("--layout", default="auto",
+                    help="brats2020, brats2023, a dataset description file (YAML/JSON), or auto (default)")
+    pp.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    pp.add_argument("--min-size", type=int, default=128, help="minimum crop size per axis (default 128)")
+    pp.add_argument("--margin", type=int, default=0, help="voxels kept around the brain box (default 0)")
+    pp.add_argument("--chunk", type=int, default=32, help="chunk edge in voxels (default 32)")
+    pp.add_argument("--seed", type=int, default=0, help="seed for splits, drawn availability, samples")
+    pp.add_argument("--test-fraction", type=float, default=0.2, help="random test share (default 0.2)")
+    pp.add_argument("--val-fraction", type=float, default=0.0, help="random val share (default 0)")
+    pp.add_argument("--split", action="append", default=[], metavar="NAME=FILE",
+                    help="split from a case list file (repeatable); replaces the random split")
+    pp.add_argument("--availability-csv", type=Path, help="PASSION split CSV giving each case's modalities")
+    pp.add_argument("--missing-rates", default="",
+                    help="draw train availability: 'mr2468' (PASSION) or 'flair=0.6,t1=0.2'")
+    pp.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    v = sub.add_parser("verify", help="check a cache completely",
+                       description="Check format, provenance, every chunk's checksum and each case's attributes.")
+    v.add_argument("cache", type=Path, help="cache file (.h5)")
+    v.add_argument("--sources", action="store_true", help="also check the source files are unchanged")
+    v.add_argument("--source-root", type=Path, help="where the sources are now (default: where they were)")
     i = sub.add_parser("info", help="summarise a cache", description="Print a cache's provenance, modalities, "
                        "labels, splits and case count.")
     i.add_argument("cache", type=Path, help="cache file (.h5)")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--cases", action="store_true", help="also list every case")
     return p
 
 
@@ -46,23 +76,85 @@ def _run(args: argparse.Namespace) -> int:
         if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 - args.test_fraction):
             raise DataError("--test-fraction and --val-fraction must be in [0, 1) and sum below 1")
         settings = SynthSettings(cases=args.cases, shape=tuple(args.shape), seed=args.seed, sites=args.sites)
+        if args.nifti:
+            from ..data_tools.synthetic import write_synthetic_nifti
+
+            write_synthetic_nifti(args.output, settings, layout=args.layout)
+            console.print(f"wrote {args.cases} synthetic NIfTI cases to {args.output}")
+            return 0
         write_synthetic_cache(str(args.output), settings, test_fraction=args.test_fraction,
                               val_fraction=args.val_fraction)
         console.print(f"wrote {args.cases} synthetic cases to {args.output}")
         return 0
+    if args.command == "preprocess":
+        return _preprocess(args, console)
+    if args.command == "verify":
+        from ..data.verify import verify_cache
+
+        report = verify_cache(args.cache, check_sources=args.sources, source_root=args.source_root)
+        extra = f", {report.sources_checked} source files unchanged" if args.sources else ""
+        console.print(f"{args.cache}: OK ({report.cases} cases, {report.chunks_read} chunks checked{extra})")
+        return 0
     from ..data.cache_reader import CacheReader
 
     reader = CacheReader(args.cache)
+    infos = [reader.info(c) for c in reader.case_ids]
+    avail = [sum(i.availability[m] for i in infos) for m in range(reader.num_modalities)]
     summary = {
         "path": str(args.cache), "format_version": reader.format_version, "prism_version": reader.prism_version,
         "modalities": list(reader.modalities), "labels": reader.labels, "cases": len(reader.case_ids),
         "splits": {k: len(v) for k, v in reader.splits.items()}, "preprocessing_hash": reader.preprocessing_hash,
+        "created": reader.created, "source_root": reader.source_root, "source_files": len(reader.sources),
+        "available_per_modality": dict(zip(reader.modalities, avail, strict=True)),
+        "sites": sorted({i.site for i in infos if i.site}),
+        "size_mb": round(args.cache.stat().st_size / 1e6, 2),
     }
+    if args.cases:
+        summary["case_list"] = [
+            {"case": i.case_id, "shape": list(i.shape), "availability": [int(v) for v in i.availability],
+             "site": i.site} for i in infos]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
             console.print(f"{key:>18}: {value}")
+    return 0
+
+
+def _preprocess(args: argparse.Namespace, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..data_tools.layouts import resolve_layout
+    from ..data_tools.preprocess import PreprocessSettings, build_cache
+
+    if args.workers < 1 or args.min_size < 1 or args.chunk < 4 or args.margin < 0:
+        raise DataError("--workers and --min-size must be >= 1, --chunk >= 4, --margin >= 0")
+    lists = {}
+    for item in args.split:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not Path(file).is_file():
+            raise DataError(f"--split {item}: expected NAME=FILE with an existing file")
+        lists[name] = str(Path(file).resolve())
+    if args.availability_csv is not None and not args.availability_csv.is_file():
+        raise DataError(f"--availability-csv: {args.availability_csv} not found")
+    settings = PreprocessSettings(
+        min_size=args.min_size, margin=args.margin, seed=args.seed, chunk=args.chunk,
+        test_fraction=args.test_fraction, val_fraction=args.val_fraction, split_lists=lists,
+        availability_csv=str(args.availability_csv or ""), missing_rates=args.missing_rates)
+    layout = resolve_layout(args.layout, args.raw)
+    with Progress(TextColumn("[bold]preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(done: int, total: int, case_id: str) -> None:
+            bar.update(task, completed=done, total=total, description=case_id)
+
+        status = build_cache(args.raw, args.output, layout, settings, workers=args.workers, force=args.force,
+                             progress=progress)
+    if status == "up-to-date":
+        console.print(f"{args.output} is up to date (same settings and sources); --force rebuilds it")
+    else:
+        console.print(f"wrote {args.output} ({layout.name} layout)")
     return 0
 
 

@@ -4,12 +4,13 @@ Layout::
 
     /                     attrs: prism_format="prism-cache", format_version, prism_version, modalities (JSON),
                                  labels (JSON), label_map (JSON), preprocessing (JSON), preprocessing_hash,
-                                 sources (JSON), created, complete
+                                 source_root, created, complete
+    /provenance/sources   scalar UTF-8 JSON: [{case, role, path, size, sha256}, ...] (one per source file)
     /cases/<case_id>/image       float32 [M, D, H, W], chunked (1, c, c, c), Blosc2-LZ4 + shuffle, Fletcher32
     /cases/<case_id>/label       uint8 [D, H, W], same chunking and filters
     /cases/<case_id>/foreground  int32 [N, 3], a sample of foreground voxel coordinates
-                          attrs: availability (uint8 [M]), spacing [3], affine [4, 4], crop_box [3, 2],
-                                 original_shape [3], site
+                          attrs: availability (uint8 [M]), present (uint8 [M]), spacing [3], affine [4, 4],
+                                 crop_box [3, 2], original_shape [3], site
     /splits/<name>        variable-length UTF-8 strings: the case ids of that split
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 FORMAT_NAME = "prism-cache"
@@ -27,6 +29,16 @@ DEFAULT_CHUNK = 32
 FOREGROUND_SAMPLES = 4096
 
 BRATS_LABELS = {0: "background", 1: "necrotic core", 2: "edema", 3: "enhancing tumour"}
+
+#: root attributes every v1 cache carries
+ROOT_ATTRS = ("prism_format", "format_version", "prism_version", "modalities", "labels", "label_map",
+              "preprocessing", "preprocessing_hash", "created", "complete")
+#: per-case attributes every v1 case carries (``present`` is optional: it defaults to ``availability``)
+CASE_ATTRS = ("availability", "spacing", "affine", "crop_box", "original_shape", "site")
+#: where the source file list lives (a scalar JSON string dataset; attributes are limited to 64 KiB)
+SOURCES_PATH = "provenance/sources"
+#: the name a cache has while it is being built: ``<name>.tmp-<pid>``
+TMP_SUFFIX = re.compile(r"\.tmp-\d+$")
 
 
 def settings_hash(settings: dict[str, Any]) -> str:

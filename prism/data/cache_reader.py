@@ -13,7 +13,7 @@ import hdf5plugin  # noqa: F401  (registers the Blosc2 filter with HDF5)
 import numpy as np
 
 from ..errors import CacheError
-from .cache_format import FORMAT_NAME, READABLE_VERSIONS
+from .cache_format import FORMAT_NAME, READABLE_VERSIONS, SOURCES_PATH
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class CaseInfo:
     crop_box: np.ndarray
     original_shape: tuple[int, int, int]
     site: str
+    present: tuple[bool, ...] = ()  # modality files that existed in the raw data (availability may be narrower)
 
 
 class CacheReader:
@@ -46,12 +47,23 @@ class CacheReader:
         self.preprocessing_hash: str = str(attrs.get("preprocessing_hash", ""))
         self.format_version = int(attrs["format_version"])
         self.prism_version = str(attrs.get("prism_version", ""))
+        self.source_root: str = str(attrs.get("source_root", ""))
+        self.created: str = str(attrs.get("created", ""))
         self.case_ids: tuple[str, ...] = tuple(sorted(f["cases"].keys()))
         self.splits: dict[str, tuple[str, ...]] = {
             name: tuple(s.decode() if isinstance(s, bytes) else str(s) for s in ds[()])
             for name, ds in f["splits"].items()
         }
         self._info: dict[str, CaseInfo] = {}
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        """Provenance: one dict (case, role, path, size, sha256) per source file; empty for synthetic caches."""
+        f = self._open()
+        if SOURCES_PATH not in f:
+            return []
+        raw = f[SOURCES_PATH][()]
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
     def _open(self) -> h5py.File:
         if self._file is not None and self._pid == os.getpid():
@@ -119,6 +131,7 @@ class CacheReader:
                 crop_box=np.asarray(a["crop_box"]),
                 original_shape=tuple(int(v) for v in a["original_shape"]),
                 site=str(a.get("site", "")),
+                present=tuple(bool(v) for v in a.get("present", a["availability"])),
             )
         return self._info[case_id]
 
@@ -142,3 +155,21 @@ class CacheReader:
             return g["image"][(slice(None), *sl)], g["label"][sl]
         except OSError as exc:
             raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {exc}") from None
+
+    def read_region(self, case_id: str, start: tuple[int, ...], size: tuple[int, ...]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exactly ``size`` voxels from ``start`` (which may lie partly outside the volume): outside is zero."""
+        shape = self.info(case_id).shape
+        lo = [max(s, 0) for s in start]
+        hi = [min(s + n, d) for s, n, d in zip(start, size, shape, strict=True)]
+        if all(a == s for a, s in zip(lo, start, strict=True)) and all(
+                b - a == n for a, b, n in zip(lo, hi, size, strict=True)):
+            return self.read_patch(case_id, tuple(lo), tuple(size))
+        image = np.zeros((self.num_modalities, *size), np.float32)
+        label = np.zeros(tuple(size), np.uint8)
+        if all(b > a for a, b in zip(lo, hi, strict=True)):
+            img, lab = self.read_patch(case_id, tuple(lo), tuple(b - a for a, b in zip(lo, hi, strict=True)))
+            dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
+            image[(slice(None), *dst)] = img
+            label[dst] = lab
+        return image, label

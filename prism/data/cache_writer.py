@@ -16,7 +16,14 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CacheError
-from .cache_format import DEFAULT_CHUNK, FOREGROUND_SAMPLES, FORMAT_NAME, FORMAT_VERSION, settings_hash
+from .cache_format import (
+    DEFAULT_CHUNK,
+    FOREGROUND_SAMPLES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SOURCES_PATH,
+    settings_hash,
+)
 
 
 def _filters() -> dict[str, Any]:
@@ -48,6 +55,7 @@ class CacheWriter:
         label_map: Mapping[int, int] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
         sources: Sequence[Mapping[str, Any]] = (),
+        source_root: str = "",
         chunk: int = DEFAULT_CHUNK,
         seed: int = 0,
     ) -> None:
@@ -58,6 +66,7 @@ class CacheWriter:
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         self.preprocessing = dict(preprocessing or {})
         self.sources = [dict(s) for s in sources]
+        self.source_root = str(source_root)
         self.chunk = int(chunk)
         self._rng = np.random.default_rng(seed)
         self._file: h5py.File | None = None
@@ -75,7 +84,7 @@ class CacheWriter:
         a["label_map"] = json.dumps({str(k): v for k, v in sorted(self.label_map.items())})
         a["preprocessing"] = json.dumps(self.preprocessing, sort_keys=True, default=str)
         a["preprocessing_hash"] = settings_hash(self.preprocessing)
-        a["sources"] = json.dumps(self.sources, sort_keys=True)
+        a["source_root"] = self.source_root
         a["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         a["complete"] = False
         self._file.create_group("cases")
@@ -100,15 +109,22 @@ class CacheWriter:
         crop_box: np.ndarray | None = None,
         original_shape: Sequence[int] | None = None,
         site: str = "",
+        present: Sequence[bool] | None = None,
+        foreground: np.ndarray | None = None,
     ) -> None:
-        """Add one preprocessed case: image float ``[M, D, H, W]``, label int ``[D, H, W]``."""
+        """Add one preprocessed case: image float ``[M, D, H, W]``, label int ``[D, H, W]``.
+
+        ``present`` says which modality files exist (default: ``availability``); ``availability`` may be narrower
+        (an experiment's missing-modality split). ``foreground`` is a precomputed sample of foreground voxel
+        coordinates ``[N, 3]``; by default it is drawn here.
+        """
         m = len(self.modalities)
         if image.ndim != 4 or image.shape[0] != m:
             raise CacheError(f"case {case_id}: image must be [{m}, D, H, W], got {image.shape}")
         if label.shape != image.shape[1:]:
             raise CacheError(f"case {case_id}: label shape {label.shape} != image shape {image.shape[1:]}")
-        if len(availability) != m:
-            raise CacheError(f"case {case_id}: availability needs {m} entries, got {len(availability)}")
+        if len(availability) != m or (present is not None and len(present) != m):
+            raise CacheError(f"case {case_id}: availability and present need {m} entries each")
         if case_id in self._case_ids or "/" in case_id or not case_id:
             raise CacheError(f"case id {case_id!r} is empty, contains '/', or is duplicated")
         unknown = sorted(set(np.unique(label).tolist()) - set(self.labels))
@@ -119,8 +135,11 @@ class CacheWriter:
         group = self.file["cases"].create_group(case_id)
         group.create_dataset("image", data=image.astype(np.float32, copy=False), chunks=(1, *chunk), **_filters())
         group.create_dataset("label", data=label.astype(np.uint8, copy=False), chunks=chunk, **_filters())
-        group.create_dataset("foreground", data=foreground_points(label, FOREGROUND_SAMPLES, self._rng))
+        if foreground is None:
+            foreground = foreground_points(label, FOREGROUND_SAMPLES, self._rng)
+        group.create_dataset("foreground", data=np.asarray(foreground, dtype=np.int32).reshape(-1, 3))
         group.attrs["availability"] = np.asarray(availability, dtype=np.uint8)
+        group.attrs["present"] = np.asarray(availability if present is None else present, dtype=np.uint8)
         group.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
         group.attrs["affine"] = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
         box = np.stack([np.zeros(3, int), np.asarray(spatial)], axis=1) if crop_box is None else crop_box
@@ -128,6 +147,10 @@ class CacheWriter:
         group.attrs["original_shape"] = np.asarray(original_shape or spatial, dtype=np.int64)
         group.attrs["site"] = site
         self._case_ids.append(case_id)
+
+    def add_sources(self, sources: Sequence[Mapping[str, Any]]) -> None:
+        """Record source files (dicts with case, role, path, size, sha256) in the provenance."""
+        self.sources.extend(dict(s) for s in sources)
 
     def set_split(self, name: str, case_ids: Sequence[str]) -> None:
         """Store a named split (train, val, test, ...) of case ids already added."""
@@ -146,6 +169,8 @@ class CacheWriter:
             return
         try:
             if exc_type is None:
+                sources = json.dumps(self.sources, sort_keys=True)
+                f.create_dataset(SOURCES_PATH, data=sources, dtype=h5py.string_dtype())
                 f.attrs["complete"] = True
             f.flush()
         finally:

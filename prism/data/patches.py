@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..batch import Batch
+from .augment import Augmentation, intensity_jitter, random_rotation, rotate_region, rotation_margin
 from .cache_reader import CacheReader
 
 
@@ -17,11 +18,14 @@ class PatchDataset(Dataset):
     """Sample ``i`` is a patch drawn with a generator seeded by ``(seed, i)``: independent of workers and order.
 
     A fraction ``foreground_fraction`` of patches is centred on a stored foreground voxel (nnU-Net oversamples a
-    third); the rest are uniform. Volumes smaller than the patch are zero-padded (label 0).
+    third); the rest are uniform. Volumes smaller than the patch are zero-padded (label 0). Flips (each axis with
+    probability 1/2) and the optional ``augment`` (rotations, intensity) use the same per-sample generator, so
+    the sample is the same whichever DataLoader worker draws it; the file handle opens lazily in each worker.
     """
 
     def __init__(self, reader: CacheReader, case_ids: Sequence[str], patch_size: Sequence[int], *,
-                 foreground_fraction: float = 1 / 3, seed: int = 0, flip: bool = True) -> None:
+                 foreground_fraction: float = 1 / 3, seed: int = 0, flip: bool = True,
+                 augment: Augmentation | None = None) -> None:
         if not case_ids:
             raise ValueError("PatchDataset needs at least one case")
         self.reader = reader
@@ -30,6 +34,7 @@ class PatchDataset(Dataset):
         self.foreground_fraction = float(foreground_fraction)
         self.seed = int(seed)
         self.flip = flip
+        self.augment = augment
 
     def __len__(self) -> int:  # addressed by sample number; the sampler decides how many
         return 2**62
@@ -50,16 +55,24 @@ class PatchDataset(Dataset):
         case_id = self.case_ids[int(rng.integers(len(self.case_ids)))]
         info = self.reader.info(case_id)
         start = self._start(rng, case_id, info.shape)
-        image, label = self.reader.read_patch(case_id, tuple(start), self.patch_size)
-        pad = [(0, p - s) for p, s in zip(self.patch_size, label.shape, strict=False)]
-        if any(after for _, after in pad):
-            image = np.pad(image, [(0, 0), *pad])
-            label = np.pad(label, pad)
-        if self.flip:
-            axes = tuple(ax for ax in range(3) if rng.random() < 0.5)
-            if axes:
-                image = np.flip(image, axis=tuple(a + 1 for a in axes))
-                label = np.flip(label, axis=axes)
+        axes = tuple(ax for ax in range(3) if rng.random() < 0.5) if self.flip else ()
+        aug = self.augment
+        rotation = None
+        if aug is not None and aug.rotate_degrees > 0 and rng.random() < aug.rotate_probability:
+            rotation = random_rotation(rng, aug.rotate_degrees)
+        if rotation is None:
+            image, label = self.reader.read_region(case_id, tuple(start), self.patch_size)
+        else:
+            margin = rotation_margin(rotation, self.patch_size)
+            region_start = tuple(s - m for s, m in zip(start, margin, strict=True))
+            region_size = tuple(p + 2 * m for p, m in zip(self.patch_size, margin, strict=True))
+            image, label = self.reader.read_region(case_id, region_start, region_size)
+            image, label = rotate_region(image, label, rotation, self.patch_size)
+        if axes:
+            image = np.flip(image, axis=tuple(a + 1 for a in axes))
+            label = np.flip(label, axis=axes)
+        if aug is not None and (aug.intensity_scale > 0 or aug.intensity_shift > 0):
+            image = intensity_jitter(image, rng, aug.intensity_scale, aug.intensity_shift)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),

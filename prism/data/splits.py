@@ -1,10 +1,17 @@
-"""Train/val/test splits, reproducible from a seed."""
+"""Train/val/test splits: reproducible from a seed, or read from plain-text case lists (RFNet/PASSION style)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+
+from ..errors import DataError
+
+_GRADE_PREFIX = re.compile(r"^(?:HGG|LGG|HG|LG)_")
+_SUFFIXES = (".nii.gz", ".nii", ".npy", ".h5")
 
 
 def make_splits(case_ids: Sequence[str], *, seed: int = 0, test_fraction: float = 0.2,
@@ -20,3 +27,69 @@ def make_splits(case_ids: Sequence[str], *, seed: int = 0, test_fraction: float 
     val = sorted(ids[i] for i in order[n_test:n_test + n_val])
     train = sorted(ids[i] for i in order[n_test + n_val:])
     return {name: members for name, members in (("train", train), ("val", val), ("test", test)) if members}
+
+
+def read_case_list(path: str | Path) -> list[str]:
+    """Case names from a text file: one per line; blank lines and ``#`` comments skipped; a directory part and a
+    volume suffix (``.npy``, ``.nii.gz``) are dropped, so RFNet-style lists of paths also work."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read case list: {exc}") from None
+    names = []
+    for line in lines:
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        text = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        for suffix in _SUFFIXES:
+            if text.endswith(suffix):
+                text = text[: -len(suffix)]
+                break
+        names.append(text)
+    return names
+
+
+def write_case_list(path: str | Path, case_ids: Iterable[str]) -> None:
+    """One case id per line (readable back by :func:`read_case_list`)."""
+    Path(path).write_text("".join(f"{c}\n" for c in case_ids))
+
+
+def resolve_case_names(names: Iterable[str], known: Iterable[str], *, source: str) -> list[str]:
+    """Map names from a list or CSV to known case ids: exact match, else without a grade prefix
+    (PASSION writes ``HG_BraTS20_Training_001`` for folder ``BraTS20_Training_001``). Unknown -> DataError."""
+    known_set = set(known)
+    out = []
+    unknown = []
+    for name in names:
+        if name in known_set:
+            out.append(name)
+            continue
+        stripped = _GRADE_PREFIX.sub("", name)
+        if stripped in known_set:
+            out.append(stripped)
+        else:
+            unknown.append(name)
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise DataError(f"{source}: names unknown cases: {', '.join(unknown[:3])}{more}")
+    return out
+
+
+def splits_from_lists(lists: Mapping[str, str | Path], case_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Splits from text lists (name -> file); cases in no list go to ``train`` unless a train list is given."""
+    splits: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for name, path in lists.items():
+        members = resolve_case_names(read_case_list(path), case_ids, source=str(path))
+        for case in members:
+            if case in seen and seen[case] != name:
+                raise DataError(f"{path}: case {case} is also in split '{seen[case]}'")
+            seen[case] = name
+        splits[name] = sorted(set(members))
+    if "train" not in splits:
+        rest = sorted(set(case_ids) - set(seen))
+        if rest:
+            splits["train"] = rest
+    return {k: v for k, v in splits.items() if v}

@@ -1,0 +1,183 @@
+"""Raw dataset layouts: which file in a case folder holds which modality, and how labels map to the cache.
+
+Built in: ``brats2020`` (2018-2021: ``<case>_{flair,t1ce,t1,t2,seg}.nii.gz``) and ``brats2023``
+(``<case>-{t2f,t1c,t1n,t2w,seg}.nii.gz``). Any other dataset: a small YAML/JSON description::
+
+    name: mydata
+    modalities: {flair: "{case}_FLAIR.nii.gz", t1: "{case}_T1.nii.gz"}   # declared order = channel order
+    label: "{case}_mask.nii.gz"
+    labels: {0: background, 1: lesion}                                    # stored label names
+    label_map: {0: 0, 255: 1}                                             # raw value -> stored value
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prism.data.cache_format import BRATS_LABELS
+from prism.errors import DataError
+
+DESCRIPTION_NAMES = ("prism-dataset.yaml", "prism-dataset.yml", "prism-dataset.json")
+_NIFTI = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Modality names (channel order), file patterns per modality and label, label names and raw->stored map."""
+
+    name: str
+    files: dict[str, tuple[str, ...]]  # modality -> patterns (first existing wins); ``{case}`` = folder name
+    label: tuple[str, ...]
+    labels: dict[int, str]
+    label_map: dict[int, int]
+    site_file: str = "sites.csv"  # optional CSV in the raw root: case,site
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.files)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description (part of the preprocessing settings hash)."""
+        return {"name": self.name, "files": {k: list(v) for k, v in self.files.items()}, "label": list(self.label),
+                "labels": {str(k): v for k, v in self.labels.items()},
+                "label_map": {str(k): v for k, v in self.label_map.items()}}
+
+
+def _patterns(stem: str) -> tuple[str, ...]:
+    return tuple(stem + ext for ext in _NIFTI)
+
+
+BRATS2020 = DatasetLayout(
+    name="brats2020",
+    files={m: _patterns("{case}_" + m) for m in ("flair", "t1ce", "t1", "t2")},
+    label=_patterns("{case}_seg"),
+    labels=dict(BRATS_LABELS),
+    label_map={0: 0, 1: 1, 2: 2, 4: 3},
+)
+BRATS2023 = DatasetLayout(
+    name="brats2023",
+    files={m: _patterns("{case}-" + raw) for m, raw in (("flair", "t2f"), ("t1ce", "t1c"), ("t1", "t1n"),
+                                                      ("t2", "t2w"))},
+    label=_patterns("{case}-seg"),
+    labels=dict(BRATS_LABELS),
+    label_map={0: 0, 1: 1, 2: 2, 3: 3},
+)
+BUILTIN_LAYOUTS = {"brats2020": BRATS2020, "brats2023": BRATS2023}
+
+
+def _as_patterns(value: Any, where: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and "{case}" in v for v in items):
+        raise DataError(f"{where}: expected a file pattern (or list of them) containing '{{case}}'")
+    return tuple(items)
+
+
+def layout_from_description(path: str | Path) -> DatasetLayout:
+    """Read a dataset description (YAML or JSON; see the module docstring)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: cannot read dataset description: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("modalities"), dict) or not data["modalities"]:
+        raise DataError(f"{path}: 'modalities' must map modality names to file patterns")
+    files = {str(m): _as_patterns(p, f"{path}: modalities.{m}") for m, p in data["modalities"].items()}
+    if "label" not in data:
+        raise DataError(f"{path}: 'label' (the label file pattern) is required")
+    try:
+        labels = {int(k): str(v) for k, v in (data.get("labels") or {0: "background", 1: "foreground"}).items()}
+        label_map = {int(k): int(v) for k, v in (data.get("label_map") or {k: k for k in labels}).items()}
+    except (TypeError, ValueError, AttributeError):
+        raise DataError(f"{path}: 'labels' and 'label_map' must map integers to names / integers") from None
+    bad = sorted(set(label_map.values()) - set(labels))
+    if bad or sorted(labels) != list(range(len(labels))):
+        raise DataError(f"{path}: labels must be 0..K-1 and label_map must map into them (bad targets {bad})")
+    return DatasetLayout(name=str(data.get("name", path.stem)), files=files,
+                         label=_as_patterns(data["label"], f"{path}: label"), labels=labels, label_map=label_map,
+                         site_file=str(data.get("site_file", "sites.csv")))
+
+
+def resolve_layout(spec: str, raw_root: Path) -> DatasetLayout:
+    """``auto`` (a description file in the root, else BraTS naming detected), a built-in name, or a file path."""
+    if spec in BUILTIN_LAYOUTS:
+        return BUILTIN_LAYOUTS[spec]
+    if spec != "auto":
+        if not Path(spec).is_file():
+            raise DataError(f"--layout: '{spec}' is neither {sorted(BUILTIN_LAYOUTS)}, 'auto' nor a file")
+        return layout_from_description(spec)
+    for name in DESCRIPTION_NAMES:
+        if (raw_root / name).is_file():
+            return layout_from_description(raw_root / name)
+    for folder in case_folders(raw_root):
+        names = [p.name for p in folder.iterdir()]
+        if any(n.endswith(("_flair.nii.gz", "_flair.nii", "_t1ce.nii.gz", "_t1ce.nii")) for n in names):
+            return BRATS2020
+        if any(n.endswith(("-t2f.nii.gz", "-t2f.nii", "-t1c.nii.gz", "-t1c.nii")) for n in names):
+            return BRATS2023
+    raise DataError(f"{raw_root}: cannot tell the layout (no BraTS file names, no prism-dataset.yaml); "
+                    "pass --layout")
+
+
+def case_folders(raw_root: Path) -> list[Path]:
+    """Case folders: sub-folders of the root holding files, or one level deeper (BraTS 2018 HGG/ and LGG/)."""
+    if not raw_root.is_dir():
+        raise DataError(f"{raw_root}: raw data folder not found")
+    out = []
+    for entry in sorted(raw_root.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        children = list(entry.iterdir())
+        if children and all(c.is_dir() for c in children):
+            out.extend(sorted(c for c in children if not c.name.startswith(".")))
+        else:
+            out.append(entry)
+    if not out:
+        raise DataError(f"{raw_root}: no case folders found")
+    return out
+
+
+@dataclass(frozen=True)
+class RawCase:
+    """One case folder: the file of each modality (None = absent, the modality is unavailable) and the label."""
+
+    case_id: str
+    folder: Path
+    files: dict[str, Path | None]
+    label: Path | None
+
+
+def _find(folder: Path, case_id: str, patterns: tuple[str, ...]) -> Path | None:
+    for pattern in patterns:
+        candidate = folder / pattern.format(case=case_id)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def discover_cases(raw_root: Path, layout: DatasetLayout) -> list[RawCase]:
+    """Every case under ``raw_root``; an empty folder, or one with no modality or no label file, is a DataError."""
+    cases = []
+    seen: dict[str, Path] = {}
+    for folder in case_folders(raw_root):
+        case_id = folder.name
+        if not any(folder.iterdir()):
+            raise DataError(f"case {case_id}: empty case folder {folder}")
+        files = {m: _find(folder, case_id, pats) for m, pats in layout.files.items()}
+        label = _find(folder, case_id, layout.label)
+        if not any(files.values()):
+            wanted = ", ".join(p.format(case=case_id) for p in (v[0] for v in layout.files.values()))
+            raise DataError(f"case {case_id}: no modality file in {folder} (expected {wanted})")
+        if label is None:
+            raise DataError(f"case {case_id}: label file {layout.label[0].format(case=case_id)} missing in {folder}")
+        if case_id in seen:
+            raise DataError(f"case {case_id}: found twice ({seen[case_id]} and {folder})")
+        seen[case_id] = folder
+        cases.append(RawCase(case_id=case_id, folder=folder, files=files, label=label))
+    return cases

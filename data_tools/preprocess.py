@@ -1,0 +1,311 @@
+"""Raw NIfTI cases -> a prism cache: crop to the brain, z-score over brain voxels, map labels, keep geometry.
+
+Cases are preprocessed in parallel worker processes (``forkserver``/``spawn``, never a fork of a process holding
+HDF5 handles); the parent writes them into a temporary cache renamed into place at the end, so an interrupted
+build leaves no cache. Rebuilding is cheap to skip: when the existing cache verifies and was built from the same
+settings and the same source files (size and SHA-256), ``build_cache`` returns without writing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import hashlib
+import multiprocessing
+import os
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prism.data.availability import draw_availability, parse_missing_rates, read_passion_csv
+from prism.data.cache_format import FOREGROUND_SAMPLES, TMP_SUFFIX, settings_hash
+from prism.data.cache_writer import CacheWriter
+from prism.data.splits import make_splits, resolve_case_names, splits_from_lists
+from prism.errors import CacheError, DataError
+
+from .layouts import DatasetLayout, RawCase, discover_cases
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """What preprocessing does (hashed into the cache provenance)."""
+
+    min_size: int = 128  # crop box at least this many voxels per axis (RFNet), clipped to the volume
+    margin: int = 0  # voxels added around the brain bounding box
+    seed: int = 0  # foreground samples, random splits, drawn availability
+    chunk: int = 32
+    test_fraction: float = 0.2
+    val_fraction: float = 0.0
+    split_lists: dict[str, str] = field(default_factory=dict)  # split name -> case list file
+    availability_csv: str = ""  # PASSION split CSV (applies to the cases it names)
+    missing_rates: str = ""  # "mr2468" or "flair=0.6,..." (applies to the train split)
+
+
+@dataclass
+class PreprocessedCase:
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    present: tuple[bool, ...]
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    crop_box: np.ndarray
+    original_shape: tuple[int, int, int]
+    foreground: np.ndarray
+    sources: list[dict[str, Any]]
+
+
+def file_digest(path: str | Path) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex) of a file."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _load(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for bad files (ImageFileError, EOFError, zlib.error)
+        raise DataError(f"case {case_id}: cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"case {case_id}: {path} is not a 3D volume (shape {data.shape})")
+    if not np.isfinite(data).all():
+        raise DataError(f"case {case_id}: {path} contains NaN or Inf voxels")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, np.asarray(img.affine, dtype=np.float64), zooms
+
+
+def brain_box(brain: np.ndarray, min_size: int, margin: int) -> np.ndarray:
+    """``[3, 2]`` start/stop of the brain's bounding box, grown by ``margin`` and to ``min_size``, inside the volume."""
+    coords = np.argwhere(brain)
+    box = np.zeros((3, 2), np.int64)
+    for ax, n in enumerate(brain.shape):
+        lo, hi = int(coords[:, ax].min()) - margin, int(coords[:, ax].max()) + 1 + margin
+        lo, hi = max(lo, 0), min(hi, n)
+        want = min(min_size, n)
+        if hi - lo < want:
+            extra = want - (hi - lo)
+            lo = max(0, lo - extra // 2)
+            hi = lo + want
+            if hi > n:
+                hi, lo = n, n - want
+        box[ax] = (lo, hi)
+    return box
+
+
+def preprocess_case(raw: RawCase, layout: DatasetLayout, settings: PreprocessSettings,
+                    raw_root: str = "") -> PreprocessedCase:
+    """Load, check, crop, normalise and relabel one case (runs in a worker process)."""
+    case_id = raw.case_id
+    volumes: dict[str, np.ndarray] = {}
+    ref: tuple[Path, np.ndarray, np.ndarray, tuple[float, float, float]] | None = None
+    for role, path in [*raw.files.items(), ("label", raw.label)]:
+        if path is None:
+            continue
+        data, affine, zooms = _load(path, case_id)
+        if ref is None:
+            ref = (path, data, affine, zooms)
+        elif data.shape != ref[1].shape:
+            raise DataError(f"case {case_id}: {path.name} has shape {data.shape}, {ref[0].name} has {ref[1].shape}")
+        elif not np.allclose(affine, ref[2], atol=1e-3):
+            raise DataError(f"case {case_id}: {path.name} and {ref[0].name} have different affines")
+        volumes[role] = data
+    assert ref is not None and raw.label is not None
+    shape = ref[1].shape
+    label_raw = volumes.pop("label")
+    values = np.unique(label_raw)
+    if not np.array_equal(values, np.round(values)):
+        raise DataError(f"case {case_id}: {raw.label.name} holds non-integer label values")
+    unknown = sorted(set(values.astype(int).tolist()) - set(layout.label_map))
+    if unknown:
+        raise DataError(f"case {case_id}: {raw.label.name} has label values {unknown} outside the label map "
+                        f"{sorted(layout.label_map)}")
+    lut = np.zeros(max(layout.label_map) + 1, np.uint8)
+    for k, v in layout.label_map.items():
+        lut[k] = v
+    label = lut[label_raw.astype(np.int64)]
+    brain = np.zeros(shape, bool)
+    for data in volumes.values():
+        brain |= data != 0
+    if not brain.any():
+        raise DataError(f"case {case_id}: every modality is all zero (no brain voxels)")
+    box = brain_box(brain, settings.min_size, settings.margin)
+    crop = tuple(slice(int(a), int(b)) for a, b in box)
+    brain_c = brain[crop]
+    image = np.zeros((len(layout.modalities), *brain_c.shape), np.float32)
+    for c, m in enumerate(layout.modalities):
+        if m not in volumes:
+            continue
+        vol = volumes[m][crop]
+        vals = vol[brain_c].astype(np.float64)
+        std = vals.std()
+        image[c][brain_c] = ((vals - vals.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    label = np.ascontiguousarray(label[crop])
+    rng = np.random.default_rng((settings.seed, zlib.crc32(case_id.encode())))
+    coords = np.argwhere(label > 0)
+    if len(coords) > FOREGROUND_SAMPLES:
+        coords = coords[np.sort(rng.choice(len(coords), size=FOREGROUND_SAMPLES, replace=False))]
+    sources = []
+    for role, path in [*raw.files.items(), ("label", raw.label)]:
+        if path is not None:
+            size, sha = file_digest(path)
+            rel = os.path.relpath(path, raw_root) if raw_root else str(path)
+            sources.append({"case": case_id, "role": role, "path": rel, "size": size, "sha256": sha})
+    return PreprocessedCase(
+        case_id=case_id, image=image, label=label, present=tuple(m in volumes for m in layout.modalities),
+        spacing=ref[3], affine=ref[2], crop_box=box, original_shape=tuple(int(s) for s in shape),
+        foreground=coords.astype(np.int32), sources=sources)
+
+
+def read_sites(path: Path, case_ids: Sequence[str]) -> dict[str, str]:
+    """``case,site`` rows from a CSV (header optional); names must be known cases."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r and r[0].strip()]
+    if rows and rows[0][0].strip().lower() in ("case", "case_id"):
+        rows = rows[1:]
+    if any(len(r) < 2 for r in rows):
+        raise DataError(f"{path}: every row needs 'case,site'")
+    names = resolve_case_names([r[0].strip() for r in rows], case_ids, source=str(path))
+    return {name: r[1].strip() for name, r in zip(names, rows, strict=True)}
+
+
+def plan_splits(case_ids: Sequence[str], settings: PreprocessSettings) -> dict[str, list[str]]:
+    if settings.split_lists:
+        return splits_from_lists(settings.split_lists, case_ids)
+    return make_splits(case_ids, seed=settings.seed, test_fraction=settings.test_fraction,
+                       val_fraction=settings.val_fraction)
+
+
+def plan_availability(case_ids: Sequence[str], splits: Mapping[str, Sequence[str]], layout: DatasetLayout,
+                      settings: PreprocessSettings) -> dict[str, tuple[bool, ...]]:
+    """Experiment availability per case (before intersecting with the files present); absent = all."""
+    out: dict[str, tuple[bool, ...]] = {}
+    if settings.availability_csv:
+        table = read_passion_csv(settings.availability_csv, layout.modalities)
+        names = resolve_case_names(table, case_ids, source=settings.availability_csv)
+        out.update({name: table[raw] for name, raw in zip(names, table, strict=True)})
+    if settings.missing_rates:
+        rates = parse_missing_rates(settings.missing_rates, layout.modalities)
+        train = [c for c in splits.get("train", []) if c not in out]
+        out.update(draw_availability(train, rates, layout.modalities, seed=settings.seed))
+    return out
+
+
+def _pool(workers: int) -> cf.Executor:
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
+def _same_sources(output: Path, want_hash: str, raw: list[RawCase], raw_root: Path) -> bool:
+    from prism.data.cache_reader import CacheReader
+    from prism.data.verify import verify_cache
+
+    try:
+        verify_cache(output, check_chunks=False)
+        reader = CacheReader(output)
+        stored, stored_hash = reader.sources, reader.preprocessing_hash
+        reader.close()
+    except CacheError:
+        return False
+    if stored_hash != want_hash:
+        return False
+    current = {os.path.relpath(p, raw_root) for c in raw for p in [*c.files.values(), c.label] if p is not None}
+    if current != {s["path"] for s in stored}:
+        return False
+    return all(file_digest(raw_root / s["path"]) == (s["size"], s["sha256"]) for s in stored)
+
+
+def remove_stale_temporaries(output: Path) -> None:
+    """Delete ``<output>.tmp-<pid>`` files left by killed builds whose process is gone."""
+    for tmp in output.parent.glob(f"{output.name}.tmp-*"):
+        if not TMP_SUFFIX.search(tmp.name):
+            continue
+        pid = int(tmp.name.rsplit("-", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+
+
+def build_cache(raw_root: str | Path, output: str | Path, layout: DatasetLayout,
+                settings: PreprocessSettings = PreprocessSettings(), *, workers: int = 1, force: bool = False,
+                progress: Callable[[int, int, str], None] | None = None) -> str:
+    """Preprocess every case under ``raw_root`` into ``output``. Returns "built" or "up-to-date".
+
+    ``progress(done, total, case_id)`` is called after each case is written.
+    """
+    raw_root = Path(raw_root).resolve()
+    output = Path(output)
+    raw = discover_cases(raw_root, layout)
+    case_ids = [c.case_id for c in raw]
+    splits = plan_splits(case_ids, settings)
+    availability = plan_availability(case_ids, splits, layout, settings)
+    sites = read_sites(raw_root / layout.site_file, case_ids)
+    described = {"layout": layout.describe(), **asdict(settings),
+                 "split_lists": {k: Path(v).name for k, v in settings.split_lists.items()},
+                 "availability_csv": Path(settings.availability_csv).name if settings.availability_csv else ""}
+    if not force and output.exists() and _same_sources(output, settings_hash(described), raw, raw_root):
+        return "up-to-date"
+    remove_stale_temporaries(output)
+    with CacheWriter(output, modalities=layout.modalities, labels=layout.labels, label_map=layout.label_map,
+                     preprocessing=described, source_root=str(raw_root), chunk=settings.chunk,
+                     seed=settings.seed) as writer:
+
+        def write(case: PreprocessedCase) -> None:
+            wanted = availability.get(case.case_id, (True,) * len(case.present))
+            avail = tuple(p and w for p, w in zip(case.present, wanted, strict=True))
+            if not any(avail):
+                raise DataError(f"case {case.case_id}: no modality left available (files present "
+                                f"{list(case.present)}, requested {list(wanted)})")
+            writer.add_case(case.case_id, case.image, case.label, availability=avail, present=case.present,
+                            spacing=case.spacing, affine=case.affine, crop_box=case.crop_box,
+                            original_shape=case.original_shape, site=sites.get(case.case_id, ""),
+                            foreground=case.foreground)
+            writer.add_sources(case.sources)
+
+        done = 0
+        if workers <= 1:
+            for rc in raw:
+                write(preprocess_case(rc, layout, settings, str(raw_root)))
+                done += 1
+                if progress:
+                    progress(done, len(raw), rc.case_id)
+        else:
+            with _pool(workers) as pool:
+                pending: set[cf.Future[PreprocessedCase]] = set()
+                queue = list(raw)
+                try:
+                    while queue or pending:
+                        while queue and len(pending) < 2 * workers:  # bound the memory held by results
+                            pending.add(pool.submit(preprocess_case, queue.pop(0), layout, settings, str(raw_root)))
+                        finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                        for fut in finished:
+                            case = fut.result()
+                            write(case)
+                            done += 1
+                            if progress:
+                                progress(done, len(raw), case.case_id)
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+        for name, members in splits.items():
+            writer.set_split(name, members)
+    return "built"

@@ -1,0 +1,127 @@
+"""Which modalities each case has: from PASSION's split CSVs, from ``mrABCD`` missing rates, or drawn with a seed.
+
+PASSION's CSVs have columns ``data_name, mask_id, mask, pos_mask_ids``; ``mask`` is a Python-style bool list in
+[FLAIR, T1ce, T1, T2] order. A file named ``..._mrABCD...`` carries missing rates x10 for [T1, T1ce, FLAIR, T2].
+Nothing here calls ``eval``: lists are parsed token by token.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..modalities import BRATS_MODALITIES
+
+#: modality order of a PASSION ``mask`` column
+PASSION_MASK_ORDER: tuple[str, ...] = ("flair", "t1ce", "t1", "t2")
+#: modality order of the digits in a PASSION ``mrABCD`` file name
+PASSION_RATE_ORDER: tuple[str, ...] = ("t1", "t1ce", "flair", "t2")
+
+_MR_NAME = re.compile(r"(?:^|[_\-.])mr(\d{4})(?=$|[_\-.])")
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def parse_bool_list(text: str, *, where: str = "") -> list[bool]:
+    """``"[True, False, 1, 0]"`` -> ``[True, False, True, False]`` (no eval; anything else is a DataError)."""
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise DataError(f"{where}: expected a list like [True, False], got {text!r}")
+    items = [t.strip().lower() for t in body[1:-1].split(",") if t.strip()]
+    try:
+        return [_BOOLS[t] for t in items]
+    except KeyError:
+        raise DataError(f"{where}: {text!r} is not a list of True/False") from None
+
+
+def parse_int_list(text: str, *, where: str = "") -> list[int]:
+    """``"[1, 2, 3]"`` or ``"[1]"`` -> ints (no eval)."""
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise DataError(f"{where}: expected a list like [1, 2], got {text!r}")
+    try:
+        return [int(t) for t in body[1:-1].split(",") if t.strip()]
+    except ValueError:
+        raise DataError(f"{where}: {text!r} is not a list of integers") from None
+
+
+def missing_rates_from_name(name: str) -> dict[str, float]:
+    """Missing rate per modality from a PASSION file name (``Brats2020_imb_split_mr2468.csv`` -> t1 0.2, ...)."""
+    match = _MR_NAME.search(Path(name).stem)
+    if match is None:
+        raise DataError(f"{name}: no 'mrABCD' (missing rates x10 for T1, T1ce, FLAIR, T2) in the name")
+    return {m: int(d) / 10 for m, d in zip(PASSION_RATE_ORDER, match.group(1), strict=True)}
+
+
+def parse_missing_rates(text: str, modalities: Sequence[str]) -> dict[str, float]:
+    """``mr2468`` (PASSION) or ``flair=0.6,t1ce=0.4`` -> rate per modality (unlisted modalities: 0)."""
+    text = text.strip()
+    if re.fullmatch(r"mr\d{4}", text):
+        rates = missing_rates_from_name(text)
+    else:
+        rates = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            try:
+                rates[key.strip()] = float(value)
+            except ValueError:
+                raise DataError(f"missing rates: {part!r} is not 'modality=rate'") from None
+            if not sep:
+                raise DataError(f"missing rates: {part!r} is not 'modality=rate'")
+    unknown = sorted(set(rates) - set(modalities))
+    if unknown:
+        raise DataError(f"missing rates: unknown modalities {unknown} (dataset has {list(modalities)})")
+    bad = {m: r for m, r in rates.items() if not 0 <= r < 1}
+    if bad:
+        raise DataError(f"missing rates: each must be in [0, 1), got {bad}")
+    return {m: float(rates.get(m, 0.0)) for m in modalities}
+
+
+def draw_availability(case_ids: Sequence[str], rates: Mapping[str, float], modalities: Sequence[str], *,
+                      seed: int = 0) -> dict[str, tuple[bool, ...]]:
+    """Each case drops modality ``m`` with probability ``rates[m]``; an all-missing draw is redrawn.
+
+    Reproducible from ``seed``; cases are processed in sorted order so the result does not depend on input order.
+    """
+    rng = np.random.default_rng(seed)
+    p_missing = np.array([float(rates.get(m, 0.0)) for m in modalities])
+    out: dict[str, tuple[bool, ...]] = {}
+    for case in sorted(case_ids):
+        while True:
+            row = rng.random(len(modalities)) >= p_missing
+            if row.any():
+                break
+        out[case] = tuple(bool(v) for v in row)
+    return out
+
+
+def read_passion_csv(path: str | Path, modalities: Sequence[str] = BRATS_MODALITIES
+                     ) -> dict[str, tuple[bool, ...]]:
+    """Availability per case name from a PASSION split CSV, reordered to ``modalities``."""
+    path = Path(path)
+    missing = sorted(set(PASSION_MASK_ORDER) - set(modalities))
+    if missing:
+        raise DataError(f"{path}: PASSION masks need modalities {list(PASSION_MASK_ORDER)}, dataset lacks {missing}")
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    if not rows or "data_name" not in rows[0] or "mask" not in rows[0]:
+        raise DataError(f"{path}: not a PASSION split CSV (needs columns data_name and mask)")
+    out: dict[str, tuple[bool, ...]] = {}
+    for line, row in enumerate(rows, start=2):
+        where = f"{path}:{line}"
+        name = (row.get("data_name") or "").strip()
+        if not name:
+            raise DataError(f"{where}: empty data_name")
+        mask = parse_bool_list(row.get("mask") or "", where=where)
+        if len(mask) != len(PASSION_MASK_ORDER) or not any(mask):
+            raise DataError(f"{where}: case {name}: mask must have 4 entries, at least one True")
+        by_name = dict(zip(PASSION_MASK_ORDER, mask, strict=True))
+        out[name] = tuple(by_name.get(m, False) for m in modalities)
+    return out

@@ -1,0 +1,193 @@
+"""Check a prism cache end to end: format, every chunk (Fletcher32), per-case attributes, optionally its sources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the Blosc2 filter)
+import numpy as np
+
+from ..errors import CacheError
+from .cache_format import (
+    CASE_ATTRS,
+    FORMAT_NAME,
+    READABLE_VERSIONS,
+    ROOT_ATTRS,
+    SOURCES_PATH,
+    TMP_SUFFIX,
+    settings_hash,
+)
+
+
+@dataclass
+class VerifyReport:
+    """What was checked; ``problems`` is empty for a sound cache."""
+
+    path: Path
+    cases: int = 0
+    chunks_read: int = 0
+    sources_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def raise_if_bad(self) -> None:
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+            raise CacheError(f"{self.path}: {self.problems[0]}{more}")
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _read_all(ds: h5py.Dataset) -> tuple[np.ndarray, int]:
+    """Read a dataset chunk by chunk (each read decompresses and checks one chunk's Fletcher32 sum)."""
+    out = np.empty(ds.shape, ds.dtype)
+    if ds.chunks is None:
+        ds.read_direct(out)
+        return out, 1
+    count = 0
+    ranges = [range(0, n, c) for n, c in zip(ds.shape, ds.chunks, strict=True)]
+    for idx in np.ndindex(*(len(r) for r in ranges)):
+        sl = tuple(slice(r[i], r[i] + c) for r, i, c in zip(ranges, idx, ds.chunks, strict=True))
+        out[sl] = ds[sl]
+        count += 1
+    return out, count
+
+
+def _check_case(f: h5py.File, case: str, m: int, labels: set[int], check_chunks: bool, report: VerifyReport) -> None:
+    where = f"case '{case}'"
+    g = f["cases"][case]
+    problems = report.problems
+    for name in ("image", "label", "foreground"):
+        if name not in g:
+            problems.append(f"{where}: dataset '{name}' missing")
+            return
+    image, label = g["image"], g["label"]
+    if image.ndim != 4 or image.shape[0] != m or image.dtype != np.float32:
+        problems.append(f"{where}: image must be float32 [{m}, D, H, W], is {image.dtype} {image.shape}")
+        return
+    if label.shape != image.shape[1:] or label.dtype != np.uint8:
+        problems.append(f"{where}: label must be uint8 {image.shape[1:]}, is {label.dtype} {label.shape}")
+        return
+    for ds in (image, label):
+        if not ds.fletcher32 or ds.chunks is None:
+            problems.append(f"{where}: {ds.name.rsplit('/', 1)[-1]} lacks chunking or Fletcher32 checksums")
+    missing = [a for a in CASE_ATTRS if a not in g.attrs]
+    if missing:
+        problems.append(f"{where}: attributes missing: {missing}")
+        return
+    a = g.attrs
+    shapes = {"availability": (m,), "spacing": (3,), "affine": (4, 4), "crop_box": (3, 2), "original_shape": (3,)}
+    for key, shape in shapes.items():
+        if np.shape(a[key]) != shape:
+            problems.append(f"{where}: attribute {key} has shape {np.shape(a[key])}, expected {shape}")
+    if problems:
+        return
+    if not np.asarray(a["availability"]).any():
+        problems.append(f"{where}: no modality available")
+    box = np.asarray(a["crop_box"])
+    if not (np.asarray(box[:, 1] - box[:, 0]) == np.asarray(label.shape)).all() or (
+            box[:, 1] > np.asarray(a["original_shape"])).any():
+        problems.append(f"{where}: crop_box {box.tolist()} does not match shape {label.shape} inside "
+                        f"original_shape {np.asarray(a['original_shape']).tolist()}")
+    fg = g["foreground"][()]
+    if fg.ndim != 2 or (len(fg) and fg.shape[1] != 3):
+        problems.append(f"{where}: foreground must be [N, 3]")
+        return
+    if len(fg) and ((fg < 0).any() or (fg >= np.asarray(label.shape)).any()):
+        problems.append(f"{where}: foreground coordinates outside the volume")
+        return
+    if not check_chunks:
+        return
+    try:
+        img, n_img = _read_all(image)
+        lab, n_lab = _read_all(label)
+    except OSError as exc:
+        problems.append(f"{where}: corrupted chunk ({' '.join(str(exc).split())[:160]})")
+        return
+    report.chunks_read += n_img + n_lab
+    if not np.isfinite(img).all():
+        problems.append(f"{where}: image holds NaN or Inf")
+    bad = sorted(set(np.unique(lab).tolist()) - labels)
+    if bad:
+        problems.append(f"{where}: label values {bad} outside the label map")
+    if len(fg) and not (lab[tuple(fg.T)] > 0).all():
+        problems.append(f"{where}: foreground samples are not on foreground voxels")
+
+
+def verify_cache(path: str | os.PathLike[str], *, check_chunks: bool = True, check_sources: bool = False,
+                 source_root: str | os.PathLike[str] | None = None) -> VerifyReport:
+    """Verify a cache; raises CacheError naming the first problem (and how many more). Returns what was checked.
+
+    ``check_sources`` re-hashes every source file (under ``source_root``, default: the root stored at build
+    time) and fails if one changed or vanished since the build.
+    """
+    path = Path(path)
+    report = VerifyReport(path=path)
+    if TMP_SUFFIX.search(path.name):
+        raise CacheError(f"{path}: temporary file of an unfinished build, not a cache")
+    if not path.is_file():
+        raise CacheError(f"{path}: cache file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CacheError(f"{path}: not a readable HDF5 file (truncated or corrupted?): {exc}") from None
+    with f:
+        attrs = f.attrs
+        if attrs.get("prism_format") != FORMAT_NAME:
+            raise CacheError(f"{path}: not a prism cache (no prism_format attribute)")
+        version = int(attrs.get("format_version", -1))
+        if version not in READABLE_VERSIONS:
+            raise CacheError(f"{path}: cache format version {version} cannot be read by this prism "
+                             f"(reads {sorted(READABLE_VERSIONS)}); rebuild it with prism-data")
+        missing = [a for a in ROOT_ATTRS if a not in attrs]
+        if missing:
+            raise CacheError(f"{path}: root attributes missing: {missing}")
+        if not bool(attrs["complete"]) or "cases" not in f or "splits" not in f:
+            raise CacheError(f"{path}: cache is incomplete (its build was interrupted); rebuild it")
+        try:
+            modalities = json.loads(attrs["modalities"])
+            labels = {int(k) for k in json.loads(attrs["labels"])}
+            preprocessing = json.loads(attrs["preprocessing"])
+            json.loads(attrs["label_map"])
+            sources = json.loads(f[SOURCES_PATH][()]) if SOURCES_PATH in f else []
+        except (ValueError, TypeError) as exc:
+            raise CacheError(f"{path}: provenance is not valid JSON: {exc}") from None
+        if settings_hash(preprocessing) != str(attrs["preprocessing_hash"]):
+            report.problems.append("preprocessing_hash does not match the stored preprocessing settings")
+        cases = sorted(f["cases"].keys())
+        report.cases = len(cases)
+        for case in cases:
+            _check_case(f, case, len(modalities), labels, check_chunks, report)
+        known = set(cases)
+        for name, ds in f["splits"].items():
+            members = {s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]}
+            if members - known:
+                report.problems.append(f"split '{name}' names unknown cases {sorted(members - known)[:3]}")
+        source_cases = {s.get("case") for s in sources}
+        if sources and source_cases - known:
+            report.problems.append(f"provenance lists sources of unknown cases {sorted(source_cases - known)[:3]}")
+        root = Path(source_root) if source_root is not None else Path(str(attrs.get("source_root", "")))
+    if check_sources:
+        if not sources:
+            report.problems.append("no source files recorded (synthetic cache?); cannot check sources")
+        for s in sources:
+            src = root / s["path"]
+            if not src.is_file():
+                report.problems.append(f"source {src} (case {s['case']}) is missing")
+            elif _digest(src) != (s["size"], s["sha256"]):
+                report.problems.append(f"source {src} (case {s['case']}) changed since the cache was built")
+            report.sources_checked += 1
+    report.raise_if_bad()
+    return report
