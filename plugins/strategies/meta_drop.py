@@ -39,7 +39,7 @@ class MetaDrop(Strategy):
 
     def step(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
         params = ctx.parameters()
-        phi0 = torch._foreach_mul(params, 1.0)  # a detached copy, one fused op
+        phi0 = torch._foreach_mul(params, 1.0) if self.alpha != 1.0 else None  # detached copy, one fused op
         # inner step: phi_tilde
         batch = ctx.next_batch("train")
         ctx.optimizer.zero_grad(set_to_none=True)
@@ -54,10 +54,10 @@ class MetaDrop(Strategy):
         grads = ctx.unscaled_clipped_grads(params)
         eta = self.meta_lr if self.meta_lr is not None else self.meta_lr_scale * ctx.optimizer.param_groups[0]["lr"]
         with torch.no_grad():
-            if grads is not None:  # None: fp16 overflow, skip the meta correction this step
-                torch._foreach_add_(params, grads, alpha=-eta)
-            if self.alpha != 1.0:  # phi = phi_0 + alpha (phi - phi_0)
+            if self.alpha != 1.0:  # phi_0 + alpha (phi_tilde - phi_0)
                 torch._foreach_lerp_(params, phi0, 1.0 - self.alpha)
+            if grads is not None:  # - eta grad L_meta(phi_tilde); None: fp16 overflow, skip this correction
+                torch._foreach_add_(params, grads, alpha=-eta)
         ctx.optimizer.zero_grad(set_to_none=True)
         return {**parts, **{f"meta.{k}": v for k, v in meta_parts.items()}}
 
