@@ -1,8 +1,14 @@
 """Patch reads from the prism cache vs whole-volume .npy loading (RFNet/PASSION) vs uncompressed HDF5.
 
 Same BraTS-sized phantoms (4 x 140 x 170 x 140, the brain box of a 4 x 155 x 240 x 240 case) and the same random
-patch positions for every format, in one run, warm page cache. Also disk size and DataLoader patches/s per worker.
-Usage: python benchmarks/bench_cache.py [--cases 4] [--reads 20] [--shape 140 170 140]
+patch positions for every format, in one run, warm page cache (every format reads the whole plan once before it
+is timed). The formats take turns patch by patch, so a busy machine slows them alike; the median is reported.
+Formats: whole-volume .npy as RFNet/PASSION load it (np.load of the case, then crop), the floor (the patch copied
+out of a case already in memory: no format can beat it, so it bounds every speed-up), uncompressed HDF5, the
+prism cache through HDF5's filter pipeline (Fletcher32 checked: ``CacheReader(checksums=True)``) and the prism
+cache read directly (the default: Blosc2 chunks decoded in a thread pool, 1 thread and the default count).
+Also disk size and DataLoader patches/s per worker.
+Usage: python benchmarks/bench_cache.py [--cases 4] [--reads 20] [--shape 140 170 140] [--chunks 32 ...]
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from itertools import product
 from pathlib import Path
 
 import h5py
@@ -21,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from prism.data.cache_format import BRATS_LABELS
-from prism.data.cache_reader import CacheReader
+from prism.data.cache_format import BRATS_LABELS, DEFAULT_CHUNK
+from prism.data.cache_reader import CacheReader, default_threads
 from prism.data.cache_writer import CacheWriter
 from prism.data.patches import CountingSampler, PatchDataset, collate_batch
 from prism.modalities import BRATS_MODALITIES
@@ -38,6 +45,7 @@ def main() -> None:
     ap.add_argument("--reads", type=int, default=20, help="patch reads per format and size")
     ap.add_argument("--shape", type=int, nargs=3, default=(140, 170, 140))
     ap.add_argument("--loader-batches", type=int, default=12)
+    ap.add_argument("--chunks", type=int, nargs="+", default=[DEFAULT_CHUNK], help="cache chunk edges to compare")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="prism-bench-"))
     cases = [make_case(i, SynthSettings(shape=tuple(args.shape), seed=7)) for i in range(args.cases)]
@@ -51,12 +59,15 @@ def main() -> None:
     with h5py.File(plain, "w") as f:
         for cid, (img, lab, _) in zip(ids, cases, strict=True):
             f[f"{cid}/image"], f[f"{cid}/label"] = img, lab
-    cache = tmp / "cache.h5"
-    with CacheWriter(cache, modalities=BRATS_MODALITIES, labels=BRATS_LABELS) as w:
-        for cid, (img, lab, _) in zip(ids, cases, strict=True):
-            w.add_case(cid, img, lab, availability=[True] * 4)
-        w.set_split("train", ids)
-    reader = CacheReader(cache)
+    caches = {}  # (chunk, compression label) -> path
+    settings = [(chunk, "LZ4 l5 + shuffle", {}) for chunk in args.chunks]
+    settings.append((args.chunks[0], "LZ4 l1, no shuffle", {"clevel": 1, "shuffle": "none"}))
+    for chunk, label, compression in settings:
+        path = caches[chunk, label] = tmp / f"cache{chunk}-{len(caches)}.h5"
+        with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, chunk=chunk, **compression) as w:
+            for cid, (img, lab, _) in zip(ids, cases, strict=True):
+                w.add_case(cid, img, lab, availability=[True] * 4)
+            w.set_split("train", ids)
     plain_f = h5py.File(plain, "r")
 
     def npy_patch(cid: str, s: tuple[int, ...], p: int) -> None:
@@ -68,61 +79,86 @@ def main() -> None:
         sl = tuple(slice(a, a + p) for a in s)
         plain_f[f"{cid}/image"][(slice(None), *sl)], plain_f[f"{cid}/label"][sl]
 
-    def cache_patch(cid: str, s: tuple[int, ...], p: int) -> None:
-        reader.read_patch(cid, s, (p, p, p))
+    def reader_patch(reader: CacheReader):
+        return lambda cid, s, p: reader.read_patch(cid, s, (p, p, p))
 
-    loaders = {"npy whole volume (RFNet/PASSION)": npy_patch, "HDF5 uncompressed": plain_patch,
-               "prism cache (Blosc2-LZ4, 32^3)": cache_patch}
-    sizes = {"npy whole volume (RFNet/PASSION)": dir_size(npy_files), "HDF5 uncompressed": plain.stat().st_size,
-             "prism cache (Blosc2-LZ4, 32^3)": cache.stat().st_size}
+    in_ram = {cid: (img, lab) for cid, (img, lab, _) in zip(ids, cases, strict=True)}
+
+    def ram_patch(cid: str, s: tuple[int, ...], p: int) -> None:
+        sl = tuple(slice(a, a + p) for a in s)
+        np.ascontiguousarray(in_ram[cid][0][(slice(None), *sl)]), np.ascontiguousarray(in_ram[cid][1][sl])
+
+    npy_name = "npy whole volume (RFNet/PASSION)"
+    ram_name = "floor: copy out of an in-RAM array"
+    loaders = {npy_name: npy_patch, ram_name: ram_patch, "HDF5 uncompressed": plain_patch}
+    sizes = {npy_name: dir_size(npy_files), ram_name: 0, "HDF5 uncompressed": plain.stat().st_size}
+    readers = []
+    threads = default_threads()
+    for (chunk, label), path in caches.items():
+        tag = f"prism {chunk}^3 {label}"
+        variants = {f"{tag}, HDF5 filters + Fletcher32": CacheReader(path, checksums=True),
+                    f"{tag}, direct, 1 thread": CacheReader(path, threads=1)}
+        if threads > 1:
+            variants[f"{tag}, direct, {threads} threads (default)"] = CacheReader(path)
+        for name, reader in variants.items():
+            loaders[name], sizes[name] = reader_patch(reader), path.stat().st_size
+            readers.append(reader)
+        snapped = CacheReader(path)  # PatchDataset(snap=chunk): other (chunk-aligned) positions, same reader
+        loaders[f"{tag}, direct, chunk-aligned starts"] = (
+            lambda cid, s, p, r=snapped, c=chunk: r.read_patch(cid, tuple(a - a % c for a in s), (p, p, p)))
+        sizes[f"{tag}, direct, chunk-aligned starts"] = path.stat().st_size
+        readers.append(snapped)
     rng = np.random.default_rng(0)
-    table = Table(title=f"patch reads, {args.cases} cases of 4 x {' x '.join(map(str, args.shape))}")
+    table = Table(title=f"patch reads, {args.cases} cases of 4 x {' x '.join(map(str, args.shape))}, "
+                        f"median of {args.reads}")
     table.add_column("format")
     table.add_column("disk MB", justify="right")
     table.add_column("size vs npy", justify="right")
     for p in (80, 128):
         table.add_column(f"{p}^3 ms/patch", justify="right")
         table.add_column(f"{p}^3 speed-up", justify="right")
-    rows = {name: [f"{sizes[name] / 1e6:.1f}", f"{sizes[name] / sizes['npy whole volume (RFNet/PASSION)']:.2f}"]
-            for name in loaders}
+    rows = {name: [f"{sizes[name] / 1e6:.1f}", f"{sizes[name] / sizes[npy_name]:.2f}"] for name in loaders}
     for p in (80, 128):
         plan = [(ids[rng.integers(len(ids))], tuple(int(rng.integers(0, s - p + 1)) for s in args.shape))
                 for _ in range(args.reads)]
-        times = {}
-        for name, fn in loaders.items():
-            fn(*plan[0], p)  # warm up
-            t0 = time.perf_counter()
+        times: dict[str, list[float]] = {name: [] for name in loaders}
+        for fn in loaders.values():  # warm: page cache, chunk indexes, thread pools
             for cid, s in plan:
                 fn(cid, s, p)
-            times[name] = (time.perf_counter() - t0) / len(plan)
-        base = times["npy whole volume (RFNet/PASSION)"]
+        for cid, s in plan:
+            for name, fn in loaders.items():
+                t0 = time.perf_counter()
+                fn(cid, s, p)
+                times[name].append(time.perf_counter() - t0)
+        med = {name: float(np.median(t)) for name, t in times.items()}
         for name in loaders:
-            rows[name] += [f"{times[name] * 1e3:.1f}", f"{base / times[name]:.1f}x"]
+            rows[name] += [f"{med[name] * 1e3:.1f}", f"{med[npy_name] / med[name]:.1f}x"]
     for name, cells in rows.items():
         table.add_row(name, *cells)
-    console = Console()
+    console = Console(width=140)
     console.print(table)
     plain_f.close()
-    reader.close()
+    for reader in readers:
+        reader.close()
+    first = [(label, path) for (chunk, label), path in caches.items() if chunk == args.chunks[0]]
 
-    lt = Table(title="DataLoader (PatchDataset from the cache, batch 2, flips, 1/3 foreground)")
-    for col in ("patch", "workers", "patches/s", "patches/s per worker"):
+    lt = Table(title=f"DataLoader (PatchDataset, prism {args.chunks[0]}^3 direct, batch 2, flips, 1/3 foreground)")
+    for col in ("cache", "patch", "workers", "patches/s", "patches/s per worker"):
         lt.add_column(col, justify="right")
-    for p in (80, 128):
-        for workers in (1, 2):
-            ds = PatchDataset(CacheReader(cache), ids, (p, p, p), seed=0)
-            dl = DataLoader(ds, batch_size=2, sampler=CountingSampler(), collate_fn=collate_batch,
-                            num_workers=workers, prefetch_factor=2)
-            it = iter(dl)
+    for (label, cache), p, workers in product(first, (80, 128), (1, 2)):
+        ds = PatchDataset(CacheReader(cache), ids, (p, p, p), seed=0)
+        dl = DataLoader(ds, batch_size=2, sampler=CountingSampler(), collate_fn=collate_batch,
+                        num_workers=workers, prefetch_factor=2)
+        it = iter(dl)
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(args.loader_batches):
             next(it)
-            t0 = time.perf_counter()
-            for _ in range(args.loader_batches):
-                next(it)
-            rate = 2 * args.loader_batches / (time.perf_counter() - t0)
-            del it
-            lt.add_row(f"{p}^3", str(workers), f"{rate:.1f}", f"{rate / workers:.1f}")
+        rate = 2 * args.loader_batches / (time.perf_counter() - t0)
+        del it
+        lt.add_row(label, f"{p}^3", str(workers), f"{rate:.1f}", f"{rate / workers:.1f}")
     console.print(lt)
-    console.print(f"torch threads {torch.get_num_threads()}")
+    console.print(f"torch threads {torch.get_num_threads()}, default decompression threads {threads}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -86,6 +86,21 @@ class EvalConfig(_Model):
     split: str = "test"
     max_cases: int | None = Field(None, ge=1)
     et_postprocess_voxels: int = Field(0, ge=0)  # fewer predicted ET voxels count as none (BraTS: 500)
+    window: tuple[int, int, int] | None = None  # None: whole volumes; else Gaussian sliding windows of this size
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(1, ge=1)
+    combos_per_pass: int = Field(15, ge=1)  # modality combinations per forward pass
+    hd95: bool = True
+    hd95_empty: float | None = 373.13  # HD95 when exactly one set is empty (BraTS diagonal); None: left out
+    stitch_on_cpu: bool = False
+    adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
+    adapt_cases: int = Field(1, ge=1)
+    adapt_steps: int = Field(10, ge=0)
+    adapt_lr: float = Field(0.01, gt=0)
+    adapt_optimizer: Literal["sgd", "adam"] = "sgd"
+    adapt_patch_size: tuple[int, int, int] | None = None
+    adapt_split: str | None = None
+    adapt_seed: int = 0
 
 
 class Config(_Model):

@@ -127,3 +127,88 @@ def test_synthetic_contrasts_carry_different_information(index):
     # only T1ce separates enhancing tumour from the rest of the core
     others = max(contrast(m, 3, 1) for m in (flair, t1, t2))
     assert contrast(t1ce, 3, 1) > 1.5 * others
+
+
+def test_direct_chunk_reads_match_hdf5_everywhere(tmp_path):
+    """Direct Blosc2 decoding (1 and 3 threads) gives HDF5's bytes: edges, zero chunks, a missing modality."""
+    path = tmp_path / "c.h5"
+    rng = np.random.default_rng(1)
+    shape = (19, 22, 13)
+    img = rng.standard_normal((4, *shape)).astype(np.float32)
+    img[:, :8] = 0  # whole all-zero chunks (stored as Blosc2 special values)
+    img[1] = 0  # a missing modality
+    lab = rng.integers(0, 4, shape).astype(np.uint8)
+    with CacheWriter(path, modalities=MODS, labels=BRATS_LABELS, chunk=8) as w:
+        w.add_case("c0", img, lab, availability=[True, False, True, True])
+        w.set_split("train", ["c0"])
+    slow = CacheReader(path, checksums=True)
+    assert slow._direct_index("c0", "image") is None
+    for threads in (1, 3):
+        fast = CacheReader(path, threads=threads)
+        assert fast._direct_index("c0", "image") is not None and fast._direct_index("c0", "label") is not None
+        for _ in range(2):  # the second pass uses the remembered zero chunks
+            for start, size in [((0, 0, 0), shape), ((3, 5, 7), (9, 11, 6)), ((7, 0, 4), (1, 22, 1)),
+                                ((16, 17, 8), (8, 8, 8)), ((-2, 3, 9), (6, 6, 6))]:
+                want = slow.read_region("c0", start, size)
+                got = fast.read_region("c0", start, size)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
+                assert got[0].dtype == np.float32 and got[1].dtype == np.uint8
+        np.testing.assert_array_equal(fast.read_case("c0")[0], img)
+        np.testing.assert_array_equal(fast.read_case("c0")[1], lab)
+        kinds = fast._index["c0/image"].kinds
+        assert (kinds == 2).any() and (kinds == 1).any()  # zero chunks remembered, data chunks decoded directly
+        fast.close()
+
+
+def test_direct_reader_handles_other_layouts(tmp_path):
+    """Multi-block Blosc2 chunks are decoded through b2nd; other filters are left to HDF5."""
+    import hdf5plugin
+
+    from prism.data.direct_chunks import DirectChunkReader, chunk_index
+
+    path = tmp_path / "x.h5"
+    data = np.random.default_rng(2).standard_normal((70, 64, 64)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("blosc", data=data, chunks=(64, 64, 64), fletcher32=True,
+                         **hdf5plugin.Blosc2(cname="lz4", clevel=5, filters=hdf5plugin.Blosc2.SHUFFLE))
+        f.create_dataset("gzip", data=data, chunks=(16, 16, 16), compression="gzip")
+    with h5py.File(path, "r") as f:
+        assert chunk_index(f["gzip"]) is None
+        index = chunk_index(f["blosc"])
+    assert index is not None and index.trailer == 4
+    reader = DirectChunkReader(path, threads=2)
+    np.testing.assert_array_equal(reader.read(index, (3, 10, 0), (69, 64, 50)), data[3:69, 10:64, 0:50])
+    assert (index.kinds == 3).all()  # several blocks per chunk: not C order, decoded through b2nd
+    reader.close()
+
+
+def test_checksummed_reads_catch_damage(tmp_path):
+    path = tmp_path / "c.h5"
+    write(path, n=1, shape=(16, 16, 16))
+    with h5py.File(path, "r") as f:
+        info = f["cases/c0/image"].id.get_chunk_info_by_coord((0, 8, 8, 8))
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset + info.size // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match="case 'c0' is corrupted"):
+        CacheReader(path, checksums=True).read_patch("c0", (8, 8, 8), (8, 8, 8))
+
+
+def test_writer_compression_options(tmp_path):
+    """Another codec / level / shuffle is still a v1 file: HDF5 and the direct reader read it the same."""
+    path = tmp_path / "fast.h5"
+    img = np.random.default_rng(3).standard_normal((4, 9, 10, 11)).astype(np.float32)
+    lab = np.zeros((9, 10, 11), np.uint8)
+    with CacheWriter(path, modalities=MODS, labels=BRATS_LABELS, chunk=8, clevel=1, shuffle="none") as w:
+        w.add_case("c0", img, lab, availability=[True] * 4)
+        w.set_split("train", ["c0"])
+    with h5py.File(path) as f:
+        _, _, cd, _ = f["cases/c0/image"].id.get_create_plist().get_filter(0)
+        assert cd[4:6] == (1, 0)  # clevel 1, no shuffle recorded in the filter's parameters
+    fast = CacheReader(path)
+    np.testing.assert_array_equal(fast.read_case("c0")[0], img)
+    assert (fast._index["c0/image"].kinds == 1).all()  # decoded on the direct path, not through b2nd
+    np.testing.assert_array_equal(CacheReader(path, checksums=True).read_case("c0")[0], img)
+    with pytest.raises(CacheError, match="compression: codec must be one of"):
+        CacheWriter(tmp_path / "x.h5", modalities=MODS, labels=BRATS_LABELS, shuffle="sideways")

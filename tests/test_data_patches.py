@@ -55,3 +55,20 @@ def test_rotated_patches_keep_labels_and_are_reproducible(tmp_path):
         assert 30 <= int((s["label"] == 2).sum()) <= 110  # a 4^3 = 64 cube, resampled
         assert set(np.unique(s["label"].numpy())) <= {0, 2}
         assert (s["image"] == ds[i]["image"]).all()
+
+
+def test_snapped_patch_starts_are_chunk_multiples(tmp_path):
+    path = tmp_path / "c.h5"
+    rng = np.random.default_rng(0)
+    with CacheWriter(path, modalities=("flair", "t1ce", "t1", "t2"), labels=BRATS_LABELS, chunk=4) as w:
+        w.add_case("c0", rng.standard_normal((4, 21, 18, 30)).astype(np.float32),
+                   rng.integers(0, 4, (21, 18, 30)).astype(np.uint8), availability=[True] * 4)
+        w.set_split("train", ["c0"])
+    reader = CacheReader(path)
+    free = PatchDataset(reader, ["c0"], (8, 8, 8), snap=0)
+    snapped = PatchDataset(reader, ["c0"], (8, 8, 8), snap=4)
+    starts = [snapped._start(np.random.default_rng(i), "c0", (21, 18, 30)) for i in range(200)]
+    assert all(s % 4 == 0 and 0 <= s <= n - 8 for st in starts for s, n in zip(st, (21, 18, 30), strict=True))
+    unsnapped = [free._start(np.random.default_rng(i), "c0", (21, 18, 30)) for i in range(200)]
+    assert any(s % 4 for st in unsnapped for s in st)  # without snapping, positions are free
+    assert [[s - s % 4 for s in st] for st in unsnapped] == starts  # the same draws, rounded down

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import fast_config
+
 from prism.engine.trainer import Trainer
 from prism.registry import create_masking_policy
 

@@ -24,3 +24,99 @@ def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over available modalities: features ``[B, M, C, ...]``, mask ``[B, M]`` -> ``[B, C, ...]``."""
     weight = mask.to(features.dtype).view(*mask.shape, *([1] * (features.dim() - 2)))
     return (features * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+
+def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, groups: int = 1,
+                  slope: float = 0.2) -> nn.Sequential:
+    """Convolution, instance norm, LeakyReLU: the unit of the RFNet lineage (``groups`` keeps paths apart)."""
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
+                  bias=False),
+        nn.InstanceNorm3d(out_channels, affine=True),
+        nn.LeakyReLU(slope, inplace=True),
+    )
+
+
+def zero_missing(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero the features of missing modalities: features ``[B, M, ...]``, mask ``[B, M]``."""
+    return features * mask.to(features.dtype).view(*mask.shape, *([1] * (features.dim() - 2)))
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    """Trilinear upsampling by 2 (no parameters)."""
+    return nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=True)
+
+
+class GroupedResidualEncoder(nn.Module):
+    """M single-channel encoders run as one grouped convolution (RFNet/mmFormer style).
+
+    Level ``l`` has ``width * 2**l`` channels per modality; level 0 keeps the input size, each further level
+    halves it with a strided convolution. Each level is ``c1`` then a residual ``c3(c2(.))``.
+    Input ``[B, M, D, H, W]``; output: one ``[B, M, C_l, ...]`` tensor per level.
+    """
+
+    def __init__(self, num_modalities: int, width: int, depth: int) -> None:
+        super().__init__()
+        m = num_modalities
+        self.num_modalities = m
+        self.channels = [width * 2**lv for lv in range(depth)]
+        self.first = nn.ModuleList()
+        self.rest = nn.ModuleList()
+        for lv, c in enumerate(self.channels):
+            c_in = self.channels[lv - 1] if lv else 1
+            self.first.append(conv_norm_act(m * c_in, m * c, stride=1 if lv == 0 else 2, groups=m))
+            self.rest.append(nn.Sequential(conv_norm_act(m * c, m * c, groups=m),
+                                           conv_norm_act(m * c, m * c, groups=m)))
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x, levels = image, []
+        for first, rest in zip(self.first, self.rest, strict=True):
+            x = first(x)
+            x = x + rest(x)
+            levels.append(x.unflatten(1, (self.num_modalities, -1)))
+        return levels
+
+
+class SharedDecoder(nn.Module):
+    """A U-Net decoder with a 1x1 head at every level, for paths stacked along the batch.
+
+    ``forward(skips)`` takes one ``[N, C_l, ...]`` tensor per level (finest first, the last is the bottleneck) and
+    returns ``(logits per level finest first, level-0 features)``; the head of the coarsest level reads the
+    bottleneck. Each step: ``c1(up(y))``, concatenated with the skip, ``c2`` then a 1x1 ``out``.
+    """
+
+    def __init__(self, channels: list[int], num_classes: int, *, deep_heads: bool = True) -> None:
+        super().__init__()
+        self.c1 = nn.ModuleList(conv_norm_act(channels[lv + 1], channels[lv]) for lv in range(len(channels) - 1))
+        self.c2 = nn.ModuleList(conv_norm_act(2 * channels[lv], channels[lv]) for lv in range(len(channels) - 1))
+        self.out = nn.ModuleList(conv_norm_act(channels[lv], channels[lv], 1) for lv in range(len(channels) - 1))
+        n_heads = len(channels) if deep_heads else 1
+        self.heads = nn.ModuleList(nn.Conv3d(channels[lv], num_classes, 1) for lv in range(n_heads))
+
+    def forward(self, skips: list[torch.Tensor], with_deep: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+        y = skips[-1]
+        logits: list[torch.Tensor] = []
+        top = len(skips) - 1
+        if with_deep and len(self.heads) > top:
+            logits.append(self.heads[top](y))
+        for lv in reversed(range(top)):
+            y = self.out[lv](self.c2[lv](torch.cat([self.c1[lv](up2(y)), skips[lv]], dim=1)))
+            if lv == 0 or (with_deep and len(self.heads) > 1):
+                logits.append(self.heads[lv](y))
+        logits.reverse()
+        return logits, y
+
+
+def stack_paths(fused: torch.Tensor, per_modality: torch.Tensor) -> torch.Tensor:
+    """``[B, C, ...]`` and ``[B, M, C, ...]`` -> ``[(1 + M) * B, C, ...]`` (path-major)."""
+    return torch.cat([fused.unsqueeze(1), per_modality], dim=1).transpose(0, 1).flatten(0, 1)
+
+
+def unstack_modalities(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[M * B, ...]`` (modality-major) -> ``[B, M, ...]``."""
+    return t.unflatten(0, (-1, batch)).transpose(0, 1)
+
+
+def stack_modalities(t: torch.Tensor) -> torch.Tensor:
+    """``[B, M, ...]`` -> ``[M * B, ...]`` (modality-major), for one batched pass over the modalities."""
+    return t.transpose(0, 1).flatten(0, 1)

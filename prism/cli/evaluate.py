@@ -1,32 +1,88 @@
-"""prism-eval: evaluate a trained run on every modality combination."""
+"""prism-eval: evaluate a trained run on every modality combination, or compare two evaluated runs."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from .common import report_table, run_command, stdout_console
 
+EPILOG = """\
+examples:
+  prism-eval runs/standard-20261122-101500
+  prism-eval RUN --window 128 128 128 --overlap 0.5 --et-postprocess 500
+  prism-eval RUN --adapt-site site2 --adapt-cases 3 --adapt-steps 20
+  prism-eval compare RUN_A RUN_B              differences B - A with bootstrap 95% intervals over cases
+
+Writes eval.json (summary and per-case values), eval_cases.csv, eval.md (the table papers use) and
+eval_dice.png into the run folder. Options left out come from the run's eval config section.
+"""
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="prism-eval", description="Evaluate a run folder's last checkpoint: Dice per region for each of the "
-        "15 modality combinations; writes eval.json and eval.md into the run folder.")
+        prog="prism-eval", description="Evaluate a run folder's last checkpoint: Dice and HD95 per region for each "
+        "of the 15 modality combinations, or 'prism-eval compare RUN_A RUN_B'.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--split", help="cache split to evaluate (default: the run's eval.split)")
     p.add_argument("--data", type=Path, help="evaluate on this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
     p.add_argument("--max-cases", type=int, help="evaluate only the first N cases of the split")
+    p.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"),
+                   help="sliding-window size (default: the whole volume at once)")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass, each run for every combination")
+    p.add_argument("--et-postprocess", type=int, metavar="VOXELS",
+                   help="fewer predicted ET voxels count as none (BraTS: 500; 0 = off)")
+    p.add_argument("--no-hd95", action="store_true", help="skip HD95 (Dice only)")
+    p.add_argument("--hd95-empty", choices=["brats", "nan"],
+                   help="HD95 when exactly one of prediction and reference is empty: 373.13 mm (brats, default) "
+                   "or left out of the means (nan)")
+    p.add_argument("--no-heatmap", action="store_true", help="do not write eval_dice.png")
+    adapt = p.add_argument_group("fast adaptation (evaluate a held-out site before and after fine-tuning)")
+    adapt.add_argument("--adapt-site", metavar="SITE", help="the site to adapt to (cases' site attribute)")
+    adapt.add_argument("--adapt-cases", type=int, metavar="N", help="support cases taken from the site (default 1)")
+    adapt.add_argument("--adapt-steps", type=int, metavar="K", help="fine-tuning steps (default 10)")
+    adapt.add_argument("--adapt-lr", type=float, help="fine-tuning learning rate (default 0.01)")
+    adapt.add_argument("--adapt-patch", type=int, nargs=3, metavar=("D", "H", "W"),
+                       help="fine-tuning patch size (default: whole volumes)")
+    return p
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prism-eval compare", description="Per-region differences B - A between two evaluated runs (Dice in "
+        "percentage points, HD95 in mm), averaged over combinations, with paired bootstrap confidence intervals "
+        "over the cases both runs were evaluated on.")
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="run folder (or its eval.json)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="run folder (or its eval.json)")
+    p.add_argument("--samples", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--per-combination", action="store_true", help="also one row per combination")
+    p.add_argument("--json", action="store_true", help="print the differences as JSON")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        cargs = compare_parser().parse_args(argv[1:])
+        return run_command("prism-eval", lambda: _compare(cargs))
     args = parser().parse_args(argv)
     return run_command("prism-eval", lambda: _evaluate(args))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..engine.trainer import Trainer, load_run_config
+    from ..evaluation.adaptation import AdaptationSettings
+    from ..evaluation.hausdorff import BRATS_EMPTY_HD95
+    from ..evaluation.report import evaluate, evaluate_kwargs
 
     overrides = []
     for flag, field in ((args.split, "eval.split"), (args.device, "train.device"), (args.data, "data.cache"),
@@ -41,10 +97,81 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         cache = config.data.cache
     trainer = Trainer(config, args.run_dir, cache_path=cache, resume=True)
-    report = trainer.evaluate()
+    kwargs = evaluate_kwargs(config.eval)
+    for flag, key in ((args.window, "window"), (args.overlap, "overlap"), (args.sw_batch_size, "sw_batch_size"),
+                      (args.et_postprocess, "et_postprocess_voxels")):
+        if flag is not None:
+            kwargs[key] = flag
+    if args.no_hd95:
+        kwargs["hd95"] = False
+    if args.hd95_empty is not None:
+        kwargs["hd95_empty"] = BRATS_EMPTY_HD95 if args.hd95_empty == "brats" else math.nan
+    if args.adapt_site is not None or "adaptation" in kwargs:
+        base = kwargs.get("adaptation") or AdaptationSettings(site=args.adapt_site)
+        fields = asdict(base)
+        for flag, key in ((args.adapt_site, "site"), (args.adapt_cases, "support_cases"),
+                          (args.adapt_steps, "steps"), (args.adapt_lr, "lr")):
+            if flag is not None:
+                fields[key] = flag
+        if args.adapt_patch is not None:
+            fields["patch_size"] = tuple(args.adapt_patch)
+        kwargs["adaptation"] = AdaptationSettings(**fields)
+    cases = list(trainer.reader.split(config.eval.split))
+    if config.eval.max_cases:
+        cases = cases[: config.eval.max_cases]
+    report = evaluate(trainer.ctx.model, trainer.reader, cases, device=trainer.device,
+                      amp_dtype=trainer.ctx.amp_dtype, channels_last=config.train.channels_last,
+                      **kwargs)  # type: ignore[arg-type]
+    paths = report.write(args.run_dir, heatmap=not args.no_heatmap)
     console = stdout_console()
     console.print(report_table(report, f"Dice (%) on '{config.eval.split}' ({len(report.case_ids)} cases)"))
-    console.print(f"report: {args.run_dir / 'eval.json'}, {args.run_dir / 'eval.md'}")
+    if report.adaptation is not None:
+        a = report.adaptation
+        before, after = a.before.mean_dice().mean(0) * 100, a.after.mean_dice().mean(0) * 100
+        change = ", ".join(f"{r} {x:.2f} -> {y:.2f}" for r, x, y in zip(report.regions, before, after, strict=True))
+        console.print(f"fast adaptation to '{a.site}' ({a.steps} steps on {len(a.support_cases)} cases, "
+                      f"{len(a.query_cases)} evaluated): mean Dice {change}")
+    console.print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:+.2f}"
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ..errors import ConfigError
+    from ..evaluation.compare import compare_reports, load_report
+
+    if args.samples < 1 or not 0 < args.confidence < 1:
+        raise ConfigError(f"--samples must be >= 1 and --confidence in (0, 1), got {args.samples}, {args.confidence}")
+    a, b = load_report(args.run_a), load_report(args.run_b)
+    diffs = compare_reports(a, b, samples=args.samples, confidence=args.confidence, seed=args.seed,
+                            per_combination=args.per_combination)
+    if args.json:
+        print(json.dumps({"a": str(args.run_a), "b": str(args.run_b), "confidence": args.confidence,
+                          "samples": args.samples, "seed": args.seed,
+                          "differences": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                           for k, v in asdict(d).items()} for d in diffs]}, indent=2))
+        return 0
+    level = f"{args.confidence * 100:g}%"
+    table = Table(title=f"B - A: B = {args.run_b}, A = {args.run_a} ({diffs[0].cases} cases, paired bootstrap "
+                  f"{level} CI, {args.samples} resamples, seed {args.seed})")
+    for col, justify in (("Metric", "left"), ("Region", "left"), ("Combination", "left"), ("A", "right"),
+                         ("B", "right"), ("B - A", "right"), (f"{level} CI", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for d in diffs:
+        unit = "Dice (%)" if d.metric == "dice" else "HD95 (mm)"
+        table.add_row(unit, d.region, d.combination or "mean of all", f"{d.mean_a:.2f}", f"{d.mean_b:.2f}",
+                      _fmt(d.diff), f"[{_fmt(d.ci_low)}, {_fmt(d.ci_high)}]")
+    console = stdout_console()
+    console.print(table)
+    differing = sorted(k for k in set(a.settings) | set(b.settings) if a.settings.get(k) != b.settings.get(k))
+    if differing:
+        console.print("note: the runs were evaluated with different settings: " + ", ".join(
+            f"{k} (A {a.settings.get(k)}, B {b.settings.get(k)})" for k in differing))
     return 0
 
 

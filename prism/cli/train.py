@@ -72,13 +72,16 @@ def _train(args: argparse.Namespace) -> int:
         cache = config.data.cache
     trainer = Trainer(config, Path(run_dir), cache_path=cache, resume=args.resume is not None,
                       console=err_console or console)
-    console.print(f"run folder: {run_dir}  device: {trainer.device}  strategy: {config.strategy.name}  "
-                  f"backbone: {config.model.name}  steps: {trainer.ctx.step}->{config.train.steps}")
+    if trainer.dist.is_main:
+        console.print(f"run folder: {run_dir}  device: {trainer.device}  strategy: {config.strategy.name}  "
+                      f"backbone: {config.model.name}  steps: {trainer.ctx.step}->{config.train.steps}"
+                      + (f"  processes: {trainer.dist.world}" if trainer.dist.enabled else ""))
     trainer.fit()
-    if not args.no_eval:
-        report = trainer.evaluate()
+    report = None if args.no_eval else trainer.evaluate()  # None on ranks other than 0
+    if report is not None:
         console.print(report_table(report, f"Dice (%) on '{config.eval.split}' ({len(report.case_ids)} cases)"))
         console.print(f"report: {Path(run_dir) / 'eval.json'}, {Path(run_dir) / 'eval.md'}")
+    trainer.close()
     return 0
 
 

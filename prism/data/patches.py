@@ -21,11 +21,16 @@ class PatchDataset(Dataset):
     third); the rest are uniform. Volumes smaller than the patch are zero-padded (label 0). Flips (each axis with
     probability 1/2) and the optional ``augment`` (rotations, intensity) use the same per-sample generator, so
     the sample is the same whichever DataLoader worker draws it; the file handle opens lazily in each worker.
+
+    ``snap`` > 0 rounds every patch start down to a multiple of ``snap`` (use the cache's chunk edge): a patch
+    whose size is a multiple of the chunk then touches no chunk it does not fill, which cuts the chunks a read
+    decompresses (32^3 chunks: 1.7x instead of 2.7x the patch at 80^3, 1.0x instead of 1.9x at 128^3), at the
+    price of coarser patch positions (flips and rotations still vary the content). Off by default.
     """
 
     def __init__(self, reader: CacheReader, case_ids: Sequence[str], patch_size: Sequence[int], *,
                  foreground_fraction: float = 1 / 3, seed: int = 0, flip: bool = True,
-                 augment: Augmentation | None = None) -> None:
+                 augment: Augmentation | None = None, snap: int = 0) -> None:
         if not case_ids:
             raise ValueError("PatchDataset needs at least one case")
         self.reader = reader
@@ -35,6 +40,9 @@ class PatchDataset(Dataset):
         self.seed = int(seed)
         self.flip = flip
         self.augment = augment
+        if snap < 0:
+            raise ValueError("snap must be >= 0")
+        self.snap = int(snap)
 
     def __len__(self) -> int:  # addressed by sample number; the sampler decides how many
         return 2**62
@@ -47,8 +55,12 @@ class PatchDataset(Dataset):
             if len(fg):
                 centre = fg[rng.integers(len(fg))]
         if centre is None:
-            return [int(rng.integers(0, max(s - p, 0) + 1)) for s, p in zip(shape, ps, strict=False)]
-        return [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, s, p in zip(centre, shape, ps, strict=False)]
+            start = [int(rng.integers(0, max(s - p, 0) + 1)) for s, p in zip(shape, ps, strict=False)]
+        else:
+            start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, s, p in zip(centre, shape, ps, strict=False)]
+        if self.snap:
+            start = [s - s % self.snap for s in start]
+        return start
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng((self.seed, int(index)))

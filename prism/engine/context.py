@@ -11,6 +11,7 @@ import torch
 from ..backbone import Backbone
 from ..batch import Batch
 from ..masking import MaskingPolicy
+from .distributed import DistInfo, all_reduce_mean_, gather_rows, sync_gradients
 from .losses import LossSet
 from .streams import BatchStreams, move_batch
 
@@ -29,6 +30,7 @@ class TrainContext:
     scaler: torch.amp.GradScaler | None = None
     grad_clip: float | None = None
     channels_last: bool = False
+    dist: DistInfo = field(default_factory=DistInfo)
     step: int = 0
     total_steps: int = 1
     extra: dict[str, object] = field(default_factory=dict)
@@ -36,8 +38,18 @@ class TrainContext:
     def next_batch(self, stream: str = "train", policy: str = "train") -> Batch:
         """The next batch of ``stream`` on the device, masked by the masking policy named ``policy``."""
         raw = self.streams.next(stream)
-        mask = self.masking[policy](raw.availability, self.mask_generator)
+        mask = self.draw_mask(raw.availability, policy)
         return move_batch(raw, self.device).with_mask(mask)
+
+    def draw_mask(self, availability: torch.Tensor, policy: str = "train") -> torch.Tensor:
+        """Apply a masking policy. Under torch.distributed every rank draws the masks of the whole global batch
+        (same generator state everywhere) and keeps its own rows, so results match a single process."""
+        if not self.dist.enabled:
+            return self.masking[policy](availability, self.mask_generator)
+        local = availability.shape[0]
+        everyone = gather_rows(availability.to(torch.uint8), self.dist).bool()
+        mask = self.masking[policy](everyone, self.mask_generator)
+        return mask[self.dist.rank * local:(self.dist.rank + 1) * local]
 
     def raw_batch(self, stream: str = "train") -> Batch:
         """The next batch of ``stream`` on the device with every available modality (the caller masks it)."""
@@ -73,6 +85,7 @@ class TrainContext:
     def clip_and_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Unscale (fp16), clip gradients and step ``optimizer`` (default: the main one)."""
         opt = optimizer or self.optimizer
+        sync_gradients([p for group in opt.param_groups for p in group["params"]], self.dist)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         if self.grad_clip is not None:
@@ -89,6 +102,7 @@ class TrainContext:
 
         Returns None when an fp16 gradient overflowed (the caller skips its update, as GradScaler would).
         """
+        sync_gradients(params, self.dist)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         if self.scaler is not None:
             inv = 1.0 / self.scaler.get_scale()
@@ -100,6 +114,14 @@ class TrainContext:
             factor = (self.grad_clip / (norm + 1e-6)).clamp(max=1.0)
             grads = torch._foreach_mul(grads, factor)
         return grads
+
+    def mean_over_ranks(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Average logged values over ranks (for logging only)."""
+        if not self.dist.enabled or not parts:
+            return parts
+        values = torch.stack([v.detach().float().reshape(()) for v in parts.values()])
+        all_reduce_mean_([values], self.dist)
+        return dict(zip(parts, values, strict=True))
 
     def optimizer_step(self) -> None:
         self.clip_and_step(self.optimizer)

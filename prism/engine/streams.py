@@ -10,15 +10,39 @@ from torch.utils.data import DataLoader
 
 from ..batch import Batch
 from ..data.cache_reader import CacheReader
-from ..data.patches import CountingSampler, PatchDataset, collate_batch
+from ..data.patches import PatchDataset, collate_batch
+
+
+class RankSampler(torch.utils.data.Sampler[int]):
+    """Sample numbers of this rank's share of each global batch, from global batch ``start`` on, forever.
+
+    Global batch ``b`` is samples ``b * G .. b * G + G - 1``; rank ``r`` of ``W`` takes the ``r``-th slice of
+    ``G / W``. With one rank this is simply ``start * G, start * G + 1, ...``.
+    """
+
+    def __init__(self, start: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
+        self.start, self.global_batch, self.rank, self.world = start, global_batch, rank, world
+        self.local = global_batch // world
+
+    def __iter__(self) -> Iterator[int]:
+        b = self.start
+        while True:
+            first = b * self.global_batch + self.rank * self.local
+            yield from range(first, first + self.local)
+            b += 1
+
+    def __len__(self) -> int:  # pragma: no cover - infinite
+        return 2**62
 
 
 class BatchStreams:
     """Each stream draws patches with its own seed; its position (batches consumed) is its whole state."""
 
     def __init__(self, reader: CacheReader, case_ids: Sequence[str], *, patch_size: Sequence[int], batch_size: int,
-                 seed: int, foreground_fraction: float, flip: bool, num_workers: int, pin_memory: bool) -> None:
+                 seed: int, foreground_fraction: float, flip: bool, num_workers: int, pin_memory: bool,
+                 rank: int = 0, world: int = 1) -> None:
         self.reader = reader
+        self.rank, self.world = rank, world
         self.case_ids = tuple(case_ids)
         self.patch_size = tuple(patch_size)
         self.batch_size = int(batch_size)
@@ -45,9 +69,9 @@ class BatchStreams:
         dataset = PatchDataset(self.reader, self.subsets.get(name, self.case_ids), self.patch_size,
                                seed=self._stream_seed(name), foreground_fraction=self.foreground_fraction,
                                flip=self.flip)
-        start = self.positions.get(name, 0) * self.batch_size
+        sampler = RankSampler(self.positions.get(name, 0), self.batch_size, self.rank, self.world)
         loader = DataLoader(
-            dataset, batch_size=self.batch_size, sampler=CountingSampler(start), collate_fn=collate_batch,
+            dataset, batch_size=sampler.local, sampler=sampler, collate_fn=collate_batch,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=False, prefetch_factor=2 if self.num_workers else None,
         )

@@ -17,11 +17,12 @@ from .. import __version__
 from ..config import Config, build_config, config_to_yaml
 from ..data.cache_reader import CacheReader
 from ..errors import CheckpointError, ConfigError
-from ..evaluation.report import EvalReport, evaluate
+from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
 from ..registry import get_registry
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import TrainContext
+from .distributed import DistInfo, init_from_env
 from .metrics_log import CsvLog
 from .streams import BatchStreams
 
@@ -91,6 +92,13 @@ class Trainer:
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = select_device(config.train.device)
+        self.dist: DistInfo = init_from_env(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if config.data.batch_size % self.dist.world:
+            raise ConfigError(f"data.batch_size: the global batch {config.data.batch_size} must be divisible by "
+                              f"the {self.dist.world} processes")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not config.train.deterministic
         self.reader = CacheReader(cache_path)
@@ -109,7 +117,7 @@ class Trainer:
         streams = BatchStreams(
             self.reader, self.train_cases, patch_size=config.data.patch_size, batch_size=config.data.batch_size,
             seed=config.train.seed, foreground_fraction=config.data.foreground_fraction, flip=config.data.flip,
-            num_workers=workers, pin_memory=self.device.type == "cuda",
+            num_workers=workers, pin_memory=self.device.type == "cuda", rank=self.dist.rank, world=self.dist.world,
         )
         self.ctx = TrainContext(
             model=model, losses=parts.losses, optimizer=optimizer,
@@ -119,16 +127,21 @@ class Trainer:
             device=self.device, amp_dtype=amp_dtype,
             scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
             grad_clip=config.optim.grad_clip, total_steps=config.train.steps,
-            channels_last=config.train.channels_last,
+            channels_last=config.train.channels_last, dist=self.dist,
         )
         self.strategy.setup(self.ctx)
         # after setup: a strategy may add parameter groups (Meta-SGD's learned inner learning rates)
         self.ctx.scheduler = poly_schedule(optimizer, config.train.steps, config.optim.poly_power)
         if resume:
             self._load(self.run_dir / CHECKPOINT_NAME)
+        for stale in self.run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write ``last.pt`` atomically (rank 0 only: every rank holds the same state)."""
+        if not self.dist.is_main:
+            return None
         return save_checkpoint(self.run_dir / CHECKPOINT_NAME,
                                checkpoint_state(self.ctx, self.strategy.state_dict(), self.config))
 
@@ -157,6 +170,8 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def _write_run_files(self) -> None:
+        if not self.dist.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(config_to_yaml(self.config))
         (self.run_dir / "run_info.json").write_text(json.dumps(run_info(self.config), indent=2) + "\n")
@@ -165,12 +180,13 @@ class Trainer:
         """Train up to ``train.steps`` (or stop early at step ``stop_at``, e.g. to time-box a job)."""
         cfg, ctx = self.config, self.ctx
         self._write_run_files()
-        log = CsvLog(self.run_dir / "train_log.csv", resume_step=ctx.step if self.resume else None)
+        main = self.dist.is_main
+        log = CsvLog(self.run_dir / "train_log.csv", resume_step=ctx.step if self.resume else None) if main else None
         history: list[dict[str, float]] = []
         total = cfg.train.steps
         ctx.model.train()
         progress = None
-        if self.console.is_terminal:
+        if self.console.is_terminal and main:
             progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
                                 transient=False)
@@ -188,19 +204,21 @@ class Trainer:
                 if ctx.step % cfg.train.epoch_length == 0:
                     ctx.losses.on_epoch_end()
                 if ctx.step % cfg.train.log_every == 0 or ctx.step == total:
+                    parts = ctx.mean_over_ranks(parts)
                     row = {"step": ctx.step, "lr": ctx.optimizer.param_groups[0]["lr"],
                            **{k: float(v) for k, v in parts.items()}}
                     elapsed = time.perf_counter() - t0
                     row["samples_per_s"] = samples / elapsed if elapsed > 0 else 0.0
                     if self.device.type == "cuda":
                         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                    log.write(row)
                     history.append(row)
                     info = f"loss {row['loss']:.4f}  {row['samples_per_s']:.1f} samples/s"
                     if progress is not None:
                         progress.update(task, completed=ctx.step, info=info)
-                    else:
+                    elif main:
                         self.console.print(f"step {ctx.step}/{total}  {info}", highlight=False)
+                    if log is not None:
+                        log.write(row)
                     t0, samples = time.perf_counter(), 0
                 elif progress is not None:
                     progress.update(task, completed=ctx.step)
@@ -212,14 +230,25 @@ class Trainer:
             ctx.streams.close()
         return history
 
-    def evaluate(self) -> EvalReport:
+    def close(self) -> None:
+        """Leave the process group (under torchrun) and release the cache handle."""
+        import torch.distributed as dist
+
+        if self.dist.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        self.reader.close()
+
+    def evaluate(self) -> EvalReport | None:
+        """Evaluate on every combination (rank 0 only; other ranks return None)."""
+        if not self.dist.is_main:
+            return None
         cfg = self.config
         cases = list(self.reader.split(cfg.eval.split))
         if cfg.eval.max_cases:
             cases = cases[: cfg.eval.max_cases]
         report = evaluate(self.ctx.model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
-                          et_postprocess_voxels=cfg.eval.et_postprocess_voxels,
-                          channels_last=cfg.train.channels_last)
+                          channels_last=cfg.train.channels_last, **evaluate_kwargs(cfg.eval))
         report.write(self.run_dir)
         return report
 

@@ -1,39 +1,116 @@
-"""Whole-volume inference for every modality combination of a case, in batched passes."""
+"""Inference for every modality combination of a case in batched passes: whole volume or sliding windows.
+
+The combinations run as the batch dimension. With sliding windows (MONAI's ``sliding_window_inference``,
+Gaussian blending), each window is cut once and expanded to every combination inside the predictor, so one
+sweep over the volume serves ``combos_per_pass`` combinations; logits are blended, then arg-maxed.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..backbone import Backbone
+from ..errors import ConfigError
+
+
+def _forward(model: Backbone, x: torch.Tensor, mask: torch.Tensor, amp_dtype: torch.dtype | None,
+             channels_last: bool) -> torch.Tensor:
+    """Fused logits (float32) of ``model`` for image ``x [B, M, ...]`` under ``mask [B, M]``."""
+    x = x * mask[:, :, None, None, None].to(x.dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if amp_dtype is not None:
+        with torch.autocast(x.device.type, dtype=amp_dtype):
+            return model(x, mask).logits.float()
+    return model(x, mask).logits.float()
+
+
+def check_window(model: Backbone, window: Sequence[int]) -> tuple[int, int, int]:
+    """The window as a 3-tuple, or a one-line error if the backbone cannot take it."""
+    win = tuple(int(w) for w in window)
+    if len(win) != 3 or any(w < 1 for w in win):
+        raise ConfigError(f"eval.window: expected three positive sizes, got {list(window)}")
+    bad = [w for w in win if w % model.size_divisor]
+    if bad:
+        raise ConfigError(f"eval.window: {list(win)} must be multiples of {model.size_divisor} for "
+                          f"backbone {type(model).__name__}")
+    return win  # type: ignore[return-value]
+
+
+def _whole_volume_logits(model: Backbone, x: torch.Tensor, masks: torch.Tensor, amp_dtype: torch.dtype | None,
+                         channels_last: bool) -> torch.Tensor:
+    """Logits ``[C, K, D, H, W]``: the volume zero-padded to the backbone's size divisor, padding cropped."""
+    spatial = x.shape[1:]
+    pad = [(-s) % model.size_divisor for s in spatial]
+    if any(pad):
+        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+    batch = x.unsqueeze(0).expand(masks.shape[0], *x.shape)
+    logits = _forward(model, batch, masks, amp_dtype, channels_last)
+    return logits[:, :, : spatial[0], : spatial[1], : spatial[2]]
+
+
+def _sliding_window_logits(model: Backbone, x: torch.Tensor, masks: torch.Tensor, amp_dtype: torch.dtype | None,
+                           channels_last: bool, window: tuple[int, int, int], overlap: float, sw_batch_size: int,
+                           sigma_scale: float, output_device: torch.device | None) -> torch.Tensor:
+    """Gaussian-blended logits ``[C, K, D, H, W]``; every window is run under all ``C`` masks at once."""
+    from monai.inferers import sliding_window_inference
+
+    c = masks.shape[0]
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:  # [n, M, *window] -> [n, C * K, *window]
+        n = windows.shape[0]
+        batch = windows.unsqueeze(1).expand(n, c, *windows.shape[1:]).flatten(0, 1)
+        logits = _forward(model, batch, masks.repeat(n, 1), amp_dtype, channels_last)
+        return logits.unflatten(0, (n, c)).flatten(1, 2)
+
+    blended = sliding_window_inference(
+        x.unsqueeze(0), roi_size=window, sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
+        mode="gaussian", sigma_scale=sigma_scale, padding_mode="constant", cval=0.0, sw_device=x.device,
+        device=output_device or x.device,
+    )
+    return blended[0].unflatten(0, (c, -1))
+
+
+@torch.no_grad()
+def predict_logits(model: Backbone, image: torch.Tensor, masks: torch.Tensor, *, device: torch.device,
+                   amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                   window: Sequence[int] | None = None, overlap: float = 0.5, sw_batch_size: int = 1,
+                   sigma_scale: float = 0.125, output_device: torch.device | None = None) -> torch.Tensor:
+    """Float32 logits ``[C, K, D, H, W]`` for image ``[M, D, H, W]`` under every mask of ``masks [C, M]``, in one pass.
+
+    ``window=None``: the whole volume at once. Otherwise sliding windows of that size, ``overlap`` in [0, 1),
+    ``sw_batch_size`` windows per forward (each expanded to the C combinations), Gaussian blending with
+    ``sigma_scale``; ``output_device`` keeps the blended volume elsewhere (e.g. the CPU) to save GPU memory.
+    """
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"eval.overlap: must be in [0, 1), got {overlap}")
+    model.eval()
+    x = image.to(device, non_blocking=True)
+    m = masks.to(device)
+    if window is None:
+        return _whole_volume_logits(model, x, m, amp_dtype, channels_last)
+    return _sliding_window_logits(model, x, m, amp_dtype, channels_last, check_window(model, window), overlap,
+                                  sw_batch_size, sigma_scale, output_device)
 
 
 @torch.no_grad()
 def predict_combinations(model: Backbone, image: torch.Tensor, masks: torch.Tensor, *, device: torch.device,
                          amp_dtype: torch.dtype | None = None, combos_per_pass: int = 15,
-                         channels_last: bool = False) -> torch.Tensor:
-    """Label maps ``[C, D, H, W]`` for image ``[M, D, H, W]`` under each mask of ``masks`` ``[C, M]``.
+                         channels_last: bool = False, window: Sequence[int] | None = None, overlap: float = 0.5,
+                         sw_batch_size: int = 1, sigma_scale: float = 0.125,
+                         output_device: torch.device | None = None) -> torch.Tensor:
+    """Label maps uint8 ``[C, D, H, W]`` (on the CPU) for image ``[M, D, H, W]`` under each mask of ``masks [C, M]``.
 
-    The combinations run as the batch dimension, ``combos_per_pass`` at a time; the volume is zero-padded to the
-    backbone's size divisor and the padding cropped from the result.
+    ``combos_per_pass`` combinations share one pass (``1`` = one loop per combination); the other options are
+    those of :func:`predict_logits`.
     """
-    model.eval()
-    spatial = image.shape[1:]
-    div = model.size_divisor
-    pad = [(-s) % div for s in spatial]
-    x = image.to(device, non_blocking=True)
-    if any(pad):
-        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
     out = []
-    for start in range(0, masks.shape[0], combos_per_pass):
-        m = masks[start:start + combos_per_pass].to(device)
-        xb = x.unsqueeze(0) * m[:, :, None, None, None].to(x.dtype)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last_3d)
-        if amp_dtype is not None:
-            with torch.autocast(device.type, dtype=amp_dtype):
-                logits = model(xb, m).logits
-        else:
-            logits = model(xb, m).logits
-        out.append(logits.argmax(1)[:, : spatial[0], : spatial[1], : spatial[2]].to(torch.uint8).cpu())
+    for start in range(0, masks.shape[0], max(1, combos_per_pass)):
+        logits = predict_logits(model, image, masks[start:start + combos_per_pass], device=device,
+                                amp_dtype=amp_dtype, channels_last=channels_last, window=window, overlap=overlap,
+                                sw_batch_size=sw_batch_size, sigma_scale=sigma_scale, output_device=output_device)
+        out.append(logits.argmax(1).to(torch.uint8).cpu())
     return torch.cat(out)

@@ -1,4 +1,4 @@
-"""Region Dice for label maps, vectorised over combinations (no loops over voxels or classes)."""
+"""Region masks and Dice for label maps, vectorised over combinations (no loops over voxels or classes)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ class Regions:
 
 BRATS_REGIONS = Regions(("WT", "TC", "ET"), (frozenset({1, 2, 3}), frozenset({1, 3}), frozenset({3})))
 
+#: BraTS post-processing: fewer predicted ET voxels than this count as no ET.
+BRATS_ET_MIN_VOXELS = 500
+
 
 def regions_for(labels: dict[int, str]) -> Regions:
     """BraTS regions for the BraTS label map, else one region per foreground label."""
@@ -34,6 +37,33 @@ def regions_for(labels: dict[int, str]) -> Regions:
         return BRATS_REGIONS
     fg = sorted(k for k in labels if k != 0)
     return Regions(tuple(labels[k] for k in fg), tuple(frozenset({k}) for k in fg))
+
+
+def region_masks(pred: torch.Tensor, target: torch.Tensor, regions: Regions, num_classes: int, *,
+                 et_postprocess_voxels: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool region masks: prediction ``[C, R, ...]`` and reference ``[R, ...]``.
+
+    pred: int ``[C, ...]`` (one label map per combination), target: int ``[...]``. With
+    ``et_postprocess_voxels > 0`` and a region named ET, a prediction with fewer ET voxels than that has its ET
+    mask emptied (BraTS post-processing: those voxels become necrosis, so WT and TC are unchanged).
+    """
+    table = regions.table(num_classes, pred.device)  # [R, K]
+    p = table[:, pred.long()].transpose(0, 1)  # [C, R, ...]
+    g = table[:, target.long().to(pred.device)]  # [R, ...]
+    if et_postprocess_voxels > 0 and "ET" in regions.names:
+        r = regions.names.index("ET")
+        small = p[:, r].flatten(1).sum(-1) < et_postprocess_voxels  # [C]
+        p[:, r] &= ~small.view(-1, *([1] * (p.dim() - 2)))
+    return p, g
+
+
+def mask_dice(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Dice of bool masks ``p [C, R, ...]`` against ``g [R, ...]`` as float64 ``[C, R]``; empty vs empty is 1."""
+    p = p.flatten(2)
+    g = g.flatten(1).unsqueeze(0)
+    inter = (p & g).sum(-1).double()
+    denom = (p.sum(-1) + g.sum(-1)).double()
+    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
 
 
 def region_dice(pred: torch.Tensor, target: torch.Tensor, regions: Regions, num_classes: int, *,
@@ -44,16 +74,5 @@ def region_dice(pred: torch.Tensor, target: torch.Tensor, regions: Regions, num_
     An empty prediction against an empty reference scores 1. With ``et_postprocess_voxels > 0`` and a region
     named ET, a prediction with fewer ET voxels than that counts as having none (BraTS post-processing).
     """
-    table = regions.table(num_classes, pred.device)  # [R, K]
-    p = table[:, pred.long()].flatten(2)  # [R, C, N]
-    g = table[:, target.long()].flatten(1)[:, None, :]  # [R, 1, N]
-    p_sum = p.sum(-1)
-    if et_postprocess_voxels > 0 and "ET" in regions.names:
-        r = regions.names.index("ET")
-        small = p_sum[r] < et_postprocess_voxels
-        p[r] = p[r] & ~small[:, None]
-        p_sum = p.sum(-1)
-    inter = (p & g).sum(-1).double()
-    denom = (p_sum + g.sum(-1)).double()
-    dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
-    return dice.T.contiguous()  # [C, R]
+    p, g = region_masks(pred, target, regions, num_classes, et_postprocess_voxels=et_postprocess_voxels)
+    return mask_dice(p, g)

@@ -1,84 +1,103 @@
-"""Evaluate a model on every combination of every case of a split, and report it (JSON, Markdown, console)."""
+"""Evaluate a model on every combination of every case of a split (and optionally fast adaptation), as a report.
+
+``evaluate(...)`` returns an :class:`EvalReport`; ``report.write(run_dir)`` writes eval.json, eval_cases.csv,
+eval.md and eval_dice.png.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
-from ..modalities import enumerate_combinations
-from .inference import predict_combinations
-from .metrics import region_dice, regions_for
+from .adaptation import AdaptationSettings, AdaptLoss, fine_tune, site_cases
+from .hausdorff import BRATS_EMPTY_HD95
+from .results import AdaptationResult, EvalReport
+from .scoring import EvalOptions, evaluate_cases
+
+__all__ = ["AdaptationResult", "AdaptationSettings", "EvalOptions", "EvalReport", "evaluate"]
 
 
-@dataclass
-class EvalReport:
-    modalities: tuple[str, ...]
-    regions: tuple[str, ...]
-    combinations: list[str]
-    case_ids: list[str]
-    dice: np.ndarray  # [cases, combinations, regions]
+def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, device: torch.device,
+             amp_dtype: torch.dtype | None = None, et_postprocess_voxels: int = 0, combos_per_pass: int = 15,
+             channels_last: bool = False, window: Sequence[int] | None = None, overlap: float = 0.5,
+             sw_batch_size: int = 1, sigma_scale: float = 0.125, hd95: bool = True,
+             hd95_empty: float = BRATS_EMPTY_HD95, stitch_on_cpu: bool = False,
+             adaptation: AdaptationSettings | None = None, adapt_loss: AdaptLoss | None = None,
+             on_case: Callable[[str], None] | None = None) -> EvalReport:
+    """Dice and HD95 per case, combination and region for ``case_ids``, every combination of a case batched.
 
-    def mean_dice(self) -> np.ndarray:
-        """``[combinations, regions]``: mean over cases."""
-        return self.dice.mean(0)
-
-    def to_dict(self) -> dict[str, Any]:
-        mean = self.mean_dice()
-        return {
-            "modalities": list(self.modalities),
-            "regions": list(self.regions),
-            "metric": "dice",
-            "combinations": [
-                {"index": i, "name": name, "dice": dict(zip(self.regions, map(float, mean[i]), strict=False))}
-                for i, name in enumerate(self.combinations)
-            ],
-            "mean": dict(zip(self.regions, map(float, mean.mean(0)), strict=False)),
-            "cases": {
-                cid: {name: dict(zip(self.regions, map(float, self.dice[c, i]), strict=False))
-                      for i, name in enumerate(self.combinations)}
-                for c, cid in enumerate(self.case_ids)
-            },
-        }
-
-    def markdown(self) -> str:
-        mean = self.mean_dice() * 100
-        head = "| # | Modalities | " + " | ".join(f"{r} Dice" for r in self.regions) + " |"
-        rule = "|---|---|" + "---:|" * len(self.regions)
-        rows = [f"| {i} | {name} | " + " | ".join(f"{v:.2f}" for v in mean[i]) + " |"
-                for i, name in enumerate(self.combinations)]
-        rows.append("| | **Mean** | " + " | ".join(f"**{v:.2f}**" for v in mean.mean(0)) + " |")
-        return "\n".join([head, rule, *rows]) + "\n"
-
-    def write(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "eval.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        (out_dir / "eval.md").write_text(self.markdown())
-
-
-def evaluate(model: Backbone, reader: CacheReader, case_ids: list[str] | tuple[str, ...], *, device: torch.device,
-             amp_dtype: torch.dtype | None = None, et_postprocess_voxels: int = 0,
-             combos_per_pass: int = 15, channels_last: bool = False) -> EvalReport:
-    """Dice per case, combination and region for ``case_ids``; every combination of a case in batched passes."""
-    combos = enumerate_combinations(reader.modalities)
-    regions = regions_for(reader.labels)
-    num_classes = max(reader.labels) + 1
-    results = []
-    for case_id in case_ids:
-        image, label = reader.read_case(case_id)
-        available = torch.tensor(reader.info(case_id).availability)
-        masks = torch.tensor([c.mask for c in combos]) & available  # a missing file stays missing
-        pred = predict_combinations(model, torch.from_numpy(image), masks, device=device, amp_dtype=amp_dtype,
-                                    combos_per_pass=combos_per_pass, channels_last=channels_last)
-        results.append(region_dice(pred, torch.from_numpy(label), regions, num_classes,
-                                   et_postprocess_voxels=et_postprocess_voxels).numpy())
-    return EvalReport(
-        modalities=reader.modalities, regions=regions.names, combinations=[c.name for c in combos],
-        case_ids=list(case_ids), dice=np.stack(results) if results else np.zeros((0, len(combos), len(regions.names))),
+    ``window=None`` predicts whole volumes; a window size switches to Gaussian-blended sliding windows with
+    ``overlap``. ``adaptation`` adds a fast-adaptation comparison on a held-out site (fine-tuned with
+    ``adapt_loss``, default cross-entropy + soft Dice) to the same report.
+    """
+    options = EvalOptions(
+        window=tuple(int(w) for w in window) if window else None,  # type: ignore[arg-type]
+        overlap=float(overlap), sw_batch_size=int(sw_batch_size), sigma_scale=float(sigma_scale),
+        combos_per_pass=int(combos_per_pass), et_postprocess_voxels=int(et_postprocess_voxels),
+        compute_hd95=bool(hd95), hd95_empty=float(hd95_empty), channels_last=bool(channels_last),
+        stitch_on_cpu=bool(stitch_on_cpu),
     )
+    cases = list(case_ids)
+    report = evaluate_cases(model, reader, cases, device=device, amp_dtype=amp_dtype, options=options,
+                            on_case=on_case)
+    if adaptation is not None:
+        report.adaptation = adapt_and_evaluate(model, reader, cases, adaptation, device=device,
+                                               amp_dtype=amp_dtype, options=options, loss_fn=adapt_loss,
+                                               baseline=report)
+    return report
+
+
+def adapt_and_evaluate(model: Backbone, reader: CacheReader, candidates: Sequence[str],
+                       settings: AdaptationSettings, *, device: torch.device, amp_dtype: torch.dtype | None = None,
+                       options: EvalOptions = EvalOptions(), loss_fn: AdaptLoss | None = None,
+                       baseline: EvalReport | None = None) -> AdaptationResult:
+    """The site's query cases without adaptation and after ``settings.steps`` steps on its support cases.
+
+    ``baseline``: a report that already holds the query cases unadapted (they are not predicted again).
+    """
+    support, query = site_cases(reader, candidates, settings)
+    if baseline is not None and all(c in baseline.case_ids for c in query):
+        before = baseline.subset(query)
+    else:
+        before = evaluate_cases(model, reader, query, device=device, amp_dtype=amp_dtype, options=options)
+    adapted = fine_tune(model, reader, support, settings, device=device, amp_dtype=amp_dtype, loss_fn=loss_fn)
+    after = evaluate_cases(adapted, reader, query, device=device, amp_dtype=amp_dtype, options=options)
+    return AdaptationResult(site=settings.site, support_cases=support, query_cases=query, steps=settings.steps,
+                            lr=settings.lr, before=before, after=after, settings=settings.settings())
+
+
+def evaluate_kwargs(eval_config: object) -> dict[str, object]:
+    """Keyword arguments of :func:`evaluate` from a config's ``eval`` section (fields it lacks keep defaults).
+
+    Fields read: et_postprocess_voxels, window, overlap, sw_batch_size, combos_per_pass, hd95, hd95_empty
+    (None = leave one-empty pairs out), stitch_on_cpu, and adapt_site, adapt_cases, adapt_steps, adapt_lr,
+    adapt_optimizer, adapt_patch_size, adapt_split, adapt_seed for fast adaptation (off while adapt_site is None).
+    """
+    def get(name: str, default: object) -> object:
+        value = getattr(eval_config, name, default)
+        return default if value is None and default is not None else value
+
+    hd95_empty = getattr(eval_config, "hd95_empty", BRATS_EMPTY_HD95)
+    kwargs: dict[str, object] = {
+        "et_postprocess_voxels": get("et_postprocess_voxels", 0),
+        "window": get("window", None),
+        "overlap": get("overlap", 0.5),
+        "sw_batch_size": get("sw_batch_size", 1),
+        "combos_per_pass": get("combos_per_pass", 15),
+        "hd95": get("hd95", True),
+        "hd95_empty": float("nan") if hd95_empty is None else float(hd95_empty),
+        "stitch_on_cpu": get("stitch_on_cpu", False),
+    }
+    site = getattr(eval_config, "adapt_site", None)
+    if site:
+        patch = getattr(eval_config, "adapt_patch_size", None)
+        kwargs["adaptation"] = AdaptationSettings(
+            site=str(site), support_cases=int(get("adapt_cases", 1)), steps=int(get("adapt_steps", 10)),
+            lr=float(get("adapt_lr", 0.01)), optimizer=str(get("adapt_optimizer", "sgd")),
+            patch_size=tuple(int(p) for p in patch) if patch else None,  # type: ignore[arg-type]
+            split=getattr(eval_config, "adapt_split", None), seed=int(get("adapt_seed", 0)),
+        )
+    return kwargs

@@ -1,0 +1,87 @@
+"""Time per training step of every meta-strategy relative to `standard`, in one run on the same data.
+
+    python benchmarks/bench_strategies.py                 # CPU-sized defaults
+    python benchmarks/bench_strategies.py --device cuda --patch 80 --width 8 --steps 20
+
+Target (issue 6): Meta-Drop at most 2.1x a standard step (it does two forward/backward passes).
+Prints steps/s, the ratio to standard and, on CUDA, peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
+
+from prism.config import build_config
+from prism.engine.trainer import Trainer
+
+STRATEGIES = {
+    "standard": "{}",
+    "meta_drop": "{}",
+    "maml (1st order, K=1, 2 tasks)": "{inner_steps: 1, first_order: true, tasks_per_step: 2}",
+    "maml (2nd order, K=1, 2 tasks)": "{inner_steps: 1, first_order: false, tasks_per_step: 2}",
+    "reptile (k=3)": "{inner_steps: 3}",
+}
+
+
+def measure(name: str, options: str, cache: Path, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    strategy = name.split(" ")[0]
+    cfg = build_config(None, [
+        f"strategy.name={strategy}", f"strategy.options={options}",
+        f"data.patch_size=[{args.patch},{args.patch},{args.patch}]",
+        f"data.batch_size={args.batch}", f"model.options.width={args.width}",
+        f"train.device={args.device}", f"train.steps={args.warmup + args.steps}", "train.checkpoint_every=100000",
+        "train.log_every=100000", f"losses={args.losses}", "data.num_workers=0",
+    ])
+    trainer = Trainer(cfg, out / strategy, cache_path=cache)
+    ctx = trainer.ctx
+    ctx.model.train()
+    for _ in range(args.warmup):
+        trainer.strategy.step(ctx)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        trainer.strategy.step(ctx)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if ctx.device.type == "cuda" else float("nan")
+    trainer.close()
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--patch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--losses", default="[{name: fuse}]", help="loss terms, as a YAML list")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "bench.h5"
+        size = max(48, args.patch)
+        write_synthetic_cache(str(cache), SynthSettings(cases=8, shape=(size, size, size), seed=0))
+        rows = [(name, *measure(name, opts, cache, args, tmp)) for name, opts in STRATEGIES.items()]
+    base = rows[0][1]
+    print(f"device {args.device}, patch {args.patch}^3, batch {args.batch}, width {args.width}, "
+          f"median of {args.steps} steps, losses {args.losses}")
+    print(f"{'strategy':34s} {'s/step':>8s} {'x standard':>11s} {'peak GiB':>9s}")
+    for name, t, peak in rows:
+        print(f"{name:34s} {t:8.3f} {t / base:11.2f} {peak:9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Loss terms for backbone-specific outputs: RFNet's separate-decoder loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prism.plugins.losses import uni_loss
+from prism.plugins.losses.terms import modality_parts, seg_options
+
+from prism.batch import Batch
+from prism.errors import PluginError
+from prism.loss import LossResult, LossTerm
+from prism.outputs import SegOutput
+
+
+class RFNetSeparateLoss(LossTerm):
+    """RFNet's L_sep: Dice + CE of the separate decoder's per-modality predictions (``rfnet`` output ``sep``)."""
+
+    needs = frozenset({"logits"})
+
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 1.0, **seg: Any) -> None:
+        super().__init__(modalities, num_classes)
+        self.weight = float(weight)
+        self.seg = seg_options(**seg)
+
+    def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
+        sep = getattr(output, "sep", None)
+        if sep is None:
+            raise PluginError("loss 'rfnet_sep' needs the 'sep' output of backbone 'rfnet' in train mode with "
+                              "separate_decoder=True (and a per-modality part requested)")
+        per = uni_loss(sep, batch.label, batch.mask, options=self.seg, reduction="per_modality")
+        return LossResult(self.weight * per.sum(), modality_parts("rfnet_sep", per, self.modalities))

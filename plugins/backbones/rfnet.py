@@ -1,0 +1,168 @@
+"""RFNet: per-modality encoders, region-aware fusion of the available modalities, a shared per-modality decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prism.backbone import Backbone
+from prism.outputs import SegOutput
+
+from .blocks import (
+    GroupedResidualEncoder,
+    SharedDecoder,
+    conv_norm_act,
+    stack_modalities,
+    unstack_modalities,
+    up2,
+    zero_missing,
+)
+
+UNI_PARTS = frozenset({"uni", "uni_deep", "uni_features"})
+
+
+def _bottleneck_stack(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
+    """1x1 -> 3x3 -> 1x1 convolutions (norm + LeakyReLU after each)."""
+    return nn.Sequential(conv_norm_act(c_in, c_mid, 1), conv_norm_act(c_mid, c_mid), conv_norm_act(c_mid, c_out, 1))
+
+
+class RegionAwareFusion(nn.Module):
+    """Fuse M modality features ``[B, M, C, ...]`` region by region under probabilistic region maps ``[B, K, ...]``.
+
+    For each region k a small MLP reads the region-pooled features of all modalities and gives one sigmoid weight
+    per modality; missing modalities get weight 0 (through the mask). The K region-fused features go through a
+    1x1-3x3-1x1 stack (C/2 channels) and are concatenated with a shortcut over the masked modality features (C/2).
+    """
+
+    def __init__(self, channels: int, num_modalities: int, num_classes: int, hidden: int = 128) -> None:
+        super().__init__()
+        k, m, c = num_classes, num_modalities, channels
+        self.weight_mlp = nn.Sequential(  # K independent MLPs as grouped 1x1 convolutions
+            nn.Conv1d(k * m * c, k * hidden, 1, groups=k), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv1d(k * hidden, k * hidden, 1, groups=k), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv1d(k * hidden, k * m, 1, groups=k),
+        )
+        self.region_fusion = _bottleneck_stack(k * c, c, max(1, c // 2))
+        self.shortcut = _bottleneck_stack(m * c, c, c - max(1, c // 2))
+        self.num_classes = k
+
+    def forward(self, x: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, m = x.shape[:2]
+        flat_x, flat_r = x.flatten(3), regions.flatten(2)  # [B, M, C, V], [B, K, V]
+        pooled = torch.einsum("bmcv,bkv->bkmc", flat_x, flat_r) / flat_r.shape[-1]
+        pooled = pooled / (flat_r.mean(-1)[:, :, None, None] + 1e-7)
+        weights = torch.sigmoid(self.weight_mlp(pooled.reshape(b, -1, 1))).view(b, self.num_classes, m)
+        weights = weights * mask[:, None, :].to(weights.dtype)
+        fused = torch.einsum("bkm,bmcv->bkcv", weights, flat_x) * flat_r[:, :, None]  # [B, K, C, V]
+        fused = fused.reshape(b, -1, *x.shape[3:])
+        return torch.cat([self.region_fusion(fused), self.shortcut(x.flatten(1, 2))], dim=1)
+
+
+class RegionMapGenerator(nn.Module):
+    """Region-map logits ``[B, K, ...]`` from the masked modality features (and the decoder feature, if any)."""
+
+    def __init__(self, channels: int, num_modalities: int, num_classes: int, *, with_decoder: bool) -> None:
+        super().__init__()
+        self.embed = _bottleneck_stack(num_modalities * channels, max(1, channels // 4), channels)
+        self.with_decoder = with_decoder
+        self.head = nn.Sequential(conv_norm_act(channels * (2 if with_decoder else 1), 16, 1),
+                                  nn.Conv3d(16, num_classes, 1))
+
+    def forward(self, x: torch.Tensor, decoder: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.embed(x.flatten(1, 2))
+        return self.head(torch.cat([decoder, y], dim=1) if self.with_decoder else y)
+
+
+@dataclass
+class RFNetOutput(SegOutput):
+    """SegOutput plus the separate decoder's per-modality logits ``sep`` ``[B, M, K, ...]`` (term ``rfnet_sep``)."""
+
+    sep: torch.Tensor | None = None
+
+
+class RFNet(Backbone):
+    """Region-aware fusion network (Ding et al., ICCV 2021) on the SegOutput contract.
+
+    Options: ``width`` (channels at level 0; the peers use 8 and 16), ``depth`` (levels, 4), ``uni_in_eval``,
+    ``separate_decoder`` (also run RFNet's shared per-modality decoder, output ``sep``; default True).
+    ``deep`` holds the region-map logits of levels 1..depth-1 (RFNet's PRM outputs); the region maps feed the
+    fusion detached at those levels (they learn from the PRM loss) and attached at level 0, which has no deep
+    output of its own. The per-modality parts (``uni``, ``uni_deep``, ``uni_features``) are the fusion decoder
+    run under each single-modality mask (PASSION's distillation paths), stacked with the fused path along the
+    batch in one pass; the separate decoder likewise runs once over all modalities stacked along the batch.
+    """
+
+    provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features"})
+
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4,
+                 uni_in_eval: bool = False, separate_decoder: bool = True) -> None:
+        super().__init__(modalities, num_classes)
+        if width < 2 or depth < 2:
+            raise ValueError(f"rfnet needs width >= 2 and depth >= 2, got width={width}, depth={depth}")
+        m, k = self.num_modalities, num_classes
+        self.size_divisor = 2 ** (depth - 1)
+        self.uni_in_eval = uni_in_eval
+        self.encoder = GroupedResidualEncoder(m, width, depth)
+        chans = self.encoder.channels
+        top = depth - 1
+        self.fusions = nn.ModuleList(RegionAwareFusion(c, m, k) for c in chans)
+        self.region_maps = nn.ModuleList(
+            RegionMapGenerator(c, m, k, with_decoder=lv < top) for lv, c in enumerate(chans)
+        )
+        self.c1 = nn.ModuleList(conv_norm_act(chans[lv + 1], chans[lv]) for lv in range(top))
+        self.c2 = nn.ModuleList(conv_norm_act(2 * chans[lv], chans[lv]) for lv in range(top))
+        self.out = nn.ModuleList(conv_norm_act(chans[lv], chans[lv], 1) for lv in range(top))
+        self.seg = nn.Conv3d(chans[0], k, 1)
+        self.separate = SharedDecoder(chans, k, deep_heads=False) if separate_decoder else None
+
+    @property
+    def extra_loss_terms(self) -> tuple[str, ...]:
+        """Registered terms for this backbone's own outputs (``rfnet_sep`` reads ``sep``)."""
+        return ("rfnet_sep",) if self.separate is not None else ()
+
+    def fusion_decoder(self, levels: list[torch.Tensor], mask: torch.Tensor
+                       ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Fused logits, region-map logits of levels 1.. (finest first) and level-0 features for ``mask``."""
+        levels = [zero_missing(f, mask) for f in levels]
+        top = len(levels) - 1
+        region_logits = [self.region_maps[top](levels[top])]
+        y = self.fusions[top](levels[top], region_logits[0].softmax(1).detach(), mask)
+        for lv in reversed(range(top)):
+            u = self.c1[lv](up2(y))
+            r = self.region_maps[lv](levels[lv], u)
+            region_logits.append(r)
+            regions = r.softmax(1) if lv == 0 else r.softmax(1).detach()
+            y = self.out[lv](self.c2[lv](torch.cat([self.fusions[lv](levels[lv], regions, mask), u], dim=1)))
+        region_logits.reverse()  # finest first; [0] is level 0 (used only inside the fusion)
+        return self.seg(y), region_logits[1:], y
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> RFNetOutput:
+        self.check_input(image, mask)
+        b, m = mask.shape
+        mask = mask.to(image.device)
+        levels = [zero_missing(f, mask) for f in self.encoder(zero_missing(image, mask))]
+        with_uni = bool(self.requested & UNI_PARTS) if self.training else self.uni_in_eval
+        if not with_uni:
+            logits, deep, features = self.fusion_decoder(levels, mask)
+            return RFNetOutput(logits=logits, deep=deep, features=features)
+
+        # path 0: the fused one; path 1 + i: modality i alone (an all-False mask where it is missing)
+        solo = torch.eye(m, dtype=torch.bool, device=mask.device).unsqueeze(1) & mask.unsqueeze(0)  # [M, B, M]
+        path_mask = torch.cat([mask.unsqueeze(0), solo]).flatten(0, 1)  # [(1 + M) * B, M]
+        stacked = [f.expand(1 + m, *f.shape).flatten(0, 1) for f in levels]
+        logits, deep, features = self.fusion_decoder(stacked, path_mask)
+
+        def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            t = t.unflatten(0, (1 + m, b))
+            return t[0], t[1:].transpose(0, 1)
+
+        out = RFNetOutput(logits=split(logits)[0], deep=[split(t)[0] for t in deep])
+        out.uni = split(logits)[1]
+        out.uni_deep = [split(t)[1] for t in deep]
+        out.features, out.uni_features = split(features)
+        if self.separate is not None:
+            sep, _ = self.separate([stack_modalities(f) for f in levels], with_deep=False)
+            out.sep = unstack_modalities(sep[0], b)
+        return out

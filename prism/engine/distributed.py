@@ -1,0 +1,76 @@
+"""torch.distributed for prism (launched by torchrun): rank info, gradient all-reduce, gathering masks.
+
+Every strategy's gradients are all-reduced explicitly (a mean over ranks, one flat buffer per call) before any
+update, so standard training and the meta-strategies share one mechanism; rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device_kind: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (single process when there is none)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor], info: DistInfo) -> None:
+    """In-place mean over ranks of ``tensors`` (flattened into one buffer: one collective call)."""
+    if not info.enabled or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= info.world
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
+        offset += n
+
+
+def sync_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average the gradients of ``params`` over ranks (missing gradients count as zero)."""
+    if not info.enabled:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    all_reduce_mean_([p.grad for p in params], info)
+
+
+def gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's ``t`` (same shape on each) along dim 0, in rank order."""
+    if not info.enabled:
+        return t
+    parts = [torch.empty_like(t) for _ in range(info.world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)

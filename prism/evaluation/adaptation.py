@@ -1,0 +1,152 @@
+"""Fast adaptation to a held-out site: K fine-tuning steps on N of its cases, then the rest of its cases evaluated.
+
+The MAML-U-Net use case: a meta-learned initialisation should reach a new site's optimum in a few steps. The
+model is copied (the caller's stays as it was); each step trains on the N support cases (random patches, a random
+non-empty subset of each case's available modalities), with plain SGD by default as in MAML's inner loop.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..backbone import Backbone
+from ..batch import Batch
+from ..data.cache_reader import CacheReader
+from ..errors import ConfigError, DataError
+from ..outputs import SegOutput
+
+#: A loss for fine-tuning: the model output and the batch -> a scalar (or ``(scalar, parts)`` as a LossSet gives).
+AdaptLoss = Callable[[SegOutput, Batch], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+
+@dataclass(frozen=True)
+class AdaptationSettings:
+    """Which site, how many support cases (N), how many steps (K) and how to take them."""
+
+    site: str
+    support_cases: int = 1
+    steps: int = 10
+    lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    patch_size: tuple[int, int, int] | None = None  # None: whole volumes
+    split: str | None = None  # where the site's cases come from; None: the cases being evaluated
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.support_cases < 1 or self.steps < 0 or self.lr <= 0:
+            raise ConfigError(f"eval.adapt: needs support_cases >= 1, steps >= 0 and lr > 0, got "
+                              f"{self.support_cases}, {self.steps}, {self.lr}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"eval.adapt_optimizer: 'sgd' or 'adam', got '{self.optimizer}'")
+
+    def settings(self) -> dict[str, object]:
+        out = asdict(self)
+        out["patch_size"] = list(self.patch_size) if self.patch_size else None
+        return out
+
+
+def site_cases(reader: CacheReader, candidates: Sequence[str], settings: AdaptationSettings
+               ) -> tuple[list[str], list[str]]:
+    """Support (the first N of the site's cases, in order) and query cases (the rest) for ``settings.site``."""
+    pool = reader.split(settings.split) if settings.split else tuple(candidates)
+    members = [c for c in pool if reader.info(c).site == settings.site]
+    if len(members) <= settings.support_cases:
+        sites = sorted({reader.info(c).site for c in pool})
+        raise DataError(f"{reader.path}: site '{settings.site}' has {len(members)} cases in "
+                        f"{settings.split or 'the evaluated cases'}; fast adaptation needs more than "
+                        f"{settings.support_cases} (sites there: {sites})")
+    return members[: settings.support_cases], members[settings.support_cases:]
+
+
+def dice_ce_loss(output: SegOutput, batch: Batch) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the foreground classes, on the fused logits."""
+    logits = output.logits.float()
+    label = batch.label
+    ce = F.cross_entropy(logits, label)
+    probs = logits.softmax(1)[:, 1:].flatten(2)
+    onehot = F.one_hot(label, logits.shape[1]).movedim(-1, 1)[:, 1:].flatten(2).to(probs.dtype)
+    inter = (probs * onehot).sum(-1)
+    denom = probs.sum(-1) + onehot.sum(-1)
+    soft_dice = ((2 * inter + 1e-5) / (denom + 1e-5)).mean()
+    return ce + 1 - soft_dice
+
+
+def _random_mask(available: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly drawn non-empty subset of ``available [M]``."""
+    idx = available.nonzero().flatten()
+    while True:
+        pick = torch.rand(idx.numel(), generator=gen) < 0.5
+        if pick.any():
+            mask = torch.zeros_like(available)
+            mask[idx[pick]] = True
+            return mask
+
+
+def _sample(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int, int] | None, divisor: int,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random crop of ``size`` (clipped to the volume), zero-padded to a multiple of ``divisor``."""
+    spatial = label.shape
+    if size is not None:
+        crop = [min(s, n) for s, n in zip(size, spatial, strict=True)]
+        start = [int(torch.randint(0, n - c + 1, (), generator=gen)) for c, n in zip(crop, spatial, strict=True)]
+        box = tuple(slice(a, a + c) for a, c in zip(start, crop, strict=True))
+        image, label = image[(slice(None), *box)], label[box]
+    pad = [(-s) % divisor for s in label.shape]
+    if any(pad):
+        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))
+        label = F.pad(label, (0, pad[2], 0, pad[1], 0, pad[0]))
+    return image, label
+
+
+def fine_tune(model: Backbone, reader: CacheReader, support: Sequence[str], settings: AdaptationSettings, *,
+              device: torch.device, amp_dtype: torch.dtype | None = None, loss_fn: AdaptLoss | None = None
+              ) -> Backbone:
+    """A copy of ``model`` after ``settings.steps`` steps on the ``support`` cases (the input is left unchanged)."""
+    adapted = copy.deepcopy(model).to(device)
+    adapted.train()
+    params = [p for p in adapted.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer = (torch.optim.SGD(params, lr=settings.lr) if settings.optimizer == "sgd"
+                                  else torch.optim.Adam(params, lr=settings.lr))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    loss_fn = loss_fn or dice_ce_loss
+    gen = torch.Generator().manual_seed(settings.seed)
+    cases = []
+    for cid in support:
+        image, label = reader.read_case(cid)
+        cases.append((torch.from_numpy(image), torch.from_numpy(label).long(),
+                      torch.tensor(reader.info(cid).availability)))
+    for _ in range(settings.steps):
+        samples = [_sample(img, lab, settings.patch_size, adapted.size_divisor, gen) for img, lab, _ in cases]
+        if len({tuple(s[1].shape) for s in samples}) > 1:  # whole volumes of different sizes: pad to the largest
+            top = [max(s[1].shape[a] for s in samples) for a in range(3)]
+            samples = [(F.pad(i, _pad_to(lab.shape, top)), F.pad(lab, _pad_to(lab.shape, top))) for i, lab in samples]
+        available = torch.stack([a for _, _, a in cases])
+        mask = torch.stack([_random_mask(a, gen) for a in available])
+        batch = Batch(image=torch.stack([s[0] for s in samples]), label=torch.stack([s[1] for s in samples]),
+                      mask=available, availability=available, case_ids=list(support)).to(device)
+        batch = batch.with_mask(mask.to(device))
+        opt.zero_grad(set_to_none=True)
+        if amp_dtype is not None:
+            with torch.autocast(device.type, dtype=amp_dtype):
+                result = loss_fn(adapted(batch.image, batch.mask), batch)
+        else:
+            result = loss_fn(adapted(batch.image, batch.mask), batch)
+        loss = result[0] if isinstance(result, tuple) else result
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+    adapted.eval()
+    return adapted
+
+
+def _pad_to(shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:
+    return (0, target[2] - shape[2], 0, target[1] - shape[1], 0, target[0] - shape[0])

@@ -1,0 +1,176 @@
+"""The evaluation results as data: Dice and HD95 per case, combination and region, and a fast-adaptation pair.
+
+``to_dict``/``from_dict`` round-trip through ``eval.json``; the files themselves are written by ``writers``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+
+def _mean_over_cases(values: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN (NaN where a column has no value)."""
+    if values.shape[0] == 0:
+        return np.full(values.shape[1:], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return np.nanmean(values, axis=0)
+
+
+def _floats(names: tuple[str, ...] | list[str], values: np.ndarray) -> dict[str, float | None]:
+    """``{name: value}`` with NaN written as None (JSON has no NaN)."""
+    return {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, values, strict=True)}
+
+
+def _array(rows: list[list[float | None]]) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+
+
+@dataclass
+class EvalReport:
+    """Metrics of one model on a list of cases under every modality combination.
+
+    dice, hd95: float ``[cases, combinations, regions]`` (Dice in [0, 1], HD95 in mm; ``hd95`` None when not
+    computed, NaN entries are left out of the means). ``settings`` records how they were computed.
+    """
+
+    modalities: tuple[str, ...]
+    regions: tuple[str, ...]
+    combinations: list[str]
+    case_ids: list[str]
+    dice: np.ndarray
+    hd95: np.ndarray | None = None
+    sites: list[str] = field(default_factory=list)
+    combination_masks: list[tuple[bool, ...]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    adaptation: AdaptationResult | None = None
+
+    def mean_dice(self) -> np.ndarray:
+        """``[combinations, regions]``: mean over cases."""
+        return _mean_over_cases(self.dice)
+
+    def mean_hd95(self) -> np.ndarray | None:
+        """``[combinations, regions]``: mean over cases (NaN entries left out), or None without HD95."""
+        return None if self.hd95 is None else _mean_over_cases(self.hd95)
+
+    def subset(self, case_ids: list[str]) -> EvalReport:
+        """The same report restricted to ``case_ids`` (in that order), without the adaptation part."""
+        rows = [self.case_ids.index(c) for c in case_ids]
+        return EvalReport(
+            modalities=self.modalities, regions=self.regions, combinations=list(self.combinations),
+            case_ids=list(case_ids), dice=self.dice[rows], hd95=None if self.hd95 is None else self.hd95[rows],
+            sites=[self.sites[r] for r in rows] if self.sites else [], combination_masks=list(self.combination_masks),
+            settings=dict(self.settings),
+        )
+
+    # ---- JSON ------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        dice, hd = self.mean_dice(), self.mean_hd95()
+        combos = []
+        for i, name in enumerate(self.combinations):
+            entry: dict[str, Any] = {"index": i, "name": name, "dice": _floats(self.regions, dice[i])}
+            if self.combination_masks:
+                entry["mask"] = list(self.combination_masks[i])
+            if hd is not None:
+                entry["hd95"] = _floats(self.regions, hd[i])
+            combos.append(entry)
+        mean: dict[str, Any] = {"dice": _floats(self.regions, _mean_over_cases(dice))}
+        if hd is not None:
+            mean["hd95"] = _floats(self.regions, _mean_over_cases(hd))
+        cases = {}
+        for c, cid in enumerate(self.case_ids):
+            per_combo: dict[str, Any] = {}
+            for i, name in enumerate(self.combinations):
+                values: dict[str, Any] = {"dice": _floats(self.regions, self.dice[c, i])}
+                if self.hd95 is not None:
+                    values["hd95"] = _floats(self.regions, self.hd95[c, i])
+                per_combo[name] = values
+            cases[cid] = {"site": self.sites[c] if self.sites else "", "combinations": per_combo}
+        out: dict[str, Any] = {
+            "modalities": list(self.modalities),
+            "regions": list(self.regions),
+            "metrics": ["dice", "hd95"] if self.hd95 is not None else ["dice"],
+            "units": {"dice": "fraction", "hd95": "mm"},
+            "settings": self.settings,
+            "num_cases": len(self.case_ids),
+            "combinations": combos,
+            "mean": mean,
+            "cases": cases,
+        }
+        if self.adaptation is not None:
+            out["adaptation"] = self.adaptation.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "eval.json") -> EvalReport:
+        """Rebuild a report from :meth:`to_dict` output (per-case values included)."""
+        try:
+            regions = tuple(data["regions"])
+            names = [c["name"] for c in data["combinations"]]
+            case_ids = list(data["cases"])
+            dice, hd, sites = [], [], []
+            has_hd = "hd95" in data.get("metrics", [])
+            for cid in case_ids:
+                entry = data["cases"][cid]
+                sites.append(entry.get("site", ""))
+                combos = entry["combinations"]
+                dice.append(_array([[combos[n]["dice"][r] for r in regions] for n in names]))
+                if has_hd:
+                    hd.append(_array([[combos[n]["hd95"][r] for r in regions] for n in names]))
+            shape = (0, len(names), len(regions))
+            adaptation = data.get("adaptation")
+            return cls(
+                modalities=tuple(data["modalities"]), regions=regions, combinations=names, case_ids=case_ids,
+                dice=np.stack(dice) if dice else np.zeros(shape),
+                hd95=(np.stack(hd) if hd else np.zeros(shape)) if has_hd else None, sites=sites,
+                combination_masks=[tuple(c["mask"]) for c in data["combinations"] if "mask" in c],
+                settings=dict(data.get("settings", {})),
+                adaptation=AdaptationResult.from_dict(adaptation, source) if adaptation else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{source}: not a prism evaluation report ({type(exc).__name__}: {exc})") from None
+
+    # ---- files -----------------------------------------------------------------------------------------------
+    def markdown(self, title: str | None = None) -> str:
+        from .writers import report_markdown
+
+        return report_markdown(self, title)
+
+    def write(self, out_dir: Path, *, heatmap: bool = True) -> list[Path]:
+        """Write eval.json, eval_cases.csv, eval.md and (``heatmap``) eval_dice.png into ``out_dir``."""
+        from .writers import write_report
+
+        return write_report(self, Path(out_dir), heatmap=heatmap)
+
+
+@dataclass
+class AdaptationResult:
+    """Fast adaptation to a held-out site: the query cases before and after ``steps`` fine-tuning steps."""
+
+    site: str
+    support_cases: list[str]
+    query_cases: list[str]
+    steps: int
+    lr: float
+    before: EvalReport
+    after: EvalReport
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "support_cases": self.support_cases, "query_cases": self.query_cases,
+                "steps": self.steps, "lr": self.lr, "settings": self.settings,
+                "before": self.before.to_dict(), "after": self.after.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "eval.json") -> AdaptationResult:
+        return cls(site=data["site"], support_cases=list(data["support_cases"]),
+                   query_cases=list(data["query_cases"]), steps=int(data["steps"]), lr=float(data["lr"]),
+                   before=EvalReport.from_dict(data["before"], source),
+                   after=EvalReport.from_dict(data["after"], source), settings=dict(data.get("settings", {})))

@@ -1,0 +1,183 @@
+"""Report files: summary JSON, per-case CSV, Markdown table in the papers' layout, PNG heatmap of Dice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..modalities import display_name
+
+if TYPE_CHECKING:
+    from .results import AdaptationResult, EvalReport
+
+JSON_NAME, CSV_NAME, MARKDOWN_NAME, HEATMAP_NAME = "eval.json", "eval_cases.csv", "eval.md", "eval_dice.png"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same folder, renamed into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _settings_line(report: EvalReport) -> str:
+    s = report.settings
+    window = s.get("window")
+    inference = (f"sliding window {'x'.join(map(str, window))}, overlap {s.get('overlap')}, Gaussian blending"
+                 if window else "whole volume")
+    parts = [f"{len(report.case_ids)} cases", inference]
+    if s.get("et_postprocess_voxels"):
+        parts.append(f"ET post-processing (< {s['et_postprocess_voxels']} voxels = none)")
+    if report.hd95 is not None:
+        empty = s.get("hd95_empty")
+        parts.append("HD95 in mm; both empty = 0, one empty = "
+                     + ("left out" if empty is None or math.isnan(empty) else f"{empty:.2f}"))
+    return "; ".join(parts)
+
+
+def metrics_table(report: EvalReport) -> str:
+    """Markdown: one row per combination (availability marks, name), Dice (%) then HD95 (mm) per region, mean."""
+    dice = report.mean_dice() * 100
+    hd = report.mean_hd95()
+    marks = [display_name(m) for m in report.modalities] if report.combination_masks else []
+    cols = ["#", "Modalities", *marks, *(f"{r} Dice" for r in report.regions)]
+    if hd is not None:
+        cols += [f"{r} HD95" for r in report.regions]
+    align = ["---:", ":---", *([":-:"] * len(marks)), *(["---:"] * (len(cols) - 2 - len(marks)))]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
+    for i, name in enumerate(report.combinations):
+        row = [str(i), name]
+        if marks:
+            row += ["●" if on else "○" for on in report.combination_masks[i]]
+        row += [_fmt(v) for v in dice[i]]
+        if hd is not None:
+            row += [_fmt(v) for v in hd[i]]
+        lines.append("| " + " | ".join(row) + " |")
+    mean_row = ["", "**Mean**", *([""] * len(marks)), *(f"**{_fmt(v)}**" for v in _nanmean0(dice))]
+    if hd is not None:
+        mean_row += [f"**{_fmt(v)}**" for v in _nanmean0(hd)]
+    lines.append("| " + " | ".join(mean_row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _nanmean0(values: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        ok = ~np.isnan(values)
+        return np.where(ok.any(0), np.nansum(values, 0) / np.maximum(ok.sum(0), 1), np.nan)
+
+
+def adaptation_markdown(result: AdaptationResult) -> str:
+    """Markdown: Dice per combination and region before and after fine-tuning, on the site's query cases."""
+    before, after = result.before.mean_dice() * 100, result.after.mean_dice() * 100
+    regions = result.before.regions
+    k = result.steps
+    cols = ["#", "Modalities", *(f"{r} Dice (0 steps)" for r in regions), *(f"{r} Dice ({k} steps)" for r in regions)]
+    lines = [
+        f"## Fast adaptation to site '{result.site}'",
+        "",
+        f"{k} fine-tuning steps (lr {result.lr:g}) on {len(result.support_cases)} of its cases "
+        f"({', '.join(result.support_cases)}); evaluated on the other {len(result.query_cases)}.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|---:|:---|" + "---:|" * (2 * len(regions)),
+    ]
+    for i, name in enumerate(result.before.combinations):
+        lines.append("| " + " | ".join([str(i), name, *(_fmt(v) for v in before[i]), *(_fmt(v) for v in after[i])])
+                     + " |")
+    means = [*(f"**{_fmt(v)}**" for v in _nanmean0(before)), *(f"**{_fmt(v)}**" for v in _nanmean0(after))]
+    lines.append("| | **Mean** | " + " | ".join(means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(report: EvalReport, title: str | None = None) -> str:
+    parts = [f"# {title or 'Evaluation over every modality combination'}", "", _settings_line(report) + ".", "",
+             "Dice in %, HD95 in mm; mean over cases per combination, then over combinations (last row).", "",
+             metrics_table(report)]
+    if report.adaptation is not None:
+        parts += ["", adaptation_markdown(report.adaptation)]
+    return "\n".join(parts)
+
+
+def case_rows(report: EvalReport) -> tuple[list[str], list[list[object]]]:
+    """Header and rows of the per-case CSV: one row per case and combination."""
+    header = ["case_id", "site", "combination_index", "combination", *(f"{r}_dice" for r in report.regions)]
+    if report.hd95 is not None:
+        header += [f"{r}_hd95_mm" for r in report.regions]
+    rows: list[list[object]] = []
+    for c, cid in enumerate(report.case_ids):
+        for i, name in enumerate(report.combinations):
+            row: list[object] = [cid, report.sites[c] if report.sites else "", i, name]
+            row += [f"{v:.6f}" for v in report.dice[c, i]]
+            if report.hd95 is not None:
+                row += ["" if math.isnan(v) else f"{v:.4f}" for v in report.hd95[c, i]]
+            rows.append(row)
+    return header, rows
+
+
+def write_csv(report: EvalReport, path: Path) -> None:
+    header, rows = case_rows(report)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    _atomic_write(path, write)
+
+
+def write_heatmap(report: EvalReport, path: Path, title: str = "Dice (%) per region and combination") -> None:
+    """PNG heatmap of mean Dice: combinations as rows, regions as columns (matplotlib, Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    per_combination = report.mean_dice() * 100
+    values = np.vstack([per_combination, _nanmean0(per_combination)[None]])
+    rows, cols = values.shape
+    fig = Figure(figsize=(1.6 + 1.1 * cols, 1.0 + 0.38 * rows), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.nan_to_num(values, nan=0.0), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(cols), list(report.regions))
+    ax.set_yticks(range(rows), [*(f"{i} {n}" for i, n in enumerate(report.combinations)), "Mean"], fontsize=8)
+    ax.axhline(rows - 1.5, color="white", linewidth=2)
+    for i in range(rows):
+        for j in range(cols):
+            v = values[i, j]
+            ax.text(j, i, _fmt(v, 1), ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.08)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def write_report(report: EvalReport, out_dir: Path, *, heatmap: bool = True) -> list[Path]:
+    """Write every report file into ``out_dir``; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / JSON_NAME, out_dir / CSV_NAME, out_dir / MARKDOWN_NAME]
+    text = json.dumps(report.to_dict(), indent=2) + "\n"
+    _atomic_write(paths[0], lambda tmp: tmp.write_text(text))
+    write_csv(report, paths[1])
+    markdown = report.markdown()
+    _atomic_write(paths[2], lambda tmp: tmp.write_text(markdown))
+    if heatmap:
+        paths.append(out_dir / HEATMAP_NAME)
+        write_heatmap(report, paths[-1])
+    return paths
