@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..config import build_config, load_yaml
+from ..presets import list_presets, load_preset
 from ..registry import get_registry
 from .common import report_table, run_command, stdout_console
 
@@ -16,6 +17,7 @@ examples:
   prism-train                                  train on the built-in synthetic demo data, then evaluate
   prism-train --strategy standard optim.lr=1e-3 train.steps=500
   prism-train --config my.yaml --data brats.h5 -o runs/brats
+  prism-train --preset maml                    first-order MAML on the demo data
   prism-train --resume runs/standard-20261122-101500
 
 Overrides are dotted config fields (see the config sections data, model, losses, masking, strategy, optim,
@@ -28,7 +30,9 @@ def parser() -> argparse.ArgumentParser:
         prog="prism-train", description="Train a segmentation model with a meta-strategy, then evaluate it on "
         "all modality combinations.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="dotted config overrides")
-    p.add_argument("-c", "--config", type=Path, help="YAML config file (defaults: the demo config)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-c", "--config", type=Path, help="YAML config file (default: the built-in demo settings)")
+    group.add_argument("-p", "--preset", help=f"a config shipped with prism: {', '.join(list_presets())}")
     p.add_argument("-s", "--strategy", help="meta-strategy (= strategy.name); see prism-plugins")
     p.add_argument("-d", "--data", type=Path, help="prism cache (.h5); default: the built-in synthetic dataset")
     p.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<strategy>-<time>)")
@@ -56,8 +60,13 @@ def _train(args: argparse.Namespace) -> int:
         config = load_run_config(args.resume, overrides)
         run_dir = args.resume
     else:
-        base = load_yaml(args.config) if args.config else None
-        config = build_config(base, overrides, source=str(args.config) if args.config else "config")
+        if args.preset:
+            base, source = load_preset(args.preset), f"preset {args.preset}"
+        elif args.config:
+            base, source = load_yaml(args.config), str(args.config)
+        else:
+            base, source = None, "config"
+        config = build_config(base, overrides, source=source)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = args.output or config.output_dir or Path("runs") / f"{config.strategy.name}-{stamp}"
     get_registry().get("strategy", config.strategy.name, field_name="strategy.name")  # fail fast, one line
