@@ -70,7 +70,8 @@ def file_digest(path: str | Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def _load(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def _load(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], Any]:
+    """(data float32 [D, H, W], affine, voxel sizes, nibabel header) of one NIfTI file; one-line errors."""
     import nibabel as nib
 
     try:
@@ -85,7 +86,7 @@ def _load(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float
     if not np.isfinite(data).all():
         raise DataError(f"case {case_id}: {path} contains NaN or Inf voxels")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, np.asarray(img.affine, dtype=np.float64), zooms
+    return data, np.asarray(img.affine, dtype=np.float64), zooms, img.header
 
 
 def brain_box(brain: np.ndarray, min_size: int, margin: int) -> np.ndarray:
@@ -106,25 +107,69 @@ def brain_box(brain: np.ndarray, min_size: int, margin: int) -> np.ndarray:
     return box
 
 
+@dataclass(frozen=True)
+class _Reference:
+    """The first file read for a case: every other file must match its shape and affine."""
+
+    path: Path
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    zooms: tuple[float, float, float]
+    header: Any
+
+
+def _load_volumes(case_id: str, files: Sequence[tuple[str, Path | None]]) -> tuple[dict[str, np.ndarray], _Reference]:
+    """Read each (role, path) (None = absent); all must share the first file's shape and affine."""
+    volumes: dict[str, np.ndarray] = {}
+    ref: _Reference | None = None
+    for role, path in files:
+        if path is None:
+            continue
+        data, affine, zooms, header = _load(path, case_id)
+        if ref is None:
+            ref = _Reference(path, data.shape, affine, zooms, header)
+        elif data.shape != ref.shape:
+            raise DataError(f"case {case_id}: {path.name} has shape {data.shape}, {ref.path.name} has {ref.shape}")
+        elif not np.allclose(affine, ref.affine, atol=1e-3):
+            raise DataError(f"case {case_id}: {path.name} and {ref.path.name} have different affines")
+        volumes[role] = data
+    if ref is None:
+        raise DataError(f"case {case_id}: no modality file")
+    return volumes, ref
+
+
+def _crop_and_normalise(case_id: str, volumes: Mapping[str, np.ndarray], modalities: Sequence[str],
+                        shape: tuple[int, ...], settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Crop the modalities to the brain box and z-score each over brain voxels (any modality non-zero).
+
+    Returns (image float32 ``[M, d, h, w]`` in ``modalities`` order, zeros for absent ones; crop box ``[3, 2]``).
+    """
+    brain = np.zeros(shape, bool)
+    for data in volumes.values():
+        brain |= data != 0
+    if not brain.any():
+        raise DataError(f"case {case_id}: every modality is all zero (no brain voxels)")
+    box = brain_box(brain, settings.min_size, settings.margin)
+    crop = tuple(slice(int(a), int(b)) for a, b in box)
+    brain_c = brain[crop]
+    image = np.zeros((len(modalities), *brain_c.shape), np.float32)
+    for c, m in enumerate(modalities):
+        if m not in volumes:
+            continue
+        vol = volumes[m][crop]
+        vals = vol[brain_c].astype(np.float64)
+        std = vals.std()
+        image[c][brain_c] = ((vals - vals.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    return image, box
+
+
 def preprocess_case(raw: RawCase, layout: DatasetLayout, settings: PreprocessSettings,
                     raw_root: str = "") -> PreprocessedCase:
     """Load, check, crop, normalise and relabel one case (runs in a worker process)."""
     case_id = raw.case_id
-    volumes: dict[str, np.ndarray] = {}
-    ref: tuple[Path, np.ndarray, np.ndarray, tuple[float, float, float]] | None = None
-    for role, path in [*raw.files.items(), ("label", raw.label)]:
-        if path is None:
-            continue
-        data, affine, zooms = _load(path, case_id)
-        if ref is None:
-            ref = (path, data, affine, zooms)
-        elif data.shape != ref[1].shape:
-            raise DataError(f"case {case_id}: {path.name} has shape {data.shape}, {ref[0].name} has {ref[1].shape}")
-        elif not np.allclose(affine, ref[2], atol=1e-3):
-            raise DataError(f"case {case_id}: {path.name} and {ref[0].name} have different affines")
-        volumes[role] = data
-    assert ref is not None and raw.label is not None
-    shape = ref[1].shape
+    volumes, ref = _load_volumes(case_id, [*raw.files.items(), ("label", raw.label)])
+    assert raw.label is not None
+    shape = ref.shape
     label_raw = volumes.pop("label")
     values = np.unique(label_raw)
     if not np.array_equal(values, np.round(values)):
@@ -137,22 +182,8 @@ def preprocess_case(raw: RawCase, layout: DatasetLayout, settings: PreprocessSet
     for k, v in layout.label_map.items():
         lut[k] = v
     label = lut[label_raw.astype(np.int64)]
-    brain = np.zeros(shape, bool)
-    for data in volumes.values():
-        brain |= data != 0
-    if not brain.any():
-        raise DataError(f"case {case_id}: every modality is all zero (no brain voxels)")
-    box = brain_box(brain, settings.min_size, settings.margin)
+    image, box = _crop_and_normalise(case_id, volumes, layout.modalities, shape, settings)
     crop = tuple(slice(int(a), int(b)) for a, b in box)
-    brain_c = brain[crop]
-    image = np.zeros((len(layout.modalities), *brain_c.shape), np.float32)
-    for c, m in enumerate(layout.modalities):
-        if m not in volumes:
-            continue
-        vol = volumes[m][crop]
-        vals = vol[brain_c].astype(np.float64)
-        std = vals.std()
-        image[c][brain_c] = ((vals - vals.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
     label = np.ascontiguousarray(label[crop])
     rng = np.random.default_rng((settings.seed, zlib.crc32(case_id.encode())))
     coords = np.argwhere(label > 0)
@@ -166,8 +197,37 @@ def preprocess_case(raw: RawCase, layout: DatasetLayout, settings: PreprocessSet
             sources.append({"case": case_id, "role": role, "path": rel, "size": size, "sha256": sha})
     return PreprocessedCase(
         case_id=case_id, image=image, label=label, present=tuple(m in volumes for m in layout.modalities),
-        spacing=ref[3], affine=ref[2], crop_box=box, original_shape=tuple(int(s) for s in shape),
+        spacing=ref.zooms, affine=ref.affine, crop_box=box, original_shape=tuple(int(s) for s in shape),
         foreground=coords.astype(np.int32), sources=sources)
+
+
+@dataclass
+class PreprocessedImage:
+    """A case prepared for prediction (no label needed): the model input and what puts a prediction back."""
+
+    case_id: str
+    image: np.ndarray  # float32 [M, d, h, w], cropped and z-scored; zeros for absent modalities
+    present: tuple[bool, ...]  # per modality (the order given), True = its file was read
+    spacing: tuple[float, float, float]
+    affine: np.ndarray  # of the original files
+    header: Any  # nibabel header of the reference file (the first present modality)
+    crop_box: np.ndarray  # [3, 2] start/stop in the original voxel axes
+    original_shape: tuple[int, int, int]
+    reference: Path  # the file whose header and affine were kept
+
+
+def preprocess_image(raw: RawCase, modalities: Sequence[str], settings: PreprocessSettings) -> PreprocessedImage:
+    """Load, check, crop and normalise one case's modality files exactly as the cache build does; any label file
+    is ignored. ``modalities`` gives the channel order (e.g. the model's); files of other roles are an error."""
+    extra = sorted(set(raw.files) - set(modalities))
+    if extra:
+        raise DataError(f"case {raw.case_id}: modalities {extra} are not among {list(modalities)}")
+    volumes, ref = _load_volumes(raw.case_id, list(raw.files.items()))
+    image, box = _crop_and_normalise(raw.case_id, volumes, modalities, ref.shape, settings)
+    return PreprocessedImage(
+        case_id=raw.case_id, image=image, present=tuple(m in volumes for m in modalities), spacing=ref.zooms,
+        affine=ref.affine, header=ref.header, crop_box=box, original_shape=tuple(int(s) for s in ref.shape),
+        reference=ref.path)
 
 
 def read_sites(path: Path, case_ids: Sequence[str]) -> dict[str, str]:

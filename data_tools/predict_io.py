@@ -1,0 +1,192 @@
+"""NIfTI in and out for prediction: find the cases to predict (no label file needed), check their geometry before
+anything is written, and put a predicted label map back into the original space of its inputs.
+
+"Original space" means: the prediction, made on the brain crop, is pasted into a zero volume of the original
+shape at the crop box (in the original NIfTI voxel axes), stored labels are mapped back to the dataset's raw
+values (BraTS 2018-2021: 3 -> 4), and the file carries the affine and header of the case's first modality file,
+so viewers (nibabel, ITK-SNAP, 3D Slicer) overlay it on the inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prism.errors import DataError
+
+from .layouts import (
+    BUILTIN_LAYOUTS,
+    DESCRIPTION_NAMES,
+    DatasetLayout,
+    RawCase,
+    _find,
+    case_folders,
+    layout_from_description,
+    resolve_layout,
+)
+from .preprocess import PreprocessedImage
+
+_NIFTI = (".nii.gz", ".nii")
+
+
+def layout_from_record(record: Mapping[str, Any], label_map: Mapping[int, int] | None = None) -> DatasetLayout:
+    """Rebuild a layout from ``DatasetLayout.describe()`` (as stored in a cache's preprocessing settings);
+    ``label_map`` (the cache's own attribute) replaces the recorded one when given."""
+    try:
+        files = {str(m): tuple(p) for m, p in record["files"].items()}
+        labels = {int(k): str(v) for k, v in record["labels"].items()}
+        mapping = label_map if label_map else record["label_map"]
+        return DatasetLayout(name=str(record["name"]), files=files, label=tuple(record["label"]), labels=labels,
+                             label_map={int(k): int(v) for k, v in mapping.items()})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DataError("the cache's recorded dataset layout is malformed") from None
+
+
+def _holds_nifti(folder: Path) -> bool:
+    return any(p.is_file() and p.name.endswith(_NIFTI) for p in folder.iterdir())
+
+
+def input_case_folders(input_dir: Path) -> list[Path]:
+    """The folder itself when it holds NIfTI files (one case), else its case folders (as for preprocessing)."""
+    if not input_dir.is_dir():
+        raise DataError(f"{input_dir}: input folder not found")
+    if _holds_nifti(input_dir):
+        return [input_dir]
+    try:
+        return case_folders(input_dir)
+    except DataError:
+        raise DataError(f"{input_dir}: no case folders or NIfTI files found") from None
+
+
+def _matches(layout: DatasetLayout, folders: Sequence[Path]) -> bool:
+    return any(_find(f, f.name, pats) is not None for f in folders for pats in layout.files.values())
+
+
+def resolve_input_layout(spec: str, input_dir: Path, recorded: DatasetLayout | None = None) -> DatasetLayout:
+    """The layout to read ``input_dir`` with. ``auto``: a dataset description in the folder, else the layout the
+    model's data was built with (``recorded``) when its file names are found, else BraTS naming detected.
+    A built-in name or a description file path is used as given."""
+    if spec != "auto":
+        return resolve_layout(spec, input_dir)
+    folders = input_case_folders(input_dir)
+    for root in {input_dir, folders[0].parent}:
+        for name in DESCRIPTION_NAMES:
+            if (root / name).is_file():
+                return layout_from_description(root / name)
+    if recorded is not None and _matches(recorded, folders):
+        return recorded
+    for layout in BUILTIN_LAYOUTS.values():
+        if _matches(layout, folders):
+            return layout
+    raise DataError(f"{input_dir}: cannot tell the file naming (no BraTS file names, no prism-dataset.yaml); "
+                    "pass --layout")
+
+
+def discover_input_cases(input_dir: Path, layout: DatasetLayout) -> list[RawCase]:
+    """Every case to predict: its modality files (None = absent); a label file, if any, is ignored."""
+    cases: list[RawCase] = []
+    seen: dict[str, Path] = {}
+    for folder in input_case_folders(input_dir):
+        case_id = folder.name
+        files = {m: _find(folder, case_id, pats) for m, pats in layout.files.items()}
+        if not any(files.values()):
+            wanted = ", ".join(p[0].format(case=case_id) for p in layout.files.values())
+            raise DataError(f"case {case_id}: no modality file in {folder} (expected any of {wanted})")
+        if case_id in seen:
+            raise DataError(f"case {case_id}: found twice ({seen[case_id]} and {folder})")
+        seen[case_id] = folder
+        cases.append(RawCase(case_id=case_id, folder=folder, files=files, label=None))
+    return cases
+
+
+def check_input_geometry(case: RawCase) -> None:
+    """Headers only (cheap): each file opens, is 3D, and all share one shape and affine; else a one-line error."""
+    import nibabel as nib
+
+    ref: tuple[Path, tuple[int, ...], np.ndarray] | None = None
+    for path in (p for p in case.files.values() if p is not None):
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises many types for bad files
+            raise DataError(f"case {case.case_id}: cannot read {path}: {type(exc).__name__}: {exc}") from None
+        shape = tuple(int(s) for s in img.shape)
+        if len(shape) == 4 and shape[3] == 1:
+            shape = shape[:3]
+        if len(shape) != 3:
+            raise DataError(f"case {case.case_id}: {path} is not a 3D volume (shape {shape})")
+        if ref is None:
+            ref = (path, shape, np.asarray(img.affine))
+        elif shape != ref[1]:
+            raise DataError(f"case {case.case_id}: {path.name} has shape {shape}, {ref[0].name} has {ref[1]}")
+        elif not np.allclose(img.affine, ref[2], atol=1e-3):
+            raise DataError(f"case {case.case_id}: {path.name} and {ref[0].name} have different affines")
+
+
+def inverse_label_map(label_map: Mapping[int, int], num_classes: int) -> dict[int, int]:
+    """Stored class -> raw value for classes ``0..num_classes-1``. Where several raw values were merged into one
+    class, the smallest is written; a class the map does not produce keeps its own value."""
+    inverse = {k: k for k in range(num_classes)}
+    for raw, stored in sorted(label_map.items(), reverse=True):
+        if 0 <= stored < num_classes:
+            inverse[int(stored)] = int(raw)
+    return inverse
+
+
+def restore_labels(stored: np.ndarray, inverse: Mapping[int, int]) -> np.ndarray:
+    """Map stored classes to raw label values, in the smallest integer type that holds them (uint8 for BraTS)."""
+    values = list(inverse.values())
+    dtype = next(t for t in (np.uint8, np.int16, np.int32, np.int64)
+                 if np.iinfo(t).min <= min(values) and max(values) <= np.iinfo(t).max)
+    size = max(max(inverse) + 1, int(stored.max(initial=0)) + 1)
+    lut = np.arange(size, dtype=np.int64)
+    for k, v in inverse.items():
+        lut[k] = v
+    return lut[stored.astype(np.int64)].astype(dtype)
+
+
+def uncrop(cropped: np.ndarray, crop_box: np.ndarray, original_shape: Sequence[int]) -> np.ndarray:
+    """Paste ``cropped`` into a zero volume of ``original_shape`` at ``crop_box`` ([3, 2] start/stop)."""
+    box = np.asarray(crop_box, dtype=np.int64)
+    want = tuple(int(b - a) for a, b in box)
+    if tuple(cropped.shape) != want:
+        raise DataError(f"prediction of shape {tuple(cropped.shape)} does not fit the crop box {box.tolist()}")
+    out = np.zeros(tuple(int(s) for s in original_shape), dtype=cropped.dtype)
+    out[tuple(slice(int(a), int(b)) for a, b in box)] = cropped
+    return out
+
+
+def label_map_image(prediction: np.ndarray, case: PreprocessedImage, inverse: Mapping[int, int]) -> Any:
+    """A nibabel image of ``prediction`` (stored classes on the crop) in the original space of ``case``: original
+    shape, raw label values, the reference file's affine and header (data type set to the labels', no scaling)."""
+    import nibabel as nib
+
+    data = uncrop(restore_labels(prediction, inverse), case.crop_box, case.original_shape)
+    header = case.header.copy()
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    if not isinstance(header, nib.Nifti1Header):  # e.g. an Analyze header: keep only the geometry
+        header = None
+    img = image_class(data, case.affine, header=header)  # same affine as the header's: its codes are kept
+    img.set_data_dtype(data.dtype)  # integer labels in their own type: saved unscaled
+    img.header["cal_min"], img.header["cal_max"] = 0, 0
+    return img
+
+
+def write_label_map(path: str | os.PathLike[str], prediction: np.ndarray, case: PreprocessedImage,
+                    inverse: Mapping[int, int]) -> Path:
+    """Write :func:`label_map_image` to ``path`` (.nii.gz) atomically: a temporary file renamed into place."""
+    import nibabel as nib
+
+    path = Path(path)
+    img = label_map_image(prediction, case, inverse)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp-{os.getpid()}{suffix}")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

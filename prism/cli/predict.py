@@ -1,0 +1,230 @@
+"""prism-predict: label maps for new cases, with whatever modalities each case has, in the inputs' original space."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import run_command, stdout_console
+
+EPILOG = """\
+examples:
+  prism-predict runs/standard-20261122-101500 BraTS2021_Validation -o predictions
+  prism-predict RUN one_case_folder -o out --window 128 128 128 --device cuda
+
+INPUT_DIR holds one folder per case (or is itself one case folder) named like the training data (BraTS
+2018-2021, 2023+, or a prism-dataset.yaml description); missing modality files are fine. Each case gives
+OUT_DIR/<case>.nii.gz: the crop undone, the dataset's label values restored (BraTS 2018-2021: ET = 4), and the
+affine and header of the case's first modality file. Modalities and the label map come from the run's cache
+(data.cache in RUN/config.yaml; --data points elsewhere if it moved).
+"""
+
+
+@dataclass
+class RunModel:
+    """A trained run ready to predict: the model and what its data were made of."""
+
+    model: Any  # prism.backbone.Backbone
+    modalities: tuple[str, ...]
+    labels: dict[int, str]
+    recorded_layout: Any  # the DatasetLayout the run's cache was built from; None for synthetic caches
+    settings: Any  # PreprocessSettings (crop size and margin) of the run's cache
+    device: Any
+    amp_dtype: Any
+    window: tuple[int, int, int] | None = None
+    overlap: float = 0.5
+    sw_batch_size: int = 1
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+
+def _run_cache(config: Any, cache: Path | None) -> Path:
+    from ..errors import CacheError
+
+    if cache is not None:
+        path = Path(cache)
+    elif config.data.cache is None:
+        from ..data_tools.demo import ensure_demo_cache
+
+        path, _ = ensure_demo_cache(config.data.synthetic)
+    else:
+        path = Path(config.data.cache)
+    if not path.is_file():
+        raise CacheError(f"{path}: the run's cache (data.cache in config.yaml) is not found; its modalities and "
+                         "label map are needed to predict: pass --data CACHE")
+    return path
+
+
+def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, device: str | None = None) -> RunModel:
+    """Rebuild a run's backbone through the registry from ``RUN/config.yaml``, load ``RUN/last.pt`` and read the
+    modalities, labels, label map and crop settings of the cache the run was trained on."""
+
+    from ..data.cache_reader import CacheReader
+    from ..data_tools.predict_io import layout_from_record
+    from ..data_tools.preprocess import PreprocessSettings
+    from ..engine.builder import amp_dtype_for, select_device
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.trainer import CHECKPOINT_NAME, load_run_config
+    from ..errors import CheckpointError, ConfigError, PluginError
+    from ..registry import get_registry
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: run folder not found")
+    overrides = [f"train.device={device}"] if device else []
+    config = load_run_config(run_dir, overrides)
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise CheckpointError(f"{checkpoint}: checkpoint not found (has the run trained?)")
+    reader = CacheReader(_run_cache(config, None if cache is None else Path(cache)))
+    try:
+        modalities, labels = reader.modalities, dict(reader.labels)
+        recorded = reader.preprocessing.get("layout")
+        layout = layout_from_record(recorded, reader.label_map) if isinstance(recorded, dict) else None
+        defaults = PreprocessSettings()
+        settings = PreprocessSettings(min_size=int(reader.preprocessing.get("min_size", defaults.min_size)),
+                                      margin=int(reader.preprocessing.get("margin", defaults.margin)))
+    finally:
+        reader.close()
+    model = get_registry().create("backbone", config.model.name, modalities, max(labels) + 1,
+                                  field_name="model.name", **config.model.options)
+    from ..backbone import Backbone
+
+    if not isinstance(model, Backbone):
+        raise PluginError(f"model.name: backbone '{config.model.name}' did not build a prism Backbone")
+    state = load_checkpoint(checkpoint)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{checkpoint}: does not match the run's config.yaml: {first}") from None
+    dev = select_device(config.train.device)
+    model = model.to(dev).eval()
+    return RunModel(model=model, modalities=modalities, labels=labels, recorded_layout=layout, settings=settings,
+                    device=dev, amp_dtype=amp_dtype_for(config, dev), window=config.eval.window,
+                    overlap=config.eval.overlap, sw_batch_size=config.eval.sw_batch_size)
+
+
+def predict_image(run: RunModel, case: Any) -> Any:
+    """Stored-class label map uint8 ``[d, h, w]`` (numpy, on the crop) of a PreprocessedImage, using exactly the
+    modalities present in the case."""
+    import torch
+
+    from ..evaluation.inference import predict_combinations
+
+    mask = torch.tensor([case.present], dtype=torch.bool)
+    pred = predict_combinations(run.model, torch.from_numpy(case.image), mask, device=run.device,
+                                amp_dtype=run.amp_dtype, combos_per_pass=1, window=run.window, overlap=run.overlap,
+                                sw_batch_size=run.sw_batch_size)
+    return pred[0].numpy()
+
+
+def plan_cases(run: RunModel, input_dir: str | Path, layout: str = "auto") -> tuple[Any, list[Any], dict[int, int]]:
+    """(input layout, cases, stored -> raw label map) after checking every case's files; nothing is written."""
+    from ..data_tools.predict_io import (
+        check_input_geometry,
+        discover_input_cases,
+        inverse_label_map,
+        resolve_input_layout,
+    )
+    from ..errors import DataError
+
+    input_dir = Path(input_dir)
+    spec = resolve_input_layout(layout, input_dir, run.recorded_layout)
+    unknown = [m for m in spec.modalities if m not in run.modalities]
+    if unknown:
+        raise DataError(f"{input_dir}: modalities {unknown} of layout '{spec.name}' are not the model's "
+                        f"{list(run.modalities)}")
+    bad = sorted(v for v in set(spec.label_map.values()) if not 0 <= v < run.num_classes)
+    if bad:
+        raise DataError(f"layout '{spec.name}': label map targets {bad} are not classes of the model "
+                        f"(0..{run.num_classes - 1})")
+    cases = discover_input_cases(input_dir, spec)
+    for case in cases:
+        check_input_geometry(case)
+    return spec, cases, inverse_label_map(spec.label_map, run.num_classes)
+
+
+def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *, layout: str = "auto",
+                   on_case: Callable[[str, Path, Sequence[str]], None] | None = None) -> list[Path]:
+    """Predict every case under ``input_dir`` into ``out_dir/<case>.nii.gz`` (original space, raw labels).
+
+    All cases are found and their headers checked before ``out_dir`` is created. ``on_case(case_id, path,
+    modalities_used)`` is called after each file is written.
+    """
+    from ..data_tools.predict_io import write_label_map
+    from ..data_tools.preprocess import preprocess_image
+    from ..errors import DataError
+
+    _, cases, inverse = plan_cases(run, input_dir, layout)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for raw in cases:
+        case = preprocess_image(raw, run.modalities, run.settings)
+        path = write_label_map(out_dir / f"{raw.case_id}.nii.gz", predict_image(run, case), case, inverse)
+        written.append(path)
+        if on_case is not None:
+            on_case(raw.case_id, path, [m for m, p in zip(run.modalities, case.present, strict=True) if p])
+    return written
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prism-predict", description="Segment new cases with a trained run: one NIfTI label map per case, "
+        "aligned with its inputs, from whatever modalities the case has.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, metavar="MODEL", help="a run folder written by prism-train")
+    p.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="case folders (or one case folder)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="folder for <case>.nii.gz")
+    p.add_argument("--layout", default="auto",
+                   help="input file naming: brats2020, brats2023, a dataset description file, or auto (default)")
+    p.add_argument("--data", type=Path, metavar="CACHE", help="the run's cache, if it moved (modalities, labels)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
+    p.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"),
+                   help="sliding-window size (default: the run's eval.window; none = whole volume)")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: eval.overlap)")
+    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: eval.sw_batch_size)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return run_command("prism-predict", lambda: _predict(args))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise ConfigError(f"--overlap: must be in [0, 1), got {args.overlap}")
+    if args.sw_batch_size is not None and args.sw_batch_size < 1:
+        raise ConfigError(f"--sw-batch-size: must be >= 1, got {args.sw_batch_size}")
+    run = load_run_model(args.model, cache=args.data, device=args.device)
+    if args.window is not None:
+        from ..evaluation.inference import check_window
+
+        run.window = check_window(run.model, args.window)
+    if args.overlap is not None:
+        run.overlap = args.overlap
+    if args.sw_batch_size is not None:
+        run.sw_batch_size = args.sw_batch_size
+    console = stdout_console()
+
+    def report(case_id: str, path: Path, used: Sequence[str]) -> None:
+        console.print(f"{case_id}: {path}  ({', '.join(used)})")
+
+    written = predict_folder(run, args.input_dir, args.output, layout=args.layout, on_case=report)
+    console.print(f"wrote {len(written)} label maps to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
