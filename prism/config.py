@@ -77,6 +77,8 @@ class TrainConfig(_Model):
     amp: Literal["bf16", "fp16", "none"] = "bf16"  # used on CUDA only
     deterministic: bool = False
     channels_last: bool = True  # channels-last 3D memory format (faster convolutions on CPU and GPU)
+    compile: bool = False  # torch.compile the model (refused by strategies whose inner loops it would break)
+    tensorboard: bool = True  # also log to TensorBoard when the tensorboard package is installed
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(25, ge=1)
     threads: int | None = Field(None, ge=1)  # CPU threads (torch.set_num_threads)

@@ -19,6 +19,8 @@ class Strategy:
     """
 
     uses_optimizer: bool = True
+    #: why ``train.compile=true`` is refused with this strategy (None: compiling the model is fine)
+    compile_refusal: str | None = None
 
     def setup(self, ctx: TrainContext) -> None:
         return None

@@ -113,3 +113,16 @@ def test_loss_needs_are_checked_against_backbone(tiny_cache, tmp_path):
     cfg = fast_config("model.name=plain", "losses=[{name: needs_uni}]", cache=tiny_cache)
     with pytest.raises(PluginError, match=r"loss 'needs_uni' needs SegOutput part\(s\) \['uni'\] that backbone"):
         Trainer(cfg, tmp_path, cache_path=tiny_cache)
+
+
+def test_compile_is_refused_where_it_would_break_the_inner_loop(tiny_cache, tmp_path):
+    with pytest.raises(ConfigError, match="train.compile: refused with strategy 'maml': torch.compile around a "
+                                          "functional_call inner loop"):
+        Trainer(fast_config("strategy.name=maml", "train.compile=true", cache=tiny_cache), tmp_path,
+                cache_path=tiny_cache)
+
+
+def test_tensorboard_scalars_when_installed(tiny_cache, tmp_path):
+    pytest.importorskip("tensorboard")
+    Trainer(fast_config("train.steps=2", cache=tiny_cache), tmp_path / "run", cache_path=tiny_cache).fit()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -23,6 +23,9 @@ class MAML(Strategy):
     The outer step is the configured optimizer (``optim``) with its schedule and gradient clipping.
     """
 
+    compile_refusal = ("torch.compile around a functional_call inner loop silently uses the original weights, so "
+                       "the adapted parameters would be ignored")
+
     def __init__(self, *, inner_steps: int = 1, inner_lr: float = 0.01, learn_inner_lr: bool = False,
                  first_order: bool = True, tasks_per_step: int = 2,
                  tasks: Literal["combination", "site"] = "combination",

@@ -34,3 +34,27 @@ class CsvLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+class TensorBoardLog:
+    """The same rows as scalars for TensorBoard, when the tensorboard package is installed."""
+
+    def __init__(self, writer: object) -> None:
+        self.writer = writer
+
+    @classmethod
+    def open(cls, log_dir: Path) -> TensorBoardLog | None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return cls(SummaryWriter(log_dir=str(log_dir)))
+
+    def write(self, row: dict[str, float | int]) -> None:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key != "step":
+                self.writer.add_scalar(key, float(value), step)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.writer.close()  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule,
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import TrainContext
 from .distributed import DistInfo, init_from_env
-from .metrics_log import CsvLog
+from .metrics_log import CsvLog, TensorBoardLog
 from .streams import BatchStreams
 
 CHECKPOINT_NAME = "last.pt"
@@ -129,6 +129,11 @@ class Trainer:
             grad_clip=config.optim.grad_clip, total_steps=config.train.steps,
             channels_last=config.train.channels_last, dist=self.dist,
         )
+        if config.train.compile:
+            if self.strategy.compile_refusal:
+                raise ConfigError(f"train.compile: refused with strategy '{config.strategy.name}': "
+                                  f"{self.strategy.compile_refusal}")
+            model.compile()  # in place: same module, same state_dict keys
         self.strategy.setup(self.ctx)
         # after setup: a strategy may add parameter groups (Meta-SGD's learned inner learning rates)
         self.ctx.scheduler = poly_schedule(optimizer, config.train.steps, config.optim.poly_power)
@@ -182,6 +187,7 @@ class Trainer:
         self._write_run_files()
         main = self.dist.is_main
         log = CsvLog(self.run_dir / "train_log.csv", resume_step=ctx.step if self.resume else None) if main else None
+        board = TensorBoardLog.open(self.run_dir / "tensorboard") if main and cfg.train.tensorboard else None
         history: list[dict[str, float]] = []
         total = cfg.train.steps
         ctx.model.train()
@@ -219,12 +225,16 @@ class Trainer:
                         self.console.print(f"step {ctx.step}/{total}  {info}", highlight=False)
                     if log is not None:
                         log.write(row)
+                    if board is not None:
+                        board.write(row)
                     t0, samples = time.perf_counter(), 0
                 elif progress is not None:
                     progress.update(task, completed=ctx.step)
                 if ctx.step % cfg.train.checkpoint_every == 0 or ctx.step == end:
                     self.save()
         finally:
+            if board is not None:
+                board.close()
             if progress is not None:
                 progress.stop()
             ctx.streams.close()
