@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -9,6 +12,25 @@ import torch
 
 from .batch import Batch
 from .outputs import SegOutput
+
+_OBSERVING: contextvars.ContextVar[bool] = contextvars.ContextVar("prism_loss_observing", default=True)
+
+
+def observing() -> bool:
+    """Whether stateful terms should record statistics from the current loss call (see ``observation``)."""
+    return _OBSERVING.get() and torch.is_grad_enabled()
+
+
+@contextlib.contextmanager
+def observation(enabled: bool) -> Iterator[None]:
+    """Strategies wrap the loss of an auxiliary batch (Meta-Drop's meta batch, MAML's inner steps) in
+    ``observation(False)`` so that per-epoch statistics (preference-aware regularisation) come from training
+    batches only."""
+    token = _OBSERVING.set(enabled)
+    try:
+        yield
+    finally:
+        _OBSERVING.reset(token)
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 
 from prism.config import build_config
+from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 from prism.registry import reset_registry
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

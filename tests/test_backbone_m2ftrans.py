@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from prism.plugins.backbones.m2ftrans import fusion_token_mask
 
 

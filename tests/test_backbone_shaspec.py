@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import fast_config
-from prism.plugins.backbones.shaspec import ShaSpecOutput
 
+from conftest import fast_config
 from prism.batch import Batch
 from prism.engine.trainer import Trainer
 from prism.errors import PluginError
 from prism.modalities import BRATS_MODALITIES
 from prism.outputs import SegOutput
+from prism.plugins.backbones.shaspec import ShaSpecOutput
 from prism.registry import create_backbone, create_loss
 
 MODS3 = ("a", "b", "c")

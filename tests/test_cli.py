@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FAST
 
+from conftest import FAST
 from prism.cli import data as data_cli
 from prism.cli import evaluate as eval_cli
 from prism.cli import plugins as plugins_cli
@@ -90,3 +90,8 @@ def test_plugins_cli_in_process(capsys):
     assert plugins_cli.main([]) == 0
     out = capsys.readouterr().out
     assert "multi_unet" in out and "standard" in out and "random" in out and "fuse" in out
+
+
+def test_resume_refuses_flags_that_would_be_ignored(capsys, tmp_path):
+    err = one_line_error(capsys, train_cli.main(["--resume", str(tmp_path), "--preset", "maml"]), "prism-train")
+    assert "cannot be combined with --preset" in err

@@ -12,13 +12,13 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-from prism.data_tools.layouts import BRATS2020, resolve_layout
-from prism.data_tools.preprocess import PreprocessSettings, build_cache
-from prism.data_tools.synthetic import SynthSettings, write_synthetic_nifti
 
 from prism.cli.data import main as data_main
 from prism.data.cache_reader import CacheReader
 from prism.data.verify import verify_cache
+from prism.data_tools.layouts import BRATS2020, resolve_layout
+from prism.data_tools.preprocess import PreprocessSettings, build_cache
+from prism.data_tools.synthetic import SynthSettings, write_synthetic_nifti
 from prism.errors import CacheError, DataError
 
 SMALL = SynthSettings(cases=3, shape=(14, 16, 12), seed=1, sites=2)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-from conftest import FAST
 
+from conftest import FAST
 from prism.engine.checkpoint import load_checkpoint
 from prism.engine.trainer import CHECKPOINT_NAME
 

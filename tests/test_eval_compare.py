@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FAST
 
+from conftest import FAST
 from prism.cli import evaluate as eval_cli
 from prism.cli import train as train_cli
 from prism.errors import DataError

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 
 from prism.backbone import Backbone
 from prism.data.cache_reader import CacheReader
+from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 from prism.errors import DataError
 from prism.evaluation.adaptation import AdaptationSettings, fine_tune, site_cases
 from prism.evaluation.hausdorff import BRATS_EMPTY_HD95

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-from conftest import FAST, fast_config
 
+from conftest import FAST, fast_config
 from prism.engine.checkpoint import load_checkpoint
 from prism.engine.trainer import CHECKPOINT_NAME, Trainer
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from prism.plugins.losses import SegLossOptions, deep_supervision_loss, prm_loss, resample_labels, uni_loss
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from prism.plugins.losses import PIXEL_KL_VARIANTS, pixel_kl_loss
 
 STUDENT = [[4.0, 0.0, -4.0], [1.0, 1.0, 1.0]]  # [M=2, K=3] logits at one voxel

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from prism.plugins.losses import gss_loss, gss_teacher
 
 # [M=3 (flair, t1, t2), K=2, 3 voxels]

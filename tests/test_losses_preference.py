@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from prism.plugins.losses import (
     PreferenceRegulariser,
     initial_coefficients,

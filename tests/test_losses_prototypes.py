@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from prism.plugins.losses import PROTO_VARIANTS, proto_gap, proto_l2_loss
 
 LABEL = [0, 0, 1]

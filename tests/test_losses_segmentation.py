@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from prism.plugins.losses import SegLossOptions, cross_entropy_loss, dice_ce_loss, soft_dice_loss
 
 LOGITS = [[0.0, 1.0, 2.0], [1.0, 0.0, -1.0]]  # [K=2, 3 voxels]

@@ -6,13 +6,13 @@ import os
 
 import pytest
 import torch
-from prism.plugins.losses import dice_ce_loss
-from prism.plugins.strategies.maml_backends import make_inner_loop
 from torch import nn
 
 from prism.batch import Batch
 from prism.modalities import BRATS_MODALITIES
 from prism.outputs import SegOutput
+from prism.plugins.losses import dice_ce_loss
+from prism.plugins.strategies.maml_backends import make_inner_loop
 from prism.registry import create_backbone
 
 BACKENDS = ["torch", "higher"]

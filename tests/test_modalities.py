@@ -3,8 +3,8 @@ import re
 
 import pytest
 import torch
-from conftest import SHARED
 
+from conftest import SHARED
 from prism.modalities import BRATS_MODALITIES, combination_index, combination_masks, enumerate_combinations
 
 PASSION_NAMES = [

@@ -12,7 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from conftest import FAST
+from prism.backbone import Backbone
+from prism.cli.predict import load_run_model, main, predict_folder
+from prism.cli.train import main as train_main
+from prism.data.cache_reader import CacheReader
 from prism.data_tools.layouts import BRATS2020, BRATS2023, discover_cases
 from prism.data_tools.predict_io import (
     discover_input_cases,
@@ -23,11 +28,6 @@ from prism.data_tools.predict_io import (
 )
 from prism.data_tools.preprocess import PreprocessSettings, build_cache, preprocess_image
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_nifti
-
-from prism.backbone import Backbone
-from prism.cli.predict import load_run_model, main, predict_folder
-from prism.cli.train import main as train_main
-from prism.data.cache_reader import CacheReader
 from prism.outputs import SegOutput
 
 SYNTH = SynthSettings(cases=3, shape=(14, 16, 12), seed=1)

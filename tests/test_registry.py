@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import fast_config
 
+from conftest import fast_config
 from prism.engine.trainer import Trainer
 from prism.errors import PluginError
 from prism.registry import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fast_config
 
+from conftest import fast_config
 from prism.engine.trainer import Trainer
 from prism.registry import create_masking_policy
 
@@ -143,3 +143,25 @@ def test_masking_policies_registered_and_fixed_names():
     for _ in range(50):
         m = drop(availability, g)
         assert torch.equal(m[0], m[1]) and not (m & ~availability).any() and m.any(1).all()
+
+
+def test_meta_drop_records_preference_statistics_from_the_training_batch_only(tiny_cache, tmp_path):
+    cfg = fast_config("strategy.name=meta_drop", "losses=[{name: prism, options: {preference: true}}]",
+                      cache=tiny_cache)
+    trainer = Trainer(cfg, tmp_path, cache_path=tiny_cache)
+    term = trainer.ctx.losses.terms[0].term
+    seen = []
+    original = term.preference.observe
+    term.preference.observe = lambda rp, mask: (seen.append(mask.clone()), original(rp, mask))
+    trainer.strategy.step(trainer.ctx)
+    assert len(seen) == 1  # the meta batch (full masks) is not observed
+
+
+def test_missing_rates_are_given_by_modality_name():
+    from prism.modalities import BRATS_MODALITIES
+    from prism.plugins.losses.terms import rates_by_modality
+
+    assert rates_by_modality({"t2": 0.8, "flair": 0.6}, BRATS_MODALITIES) == [0.6, 0.0, 0.0, 0.8]
+    assert rates_by_modality([0.1, 0.2, 0.3, 0.4], BRATS_MODALITIES) == [0.1, 0.2, 0.3, 0.4]
+    with pytest.raises(ValueError, match=r"unknown modalities \['pd'\]"):
+        rates_by_modality({"pd": 0.5}, BRATS_MODALITIES)

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import fast_config
 
+from conftest import fast_config
 from prism.engine.checkpoint import load_checkpoint, save_checkpoint
 from prism.engine.trainer import CHECKPOINT_NAME, Trainer
 from prism.errors import CheckpointError, ConfigError, PluginError
@@ -126,3 +126,21 @@ def test_tensorboard_scalars_when_installed(tiny_cache, tmp_path):
     pytest.importorskip("tensorboard")
     Trainer(fast_config("train.steps=2", cache=tiny_cache), tmp_path / "run", cache_path=tiny_cache).fit()
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_patch_larger_than_every_volume_is_refused(tiny_cache, tmp_path):
+    with pytest.raises(ConfigError, match=r"data.patch_size: \[32, 32, 32\] is larger than every training volume"):
+        Trainer(fast_config("data.patch_size=[32,32,32]", cache=tiny_cache), tmp_path, cache_path=tiny_cache)
+
+
+def test_csv_log_rewrite_on_resume_keeps_rows_up_to_the_checkpoint(tmp_path):
+    from prism.engine.metrics_log import CsvLog
+
+    path = tmp_path / "log.csv"
+    log = CsvLog(path)
+    for step in (1, 2, 3, 4):
+        log.write({"step": step, "loss": 1.0 / step})
+    CsvLog(path, resume_step=2).write({"step": 3, "loss": 0.5})
+    rows = path.read_text().splitlines()
+    assert rows == ["step,loss", "1,1.0", "2,0.5", "3,0.5"]
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prism.plugins.losses import uni_loss
-from prism.plugins.losses.terms import modality_parts, seg_options
-
 from prism.batch import Batch
 from prism.errors import PluginError
 from prism.loss import LossResult, LossTerm
 from prism.outputs import SegOutput
+from prism.plugins.losses import uni_loss
+from prism.plugins.losses.terms import modality_parts, seg_options
 
 
 class RFNetSeparateLoss(LossTerm):

@@ -93,7 +93,15 @@ class PreferenceRegulariser:
 
     @torch.no_grad()
     def on_epoch_end(self) -> None:
-        """Update E from the epoch's mean RP (a modality never seen keeps its value), reset the statistics."""
+        """Update E from the epoch's mean RP (a modality never seen keeps its value), reset the statistics.
+
+        Under torch.distributed the RP sums and counts of every rank are added first, so that every rank (and
+        rank 0's checkpoint) holds the same coefficients.
+        """
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            stats = torch.stack([self._rp_sum, self._rp_count])
+            torch.distributed.all_reduce(stats)
+            self._rp_sum, self._rp_count = stats[0], stats[1]
         device = self._rp_sum.device
         mean_rp = self._rp_sum / self._rp_count.clamp_min(1.0)
         coef = self.coefficients.to(device) - self.gamma * mean_rp

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 
 from prism.batch import Batch
-from prism.loss import LossResult, LossTerm
+from prism.loss import LossResult, LossTerm, observing
 from prism.outputs import SegOutput
 
 from .deep_supervision import LabelResample, prm_loss, uni_loss
@@ -157,22 +157,34 @@ class PixelKLLoss(LossTerm):
         return LossResult(per.sum(), modality_parts("pixel_kl", per, self.modalities))
 
 
+def rates_by_modality(rates: Sequence[float] | Mapping[str, float] | None, modalities: tuple[str, ...]
+                      ) -> list[float] | None:
+    """Missing rates in the dataset's modality order; a mapping names them ({flair: 0.6, ...}, unnamed = 0)."""
+    if rates is None or not isinstance(rates, Mapping):
+        return None if rates is None else list(rates)
+    unknown = sorted(set(rates) - set(modalities))
+    if unknown:
+        raise ValueError(f"missing_rates names unknown modalities {unknown}; modalities: {list(modalities)}")
+    return [float(rates.get(m, 0.0)) for m in modalities]
+
+
 class PreferenceTerm(LossTerm):
     """A term that may carry the preference-aware regulariser; its state goes through ``state_dict``."""
 
     preference: PreferenceRegulariser | None = None
 
-    def setup_preference(self, enabled: bool, missing_rates: Sequence[float] | None, options: dict[str, Any]
-                         ) -> None:
-        self.preference = PreferenceRegulariser(len(self.modalities), missing_rates=missing_rates, **options) \
+    def setup_preference(self, enabled: bool, missing_rates: Sequence[float] | Mapping[str, float] | None,
+                         options: dict[str, Any]) -> None:
+        rates = rates_by_modality(missing_rates, self.modalities)
+        self.preference = PreferenceRegulariser(len(self.modalities), missing_rates=rates, **options) \
             if enabled else None
 
     def gate(self, gap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        """omega ``[B, M]`` from the gap (and RP recorded while gradients are on, i.e. training); None if off."""
+        """omega ``[B, M]`` from the gap (RP recorded on training batches: ``prism.loss.observing()``)."""
         if self.preference is None:
             return None
         rp = relative_preference(gap, mask)
-        if torch.is_grad_enabled():
+        if observing():
             self.preference.observe(rp, mask)
         return preference_gate(rp, mask)
 
@@ -200,7 +212,7 @@ class ProtoL2Loss(PreferenceTerm):
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *,
                  variant: Literal["seeds", "passion"] = "seeds", preference: bool = False,
-                 missing_rates: Sequence[float] | None = None, **preference_options: Any) -> None:
+                 missing_rates: Sequence[float] | Mapping[str, float] | None = None, **preference_options: Any) -> None:
         super().__init__(modalities, num_classes)
         self.proto = variant_options(PROTO_VARIANTS, variant, "proto_l2 variant")
         self.setup_preference(preference, missing_rates, preference_options)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -43,7 +43,8 @@ class PrismLoss(PreferenceTerm):
                  uni_deep: bool = True, deep_weights: Sequence[float] | None = None,
                  label_resample: LabelResample = "maxpool", gss: bool = False, gss_weight: float = 0.5,
                  gss_options: dict[str, Any] | None = None, preference: bool = False,
-                 missing_rates: Sequence[float] | None = None, preference_options: dict[str, Any] | None = None,
+                 missing_rates: Sequence[float] | Mapping[str, float] | None = None,
+                 preference_options: dict[str, Any] | None = None,
                  **seg: Any) -> None:
         super().__init__(modalities, num_classes)
         self.beta = per_modality_values(beta, self.modalities, "beta")
@@ -58,6 +59,14 @@ class PrismLoss(PreferenceTerm):
         self.gss = GssLoss(modalities, num_classes, weight=gss_weight, **(gss_options or {})) if gss else None
         self.setup_preference(preference, missing_rates, preference_options or {})
 
+    def _weights_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta and delta as tensors on ``device``, built once per device (no copy per step)."""
+        cached = getattr(self, "_weights", None)
+        if cached is None or cached[0].device != device:
+            cached = (torch.tensor(self.beta, device=device), torch.tensor(self.delta, device=device))
+            self._weights = cached
+        return cached
+
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         fuse = self.fuse(output, batch).total
         uni = self.uni.per_modality(output, batch)
@@ -66,8 +75,7 @@ class PrismLoss(PreferenceTerm):
         gap = self.proto.gaps(output, batch)
         omega = self.gate(gap, batch.mask)
         proto = (gap if omega is None else gap * omega).mean(0)
-        beta = torch.tensor(self.beta, device=pixel.device)
-        delta = torch.tensor(self.delta, device=pixel.device)
+        beta, delta = self._weights_on(pixel.device)
         distill = beta * pixel + delta * proto
         parts = {"fuse": fuse.detach(), **modality_parts("uni", uni, self.modalities), "prm": prm.detach(),
                  **modality_parts("pixel_kl", pixel, self.modalities),

@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 from prism.batch import Batch
 from prism.errors import ConfigError
+from prism.loss import observation
 
 LossFn = Callable[[Any, Batch], torch.Tensor]  # (SegOutput, Batch) -> scalar loss
 
@@ -68,7 +69,8 @@ class TorchInnerLoop(InnerLoop):
         fast = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         scale = self.loss_scale() if self.loss_scale is not None else 1.0
         for _ in range(steps):
-            loss = loss_fn(self._forward(fast, support), support)
+            with observation(False):  # adaptation steps; the query loss is the training signal
+                loss = loss_fn(self._forward(fast, support), support)
             grads = torch.autograd.grad(loss * scale, list(fast.values()), create_graph=not self.first_order,
                                         allow_unused=True)
             new = {}
@@ -124,7 +126,8 @@ class HigherInnerLoop(InnerLoop):
         with higher.innerloop_ctx(self.model, inner_opt, copy_initial_weights=False,
                                   track_higher_grads=True) as (fmodel, diffopt):
             for _ in range(steps):
-                loss = loss_fn(fmodel(self.prepare(support.image), support.mask), support)
+                with observation(False):
+                    loss = loss_fn(fmodel(self.prepare(support.image), support.mask), support)
                 diffopt.step(loss * scale, grad_callback=callback)
             return loss_fn(fmodel(self.prepare(query.image), query.mask), query)
 
@@ -154,7 +157,9 @@ class Learn2LearnInnerLoop(InnerLoop):
     def query_loss(self, support: Batch, query: Batch, loss_fn: LossFn, steps: int) -> torch.Tensor:
         learner = self.wrapper.clone()
         for _ in range(steps):
-            learner.adapt(loss_fn(learner(self.prepare(support.image), support.mask), support))
+            with observation(False):
+                support_loss = loss_fn(learner(self.prepare(support.image), support.mask), support)
+            learner.adapt(support_loss)
         return loss_fn(learner(self.prepare(query.image), query.mask), query)
 
     def state_dict(self) -> dict[str, Any]:

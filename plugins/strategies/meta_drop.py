@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from prism.engine.context import TrainContext
+from prism.loss import observation
 from prism.registry import create_masking_policy
 from prism.strategy import Strategy
 
@@ -49,7 +50,8 @@ class MetaDrop(Strategy):
         # meta gradient at phi_tilde
         meta_batch = ctx.next_batch("meta", policy="meta")
         ctx.optimizer.zero_grad(set_to_none=False)
-        meta_loss, meta_parts = ctx.compute_loss(meta_batch)
+        with observation(False):  # epoch statistics come from training batches only
+            meta_loss, meta_parts = ctx.compute_loss(meta_batch)
         ctx.backward(meta_loss)
         grads = ctx.unscaled_clipped_grads(params)
         eta = self.meta_lr if self.meta_lr is not None else self.meta_lr_scale * ctx.optimizer.param_groups[0]["lr"]

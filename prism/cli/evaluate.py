@@ -79,24 +79,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..engine.trainer import Trainer, load_run_config
+    from ..data.cache_reader import CacheReader
     from ..evaluation.adaptation import AdaptationSettings
     from ..evaluation.hausdorff import BRATS_EMPTY_HD95
     from ..evaluation.report import evaluate, evaluate_kwargs
+    from ..evaluation.results import mean_over_combinations
+    from .predict import load_run_model
 
     overrides = []
-    for flag, field in ((args.split, "eval.split"), (args.device, "train.device"), (args.data, "data.cache"),
-                        (args.max_cases, "eval.max_cases")):
+    for flag, field in ((args.split, "eval.split"), (args.max_cases, "eval.max_cases")):
         if flag is not None:
             overrides.append(f"{field}={flag}")
-    config = load_run_config(args.run_dir, overrides)
-    if config.data.cache is None:
-        from ..data_tools.demo import ensure_demo_cache
-
-        cache, _ = ensure_demo_cache(config.data.synthetic)
-    else:
-        cache = config.data.cache
-    trainer = Trainer(config, args.run_dir, cache_path=cache, resume=True)
+    run = load_run_model(args.run_dir, cache=args.data, device=args.device, overrides=overrides)
+    config = run.config
     kwargs = evaluate_kwargs(config.eval)
     for flag, key in ((args.window, "window"), (args.overlap, "overlap"), (args.sw_batch_size, "sw_batch_size"),
                       (args.et_postprocess, "et_postprocess_voxels")):
@@ -116,18 +111,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.adapt_patch is not None:
             fields["patch_size"] = tuple(args.adapt_patch)
         kwargs["adaptation"] = AdaptationSettings(**fields)
-    cases = list(trainer.reader.split(config.eval.split))
-    if config.eval.max_cases:
-        cases = cases[: config.eval.max_cases]
-    report = evaluate(trainer.ctx.model, trainer.reader, cases, device=trainer.device,
-                      amp_dtype=trainer.ctx.amp_dtype, channels_last=config.train.channels_last,
-                      **kwargs)  # type: ignore[arg-type]
+    reader = CacheReader(run.cache)
+    try:
+        cases = list(reader.split(config.eval.split))
+        if config.eval.max_cases:
+            cases = cases[: config.eval.max_cases]
+        report = evaluate(run.model, reader, cases, device=run.device, amp_dtype=run.amp_dtype,
+                          channels_last=config.train.channels_last, **kwargs)  # type: ignore[arg-type]
+    finally:
+        reader.close()
     paths = report.write(args.run_dir, heatmap=not args.no_heatmap)
     console = stdout_console()
     console.print(report_table(report, f"Dice (%) on '{config.eval.split}' ({len(report.case_ids)} cases)"))
     if report.adaptation is not None:
         a = report.adaptation
-        before, after = a.before.mean_dice().mean(0) * 100, a.after.mean_dice().mean(0) * 100
+        before = mean_over_combinations(a.before.mean_dice()) * 100
+        after = mean_over_combinations(a.after.mean_dice()) * 100
         change = ", ".join(f"{r} {x:.2f} -> {y:.2f}" for r, x, y in zip(report.regions, before, after, strict=True))
         console.print(f"fast adaptation to '{a.site}' ({a.steps} steps on {len(a.support_cases)} cases, "
                       f"{len(a.query_cases)} evaluated): mean Dice {change}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import run_command, stdout_console
+
+if TYPE_CHECKING:
+    from ..engine.run_model import RunModel
 
 EPILOG = """\
 examples:
@@ -23,91 +25,37 @@ affine and header of the case's first modality file. Modalities and the label ma
 """
 
 
-@dataclass
-class RunModel:
-    """A trained run ready to predict: the model and what its data were made of."""
+def demo_cache(config: Any) -> Path:
+    """The synthetic demo cache of a run trained without ``data.cache`` (generated if it is not there yet)."""
+    from ..data_tools.demo import ensure_demo_cache
 
-    model: Any  # prism.backbone.Backbone
-    modalities: tuple[str, ...]
-    labels: dict[int, str]
-    recorded_layout: Any  # the DatasetLayout the run's cache was built from; None for synthetic caches
-    settings: Any  # PreprocessSettings (crop size and margin) of the run's cache
-    device: Any
-    amp_dtype: Any
-    window: tuple[int, int, int] | None = None
-    overlap: float = 0.5
-    sw_batch_size: int = 1
-
-    @property
-    def num_classes(self) -> int:
-        return max(self.labels) + 1
+    path, _ = ensure_demo_cache(config.data.synthetic)
+    return Path(path)
 
 
-def _run_cache(config: Any, cache: Path | None) -> Path:
-    from ..errors import CacheError
+def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, device: str | None = None,
+                   overrides: Sequence[str] = ()) -> RunModel:
+    """:func:`prism.engine.run_model.load_run_model`, with the demo cache for runs trained without a cache."""
+    from ..engine.run_model import load_run_model as load
 
-    if cache is not None:
-        path = Path(cache)
-    elif config.data.cache is None:
-        from ..data_tools.demo import ensure_demo_cache
-
-        path, _ = ensure_demo_cache(config.data.synthetic)
-    else:
-        path = Path(config.data.cache)
-    if not path.is_file():
-        raise CacheError(f"{path}: the run's cache (data.cache in config.yaml) is not found; its modalities and "
-                         "label map are needed to predict: pass --data CACHE")
-    return path
+    return load(run_dir, cache=cache, device=device, overrides=overrides, default_cache=demo_cache)
 
 
-def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, device: str | None = None) -> RunModel:
-    """Rebuild a run's backbone through the registry from ``RUN/config.yaml``, load ``RUN/last.pt`` and read the
-    modalities, labels, label map and crop settings of the cache the run was trained on."""
-
-    from ..data.cache_reader import CacheReader
+def recorded_layout(run: RunModel) -> Any:
+    """The DatasetLayout the run's cache was built from (None for synthetic caches)."""
     from ..data_tools.predict_io import layout_from_record
+
+    record = run.preprocessing.get("layout")
+    return layout_from_record(record, run.label_map) if isinstance(record, dict) else None
+
+
+def input_settings(run: RunModel) -> Any:
+    """PreprocessSettings (crop size and margin) the run's cache was built with, for preprocessing new cases."""
     from ..data_tools.preprocess import PreprocessSettings
-    from ..engine.builder import amp_dtype_for, select_device
-    from ..engine.checkpoint import load_checkpoint
-    from ..engine.trainer import CHECKPOINT_NAME, load_run_config
-    from ..errors import CheckpointError, ConfigError, PluginError
-    from ..registry import get_registry
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: run folder not found")
-    overrides = [f"train.device={device}"] if device else []
-    config = load_run_config(run_dir, overrides)
-    checkpoint = run_dir / CHECKPOINT_NAME
-    if not checkpoint.is_file():
-        raise CheckpointError(f"{checkpoint}: checkpoint not found (has the run trained?)")
-    reader = CacheReader(_run_cache(config, None if cache is None else Path(cache)))
-    try:
-        modalities, labels = reader.modalities, dict(reader.labels)
-        recorded = reader.preprocessing.get("layout")
-        layout = layout_from_record(recorded, reader.label_map) if isinstance(recorded, dict) else None
-        defaults = PreprocessSettings()
-        settings = PreprocessSettings(min_size=int(reader.preprocessing.get("min_size", defaults.min_size)),
-                                      margin=int(reader.preprocessing.get("margin", defaults.margin)))
-    finally:
-        reader.close()
-    model = get_registry().create("backbone", config.model.name, modalities, max(labels) + 1,
-                                  field_name="model.name", **config.model.options)
-    from ..backbone import Backbone
-
-    if not isinstance(model, Backbone):
-        raise PluginError(f"model.name: backbone '{config.model.name}' did not build a prism Backbone")
-    state = load_checkpoint(checkpoint)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{checkpoint}: does not match the run's config.yaml: {first}") from None
-    dev = select_device(config.train.device)
-    model = model.to(dev).eval()
-    return RunModel(model=model, modalities=modalities, labels=labels, recorded_layout=layout, settings=settings,
-                    device=dev, amp_dtype=amp_dtype_for(config, dev), window=config.eval.window,
-                    overlap=config.eval.overlap, sw_batch_size=config.eval.sw_batch_size)
+    defaults = PreprocessSettings()
+    return PreprocessSettings(min_size=int(run.preprocessing.get("min_size", defaults.min_size)),
+                              margin=int(run.preprocessing.get("margin", defaults.margin)))
 
 
 def predict_image(run: RunModel, case: Any) -> Any:
@@ -135,7 +83,7 @@ def plan_cases(run: RunModel, input_dir: str | Path, layout: str = "auto") -> tu
     from ..errors import DataError
 
     input_dir = Path(input_dir)
-    spec = resolve_input_layout(layout, input_dir, run.recorded_layout)
+    spec = resolve_input_layout(layout, input_dir, recorded_layout(run))
     unknown = [m for m in spec.modalities if m not in run.modalities]
     if unknown:
         raise DataError(f"{input_dir}: modalities {unknown} of layout '{spec.name}' are not the model's "
@@ -166,9 +114,10 @@ def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *,
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = input_settings(run)
     written = []
     for raw in cases:
-        case = preprocess_image(raw, run.modalities, run.settings)
+        case = preprocess_image(raw, run.modalities, settings)
         path = write_label_map(out_dir / f"{raw.case_id}.nii.gz", predict_image(run, case), case, inverse)
         written.append(path)
         if on_case is not None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..config import build_config, load_yaml
+from ..errors import ConfigError
 from ..presets import list_presets, load_preset
 from ..registry import get_registry
 from .common import report_table, run_command, stdout_console
@@ -57,6 +58,11 @@ def _train(args: argparse.Namespace) -> int:
         if flag is not None:
             overrides.append(f"{field}={flag}")
     if args.resume is not None:
+        given = [flag for flag, value in (("--output", args.output), ("--config", args.config),
+                                          ("--preset", args.preset)) if value is not None]
+        if given:
+            raise ConfigError(f"--resume continues the run folder with its own config; it cannot be combined "
+                              f"with {', '.join(given)} (use FIELD=VALUE overrides, e.g. train.steps=N)")
         config = load_run_config(args.resume, overrides)
         run_dir = args.resume
     else:

@@ -40,7 +40,8 @@ class VerifyReport:
             raise CacheError(f"{self.path}: {self.problems[0]}{more}")
 
 
-def _digest(path: Path) -> tuple[int, str]:
+def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """(size in bytes, SHA-256 hex) of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:
@@ -186,7 +187,7 @@ def verify_cache(path: str | os.PathLike[str], *, check_chunks: bool = True, che
             src = root / s["path"]
             if not src.is_file():
                 report.problems.append(f"source {src} (case {s['case']}) is missing")
-            elif _digest(src) != (s["size"], s["sha256"]):
+            elif file_digest(src) != (s["size"], s["sha256"]):
                 report.problems.append(f"source {src} (case {s['case']}) changed since the cache was built")
             report.sources_checked += 1
     report.raise_if_bad()

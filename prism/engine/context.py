@@ -105,9 +105,10 @@ class TrainContext:
         sync_gradients(params, self.dist)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         if self.scaler is not None:
-            inv = 1.0 / self.scaler.get_scale()
-            grads = torch._foreach_mul(grads, inv)
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
+            scale = self.scaler.get_scale()
+            grads = torch._foreach_mul(grads, 1.0 / scale)
+            if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one host sync
+                self.scaler.update(new_scale=scale * self.scaler.get_backoff_factor())  # as GradScaler would
                 return None
         if self.grad_clip is not None:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+
+from ..atomic import write_text_atomic
 
 
 class CsvLog:
@@ -18,10 +21,11 @@ class CsvLog:
             keep = [r for r in rows if int(r["step"]) <= resume_step]
             if rows:
                 self.fields = list(rows[0].keys())
-                with open(path, "w", newline="") as fh:
-                    writer = csv.DictWriter(fh, fieldnames=self.fields)
-                    writer.writeheader()
-                    writer.writerows(keep)
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(keep)
+                write_text_atomic(path, buffer.getvalue())  # a kill here keeps the old log
         elif path.exists():
             path.unlink()
 

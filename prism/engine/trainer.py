@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import __version__
+from ..atomic import write_text_atomic
 from ..config import Config, build_config, config_to_yaml
 from ..data.cache_reader import CacheReader
 from ..errors import CheckpointError, ConfigError
@@ -103,6 +104,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = not config.train.deterministic
         self.reader = CacheReader(cache_path)
         self.train_cases = self.reader.split(config.data.train_split)
+        largest = [max(self.reader.info(c).shape[i] for c in self.train_cases) for i in range(3)]
+        if any(p > s for p, s in zip(config.data.patch_size, largest, strict=True)):
+            raise ConfigError(f"data.patch_size: {list(config.data.patch_size)} is larger than every training volume "
+                              f"(largest {largest}) in {cache_path}")
         num_classes = max(self.reader.labels) + 1
         parts = build_parts(config, self.reader.modalities, num_classes)
         self.strategy = parts.strategy
@@ -178,8 +183,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(config_to_yaml(self.config))
-        (self.run_dir / "run_info.json").write_text(json.dumps(run_info(self.config), indent=2) + "\n")
+        write_text_atomic(self.run_dir / "config.yaml", config_to_yaml(self.config))
+        write_text_atomic(self.run_dir / "run_info.json", json.dumps(run_info(self.config), indent=2) + "\n")
 
     def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
         """Train up to ``train.steps`` (or stop early at step ``stop_at``, e.g. to time-box a job)."""

@@ -1,6 +1,8 @@
 """Compare two evaluation reports case by case: per-region differences with paired bootstrap confidence intervals.
 
-For each region and metric, a case's value is its mean over the combinations (NaN HD95 entries left out);
+For each region and metric, a case's value is its mean over the combinations (NaN entries left out: HD95 left
+out by convention, and combinations not scored for the case because it lacks one of their modalities; a pair
+scored in only one of the reports is left out of both);
 the difference is B - A over the cases both reports hold, and its confidence interval comes from resampling
 those cases with replacement (seeded, percentile method).
 """
@@ -81,9 +83,15 @@ def compare_reports(a: EvalReport, b: EvalReport, *, samples: int = 10000, confi
         raise DataError("the two reports have no case in common; compare runs evaluated on the same split")
     ia = [a.case_ids.index(c) for c in shared]
     ib = [b.case_ids.index(c) for c in shared]
-    metrics: list[tuple[str, np.ndarray, np.ndarray]] = [("dice", a.dice[ia] * 100, b.dice[ib] * 100)]
+    unscored = ~(a.scored[ia] & b.scored[ib])[:, :, None]  # [cases, combinations, 1]
+
+    def paired(values: np.ndarray) -> np.ndarray:
+        return np.where(unscored, np.nan, values)
+
+    metrics: list[tuple[str, np.ndarray, np.ndarray]] = [("dice", paired(a.dice[ia] * 100),
+                                                          paired(b.dice[ib] * 100))]
     if a.hd95 is not None and b.hd95 is not None:
-        metrics.append(("hd95", a.hd95[ia], b.hd95[ib]))
+        metrics.append(("hd95", paired(a.hd95[ia]), paired(b.hd95[ib])))
     combos: list[int | None] = [None, *(range(len(a.combinations)) if per_combination else [])]
     out = []
     for name, va, vb in metrics:

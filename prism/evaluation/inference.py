@@ -107,8 +107,10 @@ def predict_combinations(model: Backbone, image: torch.Tensor, masks: torch.Tens
     ``combos_per_pass`` combinations share one pass (``1`` = one loop per combination); the other options are
     those of :func:`predict_logits`.
     """
+    if combos_per_pass < 1:
+        raise ConfigError(f"eval.combos_per_pass: must be >= 1, got {combos_per_pass}")
     out = []
-    for start in range(0, masks.shape[0], max(1, combos_per_pass)):
+    for start in range(0, masks.shape[0], combos_per_pass):
         logits = predict_logits(model, image, masks[start:start + combos_per_pass], device=device,
                                 amp_dtype=amp_dtype, channels_last=channels_last, window=window, overlap=overlap,
                                 sw_batch_size=sw_batch_size, sigma_scale=sigma_scale, output_device=output_device)

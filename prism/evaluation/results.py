@@ -24,6 +24,11 @@ def _mean_over_cases(values: np.ndarray) -> np.ndarray:
         return np.nanmean(values, axis=0)
 
 
+def mean_over_combinations(per_combination: np.ndarray) -> np.ndarray:
+    """``[regions]``: mean of per-combination values ``[combinations, regions]``, NaN rows left out."""
+    return _mean_over_cases(per_combination)
+
+
 def _floats(names: tuple[str, ...] | list[str], values: np.ndarray) -> dict[str, float | None]:
     """``{name: value}`` with NaN written as None (JSON has no NaN)."""
     return {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, values, strict=True)}
@@ -38,7 +43,9 @@ class EvalReport:
     """Metrics of one model on a list of cases under every modality combination.
 
     dice, hd95: float ``[cases, combinations, regions]`` (Dice in [0, 1], HD95 in mm; ``hd95`` None when not
-    computed, NaN entries are left out of the means). ``settings`` records how they were computed.
+    computed, NaN entries are left out of the means). A (case, combination) pair that was not scored, because the
+    case lacks a modality of the combination, is NaN in every region of ``dice`` (see :attr:`scored`).
+    ``settings`` records how they were computed.
     """
 
     modalities: tuple[str, ...]
@@ -51,6 +58,15 @@ class EvalReport:
     combination_masks: list[tuple[bool, ...]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     adaptation: AdaptationResult | None = None
+
+    @property
+    def scored(self) -> np.ndarray:
+        """bool ``[cases, combinations]``: the pairs that were scored (the case has every modality of it)."""
+        return ~np.isnan(self.dice).all(axis=2) if self.dice.shape[2] else np.ones(self.dice.shape[:2], bool)
+
+    def cases_per_combination(self) -> np.ndarray:
+        """int ``[combinations]``: how many cases each combination was scored on."""
+        return self.scored.sum(axis=0)
 
     def mean_dice(self) -> np.ndarray:
         """``[combinations, regions]``: mean over cases."""
@@ -73,17 +89,19 @@ class EvalReport:
     # ---- JSON ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         dice, hd = self.mean_dice(), self.mean_hd95()
+        counts = self.cases_per_combination()
         combos = []
         for i, name in enumerate(self.combinations):
-            entry: dict[str, Any] = {"index": i, "name": name, "dice": _floats(self.regions, dice[i])}
+            entry: dict[str, Any] = {"index": i, "name": name, "num_cases": int(counts[i]),
+                                     "dice": _floats(self.regions, dice[i])}
             if self.combination_masks:
                 entry["mask"] = list(self.combination_masks[i])
             if hd is not None:
                 entry["hd95"] = _floats(self.regions, hd[i])
             combos.append(entry)
-        mean: dict[str, Any] = {"dice": _floats(self.regions, _mean_over_cases(dice))}
+        mean: dict[str, Any] = {"dice": _floats(self.regions, mean_over_combinations(dice))}
         if hd is not None:
-            mean["hd95"] = _floats(self.regions, _mean_over_cases(hd))
+            mean["hd95"] = _floats(self.regions, mean_over_combinations(hd))
         cases = {}
         for c, cid in enumerate(self.case_ids):
             per_combo: dict[str, Any] = {}

@@ -1,4 +1,8 @@
-"""Score a model on cases of a cache: every combination of a case predicted in batched passes, then measured."""
+"""Score a model on cases of a cache: every combination of a case predicted in batched passes, then measured.
+
+A combination is scored for a case only when the case has all of its modalities; the (case, combination)
+entries a case cannot supply are NaN and left out of every mean, and reports give each combination's case count.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from ..modalities import enumerate_combinations
 from .hausdorff import BRATS_EMPTY_HD95, hd95
-from .inference import predict_logits
+from .inference import predict_combinations
 from .metrics import Regions, mask_dice, region_masks, regions_for
 from .results import EvalReport
 
@@ -42,23 +46,6 @@ class EvalOptions:
         return out
 
 
-@torch.no_grad()
-def predict_case(model: Backbone, image: torch.Tensor, masks: torch.Tensor, *, device: torch.device,
-                 amp_dtype: torch.dtype | None, options: EvalOptions) -> torch.Tensor:
-    """Label maps ``[C, D, H, W]`` (uint8, on ``device``) for every mask, ``options.combos_per_pass`` per pass."""
-    out = []
-    step = max(1, options.combos_per_pass)
-    for start in range(0, masks.shape[0], step):
-        logits = predict_logits(
-            model, image, masks[start:start + step], device=device, amp_dtype=amp_dtype,
-            channels_last=options.channels_last, window=options.window, overlap=options.overlap,
-            sw_batch_size=options.sw_batch_size, sigma_scale=options.sigma_scale,
-            output_device=torch.device("cpu") if options.stitch_on_cpu else None,
-        )
-        out.append(logits.argmax(1).to(torch.uint8).to(device))
-    return torch.cat(out)
-
-
 def score_prediction(pred: torch.Tensor, label: torch.Tensor, regions: Regions, num_classes: int,
                      spacing: Sequence[float], options: EvalOptions) -> tuple[np.ndarray, np.ndarray | None]:
     """Dice ``[C, R]`` and HD95 ``[C, R]`` (None when off) of label maps ``pred [C, ...]`` against ``label``."""
@@ -69,36 +56,56 @@ def score_prediction(pred: torch.Tensor, label: torch.Tensor, regions: Regions, 
     return dice, hd95(p, g, spacing, empty_value=options.hd95_empty).numpy()
 
 
+def scored_combinations(combination_masks: torch.Tensor, availability: Sequence[bool]) -> torch.Tensor:
+    """bool ``[C]``: the combinations a case is scored on, those whose every modality the case has.
+
+    A combination asking for a modality the case lacks is not scored for it (not run with the subset the case
+    has), so each combination's row averages the same input over every case that can supply it.
+    """
+    available = torch.as_tensor(list(availability), dtype=torch.bool)
+    return ~(combination_masks & ~available).any(1)
+
+
 def evaluate_cases(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, device: torch.device,
                    amp_dtype: torch.dtype | None = None, options: EvalOptions = EvalOptions(),
                    on_case: Callable[[str], None] | None = None) -> EvalReport:
-    """Dice (and HD95) per case, combination and region; every combination of a case in batched passes.
+    """Dice (and HD95) per case, combination and region; every scored combination of a case in batched passes.
 
-    A combination that asks for a modality the case lacks on disk is evaluated with what the case has.
+    A combination is scored for a case only when the case has every modality of it (see
+    :func:`scored_combinations`); the others are NaN in the report and left out of its means.
     """
     combos = enumerate_combinations(reader.modalities)
     regions = regions_for(reader.labels)
     num_classes = max(reader.labels) + 1
     all_masks = torch.tensor([c.mask for c in combos])
+    shape = (len(combos), len(regions.names))
     dice, hd, sites = [], [], []
     for case_id in case_ids:
-        image, label = reader.read_case(case_id)
         info = reader.info(case_id)
-        masks = all_masks & torch.tensor(info.availability)
-        pred = predict_case(model, torch.from_numpy(image), masks, device=device, amp_dtype=amp_dtype,
-                            options=options)
-        d, h = score_prediction(pred, torch.from_numpy(label).to(device), regions, num_classes, info.spacing,
-                                options)
+        scored = scored_combinations(all_masks, info.availability)
+        d, h = np.full(shape, np.nan), np.full(shape, np.nan)
+        if scored.any():
+            image, label = reader.read_case(case_id)
+            pred = predict_combinations(
+                model, torch.from_numpy(image), all_masks[scored], device=device, amp_dtype=amp_dtype,
+                combos_per_pass=options.combos_per_pass, channels_last=options.channels_last, window=options.window,
+                overlap=options.overlap, sw_batch_size=options.sw_batch_size, sigma_scale=options.sigma_scale,
+                output_device=torch.device("cpu") if options.stitch_on_cpu else None,
+            )
+            d_scored, h_scored = score_prediction(pred.to(device), torch.from_numpy(label).to(device), regions,
+                                                  num_classes, info.spacing, options)
+            d[scored.numpy()] = d_scored
+            if h_scored is not None:
+                h[scored.numpy()] = h_scored
         dice.append(d)
-        if h is not None:
-            hd.append(h)
+        hd.append(h)
         sites.append(info.site)
         if on_case is not None:
             on_case(case_id)
-    shape = (0, len(combos), len(regions.names))
+    empty = (0, *shape)
     return EvalReport(
         modalities=reader.modalities, regions=regions.names, combinations=[c.name for c in combos],
-        case_ids=list(case_ids), dice=np.stack(dice) if dice else np.zeros(shape),
-        hd95=(np.stack(hd) if hd else np.zeros(shape)) if options.compute_hd95 else None,
+        case_ids=list(case_ids), dice=np.stack(dice) if dice else np.zeros(empty),
+        hd95=(np.stack(hd) if hd else np.zeros(empty)) if options.compute_hd95 else None,
         sites=sites, combination_masks=[c.mask for c in combos], settings=options.settings(),
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..modalities import display_name
+from .results import mean_over_combinations
 
 if TYPE_CHECKING:
     from .results import AdaptationResult, EvalReport
@@ -43,6 +44,9 @@ def _settings_line(report: EvalReport) -> str:
     inference = (f"sliding window {'x'.join(map(str, window))}, overlap {s.get('overlap')}, Gaussian blending"
                  if window else "whole volume")
     parts = [f"{len(report.case_ids)} cases", inference]
+    if _counts_differ(report):
+        parts.append("a combination is scored for a case only when the case has all of its modalities "
+                     "(Cases column)")
     if s.get("et_postprocess_voxels"):
         parts.append(f"ET post-processing (< {s['et_postprocess_voxels']} voxels = none)")
     if report.hd95 is not None:
@@ -52,25 +56,38 @@ def _settings_line(report: EvalReport) -> str:
     return "; ".join(parts)
 
 
+def _counts_differ(report: EvalReport) -> bool:
+    """True when some combination was scored on fewer than all the report's cases."""
+    return bool((report.cases_per_combination() != len(report.case_ids)).any())
+
+
 def metrics_table(report: EvalReport) -> str:
-    """Markdown: one row per combination (availability marks, name), Dice (%) then HD95 (mm) per region, mean."""
+    """Markdown: one row per combination (availability marks, name), Dice (%) then HD95 (mm) per region, mean.
+
+    A Cases column (cases scored per combination) is added when not every combination was scored on every case.
+    """
     dice = report.mean_dice() * 100
     hd = report.mean_hd95()
     marks = [display_name(m) for m in report.modalities] if report.combination_masks else []
-    cols = ["#", "Modalities", *marks, *(f"{r} Dice" for r in report.regions)]
+    counts = report.cases_per_combination() if _counts_differ(report) else None
+    cols = ["#", "Modalities", *marks, *(["Cases"] if counts is not None else []),
+            *(f"{r} Dice" for r in report.regions)]
     if hd is not None:
         cols += [f"{r} HD95" for r in report.regions]
     align = ["---:", ":---", *([":-:"] * len(marks)), *(["---:"] * (len(cols) - 2 - len(marks)))]
+    extra = [""] if counts is not None else []
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
     for i, name in enumerate(report.combinations):
         row = [str(i), name]
         if marks:
             row += ["●" if on else "○" for on in report.combination_masks[i]]
+        if counts is not None:
+            row.append(str(int(counts[i])))
         row += [_fmt(v) for v in dice[i]]
         if hd is not None:
             row += [_fmt(v) for v in hd[i]]
         lines.append("| " + " | ".join(row) + " |")
-    mean_row = ["", "**Mean**", *([""] * len(marks)), *(f"**{_fmt(v)}**" for v in _nanmean0(dice))]
+    mean_row = ["", "**Mean**", *([""] * len(marks)), *extra, *(f"**{_fmt(v)}**" for v in _nanmean0(dice))]
     if hd is not None:
         mean_row += [f"**{_fmt(v)}**" for v in _nanmean0(hd)]
     lines.append("| " + " | ".join(mean_row) + " |")
@@ -78,9 +95,7 @@ def metrics_table(report: EvalReport) -> str:
 
 
 def _nanmean0(values: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        ok = ~np.isnan(values)
-        return np.where(ok.any(0), np.nansum(values, 0) / np.maximum(ok.sum(0), 1), np.nan)
+    return mean_over_combinations(values)
 
 
 def adaptation_markdown(result: AdaptationResult) -> str:
@@ -116,7 +131,7 @@ def report_markdown(report: EvalReport, title: str | None = None) -> str:
 
 
 def case_rows(report: EvalReport) -> tuple[list[str], list[list[object]]]:
-    """Header and rows of the per-case CSV: one row per case and combination."""
+    """Header and rows of the per-case CSV: one row per case and combination (empty cells: not scored)."""
     header = ["case_id", "site", "combination_index", "combination", *(f"{r}_dice" for r in report.regions)]
     if report.hd95 is not None:
         header += [f"{r}_hd95_mm" for r in report.regions]
@@ -124,7 +139,7 @@ def case_rows(report: EvalReport) -> tuple[list[str], list[list[object]]]:
     for c, cid in enumerate(report.case_ids):
         for i, name in enumerate(report.combinations):
             row: list[object] = [cid, report.sites[c] if report.sites else "", i, name]
-            row += [f"{v:.6f}" for v in report.dice[c, i]]
+            row += ["" if math.isnan(v) else f"{v:.6f}" for v in report.dice[c, i]]
             if report.hd95 is not None:
                 row += ["" if math.isnan(v) else f"{v:.4f}" for v in report.hd95[c, i]]
             rows.append(row)
@@ -145,18 +160,23 @@ def write_csv(report: EvalReport, path: Path) -> None:
 
 def write_heatmap(report: EvalReport, path: Path, title: str = "Dice (%) per region and combination") -> None:
     """PNG heatmap of mean Dice: combinations as rows, regions as columns (matplotlib, Agg canvas)."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     per_combination = report.mean_dice() * 100
     values = np.vstack([per_combination, _nanmean0(per_combination)[None]])
     rows, cols = values.shape
+    names = [f"{i} {n}" for i, n in enumerate(report.combinations)]
+    if _counts_differ(report):
+        names = [f"{name} (n={int(k)})" for name, k in zip(names, report.cases_per_combination(), strict=True)]
     fig = Figure(figsize=(1.6 + 1.1 * cols, 1.0 + 0.38 * rows), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    image = ax.imshow(np.nan_to_num(values, nan=0.0), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # NaN: no case scored
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(cols), list(report.regions))
-    ax.set_yticks(range(rows), [*(f"{i} {n}" for i, n in enumerate(report.combinations)), "Mean"], fontsize=8)
+    ax.set_yticks(range(rows), [*names, "Mean"], fontsize=8)
     ax.axhline(rows - 1.5, color="white", linewidth=2)
     for i in range(rows):
         for j in range(cols):
