@@ -23,7 +23,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from prism.data_tools.synthetic import SynthSettings, make_case
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
@@ -32,6 +31,7 @@ from prism.data.cache_format import BRATS_LABELS, DEFAULT_CHUNK
 from prism.data.cache_reader import CacheReader, default_threads
 from prism.data.cache_writer import CacheWriter
 from prism.data.patches import CountingSampler, PatchDataset, collate_batch
+from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.modalities import BRATS_MODALITIES
 
 

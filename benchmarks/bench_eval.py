@@ -16,8 +16,8 @@ import statistics
 import time
 
 import torch
-from prism.data_tools.synthetic import SynthSettings, make_case
 
+from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.evaluation.hausdorff import hd95
 from prism.evaluation.inference import predict_logits
 from prism.evaluation.metrics import BRATS_REGIONS, mask_dice, region_masks

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import torch
-from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 
 from prism.config import build_config
+from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 from prism.engine.trainer import Trainer
 
 STRATEGIES = {

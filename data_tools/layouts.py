@@ -13,6 +13,7 @@ Built in: ``brats2020`` (2018-2021: ``<case>_{flair,t1ce,t1,t2,seg}.nii.gz``) an
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ class RawCase:
     label: Path | None
 
 
-def _find(folder: Path, case_id: str, patterns: tuple[str, ...]) -> Path | None:
+def find_file(folder: Path, case_id: str, patterns: tuple[str, ...]) -> Path | None:
+    """The first of ``patterns`` (``{case}`` replaced by ``case_id``) that exists in ``folder``, else None."""
     for pattern in patterns:
         candidate = folder / pattern.format(case=case_id)
         if candidate.exists():
@@ -161,20 +163,25 @@ def _find(folder: Path, case_id: str, patterns: tuple[str, ...]) -> Path | None:
     return None
 
 
-def discover_cases(raw_root: Path, layout: DatasetLayout) -> list[RawCase]:
-    """Every case under ``raw_root``; an empty folder, or one with no modality or no label file, is a DataError."""
+def discover_cases(raw_root: Path, layout: DatasetLayout, *, require_label: bool = True,
+                   folders: Sequence[Path] | None = None) -> list[RawCase]:
+    """Every case under ``raw_root`` (or in ``folders`` when given, in that order).
+
+    An empty folder, one with no modality file, a case id found twice, or (``require_label``) a missing label
+    file is a DataError. Without ``require_label`` the label file is not looked for (``RawCase.label`` is None).
+    """
     cases = []
     seen: dict[str, Path] = {}
-    for folder in case_folders(raw_root):
+    for folder in case_folders(raw_root) if folders is None else folders:
         case_id = folder.name
         if not any(folder.iterdir()):
             raise DataError(f"case {case_id}: empty case folder {folder}")
-        files = {m: _find(folder, case_id, pats) for m, pats in layout.files.items()}
-        label = _find(folder, case_id, layout.label)
+        files = {m: find_file(folder, case_id, pats) for m, pats in layout.files.items()}
         if not any(files.values()):
             wanted = ", ".join(p.format(case=case_id) for p in (v[0] for v in layout.files.values()))
             raise DataError(f"case {case_id}: no modality file in {folder} (expected {wanted})")
-        if label is None:
+        label = find_file(folder, case_id, layout.label) if require_label else None
+        if require_label and label is None:
             raise DataError(f"case {case_id}: label file {layout.label[0].format(case=case_id)} missing in {folder}")
         if case_id in seen:
             raise DataError(f"case {case_id}: found twice ({seen[case_id]} and {folder})")

@@ -23,8 +23,9 @@ from .layouts import (
     DESCRIPTION_NAMES,
     DatasetLayout,
     RawCase,
-    _find,
     case_folders,
+    discover_cases,
+    find_file,
     layout_from_description,
     resolve_layout,
 )
@@ -63,7 +64,7 @@ def input_case_folders(input_dir: Path) -> list[Path]:
 
 
 def _matches(layout: DatasetLayout, folders: Sequence[Path]) -> bool:
-    return any(_find(f, f.name, pats) is not None for f in folders for pats in layout.files.values())
+    return any(find_file(f, f.name, pats) is not None for f in folders for pats in layout.files.values())
 
 
 def resolve_input_layout(spec: str, input_dir: Path, recorded: DatasetLayout | None = None) -> DatasetLayout:
@@ -88,19 +89,7 @@ def resolve_input_layout(spec: str, input_dir: Path, recorded: DatasetLayout | N
 
 def discover_input_cases(input_dir: Path, layout: DatasetLayout) -> list[RawCase]:
     """Every case to predict: its modality files (None = absent); a label file, if any, is ignored."""
-    cases: list[RawCase] = []
-    seen: dict[str, Path] = {}
-    for folder in input_case_folders(input_dir):
-        case_id = folder.name
-        files = {m: _find(folder, case_id, pats) for m, pats in layout.files.items()}
-        if not any(files.values()):
-            wanted = ", ".join(p[0].format(case=case_id) for p in layout.files.values())
-            raise DataError(f"case {case_id}: no modality file in {folder} (expected any of {wanted})")
-        if case_id in seen:
-            raise DataError(f"case {case_id}: found twice ({seen[case_id]} and {folder})")
-        seen[case_id] = folder
-        cases.append(RawCase(case_id=case_id, folder=folder, files=files, label=None))
-    return cases
+    return discover_cases(input_dir, layout, require_label=False, folders=input_case_folders(input_dir))
 
 
 def check_input_geometry(case: RawCase) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
-import hashlib
 import multiprocessing
 import os
 import zlib
@@ -25,6 +24,7 @@ from prism.data.availability import draw_availability, parse_missing_rates, read
 from prism.data.cache_format import FOREGROUND_SAMPLES, TMP_SUFFIX, settings_hash
 from prism.data.cache_writer import CacheWriter
 from prism.data.splits import make_splits, resolve_case_names, splits_from_lists
+from prism.data.verify import file_digest
 from prism.errors import CacheError, DataError
 
 from .layouts import DatasetLayout, RawCase, discover_cases
@@ -57,17 +57,6 @@ class PreprocessedCase:
     original_shape: tuple[int, int, int]
     foreground: np.ndarray
     sources: list[dict[str, Any]]
-
-
-def file_digest(path: str | Path) -> tuple[int, str]:
-    """(size in bytes, SHA-256 hex) of a file."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
 
 
 def _load(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], Any]:

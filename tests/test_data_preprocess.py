@@ -226,3 +226,38 @@ def test_layouts_and_cli(raw, tmp_path, capsys):
     assert data_main(["verify", str(tmp_path / "none.h5")]) == 2
     assert "prism-data: error:" in capsys.readouterr().err
     assert data_main(["preprocess", str(tmp_path / "nothing"), "-o", str(out)]) == 2
+
+
+def test_file_digest_is_one_function_with_hashlib_values(tmp_path):
+    import hashlib
+
+    from prism.data import verify
+    from prism.data_tools import preprocess
+
+    data = bytes(range(256)) * 5000  # more than one 1 MiB block
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert verify.file_digest(path) == (len(data), hashlib.sha256(data).hexdigest())
+    assert preprocess.file_digest is verify.file_digest
+
+
+def test_discover_cases_without_label_and_duplicates(raw, tmp_path):
+    from prism.data_tools.layouts import discover_cases
+    from prism.data_tools.predict_io import discover_input_cases
+
+    root = copy_raw(raw, tmp_path / "raw")
+    case = "BraTS20_Training_001"
+    (root / case / f"{case}_seg.nii.gz").unlink()
+    with pytest.raises(DataError, match=f"case {case}: label file {case}_seg.nii.gz missing"):
+        discover_cases(root, BRATS2020)
+    found = discover_cases(root, BRATS2020, require_label=False)
+    assert [c.case_id for c in found] == sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert all(c.label is None for c in found)
+    assert found[1].files["t1ce"] is None and found[0].files["t1ce"].name == f"{case}_t1ce.nii.gz"
+    assert [c.case_id for c in discover_input_cases(root, BRATS2020)] == [c.case_id for c in found]
+    (root / "HGG").mkdir()
+    import shutil
+
+    shutil.copytree(root / case, root / "HGG" / case)
+    with pytest.raises(DataError, match=f"case {case}: found twice"):
+        discover_input_cases(root, BRATS2020)

@@ -68,3 +68,17 @@ def test_window_not_divisible_is_a_config_error(model):
     with pytest.raises(ConfigError, match="eval.overlap"):
         predict_logits(model, torch.randn(4, 8, 8, 8), combination_masks(BRATS_MODALITIES)[:1], device=CPU,
                        window=(8, 8, 8), overlap=1.0)
+
+
+@pytest.mark.parametrize("per_pass", [0, -2])
+def test_combos_per_pass_below_one_is_a_config_error(model, per_pass):
+    masks = combination_masks(BRATS_MODALITIES)
+    with pytest.raises(ConfigError, match="combos_per_pass"):
+        predict_combinations(model, torch.randn(4, 8, 8, 8), masks, device=CPU, combos_per_pass=per_pass)
+
+
+def test_combos_per_pass_splits_into_passes_with_the_same_labels(model):
+    image, masks = torch.randn(4, 8, 8, 8), combination_masks(BRATS_MODALITIES)
+    together = predict_combinations(model, image, masks, device=CPU, combos_per_pass=15)
+    for per_pass in (1, 4, 16):
+        assert torch.equal(predict_combinations(model, image, masks, device=CPU, combos_per_pass=per_pass), together)

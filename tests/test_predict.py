@@ -15,7 +15,7 @@ import torch
 
 from conftest import FAST
 from prism.backbone import Backbone
-from prism.cli.predict import load_run_model, main, predict_folder
+from prism.cli.predict import input_settings, load_run_model, main, predict_folder
 from prism.cli.train import main as train_main
 from prism.data.cache_reader import CacheReader
 from prism.data_tools.layouts import BRATS2020, BRATS2023, discover_cases
@@ -44,8 +44,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     cache = root / "cache.h5"
     build_cache(raw, cache, BRATS2020, SETTINGS)
     run = root / "run"
-    assert train_main([*FAST, f"data.cache={cache}", "train.steps=1", "train.checkpoint_every=1",
-                       "train.log_every=1", "-o", str(run), "--no-eval"]) == 0
+    assert train_main([*FAST, f"data.cache={cache}", "train.steps=1", "data.patch_size=[8,8,8]",
+                       "train.checkpoint_every=1", "train.log_every=1", "-o", str(run), "--no-eval"]) == 0
     return {"raw": raw, "cache": cache, "run": run, "root": root}
 
 
@@ -133,7 +133,7 @@ def test_oracle_prediction_equals_the_source_label(world, case_id):
     run = load_run_model(world["run"])
     folder = world["raw"] / case_id
     raw = discover_input_cases(folder, BRATS2020)[0]
-    case = preprocess_image(raw, run.modalities, run.settings)
+    case = preprocess_image(raw, run.modalities, input_settings(run))
     crop = tuple(slice(int(a), int(b)) for a, b in case.crop_box)
     seg = raw_seg(folder)
     run.model = Oracle(np.where(seg == 4, 3, seg)[crop], run.modalities)
@@ -153,7 +153,7 @@ def test_brats2023_naming_keeps_et_as_3(world, tmp_path):
     write_synthetic_nifti(raw23, SynthSettings(cases=1, shape=SYNTH.shape, seed=SYNTH.seed), layout="brats2023")
     folder = next(p for p in raw23.iterdir() if p.is_dir())
     run = load_run_model(world["run"])
-    case = preprocess_image(discover_input_cases(raw23, BRATS2023)[0], run.modalities, run.settings)
+    case = preprocess_image(discover_input_cases(raw23, BRATS2023)[0], run.modalities, input_settings(run))
     seg = raw_seg(folder, BRATS2023)
     run.model = Oracle(seg[tuple(slice(int(a), int(b)) for a, b in case.crop_box)], run.modalities)
     (path,) = predict_folder(run, raw23, tmp_path / "out")

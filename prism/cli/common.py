@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from ..errors import PrismError
 from ..evaluation.report import EvalReport
+from ..evaluation.results import mean_over_combinations
 
 
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
@@ -30,14 +33,26 @@ def stdout_console() -> Console:
 
 
 def report_table(report: EvalReport, title: str) -> Table:
-    mean = report.mean_dice() * 100
-    table = Table(title=title)
-    table.add_column("#", justify="right")
-    table.add_column("Modalities")
+    """The papers' layout: combinations as rows, Dice (%) and HD95 (mm) per region, and the mean row."""
+    dice = report.mean_dice() * 100
+    hd = report.mean_hd95()
+    table = Table(title=title + (": Dice (%), HD95 (mm)" if hd is not None else ": Dice (%)"),
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("Modalities", no_wrap=True)
     for r in report.regions:
-        table.add_column(f"{r} Dice", justify="right")
+        table.add_column(r, justify="right", no_wrap=True)
+    if hd is not None:
+        for r in report.regions:
+            table.add_column(f"{r} mm", justify="right", no_wrap=True)
+
+    def cells(d: np.ndarray, h: np.ndarray | None) -> list[str]:
+        out = [f"{v:.2f}" for v in d]
+        return out + ([f"{v:.2f}" for v in h] if h is not None else [])
+
     for i, name in enumerate(report.combinations):
-        table.add_row(str(i), name, *(f"{v:.2f}" for v in mean[i]))
+        table.add_row(str(i), name, *cells(dice[i], None if hd is None else hd[i]))
     table.add_section()
-    table.add_row("", "Mean", *(f"{v:.2f}" for v in mean.mean(0)))
+    table.add_row("", "Mean", *cells(mean_over_combinations(dice),
+                                     None if hd is None else mean_over_combinations(hd)))
     return table

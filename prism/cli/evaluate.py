@@ -122,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         reader.close()
     paths = report.write(args.run_dir, heatmap=not args.no_heatmap)
     console = stdout_console()
-    console.print(report_table(report, f"Dice (%) on '{config.eval.split}' ({len(report.case_ids)} cases)"))
+    console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
     if report.adaptation is not None:
         a = report.adaptation
         before = mean_over_combinations(a.before.mean_dice()) * 100

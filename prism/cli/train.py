@@ -94,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
     trainer.fit()
     report = None if args.no_eval else trainer.evaluate()  # None on ranks other than 0
     if report is not None:
-        console.print(report_table(report, f"Dice (%) on '{config.eval.split}' ({len(report.case_ids)} cases)"))
+        console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
         console.print(f"report: {Path(run_dir) / 'eval.json'}, {Path(run_dir) / 'eval.md'}")
     trainer.close()
     return 0
