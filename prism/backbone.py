@@ -53,5 +53,21 @@ class Backbone(nn.Module):
                 f"got {tuple(image.shape[2:])} (data.patch_size)"
             )
 
+    def combination_logits(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Fused logits ``[B, C, K, ...]`` of each image ``[B, M, ...]`` under every mask of ``masks [C, M]``.
+
+        Used by evaluation to score all modality combinations in one pass. This default runs ``forward`` on the
+        ``B * C`` masked copies; backbones whose modality paths are independent until fusion override it to
+        run each encoder once.
+        """
+        b, c = image.shape[0], masks.shape[0]
+        masks = masks.to(image.device)
+        x = image.unsqueeze(1).expand(b, c, *image.shape[1:]).flatten(0, 1)
+        mask = masks.repeat(b, 1)
+        x = x * mask[:, :, None, None, None].to(x.dtype)
+        if image.is_contiguous(memory_format=torch.channels_last_3d):
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return self(x, mask).logits.unflatten(0, (b, c))
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> SegOutput:  # pragma: no cover - abstract
         raise NotImplementedError

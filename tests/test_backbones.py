@@ -182,3 +182,18 @@ def test_bad_input_gives_a_one_line_config_error(name):
     with pytest.raises(ConfigError, match=r"expects image \[B, 4, D, H, W\]") as info:
         model(x[:, :3], mask[:, :3])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_combination_logits_equal_forward_under_each_mask(name):
+    """Evaluation scores all 15 combinations through ``combination_logits``; it must equal ``forward``."""
+    model = build(name).eval()
+    image, _ = inputs(model, batch=2)
+    masks = combination_masks(BRATS_MODALITIES)
+    with torch.no_grad():
+        together = model.combination_logits(image, masks)  # [B, C, K, ...]
+        assert together.shape[:3] == (2, 15, NUM_CLASSES)
+        for c in range(15):
+            mask = masks[c].expand(2, -1)
+            alone = model(image * mask[:, :, None, None, None], mask).logits
+            torch.testing.assert_close(together[:, c], alone, rtol=1e-4, atol=1e-5)

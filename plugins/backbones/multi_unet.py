@@ -42,6 +42,43 @@ class MultiEncoderUNet(Backbone):
         self.decoders = nn.ModuleList(ConvBlock(2 * chans[lv], chans[lv]) for lv in range(depth - 1))
         self.heads = nn.ModuleList(nn.Conv3d(chans[lv], num_classes, 1) for lv in range(depth - 1))
 
+    def _decode(self, skips: list[torch.Tensor], deep: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Decoder over per-level skips: logits per level (finest first; level 0 only unless ``deep``) and
+        the decoder features per level (coarsest first)."""
+        y = skips[-1]
+        levels: list[torch.Tensor] = []
+        feats: list[torch.Tensor] = []
+        for lv in reversed(range(self.depth - 1)):
+            y = self.decoders[lv](torch.cat([self.ups[lv](y), skips[lv]], dim=1))
+            if deep or lv == 0:
+                levels.append(self.heads[lv](y))
+            feats.append(y)
+        levels.reverse()
+        return levels, feats
+
+    def combination_logits(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Fused logits ``[B, C, K, ...]`` under every mask of ``masks [C, M]``, each encoder run once.
+
+        The modality encoders are independent until fusion and a masked-out modality is excluded from every
+        fused mean, so the encoders run once on the unmasked image and only fusion and the decoder run per
+        combination (about 4x less work than a forward per combination). Equals ``forward`` under each mask.
+        """
+        self.check_input(image, torch.ones(image.shape[:2], dtype=torch.bool, device=image.device))
+        b, m = image.shape[:2]
+        c = masks.shape[0]
+        weight = masks.to(device=image.device, dtype=image.dtype)  # [C, M]
+        count = weight.sum(1).clamp_min(1.0)
+        x = image
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            per_modality = x.unflatten(1, (m, -1))  # [B, M, ch, ...]
+            fused = torch.einsum("cm,bm...->bc...", weight, per_modality)
+            fused = fused / count.view(1, c, *([1] * (per_modality.dim() - 2)))
+            skips.append(fused.flatten(0, 1))  # [B * C, ch, ...]
+        levels, _ = self._decode(skips, deep=False)
+        return levels[0].unflatten(0, (b, c))
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> SegOutput:
         self.check_input(image, mask)
         b, m = mask.shape
@@ -59,14 +96,7 @@ class MultiEncoderUNet(Backbone):
             else:
                 stacked = fused
             skips.append(stacked)
-        y = skips[-1]
-        levels: list[torch.Tensor] = []
-        feats: list[torch.Tensor] = []
-        for lv in reversed(range(self.depth - 1)):
-            y = self.decoders[lv](torch.cat([self.ups[lv](y), skips[lv]], dim=1))
-            levels.append(self.heads[lv](y))
-            feats.append(y)
-        levels.reverse()  # finest first
+        levels, feats = self._decode(skips)
         paths = 1 + m if with_uni else 1
 
         def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

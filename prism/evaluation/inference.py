@@ -16,16 +16,16 @@ from ..backbone import Backbone
 from ..errors import ConfigError
 
 
-def _forward(model: Backbone, x: torch.Tensor, mask: torch.Tensor, amp_dtype: torch.dtype | None,
+def _forward(model: Backbone, x: torch.Tensor, masks: torch.Tensor, amp_dtype: torch.dtype | None,
              channels_last: bool) -> torch.Tensor:
-    """Fused logits (float32) of ``model`` for image ``x [B, M, ...]`` under ``mask [B, M]``."""
-    x = x * mask[:, :, None, None, None].to(x.dtype)
+    """Fused logits (float32) ``[B, C, K, ...]`` of ``model`` for images ``x [B, M, ...]`` under every mask of
+    ``masks [C, M]`` (``Backbone.combination_logits``: shared encoder work where the backbone allows it)."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     if amp_dtype is not None:
         with torch.autocast(x.device.type, dtype=amp_dtype):
-            return model(x, mask).logits.float()
-    return model(x, mask).logits.float()
+            return model.combination_logits(x, masks).float()
+    return model.combination_logits(x, masks).float()
 
 
 def check_window(model: Backbone, window: Sequence[int]) -> tuple[int, int, int]:
@@ -47,8 +47,7 @@ def _whole_volume_logits(model: Backbone, x: torch.Tensor, masks: torch.Tensor, 
     pad = [(-s) % model.size_divisor for s in spatial]
     if any(pad):
         x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
-    batch = x.unsqueeze(0).expand(masks.shape[0], *x.shape)
-    logits = _forward(model, batch, masks, amp_dtype, channels_last)
+    logits = _forward(model, x.unsqueeze(0), masks, amp_dtype, channels_last)[0]
     return logits[:, :, : spatial[0], : spatial[1], : spatial[2]]
 
 
@@ -61,10 +60,7 @@ def _sliding_window_logits(model: Backbone, x: torch.Tensor, masks: torch.Tensor
     c = masks.shape[0]
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:  # [n, M, *window] -> [n, C * K, *window]
-        n = windows.shape[0]
-        batch = windows.unsqueeze(1).expand(n, c, *windows.shape[1:]).flatten(0, 1)
-        logits = _forward(model, batch, masks.repeat(n, 1), amp_dtype, channels_last)
-        return logits.unflatten(0, (n, c)).flatten(1, 2)
+        return _forward(model, windows, masks, amp_dtype, channels_last).flatten(1, 2)
 
     blended = sliding_window_inference(
         x.unsqueeze(0), roi_size=window, sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
