@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..modalities import display_name
 from .results import mean_over_combinations
 
@@ -20,18 +18,6 @@ if TYPE_CHECKING:
     from .results import AdaptationResult, EvalReport
 
 JSON_NAME, CSV_NAME, MARKDOWN_NAME, HEATMAP_NAME = "eval.json", "eval_cases.csv", "eval.md", "eval_dice.png"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -155,7 +141,7 @@ def write_csv(report: EvalReport, path: Path) -> None:
             w.writerow(header)
             w.writerows(rows)
 
-    _atomic_write(path, write)
+    write_atomic(path, write)
 
 
 def write_heatmap(report: EvalReport, path: Path, title: str = "Dice (%) per region and combination") -> None:
@@ -185,7 +171,7 @@ def write_heatmap(report: EvalReport, path: Path, title: str = "Dice (%) per reg
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.08)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def write_report(report: EvalReport, out_dir: Path, *, heatmap: bool = True) -> list[Path]:
@@ -193,10 +179,10 @@ def write_report(report: EvalReport, out_dir: Path, *, heatmap: bool = True) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / JSON_NAME, out_dir / CSV_NAME, out_dir / MARKDOWN_NAME]
     text = json.dumps(report.to_dict(), indent=2) + "\n"
-    _atomic_write(paths[0], lambda tmp: tmp.write_text(text))
+    write_atomic(paths[0], lambda tmp: tmp.write_text(text))
     write_csv(report, paths[1])
     markdown = report.markdown()
-    _atomic_write(paths[2], lambda tmp: tmp.write_text(markdown))
+    write_atomic(paths[2], lambda tmp: tmp.write_text(markdown))
     if heatmap:
         paths.append(out_dir / HEATMAP_NAME)
         write_heatmap(report, paths[-1])
