@@ -34,6 +34,10 @@ class DataConfig(_Model):
     batch_size: int = Field(2, ge=1)
     foreground_fraction: float = Field(1 / 3, ge=0, le=1)
     flip: bool = True
+    rotate_degrees: float = Field(0.0, ge=0, le=45)  # random rotation per axis in [-r, r] (0: off)
+    rotate_probability: float = Field(0.2, ge=0, le=1)
+    intensity_scale: float = Field(0.0, ge=0, lt=1)  # each channel x * U(1 - s, 1 + s) + U(-t, t)
+    intensity_shift: float = Field(0.0, ge=0)
     num_workers: int | None = Field(None, ge=0)  # None: 0 on CPU, 4 on CUDA
 
     @field_validator("patch_size")

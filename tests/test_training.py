@@ -144,3 +144,14 @@ def test_csv_log_rewrite_on_resume_keeps_rows_up_to_the_checkpoint(tmp_path):
     rows = path.read_text().splitlines()
     assert rows == ["step,loss", "1,1.0", "2,0.5", "3,0.5"]
     assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]
+
+
+def test_augmentation_from_config_changes_patches(tiny_cache, tmp_path):
+    plain = Trainer(fast_config(cache=tiny_cache), tmp_path / "a", cache_path=tiny_cache)
+    augmented = Trainer(fast_config("data.intensity_scale=0.3", "data.intensity_shift=0.2", "data.rotate_degrees=10",
+                                    cache=tiny_cache), tmp_path / "b", cache_path=tiny_cache)
+    assert plain.ctx.streams.augment is None and augmented.ctx.streams.augment.rotate_degrees == 10
+    a, b = plain.ctx.streams.next("train"), augmented.ctx.streams.next("train")
+    assert a.case_ids == b.case_ids and not torch.equal(a.image, b.image)
+    with pytest.raises(ConfigError, match="data.rotate_degrees: Input should be less than or equal to 45"):
+        fast_config("data.rotate_degrees=90")

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..batch import Batch
+from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
 from ..data.patches import PatchDataset, collate_batch
 
@@ -40,9 +41,10 @@ class BatchStreams:
 
     def __init__(self, reader: CacheReader, case_ids: Sequence[str], *, patch_size: Sequence[int], batch_size: int,
                  seed: int, foreground_fraction: float, flip: bool, num_workers: int, pin_memory: bool,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, augment: Augmentation | None = None) -> None:
         self.reader = reader
         self.rank, self.world = rank, world
+        self.augment = augment
         self.case_ids = tuple(case_ids)
         self.patch_size = tuple(patch_size)
         self.batch_size = int(batch_size)
@@ -68,7 +70,7 @@ class BatchStreams:
     def _open(self, name: str) -> Iterator[Batch]:
         dataset = PatchDataset(self.reader, self.subsets.get(name, self.case_ids), self.patch_size,
                                seed=self._stream_seed(name), foreground_fraction=self.foreground_fraction,
-                               flip=self.flip)
+                               flip=self.flip, augment=self.augment)
         sampler = RankSampler(self.positions.get(name, 0), self.batch_size, self.rank, self.world)
         loader = DataLoader(
             dataset, batch_size=sampler.local, sampler=sampler, collate_fn=collate_batch,

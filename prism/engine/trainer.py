@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import __version__
 from ..atomic import write_text_atomic
 from ..config import Config, build_config, config_to_yaml
+from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
 from ..errors import CheckpointError, ConfigError
 from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
@@ -78,6 +79,15 @@ def checkpoint_state(ctx: TrainContext, strategy_state: dict[str, Any], config: 
     }
 
 
+def augmentation(config: Config) -> Augmentation | None:
+    """Rotation and intensity augmentation from ``data`` (None when all off: flips are separate)."""
+    d = config.data
+    if not (d.rotate_degrees or d.intensity_scale or d.intensity_shift):
+        return None
+    return Augmentation(rotate_degrees=d.rotate_degrees, rotate_probability=d.rotate_probability,
+                        intensity_scale=d.intensity_scale, intensity_shift=d.intensity_shift)
+
+
 class Trainer:
     """Owns one run: ``Trainer(config, run_dir).fit()``; ``resume=True`` continues from ``run_dir/last.pt``."""
 
@@ -123,6 +133,7 @@ class Trainer:
             self.reader, self.train_cases, patch_size=config.data.patch_size, batch_size=config.data.batch_size,
             seed=config.train.seed, foreground_fraction=config.data.foreground_fraction, flip=config.data.flip,
             num_workers=workers, pin_memory=self.device.type == "cuda", rank=self.dist.rank, world=self.dist.world,
+            augment=augmentation(config),
         )
         self.ctx = TrainContext(
             model=model, losses=parts.losses, optimizer=optimizer,
