@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from prism.data.cache_format import BRATS_LABELS, DEFAULT_CHUNK
 from prism.data.cache_reader import CacheReader, default_threads
 from prism.data.cache_writer import CacheWriter
-from prism.data.patches import CountingSampler, PatchDataset, collate_batch
+from prism.data.patches import PatchDataset, RankSampler, collate_batch
 from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.modalities import BRATS_MODALITIES
 
@@ -147,7 +147,7 @@ def main() -> None:
         lt.add_column(col, justify="right")
     for (label, cache), p, workers in product(first, (80, 128), (1, 2)):
         ds = PatchDataset(CacheReader(cache), ids, (p, p, p), seed=0)
-        dl = DataLoader(ds, batch_size=2, sampler=CountingSampler(), collate_fn=collate_batch,
+        dl = DataLoader(ds, batch_size=2, sampler=RankSampler(0, 2), collate_fn=collate_batch,
                         num_workers=workers, prefetch_factor=2)
         it = iter(dl)
         next(it)

@@ -72,3 +72,14 @@ def test_snapped_patch_starts_are_chunk_multiples(tmp_path):
     unsnapped = [free._start(np.random.default_rng(i), "c0", (21, 18, 30)) for i in range(200)]
     assert any(s % 4 for st in unsnapped for s in st)  # without snapping, positions are free
     assert [[s - s % 4 for s in st] for st in unsnapped] == starts  # the same draws, rounded down
+
+
+def test_rank_samplers_split_each_global_batch_like_one_process():
+    from itertools import islice
+
+    from prism.data.patches import RankSampler
+
+    one = list(islice(iter(RankSampler(3, 4)), 8))  # global batches 3 and 4
+    assert one == list(range(12, 20))
+    ranks = [list(islice(iter(RankSampler(3, 4, rank=r, world=2)), 4)) for r in range(2)]
+    assert ranks == [[12, 13, 16, 17], [14, 15, 18, 19]]

@@ -107,17 +107,23 @@ def collate_batch(samples: list[dict[str, Any]]) -> Batch:
     )
 
 
-class CountingSampler(Sampler[int]):
-    """Yields sample numbers ``start, start + 1, ...`` forever: the data position is one integer."""
+class RankSampler(Sampler[int]):
+    """Sample numbers of this rank's share of each global batch, from global batch ``start`` on, forever.
 
-    def __init__(self, start: int = 0) -> None:
-        self.start = int(start)
+    Global batch ``b`` is samples ``b * G .. b * G + G - 1``; rank ``r`` of ``W`` takes the ``r``-th slice of
+    ``G / W``. With one rank this is simply ``start * G, start * G + 1, ...``.
+    """
+
+    def __init__(self, start: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
+        self.start, self.global_batch, self.rank, self.world = start, global_batch, rank, world
+        self.local = global_batch // world
 
     def __iter__(self) -> Iterator[int]:
-        i = self.start
+        b = self.start
         while True:
-            yield i
-            i += 1
+            first = b * self.global_batch + self.rank * self.local
+            yield from range(first, first + self.local)
+            b += 1
 
     def __len__(self) -> int:  # pragma: no cover - infinite
         return 2**62

@@ -11,29 +11,7 @@ from torch.utils.data import DataLoader
 from ..batch import Batch
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
-from ..data.patches import PatchDataset, collate_batch
-
-
-class RankSampler(torch.utils.data.Sampler[int]):
-    """Sample numbers of this rank's share of each global batch, from global batch ``start`` on, forever.
-
-    Global batch ``b`` is samples ``b * G .. b * G + G - 1``; rank ``r`` of ``W`` takes the ``r``-th slice of
-    ``G / W``. With one rank this is simply ``start * G, start * G + 1, ...``.
-    """
-
-    def __init__(self, start: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
-        self.start, self.global_batch, self.rank, self.world = start, global_batch, rank, world
-        self.local = global_batch // world
-
-    def __iter__(self) -> Iterator[int]:
-        b = self.start
-        while True:
-            first = b * self.global_batch + self.rank * self.local
-            yield from range(first, first + self.local)
-            b += 1
-
-    def __len__(self) -> int:  # pragma: no cover - infinite
-        return 2**62
+from ..data.patches import PatchDataset, RankSampler, collate_batch
 
 
 class BatchStreams:
