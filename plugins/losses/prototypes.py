@@ -28,11 +28,39 @@ def class_prototypes(features: torch.Tensor, onehot: torch.Tensor) -> torch.Tens
     return torch.einsum("bpcs,bks->bpkc", features, onehot) / counts[:, None, :, None]
 
 
+def safe_normalize(x: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    """``x / max(||x||_2, eps)`` along ``dim`` (the value of ``F.normalize``), twice differentiable everywhere.
+
+    ``F.normalize`` differentiates ``||x||`` even where the clamp takes ``eps``; at a zero vector (the prototype
+    of a class absent from the sample) its second derivative is NaN, and masking the result afterwards keeps the
+    NaN (``0 * NaN``). Here the squared norm is replaced by ``eps^2`` *before* the square root wherever it is
+    below, so no branch ever evaluates a derivative at zero and the gradient of a zero vector is ``x / eps``'s.
+
+    Args:
+        x: any tensor; dim: the dimension to normalise; eps: the smallest norm divided by.
+    Returns:
+        A tensor shaped like ``x``.
+    """
+    sq = x.square().sum(dim, keepdim=True)
+    floor = eps * eps
+    return x / torch.where(sq > floor, sq, torch.full_like(sq, floor)).sqrt()
+
+
 def similarity_maps(features: torch.Tensor, prototypes: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Cosine similarity of every voxel to every prototype of its own path: ``[B, P, C, S]`` x ``[B, P, K, C]``
-    -> ``[B, P, K, S]``. Zero vectors give similarity 0."""
-    f = F.normalize(features, dim=2, eps=eps)
-    p = F.normalize(prototypes, dim=3, eps=eps)
+    """Cosine similarity of every voxel to every prototype of its own path.
+
+    Zero vectors give similarity 0, with finite first and second derivatives (``safe_normalize``), so
+    second-order MAML through a class absent from a sample stays finite.
+
+    Args:
+        features: ``[B, P, C, S]`` (P paths, C channels, S voxels).
+        prototypes: ``[B, P, K, C]`` (``class_prototypes``).
+        eps: the smallest norm divided by (``x / max(||x||, eps)``).
+    Returns:
+        ``[B, P, K, S]`` cosine similarities.
+    """
+    f = safe_normalize(features, 2, eps)
+    p = safe_normalize(prototypes, 3, eps)
     return torch.einsum("bpcs,bpkc->bpks", f, p)
 
 
