@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from prism.atomic import write_atomic
 from prism.errors import DataError
 
 from .layouts import (
@@ -166,16 +167,13 @@ def label_map_image(prediction: np.ndarray, case: PreprocessedImage, inverse: Ma
 
 def write_label_map(path: str | os.PathLike[str], prediction: np.ndarray, case: PreprocessedImage,
                     inverse: Mapping[int, int]) -> Path:
-    """Write :func:`label_map_image` to ``path`` (.nii.gz) atomically: a temporary file renamed into place."""
+    """Write :func:`label_map_image` to ``path`` (.nii.gz) atomically (:func:`prism.atomic.write_atomic`).
+
+    Raises:
+        StorageError: the disk is full or the folder read-only (no partial file is left)."""
     import nibabel as nib
 
     path = Path(path)
     img = label_map_image(prediction, case, inverse)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp-{os.getpid()}{suffix}")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)

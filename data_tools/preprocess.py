@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from prism.atomic import remove_stale_temporaries
 from prism.data.availability import draw_availability, parse_missing_rates, read_passion_csv
-from prism.data.cache_format import FOREGROUND_SAMPLES, TMP_SUFFIX, settings_hash
+from prism.data.cache_format import FOREGROUND_SAMPLES, settings_hash
 from prism.data.cache_writer import CacheWriter
 from prism.data.splits import make_splits, resolve_case_names, splits_from_lists
 from prism.data.verify import file_digest
@@ -279,20 +280,6 @@ def _same_sources(output: Path, want_hash: str, raw: list[RawCase], raw_root: Pa
     return all(file_digest(raw_root / s["path"]) == (s["size"], s["sha256"]) for s in stored)
 
 
-def remove_stale_temporaries(output: Path) -> None:
-    """Delete ``<output>.tmp-<pid>`` files left by killed builds whose process is gone."""
-    for tmp in output.parent.glob(f"{output.name}.tmp-*"):
-        if not TMP_SUFFIX.search(tmp.name):
-            continue
-        pid = int(tmp.name.rsplit("-", 1)[1])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except PermissionError:
-            pass
-
-
 def build_cache(raw_root: str | Path, output: str | Path, layout: DatasetLayout,
                 settings: PreprocessSettings = PreprocessSettings(), *, workers: int = 1, force: bool = False,
                 progress: Callable[[int, int, str], None] | None = None) -> str:
@@ -302,6 +289,8 @@ def build_cache(raw_root: str | Path, output: str | Path, layout: DatasetLayout,
     """
     raw_root = Path(raw_root).resolve()
     output = Path(output)
+    if output.is_dir():
+        raise DataError(f"{output}: the output must be a cache file (.h5), not a folder")
     raw = discover_cases(raw_root, layout)
     case_ids = [c.case_id for c in raw]
     splits = plan_splits(case_ids, settings)
@@ -312,7 +301,7 @@ def build_cache(raw_root: str | Path, output: str | Path, layout: DatasetLayout,
                  "availability_csv": Path(settings.availability_csv).name if settings.availability_csv else ""}
     if not force and output.exists() and _same_sources(output, settings_hash(described), raw, raw_root):
         return "up-to-date"
-    remove_stale_temporaries(output)
+    remove_stale_temporaries(output.parent, output.name)  # only those whose writer is dead
     with CacheWriter(output, modalities=layout.modalities, labels=layout.labels, label_map=layout.label_map,
                      preprocessing=described, source_root=str(raw_root), chunk=settings.chunk,
                      seed=settings.seed) as writer:

@@ -105,7 +105,7 @@ def _bad_input(tmp_path, raw, edit):
     out = tmp_path / "c.h5"
     with pytest.raises(DataError) as info:
         build_cache(root, out, BRATS2020, SETTINGS)
-    assert not out.exists() and not list(tmp_path.glob("c.h5.tmp-*"))
+    assert not out.exists() and not list(tmp_path.glob(".c.h5.tmp-*"))
     return str(info.value)
 
 
@@ -194,7 +194,7 @@ def test_killed_preprocess_leaves_nothing_verify_accepts(raw, tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    leftovers = list(tmp_path.glob("c.h5.tmp-*"))
+    leftovers = list(tmp_path.glob(".c.h5.tmp-*"))
     assert not out.exists() and len(leftovers) == 1
     with pytest.raises(CacheError, match="temporary file of an unfinished build"):
         verify_cache(leftovers[0])
@@ -204,7 +204,7 @@ def test_killed_preprocess_leaves_nothing_verify_accepts(raw, tmp_path):
         verify_cache(renamed)
     renamed.rename(leftovers[0])
     build_cache(raw, out, BRATS2020, PreprocessSettings(min_size=8, chunk=8))  # the next build cleans up
-    assert not list(tmp_path.glob("c.h5.tmp-*")) and verify_cache(out).cases == 3
+    assert not list(tmp_path.glob(".c.h5.tmp-*")) and verify_cache(out).cases == 3
 
 
 def test_layouts_and_cli(raw, tmp_path, capsys):

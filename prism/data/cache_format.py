@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 
 FORMAT_NAME = "prism-cache"
@@ -37,8 +36,7 @@ ROOT_ATTRS = ("prism_format", "format_version", "prism_version", "modalities", "
 CASE_ATTRS = ("availability", "spacing", "affine", "crop_box", "original_shape", "site")
 #: where the source file list lives (a scalar JSON string dataset; attributes are limited to 64 KiB)
 SOURCES_PATH = "provenance/sources"
-#: the name a cache has while it is being built: ``<name>.tmp-<pid>``
-TMP_SUFFIX = re.compile(r"\.tmp-\d+$")
+# the name a cache has while it is being built: see prism.atomic.temp_path
 
 
 def settings_hash(settings: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ import hdf5plugin
 import numpy as np
 
 from .. import __version__
+from ..atomic import StorageError, ensure_folder, fsync_dir, storage_cause, storage_error, temp_path
 from ..errors import CacheError
 from .cache_format import (
     DEFAULT_CHUNK,
@@ -76,7 +77,7 @@ class CacheWriter:
                              f"clevel 0..9 (got {codec!r}, {shuffle!r}, {clevel!r})")
         self._filters = _filters(codec, int(clevel), shuffle)
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.tmp_path = temp_path(self.path)  # carries host and pid: stale ones are removed only when dead
         self.modalities = tuple(modalities)
         self.labels = {int(k): str(v) for k, v in labels.items()}
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
@@ -89,8 +90,14 @@ class CacheWriter:
         self._case_ids: list[str] = []
 
     def __enter__(self) -> CacheWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.tmp_path, "w")
+        if self.path.is_dir():
+            raise StorageError(f"{self.path}: cannot write the cache: is a folder")
+        ensure_folder(self.path.parent)
+        try:
+            self._file = h5py.File(self.tmp_path, "w")
+        except OSError as exc:
+            self.tmp_path.unlink(missing_ok=True)
+            raise storage_error(self.path, exc) from None
         a = self._file.attrs
         a["prism_format"] = FORMAT_NAME
         a["format_version"] = FORMAT_VERSION
@@ -146,6 +153,7 @@ class CacheWriter:
         unknown = sorted(set(np.unique(label).tolist()) - set(self.labels))
         if unknown:
             raise CacheError(f"case {case_id}: label values {unknown} are not in the label map {sorted(self.labels)}")
+        self._check_space(case_id, image.size * 4 + label.size)
         spatial = image.shape[1:]
         chunk = tuple(min(self.chunk, s) for s in spatial)
         group = self.file["cases"].create_group(case_id)
@@ -163,6 +171,19 @@ class CacheWriter:
         group.attrs["original_shape"] = np.asarray(original_shape or spatial, dtype=np.int64)
         group.attrs["site"] = site
         self._case_ids.append(case_id)
+
+    def _check_space(self, case_id: str, raw_bytes: int) -> None:
+        """Refuse a case the disk cannot hold even uncompressed (plus 1 MiB): HDF5 running out of space while
+        writing leaves its library in a state that crashes the interpreter, so it must not get there."""
+        try:
+            st = os.statvfs(self.tmp_path.parent)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < raw_bytes + (1 << 20):
+            raise StorageError(f"{self.path}: cannot write the cache: no space left on the device "
+                               f"({free / 2**20:.1f} MiB free; case {case_id} needs up to "
+                               f"{raw_bytes / 2**20:.1f} MiB + 1 MiB)")
 
     def add_sources(self, sources: Sequence[Mapping[str, Any]]) -> None:
         """Record source files (dicts with case, role, path, size, sha256) in the provenance."""
@@ -183,22 +204,43 @@ class CacheWriter:
         self._file = None
         if f is None:
             return
-        try:
-            if exc_type is None:
-                sources = json.dumps(self.sources, sort_keys=True)
-                f.create_dataset(SOURCES_PATH, data=sources, dtype=h5py.string_dtype())
-                f.attrs["complete"] = True
-            f.flush()
-        finally:
-            f.close()
         if exc_type is not None:
-            self.tmp_path.unlink(missing_ok=True)
+            self._abandon(f)
+            cause = storage_cause(exc) if exc is not None else None
+            if cause is not None:  # HDF5's multi-line report of a full or read-only disk: one line instead
+                raise StorageError(f"{self.path}: cannot write the cache: {cause}") from None
             return
-        with open(self.tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp_path, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            sources = json.dumps(self.sources, sort_keys=True)
+            f.create_dataset(SOURCES_PATH, data=sources, dtype=h5py.string_dtype())
+            f.attrs["complete"] = True
+            f.flush()
+            f.close()
+            with open(self.tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp_path, self.path)
+        except (OSError, RuntimeError) as err:
+            self._abandon(f)
+            raise storage_error(self.path, err, "cannot write the cache") from None
+        fsync_dir(self.path.parent)
+
+    def _abandon(self, f: h5py.File) -> None:
+        """Drop the temporary file of a failed build. On a full disk HDF5 cannot flush its metadata and a plain
+        close leaves the library in a state that crashes the interpreter at exit; unlinking the file and
+        truncating it through the open descriptor first frees the space, so the close succeeds."""
+        fd = None
+        if f.id.valid:
+            try:
+                fd = f.id.get_vfd_handle()
+            except Exception:  # drivers without a file descriptor
+                fd = None
+        self.tmp_path.unlink(missing_ok=True)
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+        try:
+            f.close()
+        except Exception:  # the file is gone; a close that still fails has nothing left to lose
+            pass

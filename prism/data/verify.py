@@ -12,6 +12,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the Blosc2 filter)
 import numpy as np
 
+from ..atomic import is_temporary
 from ..errors import CacheError
 from .cache_format import (
     CASE_ATTRS,
@@ -19,7 +20,6 @@ from .cache_format import (
     READABLE_VERSIONS,
     ROOT_ATTRS,
     SOURCES_PATH,
-    TMP_SUFFIX,
     settings_hash,
 )
 
@@ -136,7 +136,7 @@ def verify_cache(path: str | os.PathLike[str], *, check_chunks: bool = True, che
     """
     path = Path(path)
     report = VerifyReport(path=path)
-    if TMP_SUFFIX.search(path.name):
+    if is_temporary(path):
         raise CacheError(f"{path}: temporary file of an unfinished build, not a cache")
     if not path.is_file():
         raise CacheError(f"{path}: cache file not found")
