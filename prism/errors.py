@@ -27,3 +27,11 @@ class DataError(PrismError):
 
 class CheckpointError(PrismError):
     """A checkpoint is missing, unreadable or does not match the run."""
+
+
+class PluginBug(Exception):
+    """An exception raised inside a plugin after its options were validated: a bug, not a user mistake.
+
+    The CLI prints ``str(self)`` (which names the plugin, its distribution and what it was doing) and then the
+    plugin's own traceback (``__cause__``), and exits with code 1.
+    """

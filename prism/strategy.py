@@ -1,31 +1,189 @@
-"""The Strategy contract: one optimisation step, owning how gradients are computed and applied."""
+"""The Strategy contract: one optimisation step, and everything a step may use (``StepContext``).
+
+A strategy (standard training, Meta-Drop, MAML, a third party's) owns how gradients are computed and applied in
+one step. It programs against ``StepContext`` only: the engine implements it (``prism.engine`` is never imported
+by a strategy), so streams, gradient synchronisation under torch.distributed, fp16 loss scaling and clipping stay
+the engine's business.
+
+A minimal strategy::
+
+    from prism.strategy import StepContext, Strategy
+
+    class Plain(Strategy):
+        def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+            batch = ctx.next_batch("train")
+            ctx.zero_grad()
+            loss, parts = ctx.compute_loss(batch)
+            ctx.backward(loss)
+            ctx.optimizer_step()
+            return parts
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-if TYPE_CHECKING:
-    from .engine.context import TrainContext
+from .backbone import Backbone
+from .batch import Batch
+from .masking import MaskingPolicy
+from .outputs import SegOutput
+
+
+@runtime_checkable
+class StepContext(Protocol):
+    """What one training step may use. Implemented by the engine; strategies never build one.
+
+    Attributes:
+        model: the backbone being trained (a ``prism.backbone.Backbone``; under DDP the unwrapped module).
+        optimizer: the configured optimizer. Step it with ``optimizer_step`` (gradient sync, fp16 unscaling and
+            clipping happen there); read ``learning_rate``; add parameter groups with ``add_param_group``.
+        device: where batches and parameters live.
+        step: optimisation steps completed before this one (0 in the first step).
+        total_steps: ``train.steps``.
+        generator: the run's random generator for masks and task sampling (checkpointed by the engine). Draw
+            from it, or seed a strategy's own generator from it in ``setup``, never from global RNG state.
+        world_size: processes under torch.distributed (1 otherwise); ``rank``: this process's index.
+    """
+
+    model: Backbone
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    step: int
+    total_steps: int
+    generator: torch.Generator
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def rank(self) -> int: ...
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    def next_batch(self, stream: str = "train", policy: str = "train") -> Batch:
+        """The next batch of ``stream`` on the device, masked by the masking policy of role ``policy``."""
+        ...
+
+    def raw_batch(self, stream: str = "train") -> Batch:
+        """The next batch of ``stream`` with every available modality (``mask == availability``)."""
+        ...
+
+    def case_ids(self, stream: str = "train") -> tuple[str, ...]:
+        """The cases ``stream`` draws from (by default every training case)."""
+        ...
+
+    def case_site(self, case_id: str) -> str | None:
+        """The acquisition site of a training case (None when the dataset records none)."""
+        ...
+
+    def define_stream(self, name: str, case_ids: Sequence[str]) -> None:
+        """Create (or restrict) stream ``name`` to draw only from ``case_ids``; its position is checkpointed."""
+        ...
+
+    def masking_roles(self) -> tuple[str, ...]:
+        """The masking roles configured for this run (``train`` and the ``masking.extra`` keys)."""
+        ...
+
+    def add_masking_policy(self, role: str, policy: MaskingPolicy) -> None:
+        """Register a masking policy under a new role (its state is checkpointed); a taken role is an error."""
+        ...
+
+    # ---- forward and loss -----------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The run's mixed-precision context (a no-op without ``train.amp`` on CUDA)."""
+        ...
+
+    def prepare_image(self, image: torch.Tensor) -> torch.Tensor:
+        """The image in the model's memory format (channels-last when configured)."""
+        ...
+
+    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward the model on ``batch`` and apply the configured losses under autocast.
+
+        Returns:
+            the scalar loss, and its detached named parts for logging.
+        """
+        ...
+
+    def loss_of(self, output: SegOutput, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Apply the configured losses to an output computed elsewhere (e.g. a functional call)."""
+        ...
+
+    # ---- gradients and updates ------------------------------------------------------------------------------
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters of the model, in ``named_parameters`` order."""
+        ...
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of every parameter of the main optimizer."""
+        ...
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (scaled under fp16 autocast)."""
+        ...
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Synchronise gradients across processes, unscale (fp16), clip (``optim.grad_clip``) and step
+        ``optimizer`` (default: the main one). Use it for inner optimizers too (Reptile)."""
+        ...
+
+    def add_param_group(self, params: Sequence[torch.nn.Parameter], **options: Any) -> None:
+        """Let the main optimizer train extra parameters (e.g. Meta-SGD's learned rates), moved to the device."""
+        ...
+
+    def learning_rate(self) -> float:
+        """The main optimizer's current learning rate (first parameter group, after the schedule)."""
+        ...
+
+    def loss_scale(self) -> float | None:
+        """The fp16 loss scale gradients of ``backward`` carry (None when not scaling)."""
+        ...
+
+    def unscaled_clipped_grads(self, params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor] | None:
+        """Gradients of ``params`` synchronised, unscaled and clipped, for updates made outside an optimizer.
+
+        Returns:
+            one tensor per parameter, or None when an fp16 gradient overflowed (skip the update).
+        """
+        ...
+
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` over processes now (no-op for one process)."""
+        ...
+
+    def mean_over_ranks(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Average logged values over processes (for logging only)."""
+        ...
 
 
 class Strategy:
     """Base class for meta-strategies. Standard training is the trivial one.
 
-    ``setup(ctx)`` runs once before the first step (build extra optimizers, check compatibility);
-    ``step(ctx)`` pulls the batches it needs from ``ctx``, updates the parameters and returns detached losses.
-    ``uses_optimizer = False`` tells the engine that the configured optimizer (and its LR schedule) is unused.
+    ``setup(ctx)`` runs once before the first step (define streams, add masking roles or parameter groups, check
+    compatibility); ``step(ctx)`` pulls the batches it needs from ``ctx``, updates the parameters and returns
+    detached losses for logging (``loss`` is shown in the progress line).
+
+    Class attributes:
+        uses_optimizer: False tells the engine the configured optimizer and its LR schedule are unused.
+        compile_refusal: why ``train.compile`` is refused with this strategy (None: compiling is fine).
+        gradient_sync: ``"ddp"`` lets the engine wrap the model in DistributedDataParallel (gradients are
+            all-reduced during ``backward``, overlapping it); ``"explicit"`` keeps the plain model, and the
+            context all-reduces gradients when they are read (``optimizer_step``, ``unscaled_clipped_grads``,
+            ``sync_gradients``). Strategies whose gradients come from functional calls or ``autograd.grad``
+            (MAML) must be explicit.
     """
 
-    uses_optimizer: bool = True
-    #: why ``train.compile=true`` is refused with this strategy (None: compiling the model is fine)
-    compile_refusal: str | None = None
+    uses_optimizer: ClassVar[bool] = True
+    compile_refusal: ClassVar[str | None] = None
+    gradient_sync: ClassVar[str] = "explicit"
 
-    def setup(self, ctx: TrainContext) -> None:
+    def setup(self, ctx: StepContext) -> None:
         return None
 
-    def step(self, ctx: TrainContext) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

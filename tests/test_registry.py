@@ -179,7 +179,7 @@ def test_unknown_name_suggests_close_matches():
 
 
 def test_bad_options_are_one_line_plugin_errors():
-    with pytest.raises(PluginError, match="cannot build backbone 'multi_unet'.*colour"):
+    with pytest.raises(PluginError, match="backbone.options.colour: unknown option of backbone 'multi_unet'"):
         create_backbone("multi_unet", ("flair", "t1"), 2, colour="red")
 
 

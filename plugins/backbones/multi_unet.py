@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from prism.backbone import Backbone
+from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import ConvBlock, masked_mean
@@ -27,7 +28,7 @@ class MultiEncoderUNet(Backbone):
                  uni_in_eval: bool = False) -> None:
         super().__init__(modalities, num_classes)
         if width < 1 or depth < 2:
-            raise ValueError(f"width must be >= 1 and depth >= 2, got width={width}, depth={depth}")
+            raise ConfigError(f"width must be >= 1 and depth >= 2, got width={width}, depth={depth}")
         m = self.num_modalities
         self.width, self.depth, self.uni_in_eval = width, depth, uni_in_eval
         self.size_divisor = 2 ** (depth - 1)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prism.backbone import Backbone
+from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import GroupedResidualEncoder, SharedDecoder, conv_norm_act, stack_modalities, unstack_modalities
@@ -35,7 +36,7 @@ class AttentionLayer(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 8) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"transformer dim {dim} is not divisible by {heads} heads")
+            raise ConfigError(f"transformer dim {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
@@ -75,7 +76,7 @@ class TransformerFusionNet(Backbone):
                  dim: int | None, heads: int, uni_in_eval: bool) -> None:
         super().__init__(modalities, num_classes)
         if width < 1 or depth < 2:
-            raise ValueError(f"width must be >= 1 and depth >= 2, got width={width}, depth={depth}")
+            raise ConfigError(f"width must be >= 1 and depth >= 2, got width={width}, depth={depth}")
         self.size_divisor = 2 ** (depth - 1)
         self.uni_in_eval = uni_in_eval
         self.encoder = GroupedResidualEncoder(self.num_modalities, width, depth)

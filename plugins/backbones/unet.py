@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from prism.backbone import Backbone
+from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import ConvBlock, zero_missing
@@ -25,7 +26,7 @@ class EarlyFusionUNet(Backbone):
                  max_width: int = 320) -> None:
         super().__init__(modalities, num_classes)
         if width < 1 or depth < 2:
-            raise ValueError(f"unet needs width >= 1 and depth >= 2, got width={width}, depth={depth}")
+            raise ConfigError(f"unet needs width >= 1 and depth >= 2, got width={width}, depth={depth}")
         self.size_divisor = 2 ** (depth - 1)
         chans = [min(width * 2**lv, max_width) for lv in range(depth)]
         c_in = 2 * self.num_modalities

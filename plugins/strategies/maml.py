@@ -2,36 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 
-from prism.engine.context import TrainContext
-from prism.errors import ConfigError
-from prism.strategy import Strategy
+from prism.strategy import StepContext, Strategy
 
 from .maml_backends import InnerLoop, make_inner_loop
 from .tasks import TaskSampler
 
 
 class MAML(Strategy):
-    """phi_i = theta - a grad L_support(theta) (K steps); theta <- outer optimizer step on sum_i L_query(phi_i).
+    """phi_i = theta - a grad L_support(theta) (K steps); theta <- outer step on sum_i L_query(phi_i).
 
-    Options: ``inner_steps`` K, ``inner_lr`` a, ``learn_inner_lr`` (Meta-SGD), ``first_order``,
-    ``tasks_per_step``, ``tasks`` ("combination": one modality combination per task, support and query from
-    disjoint cases; "site": one site per task), ``backend`` ("torch" = torch.func, "higher", "learn2learn").
-    The outer step is the configured optimizer (``optim``) with its schedule and gradient clipping.
+    The outer objective is the SUM of the query losses of the ``tasks_per_step`` tasks (Finn et al., 2017), so
+    under SGD the meta step grows with the number of tasks; the logged ``loss`` is the mean query loss per task,
+    comparable with the other strategies' losses. The outer step is the configured optimizer (``optim``) with its
+    schedule and gradient clipping.
+
+    Normalisation running statistics (BatchNorm) are never updated by the support steps or the query pass, in
+    every backend: the inner loop runs in train mode on batch statistics and leaves the model's buffers as they
+    were. (The built-in backbones use instance normalisation, which keeps none.)
+
+    Args:
+        inner_steps: K, support steps per task (>= 1).
+        inner_lr: a, the inner step size (> 0); Meta-SGD's initial per-parameter rate.
+        learn_inner_lr: Meta-SGD: learn one inner rate per parameter entry with the outer optimizer.
+        first_order: drop second derivatives (FOMAML).
+        tasks_per_step: tasks per outer step (>= 1).
+        tasks: ``combination`` (one modality combination per task, support and query from disjoint cases) or
+            ``site`` (one acquisition site per task).
+        backend: ``torch`` (torch.func, default), ``higher`` or ``learn2learn``.
     """
 
     compile_refusal = ("torch.compile around a functional_call inner loop silently uses the original weights, so "
                        "the adapted parameters would be ignored")
 
-    def __init__(self, *, inner_steps: int = 1, inner_lr: float = 0.01, learn_inner_lr: bool = False,
-                 first_order: bool = True, tasks_per_step: int = 2,
+    def __init__(self, *, inner_steps: Annotated[int, Field(ge=1)] = 1,
+                 inner_lr: Annotated[float, Field(gt=0.0)] = 0.01, learn_inner_lr: bool = False,
+                 first_order: bool = True, tasks_per_step: Annotated[int, Field(ge=1)] = 2,
                  tasks: Literal["combination", "site"] = "combination",
                  backend: Literal["torch", "higher", "learn2learn"] = "torch") -> None:
-        if inner_steps < 1 or tasks_per_step < 1 or inner_lr <= 0:
-            raise ConfigError("strategy.options: inner_steps and tasks_per_step must be >= 1 and inner_lr > 0")
         self.inner_steps = int(inner_steps)
         self.inner_lr = float(inner_lr)
         self.learn_inner_lr = bool(learn_inner_lr)
@@ -43,24 +55,21 @@ class MAML(Strategy):
         self.sampler: TaskSampler | None = None
         self.generator = torch.Generator().manual_seed(0)
 
-    def setup(self, ctx: TrainContext) -> None:
-        scaler = ctx.scaler
+    def setup(self, ctx: StepContext) -> None:
         self.inner = make_inner_loop(
             self.backend, ctx.model, inner_lr=self.inner_lr, learn_inner_lr=self.learn_inner_lr,
-            first_order=self.first_order, loss_scale=(lambda: float(scaler.get_scale())) if scaler else None,
+            first_order=self.first_order, loss_scale=ctx.loss_scale if ctx.loss_scale() is not None else None,
             prepare=ctx.prepare_image,
         )
         extra = list(self.inner.extra_parameters())
         if extra:  # Meta-SGD: the learned inner learning rates are trained by the outer optimizer
-            for p in extra:
-                p.data = p.data.to(ctx.device)
-            ctx.optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+            ctx.add_param_group(extra, weight_decay=0.0)
         self.sampler = TaskSampler(ctx, self.task_kind)
-        self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.mask_generator)))
+        self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
 
-    def step(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         assert self.inner is not None and self.sampler is not None
-        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.zero_grad()
         total = None
         for _ in range(self.tasks_per_step):
             task = self.sampler.sample(self.generator)
@@ -68,11 +77,12 @@ class MAML(Strategy):
             query = self.sampler.batch(ctx, task, task.query_stream)
             with ctx.autocast():
                 loss = self.inner.query_loss(support, query, lambda out, b: ctx.loss_of(out, b)[0],
-                                             self.inner_steps) / self.tasks_per_step
-            ctx.backward(loss)
+                                             self.inner_steps)
+            ctx.backward(loss)  # gradients accumulate: the outer objective is the sum over tasks
             total = loss.detach() if total is None else total + loss.detach()
         ctx.optimizer_step()
-        return {"loss": total, "query": total}
+        mean = total / self.tasks_per_step
+        return {"loss": mean, "query": mean}
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(),

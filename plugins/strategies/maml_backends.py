@@ -1,5 +1,8 @@
 """Three ways to run the MAML inner loop, with the same meta-gradients: torch.func, higher, learn2learn.
 
+Rule shared by every backend: the support steps and the query pass run in the model's current mode (train mode
+during training: batch statistics) and never write the model's normalisation running statistics.
+
 Each adapter turns (support batch, query batch) into a query loss that is differentiable with respect to the
 model's parameters (and the learned inner learning rates for Meta-SGD); the caller backpropagates it.
 """
@@ -61,16 +64,17 @@ class TorchInnerLoop(InnerLoop):
     def extra_parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.lrs.values())
 
-    def _forward(self, weights: dict[str, torch.Tensor], batch: Batch) -> Any:
-        buffers = dict(self.model.named_buffers())
+    def _forward(self, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batch: Batch) -> Any:
         return functional_call(self.model, (weights, buffers), (self.prepare(batch.image), batch.mask))
 
     def query_loss(self, support: Batch, query: Batch, loss_fn: LossFn, steps: int) -> torch.Tensor:
         fast = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        # copies: normalisation running statistics are never updated inside a task (as in higher, learn2learn)
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
         scale = self.loss_scale() if self.loss_scale is not None else 1.0
         for _ in range(steps):
             with observation(False):  # adaptation steps; the query loss is the training signal
-                loss = loss_fn(self._forward(fast, support), support)
+                loss = loss_fn(self._forward(fast, buffers, support), support)
             grads = torch.autograd.grad(loss * scale, list(fast.values()), create_graph=not self.first_order,
                                         allow_unused=True)
             new = {}
@@ -82,7 +86,7 @@ class TorchInnerLoop(InnerLoop):
                 lr = self.lrs[n.replace(".", "__")] if self.learn_inner_lr else self.inner_lr
                 new[n] = w - lr * g
             fast = new
-        return loss_fn(self._forward(fast, query), query)
+        return loss_fn(self._forward(fast, buffers, query), query)
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().clone() for k, v in self.lrs.items()}

@@ -2,65 +2,78 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 
-from prism.engine.context import TrainContext
+from prism.errors import ConfigError
 from prism.loss import observation
 from prism.registry import create_masking_policy
-from prism.strategy import Strategy
+from prism.strategy import StepContext, Strategy
 
 
 class MetaDrop(Strategy):
     """phi <- phi_0 + alpha (phi_tilde - phi_0) - eta_meta * grad_{phi_tilde} L_meta (the seeds' update).
 
     The inner step is the configured optimizer's step on a ``train`` batch (train masking policy), giving
-    phi_tilde. The meta loss is taken at phi_tilde on a ``meta`` batch drawn under the masking role ``meta``
-    (``masking.extra.meta`` in the config, else the policy named by ``meta_masking``, default ``full``).
+    phi_tilde. The meta loss is taken at phi_tilde on a ``meta`` batch drawn under the masking role ``meta``:
+    ``masking.extra.meta`` in the config, or else the policy named by the option ``meta_masking`` (default
+    ``full``). Setting both is an error.
 
     Choices: the optimizer's moments are updated by the inner step only (the meta correction is a plain gradient
     step of size ``meta_lr``, which follows the LR schedule as a fraction ``meta_lr_scale`` of the current
-    learning rate when ``meta_lr`` is not given); normalisation layers see both batches in train mode (the
-    built-in backbones use instance norm, which keeps no running statistics).
+    learning rate when ``meta_lr`` is not given); normalisation layers see both batches in train mode.
+
+    Args:
+        alpha: interpolation towards the inner step's result, in [0, 1] (1: keep phi_tilde).
+        meta_lr: fixed step size of the meta correction (> 0); None follows the schedule.
+        meta_lr_scale: fraction of the current learning rate used when ``meta_lr`` is None (>= 0).
+        meta_masking: masking policy of the meta batch when ``masking.extra.meta`` is not configured.
     """
 
-    def __init__(self, *, alpha: float = 1.0, meta_lr: float | None = None, meta_lr_scale: float = 1.0,
-                 meta_masking: str = "full") -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    gradient_sync = "ddp"
+
+    def __init__(self, *, alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
+                 meta_lr: Annotated[float, Field(gt=0.0)] | None = None,
+                 meta_lr_scale: Annotated[float, Field(ge=0.0)] = 1.0,
+                 meta_masking: str | None = None) -> None:
         self.alpha = float(alpha)
         self.meta_lr = meta_lr
         self.meta_lr_scale = float(meta_lr_scale)
         self.meta_masking = meta_masking
 
-    def setup(self, ctx: TrainContext) -> None:
-        if "meta" not in ctx.masking:
-            ctx.masking["meta"] = create_masking_policy(self.meta_masking, ctx.model.modalities)
+    def setup(self, ctx: StepContext) -> None:
+        if "meta" in ctx.masking_roles():
+            if self.meta_masking is not None:
+                raise ConfigError("strategy.options.meta_masking: conflicts with masking.extra.meta; set only one "
+                                  "(masking.extra.meta also takes the policy's options)")
+            return
+        ctx.add_masking_policy("meta", create_masking_policy(self.meta_masking or "full", ctx.model.modalities))
 
-    def step(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         params = ctx.parameters()
         phi0 = torch._foreach_mul(params, 1.0) if self.alpha != 1.0 else None  # detached copy, one fused op
         # inner step: phi_tilde
         batch = ctx.next_batch("train")
-        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.zero_grad()
         loss, parts = ctx.compute_loss(batch)
         ctx.backward(loss)
         ctx.optimizer_step()
         # meta gradient at phi_tilde
         meta_batch = ctx.next_batch("meta", policy="meta")
-        ctx.optimizer.zero_grad(set_to_none=False)
+        ctx.zero_grad(set_to_none=False)
         with observation(False):  # epoch statistics come from training batches only
             meta_loss, meta_parts = ctx.compute_loss(meta_batch)
         ctx.backward(meta_loss)
         grads = ctx.unscaled_clipped_grads(params)
-        eta = self.meta_lr if self.meta_lr is not None else self.meta_lr_scale * ctx.optimizer.param_groups[0]["lr"]
+        eta = self.meta_lr if self.meta_lr is not None else self.meta_lr_scale * ctx.learning_rate()
         with torch.no_grad():
-            if self.alpha != 1.0:  # phi_0 + alpha (phi_tilde - phi_0)
+            if phi0 is not None:  # phi_0 + alpha (phi_tilde - phi_0)
                 torch._foreach_lerp_(params, phi0, 1.0 - self.alpha)
             if grads is not None:  # - eta grad L_meta(phi_tilde); None: fp16 overflow, skip this correction
                 torch._foreach_add_(params, grads, alpha=-eta)
-        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.zero_grad()
         return {**parts, **{f"meta.{k}": v for k, v in meta_parts.items()}}
 
     def state_dict(self) -> dict[str, Any]:

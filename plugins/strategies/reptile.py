@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 
-from prism.engine.context import TrainContext
 from prism.errors import ConfigError
-from prism.strategy import Strategy
+from prism.strategy import StepContext, Strategy
 
 from .tasks import TaskSampler
 
@@ -23,13 +23,16 @@ class Reptile(Strategy):
 
     uses_optimizer = False
 
-    def __init__(self, *, inner_steps: int = 3, inner_lr: float = 1e-3, tasks_per_step: int = 1,
-                 meta_step: float = 1.0, meta_step_final: float = 0.0,
+    def __init__(self, *, inner_steps: Annotated[int, Field(ge=1)] = 3,
+                 inner_lr: Annotated[float, Field(gt=0.0)] = 1e-3,
+                 tasks_per_step: Annotated[int, Field(ge=1)] = 1,
+                 meta_step: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
+                 meta_step_final: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
                  inner_optimizer: Literal["sgd", "adam"] = "adam",
                  tasks: Literal["combination", "site"] = "combination") -> None:
-        if inner_steps < 1 or tasks_per_step < 1 or inner_lr <= 0 or not 0 <= meta_step_final <= meta_step <= 1:
-            raise ConfigError("strategy.options: need inner_steps, tasks_per_step >= 1, inner_lr > 0 and "
-                              "0 <= meta_step_final <= meta_step <= 1")
+        if meta_step_final > meta_step:
+            raise ConfigError(f"strategy.options.meta_step_final: {meta_step_final} must not exceed meta_step "
+                              f"{meta_step}")
         self.inner_steps = int(inner_steps)
         self.inner_lr = float(inner_lr)
         self.tasks_per_step = int(tasks_per_step)
@@ -40,9 +43,9 @@ class Reptile(Strategy):
         self.sampler: TaskSampler | None = None
         self.generator = torch.Generator().manual_seed(0)
 
-    def setup(self, ctx: TrainContext) -> None:
+    def setup(self, ctx: StepContext) -> None:
         self.sampler = TaskSampler(ctx, self.task_kind)
-        self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.mask_generator)))
+        self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
 
     def epsilon(self, step: int, total: int) -> float:
         frac = min(step / max(total, 1), 1.0)
@@ -53,7 +56,7 @@ class Reptile(Strategy):
             return torch.optim.Adam(params, lr=self.inner_lr, betas=(0.0, 0.999))
         return torch.optim.SGD(params, lr=self.inner_lr)
 
-    def step(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         assert self.sampler is not None
         params = ctx.parameters()
         theta = torch._foreach_mul(params, 1.0)
@@ -69,7 +72,7 @@ class Reptile(Strategy):
                 inner.zero_grad(set_to_none=True)
                 loss, _ = ctx.compute_loss(batch)
                 ctx.backward(loss)
-                ctx.clip_and_step(inner)
+                ctx.optimizer_step(inner)
                 losses.append(loss.detach())
             with torch.no_grad():
                 torch._foreach_add_(mean_w, params, alpha=1.0 / self.tasks_per_step)

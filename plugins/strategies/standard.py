@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from prism.engine.context import TrainContext
-from prism.strategy import Strategy
+from prism.strategy import StepContext, Strategy
 
 
 class Standard(Strategy):
     """Plain supervised training under the training masking policy."""
 
-    def step(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
+    gradient_sync = "ddp"
+
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         batch = ctx.next_batch("train")
-        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.zero_grad()
         loss, parts = ctx.compute_loss(batch)
         ctx.backward(loss)
         ctx.optimizer_step()

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from prism.batch import Batch
-from prism.engine.context import TrainContext
 from prism.errors import ConfigError
 from prism.modalities import combination_masks
+from prism.strategy import StepContext
 
 
 @dataclass
@@ -32,28 +32,28 @@ class TaskSampler:
     ``kind="site"``: one acquisition site per task (needs at least two sites in the training split).
     """
 
-    def __init__(self, ctx: TrainContext, kind: str = "combination") -> None:
+    def __init__(self, ctx: StepContext, kind: str = "combination") -> None:
         if kind not in ("combination", "site"):
             raise ConfigError(f"strategy.options.tasks: must be 'combination' or 'site', got {kind!r}")
         self.kind = kind
-        streams = ctx.streams
+        cases = ctx.case_ids("train")
         if kind == "combination":
-            support, query = _halves(streams.case_ids)
-            streams.define("support", support)
-            streams.define("query", query)
+            support, query = _halves(cases)
+            ctx.define_stream("support", support)
+            ctx.define_stream("query", query)
             self.combos = combination_masks(ctx.model.modalities)
             return
         by_site: dict[str, list[str]] = {}
-        for case in streams.case_ids:
-            by_site.setdefault(streams.reader.info(case).site or "default", []).append(case)
+        for case in cases:
+            by_site.setdefault(ctx.case_site(case) or "default", []).append(case)
         if len(by_site) < 2:
             raise ConfigError("strategy.options.tasks: 'site' needs at least two sites in the training split, "
                               f"found {sorted(by_site)}")
         self.sites = sorted(by_site)
         for site, cases in by_site.items():
             support, query = _halves(tuple(cases))
-            streams.define(f"support/{site}", support)
-            streams.define(f"query/{site}", query)
+            ctx.define_stream(f"support/{site}", support)
+            ctx.define_stream(f"query/{site}", query)
 
     def sample(self, generator: torch.Generator) -> Task:
         if self.kind == "combination":
@@ -62,7 +62,7 @@ class TaskSampler:
         site = self.sites[int(torch.randint(len(self.sites), (1,), generator=generator))]
         return Task(f"site {site}", f"support/{site}", f"query/{site}", None)
 
-    def batch(self, ctx: TrainContext, task: Task, stream: str) -> Batch:
+    def batch(self, ctx: StepContext, task: Task, stream: str) -> Batch:
         """A batch of ``stream`` under the task's combination (within each case's availability)."""
         if task.mask is None:
             return ctx.next_batch(stream)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 
 import numpy as np
@@ -10,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import PrismError
+from ..errors import PluginBug, PrismError
 from ..evaluation.report import EvalReport
 from ..evaluation.results import mean_over_combinations
 
@@ -23,6 +24,11 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
         msg = " ".join(str(exc).split())
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return exc.exit_code
+    except PluginBug as exc:  # not the user's mistake: keep the plugin's traceback, headed by its name
+        print(f"{prog}: error: {exc}; its traceback follows", file=sys.stderr)
+        cause = exc.__cause__ or exc
+        traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -1,19 +1,30 @@
-"""TrainContext: what a strategy's step can use (model, losses, optimizer, batches, AMP) and nothing else."""
+"""TrainContext: the engine's implementation of ``prism.strategy.StepContext``.
+
+Strategies see only the contract (``prism/strategy.py``); the fields of this dataclass (streams, scaler, the
+DDP wrapper, the masking table) are engine internals that the trainer and checkpointing use.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..backbone import Backbone
 from ..batch import Batch
+from ..errors import ConfigError
 from ..masking import MaskingPolicy
+from ..outputs import SegOutput
 from .distributed import DistInfo, all_reduce_mean_, gather_rows, sync_gradients
 from .losses import LossSet
-from .streams import BatchStreams, move_batch
+from .streams import BatchStreams
+
+#: ``forward_loss(image, mask, batch) -> (loss, parts)``: the model's forward and the loss set, the unit that
+#: ``train.compile: step`` compiles.
+ForwardLoss = Callable[[torch.Tensor, torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 @dataclass
@@ -33,13 +44,40 @@ class TrainContext:
     dist: DistInfo = field(default_factory=DistInfo)
     step: int = 0
     total_steps: int = 1
-    extra: dict[str, object] = field(default_factory=dict)
+    #: the module forward calls go through: the model, or its DistributedDataParallel wrapper
+    forward_module: torch.nn.Module | None = None
+    #: True when ``forward_module`` is a DDP wrapper that all-reduces gradients during backward
+    ddp: bool = False
+    forward_loss: ForwardLoss | None = None
 
+    def __post_init__(self) -> None:
+        if self.forward_module is None:
+            self.forward_module = self.model
+        if self.forward_loss is None:
+            self.forward_loss = self.eager_forward_loss
+
+    # ---- identity ------------------------------------------------------------------------------------------
+    @property
+    def generator(self) -> torch.Generator:
+        return self.mask_generator
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world
+
+    @property
+    def rank(self) -> int:
+        return self.dist.rank
+
+    # ---- data ----------------------------------------------------------------------------------------------
     def next_batch(self, stream: str = "train", policy: str = "train") -> Batch:
         """The next batch of ``stream`` on the device, masked by the masking policy named ``policy``."""
+        if policy not in self.masking:
+            raise ConfigError(f"masking role '{policy}' is not configured (roles: {', '.join(self.masking)}); "
+                              f"add it under masking.extra")
         raw = self.streams.next(stream)
         mask = self.draw_mask(raw.availability, policy)
-        return move_batch(raw, self.device).with_mask(mask)
+        return raw.to(self.device, non_blocking=self.device.type == "cuda").with_mask(mask)
 
     def draw_mask(self, availability: torch.Tensor, policy: str = "train") -> torch.Tensor:
         """Apply a masking policy. Under torch.distributed every rank draws the masks of the whole global batch
@@ -53,17 +91,38 @@ class TrainContext:
 
     def raw_batch(self, stream: str = "train") -> Batch:
         """The next batch of ``stream`` on the device with every available modality (the caller masks it)."""
-        return move_batch(self.streams.next(stream), self.device)
+        return self.streams.next(stream).to(self.device, non_blocking=self.device.type == "cuda")
 
+    def case_ids(self, stream: str = "train") -> tuple[str, ...]:
+        return self.streams.subsets.get(stream, self.streams.case_ids)
+
+    def case_site(self, case_id: str) -> str | None:
+        return self.streams.reader.info(case_id).site
+
+    def define_stream(self, name: str, case_ids: Sequence[str]) -> None:
+        unknown = sorted(set(case_ids) - set(self.streams.case_ids))
+        if unknown:
+            raise ConfigError(f"stream '{name}': cases {unknown[:3]} are not training cases")
+        self.streams.define(name, case_ids)
+
+    def masking_roles(self) -> tuple[str, ...]:
+        return tuple(self.masking)
+
+    def add_masking_policy(self, role: str, policy: MaskingPolicy) -> None:
+        if role in self.masking:
+            raise ConfigError(f"masking role '{role}' is already configured")
+        self.masking[role] = policy
+
+    # ---- forward and loss ----------------------------------------------------------------------------------
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def prepare_image(self, image: torch.Tensor) -> torch.Tensor:
         return image.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else image
 
-    def loss_of(self, output: object, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss_of(self, output: SegOutput, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Apply the loss set to an output computed elsewhere (e.g. by a functional call)."""
-        return self.losses(output, batch)  # type: ignore[arg-type]
+        return self.losses(output, batch)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -73,36 +132,70 @@ class TrainContext:
             with torch.autocast(self.device.type, dtype=self.amp_dtype):
                 yield
 
+    def eager_forward_loss(self, image: torch.Tensor, mask: torch.Tensor, batch: Batch
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The model (through its DDP wrapper, if any) and the loss set, op by op."""
+        return self.losses(self.forward_module(image, mask), batch)
+
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward the model on ``batch`` and apply the loss set (under autocast when enabled)."""
+        assert self.forward_loss is not None
         with self.autocast():
-            output = self.model(self.prepare_image(batch.image), batch.mask)
-            return self.losses(output, batch)
+            return self.forward_loss(self.prepare_image(batch.image), batch.mask, batch)
+
+    # ---- gradients and updates -----------------------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def clip_and_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Unscale (fp16), clip gradients and step ``optimizer`` (default: the main one)."""
+    def _needs_explicit_sync(self) -> bool:
+        return self.dist.enabled and not self.ddp
+
+    def sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """All-reduce (mean) the gradients of ``params``; a no-op when DDP already did it during backward."""
+        if self._needs_explicit_sync():
+            sync_gradients(list(params), self.dist)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Synchronise, unscale (fp16), clip gradients and step ``optimizer`` (default: the main one)."""
         opt = optimizer or self.optimizer
-        sync_gradients([p for group in opt.param_groups for p in group["params"]], self.dist)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        self.sync_gradients(params)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         if self.grad_clip is not None:
-            params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            grads = [p for p in params if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(grads, self.grad_clip, foreach=True)
         if self.scaler is not None:
             self.scaler.step(opt)
             self.scaler.update()
         else:
             opt.step()
 
-    def unscaled_clipped_grads(self, params: list[torch.nn.Parameter]) -> list[torch.Tensor] | None:
+    # the name strategies written before the contract used
+    clip_and_step = optimizer_step
+
+    def add_param_group(self, params: Sequence[torch.nn.Parameter], **options: Any) -> None:
+        params = list(params)
+        for p in params:
+            p.data = p.data.to(self.device)
+        self.optimizer.add_param_group({"params": params, **options})
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def loss_scale(self) -> float | None:
+        return float(self.scaler.get_scale()) if self.scaler is not None else None
+
+    def unscaled_clipped_grads(self, params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor] | None:
         """The gradients of ``params`` unscaled (fp16) and clipped, for updates made outside an optimizer.
 
         Returns None when an fp16 gradient overflowed (the caller skips its update, as GradScaler would).
         """
-        sync_gradients(params, self.dist)
+        params = list(params)
+        self.sync_gradients(params)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         if self.scaler is not None:
             scale = self.scaler.get_scale()
@@ -123,6 +216,3 @@ class TrainContext:
         values = torch.stack([v.detach().float().reshape(()) for v in parts.values()])
         all_reduce_mean_([values], self.dist)
         return dict(zip(parts, values, strict=True))
-
-    def optimizer_step(self) -> None:
-        self.clip_and_step(self.optimizer)

@@ -1,7 +1,9 @@
-"""torch.distributed for prism (launched by torchrun): rank info, gradient all-reduce, gathering masks.
+"""torch.distributed for prism (launched by torchrun): rank info, DDP wrapping, gradient all-reduce, gathering masks.
 
-Every strategy's gradients are all-reduced explicitly (a mean over ranks, one flat buffer per call) before any
-update, so standard training and the meta-strategies share one mechanism; rank 0 writes logs and checkpoints.
+Strategies with ``gradient_sync = "ddp"`` (standard, Meta-Drop) train through DistributedDataParallel, whose
+bucketed all-reduce overlaps the backward pass; the others (MAML-family: gradients from functional calls) have
+their gradients all-reduced explicitly (a mean over ranks, one flat buffer per call) when the step reads them.
+Rank 0 writes logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -41,6 +43,18 @@ def init_from_env(device_kind: str) -> DistInfo:
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(),
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel (parameters broadcast from rank 0; the module itself is unchanged).
+
+    ``find_unused_parameters``: backbones skip the per-modality paths no loss reads, so some parameters get no
+    gradient in a step; DDP must know, or it waits for them forever.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
 def all_reduce_mean_(tensors: list[torch.Tensor], info: DistInfo) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Sequence
 
-import torch
 from torch.utils.data import DataLoader
 
 from ..batch import Batch
@@ -74,6 +73,3 @@ class BatchStreams:
     def close(self) -> None:
         self._iters.clear()
 
-
-def move_batch(batch: Batch, device: torch.device) -> Batch:
-    return batch.to(device, non_blocking=device.type == "cuda")

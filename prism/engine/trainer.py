@@ -20,12 +20,15 @@ from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
 from ..errors import CheckpointError, ConfigError
 from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
-from ..registry import get_registry
+from ..registry import blame, get_registry
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..atomic import remove_stale_temporaries
+from .checkpoint import load_checkpoint, mismatch_message, save_checkpoint
 from .context import TrainContext
-from .distributed import DistInfo, init_from_env
+from .distributed import DistInfo, init_from_env, wrap_ddp
 from .metrics_log import CsvLog, TensorBoardLog
+from .run_lock import RunLock
+from .signals import Preempted, StopSignals
 from .streams import BatchStreams
 
 CHECKPOINT_NAME = "last.pt"
@@ -93,6 +96,10 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: Path, *, cache_path: Path, resume: bool = False,
                  console: Console | None = None) -> None:
+        if config.data.cache is not None and not Path(config.data.cache).is_absolute():
+            # recorded absolute in config.yaml: eval, predict and --resume work from any directory
+            data = config.data.model_copy(update={"cache": Path(config.data.cache).resolve()})
+            config = config.model_copy(update={"data": data})
         self.config = config
         self.run_dir = Path(run_dir)
         self.console = console or Console(stderr=True)
@@ -135,7 +142,9 @@ class Trainer:
             num_workers=workers, pin_memory=self.device.type == "cuda", rank=self.dist.rank, world=self.dist.world,
             augment=augmentation(config),
         )
+        ddp = self.dist.enabled and self.strategy.gradient_sync == "ddp"
         self.ctx = TrainContext(
+            forward_module=wrap_ddp(model, self.device) if ddp else model, ddp=ddp,
             model=model, losses=parts.losses, optimizer=optimizer,
             scheduler=None,
             streams=streams, masking=parts.masking,
@@ -150,13 +159,22 @@ class Trainer:
                 raise ConfigError(f"train.compile: refused with strategy '{config.strategy.name}': "
                                   f"{self.strategy.compile_refusal}")
             model.compile()  # in place: same module, same state_dict keys
-        self.strategy.setup(self.ctx)
+        self.strategy_entry = get_registry().get("strategy", config.strategy.name)
+        with blame(self.strategy_entry, "setting up"):
+            self.strategy.setup(self.ctx)
         # after setup: a strategy may add parameter groups (Meta-SGD's learned inner learning rates)
         self.ctx.scheduler = poly_schedule(optimizer, config.train.steps, config.optim.poly_power)
+        # one writer per run folder (taken after every config check, so a mistake leaves no folder behind)
+        self.lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
         if resume:
-            self._load(self.run_dir / CHECKPOINT_NAME)
-        for stale in self.run_dir.glob(f".{CHECKPOINT_NAME}.tmp-*"):  # left by a killed writer
-            stale.unlink(missing_ok=True)
+            checkpoint = self.run_dir / CHECKPOINT_NAME
+            if checkpoint.is_file() or not (self.run_dir / "config.yaml").is_file():
+                self._load(checkpoint)
+            else:  # stopped before its first checkpoint: its config is all there is
+                self.console.print(f"{checkpoint} not written yet: starting the run from step 0 with its config.yaml",
+                                   highlight=False)
+        if self.dist.is_main:
+            remove_stale_temporaries(self.run_dir)  # only files whose writer (pid on this host) is dead
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -185,8 +203,7 @@ class Trainer:
             if "cuda" in state["rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"{path}: does not match this run's config: {first}") from None
+            raise CheckpointError(mismatch_message(path, state, ctx.model.state_dict(), self.config, exc)) from None
         ctx.step = int(state["step"])
 
     # ---- the loop --------------------------------------------------------------------------------------------
@@ -218,7 +235,8 @@ class Trainer:
         try:
             end = total if stop_at is None else min(stop_at, total)
             while ctx.step < end:
-                parts = self.strategy.step(ctx)
+                with blame(self.strategy_entry, f"running step {ctx.step + 1}"):
+                    parts = self.strategy.step(ctx)
                 if self.strategy.uses_optimizer:
                     ctx.scheduler.step()
                 ctx.step += 1

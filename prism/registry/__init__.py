@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .core import KINDS, PluginEntry, PluginFailure, Registry, get_registry, reset_registry
+from .core import KINDS, PluginEntry, PluginFailure, Registry, blame, describe, get_registry, reset_registry
 from .hookspecs import hookimpl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
-    "KINDS", "PluginEntry", "PluginFailure", "Registry", "get_registry", "reset_registry", "hookimpl",
+    "KINDS", "PluginEntry", "PluginFailure", "Registry", "blame", "describe", "get_registry", "reset_registry",
+    "hookimpl",
     "list_plugins", "register", "create_backbone", "create_loss", "create_masking_policy", "create_strategy",
     "register_backbone", "register_loss", "register_masking_policy", "register_strategy",
 ]

@@ -9,19 +9,21 @@ Environment variables:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import pluggy
 
-from ..errors import PluginError
+from ..errors import PluginBug, PluginError, PrismError
 from ..outputs import validate_parts
 from . import hookspecs
+from .options import validate_options
 
 ENTRY_POINT_GROUP = "prism"
 BUILTIN_DISTRIBUTION = "prism-seg"
@@ -178,10 +180,6 @@ class Registry:
             return self._add(kind, name, factory, plugin="in-process", distribution=None, version=None,
                              override=override)
 
-    def unregister(self, kind: str, name: str) -> None:
-        """Remove a name (in-process use, for tests and notebooks)."""
-        self._entries[kind].pop(name, None)
-
     # ---- lookup --------------------------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:
         self.ensure_loaded()
@@ -212,13 +210,43 @@ class Registry:
         )
 
     def create(self, kind: str, name: str, *args: Any, field_name: str | None = None, **options: Any) -> Any:
-        """Build the plugin ``name`` with ``options``; wrong options are a one-line PluginError."""
+        """Build the plugin ``name`` with ``options`` (``args`` are the contract's positional arguments).
+
+        Raises:
+            PluginError: the name is unknown, or an option is unknown, missing, of the wrong type or out of range
+                (checked against the factory's signature before building), in one line naming the plugin, its
+                distribution and the option.
+            PrismError: raised by the plugin itself for a user mistake, prefixed with the plugin's name.
+            PluginBug: any other exception raised while building (a bug in the plugin); its traceback is kept.
+        """
         entry = self.get(kind, name, field_name=field_name)
-        try:
+        owner = describe(entry)
+        options_field = (field_name.rsplit(".", 1)[0] + ".options") if field_name and "." in field_name else (
+            f"{kind}.options")
+        options = validate_options(entry.factory, len(args), options, owner=owner, field=options_field)
+        with blame(entry, "building it"):
             return entry.factory(*args, **options)
-        except TypeError as exc:
-            where = f"{field_name}: " if field_name else ""
-            raise PluginError(f"{where}cannot build {KINDS[kind][1]} '{name}' with options {options}: {exc}") from exc
+
+
+def describe(entry: PluginEntry) -> str:
+    """``meta-strategy 'maml' (prism-seg 0.1.0)``: how messages name a plugin."""
+    origin = f"{entry.distribution} {entry.version}" if entry.distribution else f"plugin '{entry.plugin}'"
+    return f"{KINDS[entry.kind][1]} '{entry.name}' ({origin})"
+
+
+@contextlib.contextmanager
+def blame(entry: PluginEntry, doing: str) -> Iterator[None]:
+    """Run plugin code: a user mistake (PrismError) it raises gets the plugin's name in front and stays one line;
+    any other exception becomes a PluginBug headed by the plugin, with the original traceback as its cause."""
+    try:
+        yield
+    except PrismError as exc:
+        if str(exc).startswith(describe(entry)):
+            raise
+        raise type(exc)(f"{describe(entry)}: {exc}") from None
+    except Exception as exc:
+        raise PluginBug(f"{describe(entry)} from plugin '{entry.plugin}' raised {type(exc).__name__} while "
+                        f"{doing}") from exc
 
 
 _default: Registry | None = None

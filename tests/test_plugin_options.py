@@ -1,0 +1,165 @@
+"""Plugin options are validated against the factory's signature before building; a plugin's own exception keeps
+its traceback, headed by the plugin; a third party's strategy written against prism.strategy alone trains."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST
+from prism.errors import ConfigError, PluginBug, PluginError
+from prism.registry import get_registry, register
+
+# (kind, name, positional args, options, error type, fragments the one-line message must contain)
+MODS = ("flair", "t1")
+TEST_CASES = [
+    ("strategy", "meta_drop", (), {"alpha": 2}, PluginError,
+     ["strategy.options.alpha", "meta-strategy 'meta_drop'", "prism-seg", "less than or equal to 1"]),
+    ("strategy", "meta_drop", (), {"alpah": 0.5}, PluginError,
+     ["strategy.options.alpah", "unknown option", "did you mean 'alpha'"]),
+    ("strategy", "meta_drop", (), {"meta_lr": -1.0}, PluginError, ["strategy.options.meta_lr", "greater than 0"]),
+    ("strategy", "maml", (), {"inner_steps": "x"}, PluginError, ["strategy.options.inner_steps", "valid integer"]),
+    ("strategy", "maml", (), {"inner_steps": 0}, PluginError, ["strategy.options.inner_steps", "greater than or equal"]),
+    ("strategy", "maml", (), {"tasks": "sites"}, PluginError, ["strategy.options.tasks", "'combination' or 'site'"]),
+    ("strategy", "maml", (), {"backend": "jax"}, PluginError, ["strategy.options.backend", "'torch'"]),
+    ("strategy", "reptile", (), {"meta_step": 0.2, "meta_step_final": 0.5}, ConfigError,
+     ["meta-strategy 'reptile' (prism-seg", "meta_step_final"]),
+    ("backbone", "multi_unet", (MODS, 2), {"colour": "red"}, PluginError,
+     ["backbone.options.colour", "unknown option of backbone 'multi_unet'", "width"]),
+    ("backbone", "multi_unet", (MODS, 2), {"width": 0}, ConfigError, ["backbone 'multi_unet' (prism-seg", "width"]),
+    ("backbone", "rfnet", (MODS, 2), {"width": "wide"}, PluginError, ["backbone.options.width", "valid integer"]),
+]
+
+
+@pytest.mark.parametrize("kind, name, args, options, error, fragments", TEST_CASES)
+def test_bad_options_are_one_line_errors_naming_plugin_and_option(kind, name, args, options, error, fragments):
+    with pytest.raises(error) as exc:
+        get_registry().create(kind, name, *args, **options)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+
+
+def test_options_are_coerced_and_defaults_left_to_the_factory():
+    strategy = get_registry().create("strategy", "maml", inner_lr=1, tasks_per_step="3")
+    assert strategy.inner_lr == 1.0 and isinstance(strategy.inner_lr, float) and strategy.tasks_per_step == 3
+    assert strategy.inner_steps == 1  # the factory's own default
+
+
+def test_config_field_names_the_options_field():
+    with pytest.raises(PluginError, match=r"^losses\.0\.options\.wieght: unknown option"):
+        get_registry().create("loss", "fuse", MODS, 2, field_name="losses.0.name", wieght=1)
+
+
+def test_exception_inside_a_plugin_is_a_plugin_bug_with_its_traceback():
+    class Buggy:
+        """Divides by zero when built."""
+
+        def __init__(self, *, rate: float = 1.0) -> None:
+            self.rate = rate / 0
+
+    register("strategy", "buggy_strategy", Buggy)
+    with pytest.raises(PluginBug) as exc:
+        get_registry().create("strategy", "buggy_strategy", rate=2.0)
+    assert "meta-strategy 'buggy_strategy' (plugin 'in-process')" in str(exc.value)
+    assert isinstance(exc.value.__cause__, ZeroDivisionError)  # the plugin's own traceback is kept
+    # and a TypeError raised inside a plugin is no longer disguised as an options problem
+    def typo(*, x: int = 1):
+        return len(x)  # TypeError: a bug
+
+    register("strategy", "typo_strategy", typo)
+    with pytest.raises(PluginBug):
+        get_registry().create("strategy", "typo_strategy")
+
+
+THIRD_PARTY_STRATEGY = '''
+"""A third party's strategy: imports prism.strategy (and the registry's hookimpl), never prism.engine."""
+import torch
+from prism.registry import hookimpl
+from prism.strategy import StepContext, Strategy
+
+
+class HalfStep(Strategy):
+    """SGD-like: the optimizer step on half the loss, logging the learning rate."""
+
+    def __init__(self, *, factor: float = 0.5):
+        self.factor = factor
+        self.steps_seen = []
+
+    def setup(self, ctx: StepContext) -> None:
+        assert isinstance(ctx, StepContext)
+
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        batch = ctx.next_batch("train")
+        ctx.zero_grad()
+        loss, parts = ctx.compute_loss(batch)
+        ctx.backward(loss * self.factor)
+        ctx.optimizer_step()
+        self.steps_seen.append(ctx.step)
+        return {"loss": loss.detach(), "lr": torch.tensor(ctx.learning_rate())}
+
+    def state_dict(self):
+        return {"steps_seen": list(self.steps_seen)}
+
+    def load_state_dict(self, state):
+        self.steps_seen = list(state["steps_seen"])
+
+
+class Broken(Strategy):
+    """Raises inside its step."""
+
+    def step(self, ctx):
+        raise RuntimeError("boom in the third party's step")
+
+
+@hookimpl
+def register_strategies(register):
+    register("half_step", HalfStep)
+    register("broken_step", Broken)
+'''
+
+
+def _distribution(root: Path) -> None:
+    (root / "prism_half_step.py").write_text(textwrap.dedent(THIRD_PARTY_STRATEGY))
+    info = root / "prism_half_step-1.2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: prism-half-step\nVersion: 1.2.0\n")
+    (info / "entry_points.txt").write_text("[prism]\nhalf = prism_half_step\n")
+
+
+def _train(tmp_path: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    cmd = [sys.executable, "-m", "prism.cli.train", "--data", str(cache), "-o", str(tmp_path / "run"), "--no-eval",
+           *FAST, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_third_party_strategy_trains_with_prism_train(tmp_path, tiny_cache):
+    (tmp_path / "site").mkdir()
+    _distribution(tmp_path / "site")
+    done = _train(tmp_path, tiny_cache, "strategy.name=half_step", "strategy.options={factor: 0.25}",
+                  "train.steps=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["strategy"] == {"steps_seen": [0, 1]}
+    bad = _train(tmp_path, tiny_cache, "strategy.name=half_step", "strategy.options={factr: 0.25}")
+    assert bad.returncode == 2
+    line = bad.stderr.strip().splitlines()
+    assert len(line) == 1 and "strategy.options.factr" in line[0] and "prism-half-step 1.2.0" in line[0]
+
+
+def test_bug_in_a_third_party_step_keeps_its_traceback_headed_by_the_plugin(tmp_path, tiny_cache):
+    (tmp_path / "site").mkdir()
+    _distribution(tmp_path / "site")
+    done = _train(tmp_path, tiny_cache, "strategy.name=broken_step", "train.steps=1")
+    assert done.returncode == 1
+    first = done.stderr.strip().splitlines()[0]
+    assert "meta-strategy 'broken_step' (prism-half-step 1.2.0)" in first and "running step 1" in first
+    assert "Traceback" in done.stderr and "boom in the third party's step" in done.stderr
