@@ -10,6 +10,7 @@ SGD step with ``create_graph=True``, the query loss at the adapted weights, ``ba
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -24,8 +25,6 @@ MODS = ("flair", "t1ce", "t1", "t2")
 SMALL = {"width": 4, "depth": 3, "dim": 16}
 #: Backbones tried first, smallest first; any registered backbone that provides the needs is used otherwise.
 PREFERRED = ("unet", "multi_unet", "rfnet", "shaspec")
-#: Until losses declare extra parts by name (issue 10 item 2), their home backbone.
-HOME = {"rfnet_sep": "rfnet", "shaspec_domain": "shaspec", "shaspec_consistency": "shaspec"}
 
 
 def backbone_for(needs: frozenset[str], loss: str = "") -> tuple[str, dict]:
@@ -33,8 +32,6 @@ def backbone_for(needs: frozenset[str], loss: str = "") -> tuple[str, dict]:
     reg = get_registry()
     entries = {e.name: e for e in reg.entries("backbone")}
     fitting = [n for n, e in entries.items() if needs <= e.provides]
-    if loss in HOME:
-        fitting = [HOME[loss]]
     if not fitting:
         pytest.skip(f"no registered backbone provides {sorted(needs)}")
     name = min(fitting, key=lambda n: (PREFERRED.index(n) if n in PREFERRED else len(PREFERRED), n))
@@ -99,3 +96,25 @@ def test_safe_normalize_matches_f_normalize_and_is_finite_at_zero():
     assert torch.isfinite(ha).all()
     nonzero = x.norm(dim=1, keepdim=True).expand_as(x) > 1e-8
     torch.testing.assert_close(ha[nonzero], hb[nonzero])  # same second derivative away from the clamp
+
+
+@pytest.mark.parametrize(("name", "options", "match"), [
+    ("prism", {"beta": [0.5, 0.5]}, r"beta has 2 values for modalities"),
+    ("uni", {"smoth_nr": 1.0}, r"loss 'uni': unknown option 'smoth_nr'; did you mean 'smooth_nr'"),
+    ("prism", {"gss_options": {"ancor": "t2"}}, r"gss_options: unknown option 'ancor'; did you mean 'anchor'"),
+    ("proto_l2", {"preference": True, "gama": 0.1}, r"preference options: unknown option 'gama'"),
+    ("proto_l2", {"preference": True, "missing_rates": {"flare": 0.5}}, r"unknown modalities \['flare'\]"),
+    ("proto_l2", {"preference": True, "missing_rates": [0.5, 1.0, 0.0, 0.0]}, r"missing rates must lie in"),
+])
+def test_bad_loss_options_are_one_line_user_errors(name, options, match):
+    from prism.errors import PluginBug, PluginError
+
+    try:
+        create_loss(name, MODS, 3, **options)
+    except PluginBug as exc:  # pragma: no cover - the failure this test guards against
+        pytest.fail(f"a bad option became a plugin bug: {exc}")
+    except PluginError as exc:
+        assert "\n" not in str(exc) and f"loss '{name}'" in str(exc)
+        assert re.search(match, str(exc)), str(exc)
+    else:
+        pytest.fail("bad option accepted")

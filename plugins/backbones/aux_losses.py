@@ -15,7 +15,7 @@ from prism.plugins.losses.terms import modality_parts, seg_options
 class RFNetSeparateLoss(LossTerm):
     """RFNet's L_sep: Dice + CE of the separate decoder's per-modality predictions (``rfnet`` output ``sep``)."""
 
-    needs = frozenset({"logits"})
+    needs = frozenset({"sep"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 1.0, **seg: Any) -> None:
         super().__init__(modalities, num_classes)
@@ -23,9 +23,9 @@ class RFNetSeparateLoss(LossTerm):
         self.seg = seg_options(**seg)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
-        sep = getattr(output, "sep", None)
+        sep = output.part("sep")
         if sep is None:
             raise PluginError("loss 'rfnet_sep' needs the 'sep' output of backbone 'rfnet' in train mode with "
-                              "separate_decoder=True (and a per-modality part requested)")
+                              "separate_decoder=True")
         per = uni_loss(sep, batch.label, batch.mask, options=self.seg, reduction="per_modality")
         return LossResult(self.weight * per.sum(), modality_parts("rfnet_sep", per, self.modalities))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from prism.backbone import Backbone
+from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import (
@@ -23,9 +24,10 @@ from .blocks import (
 UNI_PARTS = frozenset({"uni", "uni_deep", "uni_features"})
 
 
-def _bottleneck_stack(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
-    """1x1 -> 3x3 -> 1x1 convolutions (norm + LeakyReLU after each)."""
-    return nn.Sequential(conv_norm_act(c_in, c_mid, 1), conv_norm_act(c_mid, c_mid), conv_norm_act(c_mid, c_out, 1))
+def _bottleneck_stack(c_in: int, c_mid: int, c_out: int, groups: int = 1) -> nn.Sequential:
+    """1x1 -> 3x3 -> 1x1 convolutions (norm + LeakyReLU after each); ``groups`` independent stacks side by side."""
+    return nn.Sequential(conv_norm_act(c_in, c_mid, 1, groups=groups), conv_norm_act(c_mid, c_mid, groups=groups),
+                         conv_norm_act(c_mid, c_out, 1, groups=groups))
 
 
 class RegionAwareFusion(nn.Module):
@@ -34,6 +36,11 @@ class RegionAwareFusion(nn.Module):
     For each region k a small MLP reads the region-pooled features of all modalities and gives one sigmoid weight
     per modality; missing modalities get weight 0 (through the mask). The K region-fused features go through a
     1x1-3x3-1x1 stack (C/2 channels) and are concatenated with a shortcut over the masked modality features (C/2).
+
+    When the two stacks have the same shape (K = M and C even, e.g. BraTS: 4 classes, 4 modalities) they run as
+    one grouped stack (``groups=2``, module ``stacks``: region fusion first, shortcut second), the same function
+    in half the launches. Checkpoints with the separate ``region_fusion``/``shortcut`` weights still load (their
+    weights are concatenated on load).
     """
 
     def __init__(self, channels: int, num_modalities: int, num_classes: int, hidden: int = 128) -> None:
@@ -44,8 +51,13 @@ class RegionAwareFusion(nn.Module):
             nn.Conv1d(k * hidden, k * hidden, 1, groups=k), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv1d(k * hidden, k * m, 1, groups=k),
         )
-        self.region_fusion = _bottleneck_stack(k * c, c, max(1, c // 2))
-        self.shortcut = _bottleneck_stack(m * c, c, c - max(1, c // 2))
+        self.paired = k == m and c % 2 == 0
+        if self.paired:
+            self.stacks = _bottleneck_stack(2 * k * c, 2 * c, c, groups=2)
+            self.register_load_state_dict_pre_hook(_merge_separate_stacks)
+        else:
+            self.region_fusion = _bottleneck_stack(k * c, c, max(1, c // 2))
+            self.shortcut = _bottleneck_stack(m * c, c, c - max(1, c // 2))
         self.num_classes = k
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,7 +69,19 @@ class RegionAwareFusion(nn.Module):
         weights = weights * mask[:, None, :].to(weights.dtype)
         fused = torch.einsum("bkm,bmcv->bkcv", weights, flat_x) * flat_r[:, :, None]  # [B, K, C, V]
         fused = fused.reshape(b, -1, *x.shape[3:])
+        if self.paired:
+            return self.stacks(torch.cat([fused, x.flatten(1, 2)], dim=1))
         return torch.cat([self.region_fusion(fused), self.shortcut(x.flatten(1, 2))], dim=1)
+
+
+def _merge_separate_stacks(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    """Load hook: ``region_fusion.*`` + ``shortcut.*`` (separate stacks) -> ``stacks.*`` (grouped), concatenated
+    along the output channels (every weight and bias of a grouped convolution and a per-channel norm)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "region_fusion.")]:
+        rest = key[len(prefix + "region_fusion."):]
+        other = prefix + "shortcut." + rest
+        if other in state_dict:
+            state_dict[prefix + "stacks." + rest] = torch.cat([state_dict.pop(key), state_dict.pop(other)])
 
 
 class RegionMapGenerator(nn.Module):
@@ -94,13 +118,13 @@ class RFNet(Backbone):
     batch in one pass; the separate decoder likewise runs once over all modalities stacked along the batch.
     """
 
-    provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features"})
+    provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features", "sep"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4,
                  uni_in_eval: bool = False, separate_decoder: bool = True) -> None:
         super().__init__(modalities, num_classes)
         if width < 2 or depth < 2:
-            raise ValueError(f"rfnet needs width >= 2 and depth >= 2, got width={width}, depth={depth}")
+            raise ConfigError(f"rfnet needs width >= 2 and depth >= 2, got width={width}, depth={depth}")
         m, k = self.num_modalities, num_classes
         self.size_divisor = 2 ** (depth - 1)
         self.uni_in_eval = uni_in_eval
@@ -146,7 +170,7 @@ class RFNet(Backbone):
         with_uni = bool(self.requested & UNI_PARTS) if self.training else self.uni_in_eval
         if not with_uni:
             logits, deep, features = self.fusion_decoder(levels, mask)
-            return RFNetOutput(logits=logits, deep=deep, features=features)
+            return self.with_separate(RFNetOutput(logits=logits, deep=deep, features=features), levels)
 
         # path 0: the fused one; path 1 + i: modality i alone (an all-False mask where it is missing)
         solo = torch.eye(m, dtype=torch.bool, device=mask.device).unsqueeze(1) & mask.unsqueeze(0)  # [M, B, M]
@@ -162,7 +186,13 @@ class RFNet(Backbone):
         out.uni = split(logits)[1]
         out.uni_deep = [split(t)[1] for t in deep]
         out.features, out.uni_features = split(features)
-        if self.separate is not None:
+        return self.with_separate(out, levels)
+
+    def with_separate(self, out: RFNetOutput, levels: list[torch.Tensor]) -> RFNetOutput:
+        """Add ``sep`` (the separate decoder's per-modality logits) when a loss reads it (train mode) or with
+        ``uni_in_eval`` (eval mode)."""
+        wanted = "sep" in self.requested if self.training else self.uni_in_eval
+        if self.separate is not None and wanted:
             sep, _ = self.separate([stack_modalities(f) for f in levels], with_deep=False)
-            out.sep = unstack_modalities(sep[0], b)
+            out.sep = unstack_modalities(sep[0], levels[0].shape[0])
         return out

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from prism.backbone import Backbone
+from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import GroupedResidualEncoder, SharedDecoder, conv_norm_act, masked_mean, zero_missing
@@ -76,12 +77,12 @@ class ShaSpec(Backbone):
     Options: ``width`` (channels at level 0, doubling per level), ``depth`` (levels).
     """
 
-    provides = frozenset({"logits", "deep", "features"})
+    provides = frozenset({"logits", "deep", "features", "shared", "fused", "domain_logits"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4) -> None:
         super().__init__(modalities, num_classes)
         if width < 1 or depth < 2:
-            raise ValueError(f"shaspec needs width >= 1 and depth >= 2, got width={width}, depth={depth}")
+            raise ConfigError(f"shaspec needs width >= 1 and depth >= 2, got width={width}, depth={depth}")
         m = self.num_modalities
         self.size_divisor = 2 ** (depth - 1)
         self.shared_encoder = GroupedResidualEncoder(1, width, depth)

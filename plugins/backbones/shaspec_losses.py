@@ -61,7 +61,7 @@ def shared_consistency_loss(shared: torch.Tensor, mask: torch.Tensor, distance: 
 
 
 def _field(output: SegOutput, name: str, term: str) -> torch.Tensor:
-    value = getattr(output, name, None)
+    value = output.part(name)
     if value is None:
         raise ShaSpecOutputError(f"loss '{term}' needs the '{name}' field of backbone 'shaspec' "
                                  f"({type(output).__name__} has none)")
@@ -74,7 +74,7 @@ class ShaSpecDomainLoss(LossTerm):
     Classes are the modality names in the backbone's (= the dataset's) order; only available modalities count.
     """
 
-    needs = frozenset({"logits"})
+    needs = frozenset({"domain_logits"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 1.0) -> None:
         super().__init__(modalities, num_classes)
@@ -94,13 +94,13 @@ class ShaSpecDomainLoss(LossTerm):
 class ShaSpecConsistencyLoss(LossTerm):
     """ShaSpec's shared-feature alignment: the shared features of available modalities should agree."""
 
-    needs = frozenset({"logits"})
+    needs = frozenset({"shared"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 1.0,
                  distance: Distance = "l1") -> None:
         super().__init__(modalities, num_classes)
         if distance not in ("l1", "l2"):
-            raise ValueError(f"shaspec_consistency: distance must be 'l1' or 'l2', got {distance!r}")
+            raise ShaSpecOutputError(f"shaspec_consistency: distance must be 'l1' or 'l2', got {distance!r}")
         self.weight = float(weight)
         self.distance: Distance = distance
 

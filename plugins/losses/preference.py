@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import torch
 
+from .errors import LossOptionError
+
 Projection = Literal["passion", "clamp"]
 
 
@@ -33,7 +35,7 @@ def initial_coefficients(missing_rates: Sequence[float]) -> torch.Tensor:
     """E^m = 1 / (1 - FR^m) from the missing rates FR^m in [0, 1)."""
     rates = torch.as_tensor([float(r) for r in missing_rates], dtype=torch.float32)
     if bool(((rates < 0) | (rates >= 1)).any()):
-        raise ValueError(f"missing rates must lie in [0, 1), got {list(missing_rates)}")
+        raise LossOptionError(f"missing rates must lie in [0, 1), got {list(missing_rates)}")
     return 1.0 / (1.0 - rates)
 
 
@@ -64,9 +66,9 @@ class PreferenceRegulariser:
                  projection: Projection = "passion", target_norm: float | None = None) -> None:
         rates = [0.0] * num_modalities if missing_rates is None else list(missing_rates)
         if len(rates) != num_modalities:
-            raise ValueError(f"missing_rates has {len(rates)} entries for {num_modalities} modalities")
+            raise LossOptionError(f"missing_rates has {len(rates)} entries for {num_modalities} modalities")
         if projection not in ("passion", "clamp"):
-            raise ValueError(f"projection must be 'passion' or 'clamp', got {projection!r}")
+            raise LossOptionError(f"projection must be 'passion' or 'clamp', got {projection!r}")
         self.num_modalities = num_modalities
         self.gamma0, self.gamma_growth, self.growth_every = float(gamma), float(gamma_growth), int(growth_every)
         self.clamp = (float(clamp[0]), float(clamp[1]))

@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .errors import LossOptionError
+
 Reduction = Literal["mean", "sum", "none"]
 
 
@@ -121,7 +123,7 @@ class SegLossOptions:
 
     def __post_init__(self) -> None:
         if self.class_weighting not in ("none", "passion"):
-            raise ValueError(f"class_weighting must be 'none' or 'passion', got {self.class_weighting!r}")
+            raise LossOptionError(f"class_weighting must be 'none' or 'passion', got {self.class_weighting!r}")
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
 

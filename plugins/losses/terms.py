@@ -13,6 +13,7 @@ from prism.outputs import SegOutput
 
 from .deep_supervision import LabelResample, prm_loss, uni_loss
 from .distillation import PIXEL_KL_VARIANTS, pixel_kl_loss
+from .errors import LossOptionError, check_keys
 from .gss import gss_loss
 from .preference import PreferenceRegulariser, preference_gate, relative_preference
 from .prototypes import PROTO_VARIANTS, proto_gap
@@ -37,13 +38,13 @@ def per_modality_values(value: float | Sequence[float], modalities: tuple[str, .
         return [float(value)] * len(modalities)
     values = [float(v) for v in value]
     if len(values) != len(modalities):
-        raise ValueError(f"{name} has {len(values)} values for modalities {list(modalities)}")
+        raise LossOptionError(f"{name} has {len(values)} values for modalities {list(modalities)}")
     return values
 
 
 def variant_options(table: dict[str, dict[str, Any]], variant: str, name: str) -> dict[str, Any]:
     if variant not in table:
-        raise ValueError(f"{name} must be one of {sorted(table)}, got {variant!r}")
+        raise LossOptionError(f"{name} must be one of {sorted(table)}, got {variant!r}")
     return dict(table[variant])
 
 
@@ -97,6 +98,7 @@ class UniLoss(LossTerm):
                  **seg: Any) -> None:
         super().__init__(modalities, num_classes)
         self.deep, self.deep_weights, self.label_resample = deep, deep_weights, label_resample
+        check_keys(seg, seg_options, "loss 'uni'")
         self.seg = seg_options(**seg)
 
     def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
@@ -119,6 +121,7 @@ class PrmLoss(LossTerm):
                  label_resample: LabelResample = "maxpool", **seg: Any) -> None:
         super().__init__(modalities, num_classes)
         self.weights, self.label_resample = weights, label_resample
+        check_keys(seg, seg_options, "loss 'prm'")
         self.seg = seg_options(**seg)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
@@ -164,7 +167,7 @@ def rates_by_modality(rates: Sequence[float] | Mapping[str, float] | None, modal
         return None if rates is None else list(rates)
     unknown = sorted(set(rates) - set(modalities))
     if unknown:
-        raise ValueError(f"missing_rates names unknown modalities {unknown}; modalities: {list(modalities)}")
+        raise LossOptionError(f"missing_rates names unknown modalities {unknown}; modalities: {list(modalities)}")
     return [float(rates.get(m, 0.0)) for m in modalities]
 
 
@@ -175,6 +178,7 @@ class PreferenceTerm(LossTerm):
 
     def setup_preference(self, enabled: bool, missing_rates: Sequence[float] | Mapping[str, float] | None,
                          options: dict[str, Any]) -> None:
+        check_keys(options, PreferenceRegulariser, "preference options")
         rates = rates_by_modality(missing_rates, self.modalities)
         self.preference = PreferenceRegulariser(len(self.modalities), missing_rates=rates, **options) \
             if enabled else None

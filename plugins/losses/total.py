@@ -12,6 +12,7 @@ from prism.loss import LossResult
 from prism.outputs import SegOutput
 
 from .deep_supervision import LabelResample
+from .errors import check_keys
 from .terms import (
     FuseLoss,
     GssLoss,
@@ -22,6 +23,7 @@ from .terms import (
     UniLoss,
     modality_parts,
     per_modality_values,
+    seg_options,
 )
 
 
@@ -47,6 +49,8 @@ class PrismLoss(PreferenceTerm):
                  preference_options: dict[str, Any] | None = None,
                  **seg: Any) -> None:
         super().__init__(modalities, num_classes)
+        check_keys(seg, seg_options, "loss 'prism'")
+        check_keys(gss_options or {}, GssLoss, "loss 'prism' gss_options")
         self.beta = per_modality_values(beta, self.modalities, "beta")
         self.delta = per_modality_values(delta, self.modalities, "delta")
         self.fuse = FuseLoss(modalities, num_classes, **seg)
