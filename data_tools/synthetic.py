@@ -164,21 +164,42 @@ def make_raw_case(index: int, settings: SynthSettings, modalities: Sequence[str]
 
 
 def write_synthetic_cache(path: str, settings: SynthSettings, *, test_fraction: float = 0.25,
-                          val_fraction: float = 0.0) -> None:
-    """Generate ``settings.cases`` phantoms into a prism cache at ``path`` with train/val/test splits."""
+                          val_fraction: float = 0.0, hold_out_sites: Sequence[str] = (),
+                          missing_rates: str | None = None) -> None:
+    """Generate ``settings.cases`` phantoms into a prism cache at ``path`` with train/val/test splits.
+
+    ``hold_out_sites`` (e.g. ``["site3"]``) puts those sites' cases in the split ``heldout`` and keeps them out of
+    train/val/test. ``missing_rates`` (``mr2468`` or ``flair=0.6,...``) draws each training case's available
+    modalities once (seeded by ``settings.seed``); other cases keep all four.
+
+    Raises:
+        DataError: an unknown site or bad missing rates.
+    """
+    from prism.data.availability import draw_availability, parse_missing_rates
     from prism.data.cache_format import BRATS_LABELS
     from prism.data.cache_writer import CacheWriter
-    from prism.data.splits import make_splits
+    from prism.data.splits import hold_out_site_splits, make_splits
 
     ids = [f"synth_{i:04d}" for i in range(settings.cases)]
-    preprocessing = {"generator": "prism.data_tools.synthetic", **settings.__dict__}
+    sites = {case_id: f"site{i % max(settings.sites, 1)}" for i, case_id in enumerate(ids)}
+    if hold_out_sites:
+        splits = hold_out_site_splits(sites, list(hold_out_sites), seed=settings.seed, test_fraction=test_fraction,
+                                      val_fraction=val_fraction)
+    else:
+        splits = make_splits(ids, seed=settings.seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    available = {c: (True,) * len(BRATS_MODALITIES) for c in ids}
+    if missing_rates:
+        rates = parse_missing_rates(missing_rates, BRATS_MODALITIES)
+        available.update(draw_availability(splits.get("train", []), rates, BRATS_MODALITIES, seed=settings.seed))
+    preprocessing = {"generator": "prism.data_tools.synthetic", **settings.__dict__,
+                     "hold_out_sites": sorted(hold_out_sites), "missing_rates": missing_rates or ""}
     with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, preprocessing=preprocessing,
                      seed=settings.seed) as writer:
         for i, case_id in enumerate(ids):
             image, label, site = make_case(i, settings)
-            writer.add_case(case_id, image, label, availability=[True] * len(BRATS_MODALITIES), site=site)
-        for name, members in make_splits(ids, seed=settings.seed, test_fraction=test_fraction,
-                                         val_fraction=val_fraction).items():
+            writer.add_case(case_id, image, label, availability=available[case_id], site=site,
+                            present=[True] * len(BRATS_MODALITIES))
+        for name, members in splits.items():
             writer.set_split(name, members)
 
 

@@ -93,3 +93,27 @@ def splits_from_lists(lists: Mapping[str, str | Path], case_ids: Sequence[str]) 
         if rest:
             splits["train"] = rest
     return {k: v for k, v in splits.items() if v}
+
+
+HELD_OUT_SPLIT = "heldout"
+
+
+def hold_out_site_splits(case_sites: Mapping[str, str], hold_out: Sequence[str], *, seed: int = 0,
+                         test_fraction: float = 0.2, val_fraction: float = 0.0) -> dict[str, list[str]]:
+    """Splits that keep whole sites out of training.
+
+    The cases of the ``hold_out`` sites form the split ``heldout``; the others are cut into train/val/test by
+    :func:`make_splits`. ``case_sites`` maps case id -> site name. Raises DataError naming an unknown site, or when
+    nothing is left to train on.
+    """
+    known = sorted(set(case_sites.values()))
+    unknown = sorted(set(hold_out) - set(known))
+    if unknown:
+        raise DataError(f"--hold-out-site: unknown site(s) {unknown} (the cases' sites: {known})")
+    held = sorted(c for c, s in case_sites.items() if s in set(hold_out))
+    rest = sorted(c for c, s in case_sites.items() if s not in set(hold_out))
+    if len(rest) < 2:
+        raise DataError(f"--hold-out-site: holding out {sorted(set(hold_out))} leaves {len(rest)} case(s) to train on")
+    splits = make_splits(rest, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
+    splits[HELD_OUT_SPLIT] = held
+    return splits

@@ -103,10 +103,46 @@ def _sample(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int, int]
     return image, label
 
 
+#: One support case: image float ``[M, D, H, W]``, label long ``[D, H, W]``, availability bool ``[M]``.
+SupportCase = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def load_support(reader: CacheReader, support: Sequence[str]) -> list[SupportCase]:
+    """The ``support`` cases read whole from the cache, as :data:`SupportCase` tuples (on the CPU)."""
+    cases = []
+    for cid in support:
+        image, label = reader.read_case(cid)
+        cases.append((torch.from_numpy(image), torch.from_numpy(label).long(),
+                      torch.tensor(reader.info(cid).availability)))
+    return cases
+
+
 def fine_tune(model: Backbone, reader: CacheReader, support: Sequence[str], settings: AdaptationSettings, *,
               device: torch.device, amp_dtype: torch.dtype | None = None, loss_fn: AdaptLoss | None = None
               ) -> Backbone:
     """A copy of ``model`` after ``settings.steps`` steps on the ``support`` cases (the input is left unchanged)."""
+    return adapt_model(model, load_support(reader, support), settings, device=device, amp_dtype=amp_dtype,
+                       loss_fn=loss_fn)
+
+
+def adapt_model(model: Backbone, support: Sequence[SupportCase], settings: AdaptationSettings, *,
+                device: torch.device, amp_dtype: torch.dtype | None = None, loss_fn: AdaptLoss | None = None
+                ) -> Backbone:
+    """The adaptation rule: a copy of ``model`` after ``settings.steps`` optimiser steps on ``support``.
+
+    Each step uses every support case once (a random patch of ``settings.patch_size`` or the whole volume, and a
+    random non-empty subset of its available modalities), plain SGD (or Adam) with ``settings.lr``; randomness
+    comes from ``settings.seed``. ``model`` is left unchanged. This is the one call an adaptation curve makes per
+    (draw, K); a strategy's own rule can take its place (same arguments, same result type).
+
+    Args:
+        model: the trained backbone.
+        support: :data:`SupportCase` tuples (see :func:`load_support`).
+        settings: steps, lr, optimizer, patch_size and seed are read.
+
+    Returns:
+        The adapted copy, in eval mode, on ``device``.
+    """
     adapted = copy.deepcopy(model).to(device)
     adapted.train()
     params = [p for p in adapted.parameters() if p.requires_grad]
@@ -115,11 +151,7 @@ def fine_tune(model: Backbone, reader: CacheReader, support: Sequence[str], sett
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     loss_fn = loss_fn or dice_ce_loss
     gen = torch.Generator().manual_seed(settings.seed)
-    cases = []
-    for cid in support:
-        image, label = reader.read_case(cid)
-        cases.append((torch.from_numpy(image), torch.from_numpy(label).long(),
-                      torch.tensor(reader.info(cid).availability)))
+    cases = list(support)
     for _ in range(settings.steps):
         samples = [_sample(img, lab, settings.patch_size, adapted.size_divisor, gen) for img, lab, _ in cases]
         if len({tuple(s[1].shape) for s in samples}) > 1:  # whole volumes of different sizes: pad to the largest
@@ -128,7 +160,8 @@ def fine_tune(model: Backbone, reader: CacheReader, support: Sequence[str], sett
         available = torch.stack([a for _, _, a in cases])
         mask = torch.stack([_random_mask(a, gen) for a in available])
         batch = Batch(image=torch.stack([s[0] for s in samples]), label=torch.stack([s[1] for s in samples]),
-                      mask=available, availability=available, case_ids=list(support)).to(device)
+                      mask=available, availability=available, case_ids=[f"support{i}" for i in range(len(cases))]
+                      ).to(device)
         batch = batch.with_mask(mask.to(device))
         opt.zero_grad(set_to_none=True)
         if amp_dtype is not None:

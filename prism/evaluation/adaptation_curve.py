@@ -1,0 +1,222 @@
+"""Adaptation curves: Dice on a held-out site after K adaptation steps, for several K, over R support draws.
+
+For each draw r (seeded by ``seed + r``), N support cases are drawn without replacement from the site's cases and
+the rest are the query cases (at most ``max_query``). For each K, the trained model is adapted from scratch with K
+steps on the support cases (:func:`~prism.evaluation.adaptation.adapt_model`, or another rule with its signature)
+and scored on the query cases over every modality combination; K = 0 scores the unadapted model. Each draw gives,
+per K, the 15-combination mean Dice per region; the curve is its mean and sd over the draws.
+
+Written to ``adapt.json``, ``adapt.md`` and ``adapt.png`` in the run folder; ``eval.json`` is not touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import write_atomic, write_text_atomic
+from ..backbone import Backbone
+from ..data.cache_reader import CacheReader
+from ..errors import ConfigError, DataError
+from .adaptation import AdaptationSettings, AdaptLoss, SupportCase, adapt_model, load_support
+from .results import mean_over_combinations
+from .scoring import EvalOptions, evaluate_cases
+
+HELD_OUT_SPLIT = "heldout"
+JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "adapt.json", "adapt.md", "adapt.png"
+
+#: The per-(draw, K) adaptation rule: (model, support, settings with steps = K) -> adapted copy.
+AdaptRule = Callable[..., Backbone]
+
+
+@dataclass
+class AdaptationCurve:
+    """Dice (fraction) after each K: per draw ``dice [draws, K, regions]``, with the draws' cases."""
+
+    site: str
+    steps: list[int]
+    regions: list[str]
+    dice: np.ndarray
+    support: list[list[str]]
+    query: list[list[str]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def mean(self) -> np.ndarray:
+        return self.dice.mean(axis=0)
+
+    def sd(self) -> np.ndarray:
+        if self.dice.shape[0] < 2:
+            return np.full(self.dice.shape[1:], np.nan)
+        return self.dice.std(axis=0, ddof=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        def rows(a: np.ndarray) -> list[list[float | None]]:
+            return [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in a]
+
+        return {"site": self.site, "steps": self.steps, "regions": self.regions, "draws": int(self.dice.shape[0]),
+                "dice_mean": rows(self.mean()), "dice_sd": rows(self.sd()), "settings": self.settings,
+                "per_draw": [{"support": s, "query": q, "dice": rows(d)}
+                             for s, q, d in zip(self.support, self.query, self.dice, strict=True)]}
+
+
+def site_pool(reader: CacheReader, site: str, *, split: str | None, fallback_split: str) -> list[str]:
+    """The site's cases: from ``split``, else the cache's ``heldout`` split if it has one, else ``fallback_split``."""
+    name = split or (HELD_OUT_SPLIT if HELD_OUT_SPLIT in reader.splits else fallback_split)
+    members = [c for c in reader.split(name) if reader.info(c).site == site]
+    if not members:
+        sites = sorted({reader.info(c).site for c in reader.split(name)})
+        raise DataError(f"{reader.path}: no case of site '{site}' in split '{name}' (sites there: {sites})")
+    return members
+
+
+def refuse_seen_site(reader: CacheReader, train_split: str, site: str) -> None:
+    """DataError when ``site`` has cases in the training split (adapting to a site the model was trained on)."""
+    seen = sorted({reader.info(c).site for c in reader.split(train_split)})
+    if site in seen:
+        raise DataError(f"site '{site}' is in the training split '{train_split}' (sites there: {seen}); hold it "
+                        f"out (prism-data split CACHE --hold-out-site {site}) or pass --allow-seen-site")
+
+
+def draw_support(members: Sequence[str], support: int, draws: int, seed: int, max_query: int | None = None
+                 ) -> list[tuple[list[str], list[str]]]:
+    """``draws`` (support, query) pairs: support drawn without replacement, query the rest (first ``max_query``)."""
+    if len(members) <= support:
+        raise DataError(f"--support {support}: the site has {len(members)} case(s); at least one must be left to "
+                        "evaluate on")
+    out = []
+    for r in range(draws):
+        order = np.random.default_rng(seed + r).permutation(len(members))
+        chosen = sorted(members[i] for i in order[:support])
+        rest = sorted(members[i] for i in order[support:])
+        out.append((chosen, rest[:max_query] if max_query else rest))
+    return out
+
+
+def adaptation_curve(model: Backbone, reader: CacheReader, members: Sequence[str], *, site: str,
+                     steps: Sequence[int], support: int, draws: int, base: AdaptationSettings,
+                     device: torch.device, amp_dtype: torch.dtype | None = None,
+                     options: EvalOptions = EvalOptions(compute_hd95=False), max_query: int | None = None,
+                     rule: AdaptRule = adapt_model, loss_fn: AdaptLoss | None = None,
+                     on_step: Callable[[int, int], None] | None = None) -> AdaptationCurve:
+    """Dice against K over ``draws`` support draws from ``members`` (see the module docstring).
+
+    Args:
+        base: lr, optimizer, patch_size and seed of the adaptation (its steps are replaced by each K).
+        rule: the adaptation rule, called once per (draw, K > 0) as ``rule(model, support_cases, settings,
+            device=..., amp_dtype=..., loss_fn=...)``.
+
+    Returns:
+        An :class:`AdaptationCurve` (``dice [draws, K, regions]``).
+    """
+    ks = sorted(set(int(k) for k in steps))
+    if not ks or ks[0] < 0:
+        raise ConfigError(f"--steps: counts >= 0 needed, got {list(steps)}")
+    pairs = draw_support(list(members), support, draws, base.seed, max_query)
+    results = []
+    regions: list[str] = []
+    for r, (chosen, query) in enumerate(pairs):
+        cases: list[SupportCase] = load_support(reader, chosen)
+        per_k = []
+        for k in ks:
+            if k == 0:
+                adapted = model
+            else:
+                settings = dataclasses.replace(base, site=site, steps=k, seed=base.seed + r)
+                adapted = rule(model, cases, settings, device=device, amp_dtype=amp_dtype, loss_fn=loss_fn)
+            report = evaluate_cases(adapted, reader, query, device=device, amp_dtype=amp_dtype, options=options)
+            regions = list(report.regions)
+            per_k.append(mean_over_combinations(report.mean_dice()))
+            if on_step is not None:
+                on_step(r, k)
+        results.append(np.stack(per_k))
+    settings = {**base.settings(), "steps": ks, "support_cases": support, "draws": draws, "max_query": max_query}
+    return AdaptationCurve(site=site, steps=ks, regions=regions, dice=np.stack(results),
+                           support=[p[0] for p in pairs], query=[p[1] for p in pairs], settings=settings)
+
+
+def curve_markdown(curve: AdaptationCurve) -> str:
+    mean, sd = curve.mean() * 100, curve.sd() * 100
+    s = curve.settings
+
+    def f(v: float) -> str:
+        return "n/a" if np.isnan(v) else f"{v:.2f}"
+
+    lines = [f"# Adaptation to site '{curve.site}'", "",
+             f"{s.get('support_cases')} support case(s) per draw, {curve.dice.shape[0]} draw(s), "
+             f"{s.get('optimizer')} lr {s.get('lr')}, patch {s.get('patch_size') or 'whole volume'}; Dice (%) is the "
+             "mean over the modality combinations of the mean over the draw's query cases; mean ± sd over draws.",
+             "", "| K | " + " | ".join(curve.regions) + " |", "|---:|" + "---:|" * len(curve.regions)]
+    for i, k in enumerate(curve.steps):
+        lines.append(f"| {k} | " + " | ".join(f"{f(m)} ± {f(d)}" for m, d in zip(mean[i], sd[i], strict=True)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(curve: AdaptationCurve, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    mean, sd = curve.mean() * 100, np.nan_to_num(curve.sd() * 100)
+    for j, region in enumerate(curve.regions):
+        ax.plot(curve.steps, mean[:, j], marker="o", label=region)
+        ax.fill_between(curve.steps, mean[:, j] - sd[:, j], mean[:, j] + sd[:, j], alpha=0.2)
+    ax.set_xlabel("adaptation steps K")
+    ax.set_ylabel("Dice (%)")
+    ax.set_title(f"site '{curve.site}', {curve.dice.shape[0]} draw(s)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def write_curve(curve: AdaptationCurve, out_dir: Path) -> list[Path]:
+    """adapt.json, adapt.md and adapt.png in ``out_dir``."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / JSON_NAME, out_dir / MARKDOWN_NAME, out_dir / PLOT_NAME]
+    write_text_atomic(paths[0], json.dumps(curve.to_dict(), indent=2) + "\n")
+    write_text_atomic(paths[1], curve_markdown(curve))
+    plot_curve(curve, paths[2])
+    return paths
+
+
+def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int] = (0, 1, 5, 20), support: int = 1,
+                         draws: int = 3, lr: float = 0.01, optimizer: str = "sgd",
+                         patch_size: tuple[int, int, int] | None = None, split: str | None = None,
+                         max_query: int | None = None, seed: int = 0, allow_seen_site: bool = False,
+                         cache: str | Path | None = None, device: str | None = None,
+                         on_step: Callable[[int, int], None] | None = None) -> AdaptationCurve:
+    """Load a run's model, compute its adaptation curve to ``site`` and write adapt.* into the run folder.
+
+    Raises:
+        DataError: the site is in the run's training split (unless ``allow_seen_site``), has no cases, or too few.
+    """
+    from ..engine.run_model import load_run_model
+
+    run = load_run_model(run_dir, cache=cache, device=device)
+    reader = CacheReader(run.cache)
+    try:
+        if not allow_seen_site:
+            refuse_seen_site(reader, run.config.data.train_split, site)
+        members = site_pool(reader, site, split=split, fallback_split=run.config.eval.split)
+        base = AdaptationSettings(site=site, support_cases=support, steps=0, lr=lr, optimizer=optimizer,
+                                  patch_size=tuple(patch_size) if patch_size else None, seed=seed)
+        options = EvalOptions(compute_hd95=False, channels_last=run.config.train.channels_last,
+                              window=run.window, overlap=run.overlap, sw_batch_size=run.sw_batch_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            curve = adaptation_curve(run.model, reader, members, site=site, steps=steps, support=support,
+                                     draws=draws, base=base, device=run.device, amp_dtype=run.amp_dtype,
+                                     options=options, max_query=max_query, on_step=on_step)
+    finally:
+        reader.close()
+    write_curve(curve, Path(run_dir))
+    return curve
