@@ -5,8 +5,8 @@ are all seen below autograd, after composite ops have been decomposed into what 
 
 - ``ops``: every aten op that reaches a backend kernel, EXCEPT pure views and metadata (ops whose schema says
   they return an alias of an input, e.g. ``view``, ``expand``, ``transpose``, ``detach``; allocations without a
-  kernel: ``empty*``; and the host syncs below, which are counted apart). In-place, ``_foreach_*`` and fused ops
-  count once per call (one launch of a multi-tensor kernel on CUDA).
+  kernel: ``empty*``; profiler markers; and the host syncs below, which are counted apart). In-place,
+  ``_foreach_*`` and fused ops count once per call (one launch of a multi-tensor kernel on CUDA).
 - ``syncs``: ops that make the host wait for the device on CUDA: ``_local_scalar_dense`` (``.item()``,
   ``bool(t)``, ``float(t)``, ``if t:``), ``nonzero``, indexing with a boolean mask (``index``/``index_put_``
   with a bool index: a nonzero on CUDA; counted as a sync and as an op), ``masked_select``, ``unique`` and
@@ -38,6 +38,7 @@ SYNC_OPS = frozenset({
 NO_KERNEL_OPS = frozenset({
     "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "lift_fresh", "set_", "resize_",
     "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size", "_has_compatible_shallow_copy_type",
+    "_record_function_enter", "_record_function_enter_new", "_record_function_exit",  # profiler markers
 })
 
 BOOL_INDEX_OPS = frozenset({"index", "index_put", "index_put_", "_index_put_impl_"})
