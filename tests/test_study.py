@@ -123,3 +123,14 @@ def test_submitit_local_executor_runs_a_study(tmp_path):
                                 log=lambda _: None)
     assert [o.ok for o in outcomes] == [True], outcomes
     assert (tmp_path / "s/runs/only/seed-0/eval.json").is_file()
+
+
+@pytest.mark.slow
+def test_jobs_run_in_parallel_processes_with_the_same_results(tmp_path):
+    spec = StudySpec.model_validate({**TINY, "arms": {"only": None}})
+    run_study(spec, tmp_path / "one", log=lambda _: None)
+    _, outcomes = run_study(spec, tmp_path / "two", options=ExecutorOptions(jobs=2), log=lambda _: None)
+    assert sorted(o.seed for o in outcomes if o.ok) == [0, 1]
+    for seed in (0, 1):
+        a, b = (json.loads((tmp_path / d / f"runs/only/seed-{seed}/eval.json").read_text()) for d in ("one", "two"))
+        assert a["mean"] == b["mean"]
