@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,11 +46,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)  # FIELD=VALUE overrides may come before or after flags
     return run_command("prism-train", lambda: _train(args))
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..engine.signals import Preempted
     from ..engine.trainer import Trainer, load_run_config
 
     overrides = list(args.overrides)
@@ -91,7 +93,14 @@ def _train(args: argparse.Namespace) -> int:
         console.print(f"run folder: {run_dir}  device: {trainer.device}  strategy: {config.strategy.name}  "
                       f"backbone: {config.model.name}  steps: {trainer.ctx.step}->{config.train.steps}"
                       + (f"  processes: {trainer.dist.world}" if trainer.dist.enabled else ""))
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Preempted as stop:
+        trainer.close()
+        if trainer.dist.is_main:
+            print(f"prism-train: {stop}; checkpoint {stop.checkpoint} written; resume with: "
+                  f"prism-train --resume {shlex.quote(str(Path(run_dir).resolve()))}", file=sys.stderr, flush=True)
+        return stop.exit_code
     report = None if args.no_eval else trainer.evaluate()  # None on ranks other than 0
     if report is not None:
         console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))

@@ -50,3 +50,58 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
     return state
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def config_changes(saved_yaml: str, current: Any) -> list[str]:
+    """Dotted config fields that differ between a checkpoint's config (YAML text) and ``current`` (a Config),
+    as ``field (old -> new)``; ``train.steps`` and the other fields a resume may change are included too."""
+    import yaml
+
+    from ..config import config_to_yaml
+
+    try:
+        old = _flatten(yaml.safe_load(saved_yaml) or {})
+    except yaml.YAMLError:
+        return []
+    new = _flatten(yaml.safe_load(config_to_yaml(current)) or {})
+    return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def weights_mismatch(saved: dict[str, Any], current: dict[str, Any], limit: int = 3) -> str:
+    """What differs between two model state dicts: the first missing, unexpected and reshaped keys."""
+    missing = [k for k in current if k not in saved]
+    unexpected = [k for k in saved if k not in current]
+    reshaped = [f"{k} {tuple(saved[k].shape)} vs {tuple(current[k].shape)}" for k in current
+                if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(current[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", reshaped)):
+        if keys:
+            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            parts.append(f"{what} {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def mismatch_message(path: Path, state: dict[str, Any], model_state: dict[str, Any], config: Any,
+                     exc: BaseException, part: str = "model") -> str:
+    """One line saying why ``state`` (a loaded checkpoint) does not fit the run built from ``config``: the part
+    that failed (``model``: its first mismatched weight keys) and the config fields changed since it was written."""
+    saved = state.get("model")
+    what = weights_mismatch(saved, model_state) if part == "model" and isinstance(saved, dict) else ""
+    if not what:
+        text = f"key {exc}" if isinstance(exc, KeyError) else str(exc).strip()
+        what = f"{part} state: {text.splitlines()[0] if text else type(exc).__name__}"
+    elif part == "model":
+        what = f"model weights: {what}"
+    changes = [c for c in config_changes(str(state.get("config", "")), config)
+               if not c.startswith(("train.steps ", "data.cache ", "output_dir "))]
+    changed = f"; config changed since the checkpoint: {', '.join(changes[:3])}" if changes else ""
+    return f"{path}: does not match this run's config: {what}{changed}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import __version__
-from ..atomic import write_text_atomic
+from ..atomic import remove_stale_temporaries, write_text_atomic
 from ..config import Config, build_config, config_to_yaml
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
@@ -22,7 +21,6 @@ from ..errors import CheckpointError, ConfigError
 from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
 from ..registry import blame, get_registry
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
-from ..atomic import remove_stale_temporaries
 from .checkpoint import load_checkpoint, mismatch_message, save_checkpoint
 from .context import TrainContext
 from .distributed import DistInfo, init_from_env, wrap_ddp
@@ -32,15 +30,6 @@ from .signals import Preempted, StopSignals
 from .streams import BatchStreams
 
 CHECKPOINT_NAME = "last.pt"
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    history: list[dict[str, float]]
-    report: EvalReport | None
-    context: TrainContext
 
 
 def run_info(config: Config) -> dict[str, Any]:
@@ -89,6 +78,19 @@ def augmentation(config: Config) -> Augmentation | None:
         return None
     return Augmentation(rotate_degrees=d.rotate_degrees, rotate_probability=d.rotate_probability,
                         intensity_scale=d.intensity_scale, intensity_shift=d.intensity_shift)
+
+
+def rate_text(samples_per_s: float) -> str:
+    """``12.3 samples/s``, or ``4.2 s/sample`` when slower than one a second (never ``0.0 samples/s``)."""
+    if samples_per_s >= 1:
+        return f"{samples_per_s:.1f} samples/s"
+    return f"{1 / samples_per_s:.1f} s/sample" if samples_per_s > 0 else "- samples/s"
+
+
+def eta_text(seconds: float) -> str:
+    """``1:02:03`` (hours:minutes:seconds) of the time left."""
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Trainer:
@@ -187,23 +189,33 @@ class Trainer:
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
         ctx = self.ctx
+        part = "model"  # the part being loaded, named in the error
         try:
             ctx.model.load_state_dict(state["model"])
+            part = "optimizer"
             ctx.optimizer.load_state_dict(state["optimizer"])
+            part = "scheduler"
             ctx.scheduler.load_state_dict(state["scheduler"])
+            part = "scaler"
             if ctx.scaler is not None and state["scaler"]:
                 ctx.scaler.load_state_dict(state["scaler"])
+            part = "strategy"
             self.strategy.load_state_dict(state["strategy"])
+            part = "losses"
             ctx.losses.load_state_dict(state["losses"])
+            part = "masking"
             for role, policy in ctx.masking.items():
                 policy.load_state_dict(state["masking"].get(role, {}))
+            part = "data"
             ctx.streams.load_state_dict(state["data"])
+            part = "rng"
             torch.set_rng_state(state["rng"]["torch"])
             ctx.mask_generator.set_state(state["rng"]["mask"])
             if "cuda" in state["rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(mismatch_message(path, state, ctx.model.state_dict(), self.config, exc)) from None
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(mismatch_message(path, state, ctx.model.state_dict(), self.config, exc,
+                                                   part)) from None
         ctx.step = int(state["step"])
 
     # ---- the loop --------------------------------------------------------------------------------------------
@@ -232,6 +244,8 @@ class Trainer:
             task = progress.add_task("train", total=total, completed=ctx.step, info="")
             progress.start()
         t0, samples = time.perf_counter(), 0
+        start_step, start_time = ctx.step, time.perf_counter()
+        stop = StopSignals().__enter__()  # SIGTERM/SIGUSR1/SIGINT: finish the step, checkpoint, raise Preempted
         try:
             end = total if stop_at is None else min(stop_at, total)
             while ctx.step < end:
@@ -252,11 +266,12 @@ class Trainer:
                     if self.device.type == "cuda":
                         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
                     history.append(row)
-                    info = f"loss {row['loss']:.4f}  {row['samples_per_s']:.1f} samples/s"
+                    info = f"loss {row['loss']:.4f}  {rate_text(row['samples_per_s'])}"
                     if progress is not None:
                         progress.update(task, completed=ctx.step, info=info)
                     elif main:
-                        self.console.print(f"step {ctx.step}/{total}  {info}", highlight=False)
+                        left = (time.perf_counter() - start_time) / (ctx.step - start_step) * (end - ctx.step)
+                        self.console.print(f"step {ctx.step}/{total}  {info}  ETA {eta_text(left)}", highlight=False)
                     if log is not None:
                         log.write(row)
                     if board is not None:
@@ -264,9 +279,16 @@ class Trainer:
                     t0, samples = time.perf_counter(), 0
                 elif progress is not None:
                     progress.update(task, completed=ctx.step)
-                if ctx.step % cfg.train.checkpoint_every == 0 or ctx.step == end:
+                saved = ctx.step % cfg.train.checkpoint_every == 0 or ctx.step == end
+                if saved:
                     self.save()
+                signum = self._stop_requested(stop)
+                if signum is not None:
+                    if not saved:
+                        self.save()
+                    raise Preempted(signum, ctx.step, total, self.run_dir / CHECKPOINT_NAME)
         finally:
+            stop.__exit__(None, None, None)
             if board is not None:
                 board.close()
             if progress is not None:
@@ -274,14 +296,27 @@ class Trainer:
             ctx.streams.close()
         return history
 
+    def _stop_requested(self, stop: StopSignals) -> int | None:
+        """The stop signal received by any rank (all ranks stop at the same step), else None."""
+        flag = stop.received or 0
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            t = torch.tensor([flag], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = int(t.item())
+        return flag or None
+
     def close(self) -> None:
-        """Leave the process group (under torchrun) and release the cache handle."""
+        """Leave the process group (under torchrun), release the cache handle and the run folder's lock."""
         import torch.distributed as dist
 
         if self.dist.enabled and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
         self.reader.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def evaluate(self) -> EvalReport | None:
         """Evaluate on every combination (rank 0 only; other ranks return None)."""

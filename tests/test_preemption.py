@@ -1,0 +1,158 @@
+"""Preemption and one writer per run folder, with real prism-train processes.
+
+SIGTERM / SIGUSR1 / SIGINT sent to a training process mid-run: the step in flight finishes, ``last.pt`` is written
+at that step, one line names the step and the resume command, the exit status is 143 / 143 / 130, and resuming
+gives bitwise the parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, fast_config
+from prism.atomic import host_tag
+from prism.cli.train import main as train_main
+from prism.config import config_to_yaml
+from prism.engine.checkpoint import load_checkpoint
+from prism.engine.run_lock import LOCK_NAME
+from prism.engine.trainer import CHECKPOINT_NAME, Trainer
+
+STEPS = 40
+OVERRIDES = [*FAST, f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
+             "train.tensorboard=false"]
+
+
+def _start(cache: Path, run: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "prism.cli.train", "--data", str(cache), "-o", str(run),
+                             "--no-eval", *OVERRIDES, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _logged_step(run: Path) -> int:
+    try:
+        with open(run / "train_log.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, KeyError):
+        return 0
+    return int(rows[-1]["step"]) if rows else 0
+
+
+def _wait_for_step(proc: subprocess.Popen, run: Path, step: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and _logged_step(run) < step:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"training ended before step {step}: {proc.stderr.read()}"
+
+
+def _straight_params(cache: Path, run: Path) -> list[torch.Tensor]:
+    cfg = fast_config(f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
+                      "train.tensorboard=false", cache=cache)
+    trainer = Trainer(cfg, run, cache_path=cache)
+    trainer.fit()
+    trainer.close()
+    return [p.detach().clone() for p in trainer.ctx.model.state_dict().values()]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tiny_cache):
+    return _straight_params(tiny_cache, tmp_path_factory.mktemp("straight") / "run")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGUSR1, 143), (signal.SIGINT, 130)])
+def test_signal_checkpoints_names_resume_and_resumes_exactly(tiny_cache, tmp_path, straight, capsys, sig, code):
+    run = tmp_path / "run"
+    proc = _start(tiny_cache, run)
+    try:
+        _wait_for_step(proc, run, 2)
+        proc.send_signal(signal.SIGSTOP)  # frozen mid-run: it cannot finish before the signal is seen
+        seen = _logged_step(run)
+        proc.send_signal(sig)
+        proc.send_signal(signal.SIGCONT)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    state = load_checkpoint(run / CHECKPOINT_NAME)
+    step = state["step"]
+    assert seen <= step < STEPS
+    assert f"stopped by {sig.name} at step {step}/{STEPS}" in lines[0]
+    assert f"prism-train --resume {run.resolve()}" in lines[0]
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
+    assert _logged_step(run) == step  # the log and the checkpoint agree
+    assert train_main(["--resume", str(run), "--no-eval"]) == 0  # the printed command, in-process
+    resumed = load_checkpoint(run / CHECKPOINT_NAME)
+    assert resumed["step"] == STEPS
+    for a, b in zip(straight, resumed["model"].values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_at_step_0(tiny_cache, tmp_path, straight):
+    run = tmp_path / "early"
+    run.mkdir()
+    cfg = fast_config(f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
+                      "train.tensorboard=false", cache=tiny_cache)
+    (run / "config.yaml").write_text(config_to_yaml(cfg))  # what a run killed during its first steps leaves
+    assert train_main(["--resume", str(run), "--no-eval"]) == 0
+    state = load_checkpoint(run / CHECKPOINT_NAME)
+    assert state["step"] == STEPS
+    for a, b in zip(straight, state["model"].values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_second_writer_is_refused_in_one_line_and_changes_nothing(tiny_cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    proc = _start(tiny_cache, run, "train.steps=100000")
+    try:
+        _wait_for_step(proc, run, 1)
+        holder = json.loads((run / LOCK_NAME).read_text())
+        assert holder["pid"] == proc.pid
+        before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != "train_log.csv"}
+        code = train_main(["--data", str(tiny_cache), "-o", str(run), "--no-eval", *OVERRIDES])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1
+        assert f"pid {proc.pid}" in err[0] and str(run) in err[0] and "another prism-train" in err[0]
+        after = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != "train_log.csv"}
+        assert after == before
+        assert proc.poll() is None  # the first writer is still running
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143
+    with open(run / "train_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))  # one header, one writer
+
+
+def test_lock_of_a_dead_trainer_is_taken_over_and_stale_temporaries_removed(tiny_cache, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": "here", "started": 0}))
+    stale = run / f".{CHECKPOINT_NAME}.tmp-{host_tag()}-{dead.pid}-0a0b"
+    live = run / f".{CHECKPOINT_NAME}.tmp-{host_tag()}-{os.getpid()}-0c0d"
+    other_host = run / f".{CHECKPOINT_NAME}.tmp-00000000-{dead.pid}-0e0f"
+    for p in (stale, live, other_host):
+        p.write_bytes(b"partial")
+    trainer = Trainer(fast_config("train.steps=1", cache=tiny_cache), run, cache_path=tiny_cache)
+    assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not stale.exists() and live.exists() and other_host.exists()
+    trainer.close()
+    assert (run / LOCK_NAME).read_text() == ""  # released
