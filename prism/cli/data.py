@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--sites", type=int, default=1, help="number of acquisition sites (default 1)")
     s.add_argument("--test-fraction", type=float, default=0.25, help="share of cases in the test split")
     s.add_argument("--val-fraction", type=float, default=0.0, help="share of cases in the val split")
+    s.add_argument("--hold-out-site", action="append", default=[], metavar="SITE",
+                   help="keep this site (e.g. site3) out of train/val/test: its cases form split 'heldout'")
     s.add_argument("--nifti", action="store_true",
                    help="write a raw BraTS-layout NIfTI folder at OUTPUT instead of a cache")
     s.add_argument("--layout", choices=("brats2020", "brats2023"), default="brats2020",
@@ -48,6 +50,15 @@ def parser() -> argparse.ArgumentParser:
     pp.add_argument("--missing-rates", default="",
                     help="draw train availability: 'mr2468' (PASSION) or 'flair=0.6,t1=0.2'")
     pp.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    sp = sub.add_parser("split", help="write train/val/test splits that keep whole sites out",
+                        description="Cut a cache's cases into train/val/test from every site but the held-out ones, "
+                        "whose cases form split 'heldout'; written into the cache atomically (other splits kept).")
+    sp.add_argument("cache", type=Path, help="cache file (.h5)")
+    sp.add_argument("--hold-out-site", action="append", required=True, metavar="SITE",
+                    help="site to keep out of training (repeatable)")
+    sp.add_argument("--test-fraction", type=float, default=0.2, help="test share of the other sites' cases")
+    sp.add_argument("--val-fraction", type=float, default=0.0, help="val share of the other sites' cases")
+    sp.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     v = sub.add_parser("verify", help="check a cache completely",
                        description="Check format, provenance, every chunk's checksum and each case's attributes.")
     v.add_argument("cache", type=Path, help="cache file (.h5)")
@@ -83,11 +94,13 @@ def _run(args: argparse.Namespace) -> int:
             console.print(f"wrote {args.cases} synthetic NIfTI cases to {args.output}")
             return 0
         write_synthetic_cache(str(args.output), settings, test_fraction=args.test_fraction,
-                              val_fraction=args.val_fraction)
+                              val_fraction=args.val_fraction, hold_out_sites=args.hold_out_site)
         console.print(f"wrote {args.cases} synthetic cases to {args.output}")
         return 0
     if args.command == "preprocess":
         return _preprocess(args, console)
+    if args.command == "split":
+        return _split(args, console)
     if args.command == "verify":
         from ..data.verify import verify_cache
 
@@ -118,6 +131,22 @@ def _run(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             console.print(f"{key:>18}: {value}")
+    return 0
+
+
+def _split(args: argparse.Namespace, console) -> int:
+    from ..data.cache_reader import CacheReader
+    from ..data.splits import SITE_SPLITS, hold_out_site_splits, write_splits
+
+    if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 - args.test_fraction):
+        raise DataError("--test-fraction and --val-fraction must be in [0, 1) and sum below 1")
+    reader = CacheReader(args.cache)
+    sites = {c: reader.info(c).site for c in reader.case_ids}
+    reader.close()
+    splits = hold_out_site_splits(sites, args.hold_out_site, seed=args.seed, test_fraction=args.test_fraction,
+                                  val_fraction=args.val_fraction)
+    write_splits(args.cache, splits, replace=SITE_SPLITS)
+    console.print(f"{args.cache}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + " cases")
     return 0
 
 

@@ -17,6 +17,7 @@ examples:
   prism-eval RUN --window 128 128 128 --overlap 0.5 --et-postprocess 500
   prism-eval RUN --adapt-site site2 --adapt-cases 3 --adapt-steps 20
   prism-eval compare RUN_A RUN_B              differences B - A with bootstrap 95% intervals over cases
+  prism-eval adapt RUN --site site3 --steps 0,1,5,20 --support 2 --draws 5   adaptation curve (adapt.*)
 
 Writes eval.json (summary and per-case values), eval_cases.csv, eval.md (the table papers use) and
 eval_dice.png into the run folder. Options left out come from the run's eval config section.
@@ -69,8 +70,33 @@ def compare_parser() -> argparse.ArgumentParser:
     return p
 
 
+def adapt_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prism-eval adapt", description="Adaptation curve to a held-out site: Dice (mean over the modality "
+        "combinations) after K adaptation steps on N support cases, mean and sd over R support draws. Writes "
+        "adapt.json, adapt.md and adapt.png into the run folder (eval.json is left as it is).")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
+    p.add_argument("--site", required=True, help="the site to adapt to (cases' site attribute)")
+    p.add_argument("--steps", default="0,1,5,20", help="adaptation steps K, comma-separated (default 0,1,5,20)")
+    p.add_argument("--support", type=int, default=1, metavar="N", help="support cases per draw (default 1)")
+    p.add_argument("--draws", type=int, default=3, metavar="R", help="support draws (default 3)")
+    p.add_argument("--lr", type=float, default=0.01, help="adaptation learning rate (default 0.01)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
+    p.add_argument("--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="patch size (default: whole volumes)")
+    p.add_argument("--split", help="where the site's cases come from (default: 'heldout' if present, else eval.split)")
+    p.add_argument("--max-query", type=int, metavar="Q", help="evaluate on at most Q of the other cases per draw")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws and adaptation (default 0)")
+    p.add_argument("--data", type=Path, help="use this cache instead of the run's")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
+    p.add_argument("--allow-seen-site", action="store_true", help="allow a site that is in the training split")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "adapt":
+        aargs = adapt_parser().parse_args(argv[1:])
+        return run_command("prism-eval", lambda: _adapt(aargs))
     if argv and argv[0] == "compare":
         cargs = compare_parser().parse_args(argv[1:])
         return run_command("prism-eval", lambda: _compare(cargs))
@@ -131,6 +157,29 @@ def _evaluate(args: argparse.Namespace) -> int:
         console.print(f"fast adaptation to '{a.site}' ({a.steps} steps on {len(a.support_cases)} cases, "
                       f"{len(a.query_cases)} evaluated): mean Dice {change}")
     console.print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..evaluation.adaptation_curve import run_adaptation_curve
+
+    try:
+        steps = [int(k) for k in args.steps.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--steps: comma-separated integers, got {args.steps!r}") from None
+    if not steps or min(steps) < 0 or args.support < 1 or args.draws < 1 or args.lr <= 0:
+        raise ConfigError("--steps must be counts >= 0, --support and --draws >= 1, --lr > 0")
+    console = stdout_console()
+    curve = run_adaptation_curve(
+        args.run_dir, site=args.site, steps=steps, support=args.support, draws=args.draws, lr=args.lr,
+        optimizer=args.optimizer, patch_size=tuple(args.patch) if args.patch else None, split=args.split,
+        max_query=args.max_query, seed=args.seed, allow_seen_site=args.allow_seen_site, cache=args.data,
+        device=args.device)
+    from ..evaluation.adaptation_curve import curve_markdown
+
+    print(curve_markdown(curve))
+    console.print(f"report: {args.run_dir / 'adapt.json'}, {args.run_dir / 'adapt.md'}, {args.run_dir / 'adapt.png'}")
     return 0
 
 

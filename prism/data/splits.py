@@ -51,11 +51,6 @@ def read_case_list(path: str | Path) -> list[str]:
     return names
 
 
-def write_case_list(path: str | Path, case_ids: Iterable[str]) -> None:
-    """One case id per line (readable back by :func:`read_case_list`)."""
-    Path(path).write_text("".join(f"{c}\n" for c in case_ids))
-
-
 def resolve_case_names(names: Iterable[str], known: Iterable[str], *, source: str) -> list[str]:
     """Map names from a list or CSV to known case ids: exact match, else without a grade prefix
     (PASSION writes ``HG_BraTS20_Training_001`` for folder ``BraTS20_Training_001``). Unknown -> DataError."""
@@ -117,3 +112,44 @@ def hold_out_site_splits(case_sites: Mapping[str, str], hold_out: Sequence[str],
     splits = make_splits(rest, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction)
     splits[HELD_OUT_SPLIT] = held
     return splits
+
+
+#: The splits :func:`hold_out_site_splits` writes; ``write_splits(..., replace=SITE_SPLITS)`` drops old ones first.
+SITE_SPLITS = ("train", "val", "test", HELD_OUT_SPLIT)
+
+
+def write_splits(cache: str | Path, splits: Mapping[str, Sequence[str]], *, replace: Sequence[str] = ()) -> None:
+    """Store named splits in an existing cache, atomically: a copy is changed and renamed over the cache, so a
+    crash leaves the old file whole. Splits named in ``replace`` are removed first; other splits are kept.
+
+    Raises:
+        DataError: a split names a case the cache does not hold.
+        StorageError: the copy cannot be written (see :mod:`prism.atomic`).
+    """
+    import shutil
+
+    import h5py
+
+    from ..atomic import write_atomic
+    from .cache_reader import CacheReader
+
+    cache = Path(cache)
+    reader = CacheReader(cache)
+    known = set(reader.case_ids)
+    reader.close()
+    for name, members in splits.items():
+        unknown = sorted(set(members) - known)
+        if unknown:
+            raise DataError(f"{cache}: split '{name}' names cases not in the cache: {unknown[:3]}")
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(cache, tmp)
+        with h5py.File(tmp, "r+") as f:
+            group = f["splits"]
+            for name in {*replace, *splits}:
+                if name in group:
+                    del group[name]
+            for name, members in splits.items():
+                group.create_dataset(name, data=np.array(sorted(members), dtype=h5py.string_dtype()))
+
+    write_atomic(cache, write)

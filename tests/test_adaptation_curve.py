@@ -1,0 +1,124 @@
+"""Held-out sites (splits written atomically) and adaptation curves (prism-eval adapt)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST
+from prism.cli.data import main as data_main
+from prism.cli.evaluate import main as eval_main
+from prism.config import build_config
+from prism.data.cache_reader import CacheReader
+from prism.data.splits import hold_out_site_splits
+from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
+from prism.engine.trainer import Trainer
+from prism.errors import DataError
+from prism.evaluation.adaptation import AdaptationSettings, adapt_model
+from prism.evaluation.adaptation_curve import adaptation_curve, draw_support
+from prism.evaluation.results import mean_over_combinations
+from prism.evaluation.scoring import EvalOptions, evaluate_cases
+
+
+@pytest.fixture(scope="module")
+def site_run(tmp_path_factory):
+    """A 3-site cache with site2 held out, and a run trained for 2 steps on it."""
+    root = tmp_path_factory.mktemp("sites")
+    cache = root / "sites.h5"
+    write_synthetic_cache(str(cache), SynthSettings(cases=9, shape=(16, 16, 16), seed=2, sites=3),
+                          test_fraction=0.34, hold_out_sites=["site2"])
+    config = build_config(None, [*FAST, f"data.cache={cache}", "train.steps=2", "eval.hd95=false",
+                                 "train.tensorboard=false"])
+    trainer = Trainer(config, root / "run", cache_path=cache)
+    trainer.fit()
+    trainer.evaluate()
+    trainer.close()
+    return cache, root / "run"
+
+
+def test_hold_out_site_splits_keep_every_case_of_the_site_out():
+    sites = {f"c{i}": f"site{i % 3}" for i in range(12)}
+    splits = hold_out_site_splits(sites, ["site1"], seed=0, test_fraction=0.25)
+    assert splits["heldout"] == sorted(c for c, s in sites.items() if s == "site1")
+    rest = splits["train"] + splits["test"]
+    assert sorted(rest) == sorted(c for c, s in sites.items() if s != "site1") and len(splits["test"]) == 2
+    with pytest.raises(DataError, match=r"unknown site\(s\) \['site7'\]"):
+        hold_out_site_splits(sites, ["site7"])
+
+
+def test_synth_with_a_held_out_site_and_drawn_missing_rates(tmp_path):
+    cache = tmp_path / "c.h5"
+    write_synthetic_cache(str(cache), SynthSettings(cases=12, shape=(8, 8, 8), seed=1, sites=4),
+                          hold_out_sites=["site3"], missing_rates="flair=0.9")
+    reader = CacheReader(cache)
+    assert {reader.info(c).site for c in reader.split("heldout")} == {"site3"}
+    assert "site3" not in {reader.info(c).site for c in reader.split("train") + reader.split("test")}
+    train_flair = [reader.info(c).availability[0] for c in reader.split("train")]
+    assert not all(train_flair)  # FLAIR dropped for some training cases (rate 0.9) ...
+    assert all(all(reader.info(c).availability) for c in reader.split("test") + reader.split("heldout"))  # not here
+
+
+def test_prism_data_split_writes_splits_atomically_and_refuses_unknown_sites(tmp_path, capsys):
+    cache = tmp_path / "c.h5"
+    write_synthetic_cache(str(cache), SynthSettings(cases=8, shape=(8, 8, 8), seed=0, sites=2))
+    assert data_main(["split", str(cache), "--hold-out-site", "site1", "--test-fraction", "0.25"]) == 0
+    reader = CacheReader(cache)
+    assert {reader.info(c).site for c in reader.split("heldout")} == {"site1"} and len(reader.split("test")) == 1
+    reader.close()
+    before = cache.read_bytes()
+    assert data_main(["split", str(cache), "--hold-out-site", "site5"]) == 2
+    assert "unknown site(s) ['site5']" in capsys.readouterr().err
+    assert cache.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.h5"]  # no temporaries left
+
+
+def test_adapt_refuses_a_site_of_the_training_split(site_run, capsys):
+    _, run = site_run
+    assert eval_main(["adapt", str(run), "--site", "site0", "--steps", "0,1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "site 'site0' is in the training split 'train'" in err and "\n" not in err
+
+
+def test_adapt_cli_writes_its_own_files_and_leaves_eval_json_alone(site_run):
+    _, run = site_run
+    eval_before = (run / "eval.json").read_bytes()
+    assert eval_main(["adapt", str(run), "--site", "site2", "--steps", "0,2", "--support", "1", "--draws", "2",
+                      "--patch", "16", "16", "16"]) == 0
+    assert (run / "eval.json").read_bytes() == eval_before
+    data = json.loads((run / "adapt.json").read_text())
+    per_draw = np.array([d["dice"] for d in data["per_draw"]])  # [draws, K, regions]
+    assert data["steps"] == [0, 2] and per_draw.shape == (2, 2, 3)
+    assert np.allclose(data["dice_mean"], per_draw.mean(0), atol=1e-5)
+    assert np.allclose(data["dice_sd"], per_draw.std(0, ddof=1), atol=1e-5)
+    assert all(len(d["support"]) == 1 and d["support"][0] not in d["query"] for d in data["per_draw"])
+    assert (run / "adapt.md").read_text().startswith("# Adaptation to site 'site2'")
+    assert (run / "adapt.png").stat().st_size > 0
+
+
+def test_curve_calls_the_rule_once_per_draw_and_k_and_k0_is_the_unadapted_model(site_run):
+    from prism.engine.run_model import load_run_model
+
+    cache, run_dir = site_run
+    run = load_run_model(run_dir)
+    reader = CacheReader(cache)
+    members = list(reader.split("heldout"))
+    calls = []
+
+    def rule(model, support, settings, **kwargs):
+        calls.append((len(support), settings.steps, settings.seed))
+        return adapt_model(model, support, settings, **kwargs)
+
+    base = AdaptationSettings(site="site2", steps=0, lr=0.05, patch_size=(16, 16, 16), seed=4)
+    weights = {k: v.clone() for k, v in run.model.state_dict().items()}
+    options = EvalOptions(compute_hd95=False)
+    curve = adaptation_curve(run.model, reader, members, site="site2", steps=[3, 0, 1], support=1, draws=2,
+                             base=base, device=torch.device("cpu"), options=options, rule=rule)
+    assert curve.steps == [0, 1, 3] and sorted(calls) == [(1, 1, 4), (1, 1, 5), (1, 3, 4), (1, 3, 5)]
+    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in weights.items())  # the model is untouched
+    pairs = draw_support(members, 1, 2, seed=4)
+    for r, (_, query) in enumerate(pairs):
+        plain = evaluate_cases(run.model, reader, query, device=torch.device("cpu"), options=options)
+        assert np.allclose(curve.dice[r, 0], mean_over_combinations(plain.mean_dice()), equal_nan=True)
+    reader.close()
