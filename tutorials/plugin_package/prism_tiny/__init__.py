@@ -1,0 +1,1 @@
+"""prism-tiny: an example of a third party's prism plugins."""
