@@ -81,7 +81,10 @@ class TrainConfig(_Model):
     amp: Literal["bf16", "fp16", "none"] = "bf16"  # used on CUDA only
     deterministic: bool = False
     channels_last: bool = True  # channels-last 3D memory format (faster convolutions on CPU and GPU)
-    compile: bool = False  # torch.compile the model (refused by strategies whose inner loops it would break)
+    # torch.compile: false; true or "model" (the model); "step" (forward, losses and backward as one compiled
+    # callable). Refused by strategies whose inner loops it would break (prism/engine/compiled.py)
+    compile: bool | Literal["model", "step"] = False
+    cuda_graphs: bool = False  # capture the standard step into one CUDA graph and replay it (CUDA, static shapes)
     tensorboard: bool = True  # also log to TensorBoard when the tensorboard package is installed
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(25, ge=1)

@@ -65,7 +65,8 @@ def build_optimizer(config: Config, model: torch.nn.Module, *, capturable: bool 
         config: the run config (``optim``).
         model: the module whose parameters (``requires_grad``) are optimised, already on its device.
         capturable: also make the learning rate a device tensor and the step capturable, so a CUDA graph can
-            replay it (the LR schedule then updates that tensor in place).
+            replay it (the LR schedule then updates that tensor in place); implied by ``train.cuda_graphs`` on
+            CUDA.
 
     Returns:
         The optimizer.
@@ -77,7 +78,7 @@ def build_optimizer(config: Config, model: torch.nn.Module, *, capturable: bool 
     if device.type in _get_fused_kernels_supported_devices():
         fast = {"fused": True}
     lr: float | torch.Tensor = o.lr
-    if capturable:
+    if capturable or (config.train.cuda_graphs and device.type == "cuda"):
         lr = torch.tensor(o.lr, dtype=torch.float32, device=device)
         if o.name != "sgd":
             fast["capturable"] = True

@@ -22,6 +22,7 @@ from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
 from ..registry import blame, get_registry
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
 from .checkpoint import load_checkpoint, mismatch_message, save_checkpoint
+from .compiled import install as install_compilation
 from .context import TrainContext
 from .distributed import DistInfo, init_from_env, wrap_ddp
 from .metrics_log import CsvLog, TensorBoardLog
@@ -156,11 +157,7 @@ class Trainer:
             grad_clip=config.optim.grad_clip, total_steps=config.train.steps,
             channels_last=config.train.channels_last, dist=self.dist,
         )
-        if config.train.compile:
-            if self.strategy.compile_refusal:
-                raise ConfigError(f"train.compile: refused with strategy '{config.strategy.name}': "
-                                  f"{self.strategy.compile_refusal}")
-            model.compile()  # in place: same module, same state_dict keys
+        install_compilation(config, self.strategy, self.ctx)  # train.compile / train.cuda_graphs (or refused)
         self.strategy_entry = get_registry().get("strategy", config.strategy.name)
         with blame(self.strategy_entry, "setting up"):
             self.strategy.setup(self.ctx)
