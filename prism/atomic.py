@@ -66,6 +66,11 @@ def storage_cause(exc: BaseException) -> str | None:
     HDF5 reports these as ``OSError`` or ``RuntimeError`` with ``errno = N`` in the text."""
     if not isinstance(exc, OSError | RuntimeError):
         return None
+    inner = exc.__cause__ or exc.__context__  # torch.save hides the OSError behind a RuntimeError
+    if isinstance(inner, OSError | RuntimeError) and inner is not exc:
+        cause = storage_cause(inner)
+        if cause is not None:
+            return cause
     code = getattr(exc, "errno", None)
     if not isinstance(code, int) or code not in _STORAGE_ERRNOS:
         match = _ERRNO_IN_TEXT.search(str(exc))
@@ -186,11 +191,13 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         _unlink_quietly(tmp)
-        raise storage_error(path, exc) from None
-    except BaseException:
-        _unlink_quietly(tmp)
+        cause = storage_cause(exc)
+        if cause is not None:
+            raise StorageError(f"{path}: cannot write: {cause}") from None
+        if isinstance(exc, OSError):
+            raise storage_error(path, exc) from None
         raise
     fsync_dir(path.parent)
 

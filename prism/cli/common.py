@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -35,7 +36,10 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False)
+    """The console for results. Piped or redirected output is not wrapped at 80 columns (lines stay whole for
+    grep and logs); ``COLUMNS`` still sets the width when given."""
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(highlight=False, width=width, soft_wrap=width is not None)
 
 
 def report_table(report: EvalReport, title: str) -> Table:

@@ -101,6 +101,11 @@ def _train(args: argparse.Namespace) -> int:
             print(f"prism-train: {stop}; checkpoint {stop.checkpoint} written; resume with: "
                   f"prism-train --resume {shlex.quote(str(Path(run_dir).resolve()))}", file=sys.stderr, flush=True)
         return stop.exit_code
+    except BaseException:
+        if trainer.lock is not None:  # the folder is free again at once (also for callers of main() in-process)
+            trainer.lock.release()
+        trainer.reader.close()
+        raise
     report = None if args.no_eval else trainer.evaluate()  # None on ranks other than 0
     if report is not None:
         console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))

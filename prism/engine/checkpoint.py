@@ -25,7 +25,12 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     path = Path(path)
     ensure_folder(path.parent)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a Python file: a full disk is an OSError with its errno, not a C++ message
+            torch.save(payload, fh)
+
+    return write_atomic(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

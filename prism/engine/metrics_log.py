@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..atomic import write_text_atomic
+from ..atomic import storage_error, write_text_atomic
 
 
 class CsvLog:
@@ -27,17 +27,24 @@ class CsvLog:
                 writer.writerows(keep)
                 write_text_atomic(path, buffer.getvalue())  # a kill here keeps the old log
         elif path.exists():
-            path.unlink()
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise storage_error(path, exc, "cannot replace the log") from None
 
     def write(self, row: dict[str, float | int]) -> None:
+        """Append one row (the header first); a full or read-only disk is a one-line StorageError."""
         new = self.fields is None
         if new:
             self.fields = list(row.keys())
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        try:
+            with open(self.path, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as exc:
+            raise storage_error(self.path, exc) from None
 
 
 class TensorBoardLog:
