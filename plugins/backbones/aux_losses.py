@@ -8,7 +8,7 @@ from prism.batch import Batch
 from prism.errors import PluginError
 from prism.loss import LossResult, LossTerm
 from prism.outputs import SegOutput
-from prism.plugins.losses import uni_loss
+from prism.plugins.losses import targets_for, uni_loss
 from prism.plugins.losses.terms import modality_parts, seg_options
 
 
@@ -27,5 +27,6 @@ class RFNetSeparateLoss(LossTerm):
         if sep is None:
             raise PluginError("loss 'rfnet_sep' needs the 'sep' output of backbone 'rfnet' in train mode with "
                               "separate_decoder=True")
-        per = uni_loss(sep, batch.label, batch.mask, options=self.seg, reduction="per_modality")
+        per = uni_loss(sep, batch.label, batch.mask, options=self.seg, reduction="per_modality",
+                       targets=targets_for(batch.label, sep.shape[2], batch))
         return LossResult(self.weight * per.sum(), modality_parts("rfnet_sep", per, self.modalities))

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from prism.registry import hookimpl
 
-from .deep_supervision import deep_supervision_loss, prm_loss, reduce_modalities, resample_labels, uni_loss
+from .deep_supervision import (
+    deep_supervision_loss,
+    level_losses,
+    prm_loss,
+    reduce_modalities,
+    resample_labels,
+    uni_loss,
+)
 from .distillation import PIXEL_KL_VARIANTS, kl_map, pixel_kl_loss
 from .gss import gss_loss, gss_teacher
 from .preference import (
@@ -24,12 +31,14 @@ from .preference import (
 )
 from .prototypes import PROTO_VARIANTS, class_prototypes, proto_gap, proto_l2_loss, similarity_maps
 from .segmentation import SegLossOptions, cross_entropy_loss, dice_ce_loss, soft_dice_loss
+from .targets import Targets, onehot_labels, targets_for
 from .terms import FuseLoss, GssLoss, PixelKLLoss, PrmLoss, ProtoL2Loss, UniLoss
 from .total import PrismLoss
 
 __all__ = [
     "cross_entropy_loss", "dice_ce_loss", "soft_dice_loss", "SegLossOptions",
-    "resample_labels", "deep_supervision_loss", "prm_loss", "uni_loss", "reduce_modalities",
+    "resample_labels", "deep_supervision_loss", "level_losses",
+    "Targets", "onehot_labels", "targets_for", "prm_loss", "uni_loss", "reduce_modalities",
     "kl_map", "pixel_kl_loss", "PIXEL_KL_VARIANTS",
     "class_prototypes", "similarity_maps", "proto_gap", "proto_l2_loss", "PROTO_VARIANTS",
     "gss_teacher", "gss_loss",

@@ -6,36 +6,14 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from .segmentation import SegLossOptions
+from .targets import LabelResample, Targets, resample_labels, targets_for
 
-LabelResample = Literal["maxpool", "nearest"]
+__all__ = ["LabelResample", "ModalityReduction", "resample_labels", "level_weights", "level_losses",
+           "deep_supervision_loss", "prm_loss", "reduce_modalities", "uni_loss", "Targets", "targets_for"]
+
 ModalityReduction = Literal["none", "per_modality", "total"]
-
-
-def resample_labels(label: torch.Tensor, size: Sequence[int], mode: LabelResample = "maxpool") -> torch.Tensor:
-    """Downsample integer labels ``[B, *spatial]`` to ``size`` by an integer factor per axis.
-
-    ``"maxpool"`` (default) takes the largest label in each window, so a structure of even one voxel survives
-    (with BraTS labels the smaller, nested regions have the higher indices); ``"nearest"`` keeps the first
-    voxel of each window (what nearest-neighbour interpolation does at an integer factor).
-    """
-    spatial = tuple(label.shape[1:])
-    size = tuple(int(s) for s in size)
-    if len(size) != len(spatial) or not 1 <= len(size) <= 3:
-        raise ValueError(f"cannot resample labels {tuple(label.shape)} to spatial size {size}")
-    if any(s <= 0 or a % s for a, s in zip(spatial, size, strict=True)):
-        raise ValueError(f"label size {spatial} is not an integer multiple of level size {size}")
-    factors = tuple(a // s for a, s in zip(spatial, size, strict=True))
-    if all(f == 1 for f in factors):
-        return label
-    if mode == "nearest":
-        return label[(slice(None), *(slice(None, None, f) for f in factors))]
-    if mode == "maxpool":
-        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(size) - 1]
-        return pool(label.unsqueeze(1).float(), factors, factors).squeeze(1).to(label.dtype)
-    raise ValueError(f"label resampling mode must be 'maxpool' or 'nearest', got {mode!r}")
 
 
 def level_weights(num_levels: int, weights: Sequence[float] | None = None) -> list[float]:
@@ -47,32 +25,67 @@ def level_weights(num_levels: int, weights: Sequence[float] | None = None) -> li
     return [float(w) for w in weights[:num_levels]]
 
 
-def deep_supervision_loss(levels: Sequence[torch.Tensor], label: torch.Tensor, *,
-                          weights: Sequence[float] | None = None, label_resample: LabelResample = "maxpool",
-                          options: SegLossOptions | None = None) -> torch.Tensor:
-    """``sum_s w_s l(y^(s), y_s)`` per sample over coarser levels (list of ``[B, K, d, h, w]``, finest first).
+def level_losses(levels: Sequence[torch.Tensor], targets: Targets, *, weights: Sequence[float] | None = None,
+                 label_resample: LabelResample = "maxpool", options: SegLossOptions | None = None) -> torch.Tensor:
+    """``sum_s w_s l(y^(s), y_s)`` over coarser levels, each level's predictions scored in one batched call.
 
-    ``label`` ``[B, D, H, W]`` is resampled to each level (``resample_labels``); ``w_s = 2^-s`` by default.
-    Returns ``[B]`` float32 (zeros when ``levels`` is empty).
+    Args:
+        levels: list of ``[B, P, K, d, h, w]`` (P predictions per sample, e.g. fused and per-modality), finest
+            first.
+        targets: the batch's ``Targets`` (labels one-hot per level, shared).
+        weights: ``w_s``, ``2^-s`` for s = 1.. by default.
+    Returns:
+        ``[B, P]`` float32 (zeros of ``[B, 1]`` when ``levels`` is empty).
     """
     options = options or SegLossOptions()
-    total = label.new_zeros(label.shape[0], dtype=torch.float32)
+    b = targets.label.shape[0]
+    total: torch.Tensor | None = None
     for logits, w in zip(levels, level_weights(len(levels), weights), strict=False):
-        if logits.dim() != label.dim() + 1 or logits.shape[0] != label.shape[0]:
-            raise ValueError(f"deep level {tuple(logits.shape)} does not match label {tuple(label.shape)}")
-        total = total + w * options.per_sample(logits, resample_labels(label, logits.shape[2:], label_resample))
-    return total
+        if logits.dim() != targets.label.dim() + 2 or logits.shape[0] != b:
+            raise ValueError(f"deep level {tuple(logits.shape)} does not match label {tuple(targets.label.shape)}")
+        value = w * options.per_path(logits, targets.onehot(logits.shape[3:], label_resample))
+        total = value if total is None else total + value
+    return targets.label.new_zeros(b, 1, dtype=torch.float32) if total is None else total
+
+
+def deep_supervision_loss(levels: Sequence[torch.Tensor], label: torch.Tensor, *,
+                          weights: Sequence[float] | None = None, label_resample: LabelResample = "maxpool",
+                          options: SegLossOptions | None = None, targets: Targets | None = None) -> torch.Tensor:
+    """``sum_s w_s l(y^(s), y_s)`` per sample over coarser levels (list of ``[B, K, d, h, w]``, finest first).
+
+    Args:
+        levels: the coarser levels' logits.
+        label: ``[B, D, H, W]`` class indices, resampled to each level (``resample_labels``).
+        weights: ``w_s``, ``2^-s`` by default.
+        targets: the batch's shared ``Targets`` of ``label`` (built here when None).
+    Returns:
+        ``[B]`` float32 (zeros when ``levels`` is empty).
+    """
+    targets = targets if targets is not None else Targets(label, _classes(levels, 1))
+    return level_losses([lv.unsqueeze(1) for lv in levels], targets, weights=weights,
+                        label_resample=label_resample, options=options)[:, 0]
+
+
+def _classes(levels: Sequence[torch.Tensor], dim: int) -> int:
+    return int(levels[0].shape[dim]) if len(levels) else 2
 
 
 def prm_loss(deep: Sequence[torch.Tensor], label: torch.Tensor, *, weights: Sequence[float] | None = None,
-             label_resample: LabelResample = "maxpool", options: SegLossOptions | None = None) -> torch.Tensor:
+             label_resample: LabelResample = "maxpool", options: SegLossOptions | None = None,
+             targets: Targets | None = None) -> torch.Tensor:
     """L_PRM: deep supervision of the fused decoder levels s >= 1, ``sum_s 2^-s l(y^(s), y)``, batch mean.
 
-    Level 0 (the output) is L_fuse's and not counted again. deep: list of ``[B, K, d, h, w]``, finest first;
-    label ``[B, D, H, W]``. Returns a scalar.
+    Level 0 (the output) is L_fuse's and not counted again.
+
+    Args:
+        deep: list of ``[B, K, d, h, w]``, finest first.
+        label: ``[B, D, H, W]`` class indices.
+        targets: the batch's shared ``Targets`` (optional).
+    Returns:
+        A scalar.
     """
-    return deep_supervision_loss(deep, label, weights=weights, label_resample=label_resample,
-                                 options=options).mean()
+    return deep_supervision_loss(deep, label, weights=weights, label_resample=label_resample, options=options,
+                                 targets=targets).mean()
 
 
 def _check_uni(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, what: str = "uni") -> None:
@@ -103,7 +116,7 @@ def reduce_modalities(values: torch.Tensor, mask: torch.Tensor, reduction: Modal
 def uni_loss(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, *,
              uni_deep: Sequence[torch.Tensor] | None = None, weights: Sequence[float] | None = None,
              label_resample: LabelResample = "maxpool", options: SegLossOptions | None = None,
-             reduction: ModalityReduction = "total") -> torch.Tensor:
+             reduction: ModalityReduction = "total", targets: Targets | None = None) -> torch.Tensor:
     """L_uni: segmentation loss of every available modality's own prediction, with optional deep supervision.
 
     Args:
@@ -111,20 +124,18 @@ def uni_loss(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, *,
         label: ``[B, D, H, W]`` class indices.
         mask: ``[B, M]`` bool, available modalities; missing ones contribute 0 and receive no gradient.
         uni_deep: coarser per-modality levels ``[B, M, K, d, h, w]`` (finest first), weighted ``2^-s``.
-    Returns ``reduce_modalities(loss [B, M], mask, reduction)``; all M modalities go through one batched pass.
+        targets: the batch's shared ``Targets`` of ``label`` (optional).
+    Returns:
+        ``reduce_modalities(loss [B, M], mask, reduction)``; all M modalities of a level go through one call.
     """
     _check_uni(uni, label, mask)
-    b, m = uni.shape[:2]
-
-    def flat_label(lab: torch.Tensor) -> torch.Tensor:
-        return lab.unsqueeze(1).expand(b, m, *lab.shape[1:]).reshape(b * m, *lab.shape[1:])
-
-    options = options or SegLossOptions()
-    per = options.per_sample(uni.flatten(0, 1), flat_label(label))
     if uni_deep:
         for lv in uni_deep:
             _check_uni(lv, label, mask, "uni_deep level")
-        levels = [lv.flatten(0, 1) for lv in uni_deep]
-        per = per + deep_supervision_loss(levels, flat_label(label), weights=weights,
-                                          label_resample=label_resample, options=options)
-    return reduce_modalities(per.view(b, m), mask, reduction)
+    targets = targets if targets is not None else Targets(label, uni.shape[2])
+    options = options or SegLossOptions()
+    per = options.per_path(uni, targets.onehot())
+    if uni_deep:
+        per = per + level_losses(list(uni_deep), targets, weights=weights, label_resample=label_resample,
+                                 options=options)
+    return reduce_modalities(per, mask, reduction)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from .deep_supervision import ModalityReduction, reduce_modalities
+from .targets import onehot_labels
 
 ClassPresence = Literal["sample", "batch"]
 
@@ -66,8 +66,8 @@ def similarity_maps(features: torch.Tensor, prototypes: torch.Tensor, eps: float
 
 def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, label: torch.Tensor, *,
               num_classes: int, class_reduction: Literal["sum", "mean"] = "sum",
-              class_presence: ClassPresence = "sample", detach_teacher: bool = True, eps: float = 1e-8
-              ) -> torch.Tensor:
+              class_presence: ClassPresence = "sample", detach_teacher: bool = True, eps: float = 1e-8,
+              onehot: torch.Tensor | None = None) -> torch.Tensor:
     """Prototype gap D ``[B, M]``: squared difference of student and teacher similarity maps.
 
     Prototypes are computed per sample and path from the level-0 features and the label; each path's voxels are
@@ -79,6 +79,13 @@ def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, la
         student_features: ``[B, M, C, D, H, W]`` per-modality features (``uni_features``).
         teacher_features: ``[B, C, D, H, W]`` fused features; detached unless ``detach_teacher=False``.
         label: ``[B, D, H, W]`` class indices in ``[0, num_classes)``.
+        num_classes: K.
+        class_reduction, class_presence: see above; eps: the smallest norm divided by in the cosine similarity.
+        onehot: ``[B, K, D, H, W]`` one-hot ``label`` when already computed (the batch's ``Targets``).
+    Returns:
+        ``[B, M]`` float32 (a gap of 0 where no class is used).
+    Raises:
+        ValueError: shapes that do not match, or float labels.
     """
     b = label.shape[0]
     if teacher_features.dim() != label.dim() + 1 or teacher_features.shape[0] != b or \
@@ -93,7 +100,7 @@ def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, la
         raise ValueError(f"label must hold integer class indices, got {label.dtype}")
     teacher = teacher_features.detach() if detach_teacher else teacher_features
     paths = torch.cat([teacher.unsqueeze(1), student_features], dim=1).float().flatten(3)  # [B, 1+M, C, S]
-    onehot = F.one_hot(label.long().flatten(1), num_classes).transpose(1, 2).float()  # [B, K, S]
+    onehot = (onehot_labels(label, num_classes) if onehot is None else onehot.float()).flatten(2)  # [B, K, S]
     sims = similarity_maps(paths, class_prototypes(paths, onehot), eps)  # [B, 1+M, K, S]
     sq = (sims[:, 1:] - sims[:, :1]).square().mean(-1)  # [B, M, K]
     present = onehot.amax(-1)  # [B, K]

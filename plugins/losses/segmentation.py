@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -126,6 +127,56 @@ class SegLossOptions:
             raise LossOptionError(f"class_weighting must be 'none' or 'passion', got {self.class_weighting!r}")
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+
+    def per_path(self, logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Dice + CE of several predictions of the same labels in one batched call (what the terms use).
+
+        Args:
+            logits: ``[B, P, K, *spatial]``: P predictions per sample (fused, per-modality, separate decoder ...).
+            onehot: ``[B, K, *spatial]`` one-hot labels (``Targets.onehot``), shared by the P predictions.
+        Returns:
+            ``[B, P]`` float32, equal to ``per_sample`` of each prediction.
+        """
+        logp = logits.float().log_softmax(2)
+        return self.per_path_probs(logp.exp(), onehot, logp)
+
+    def per_path_probs(self, probs: torch.Tensor, onehot: torch.Tensor, logp: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """``per_path`` from probabilities ``[B, P, K, *spatial]`` (e.g. upsampled from a coarser level).
+
+        ``logp``: their logarithm when known exactly (from ``log_softmax``); otherwise ``log(max(p, 1e-12))``.
+        With ``class_weighting="passion"`` the log is taken of ``max(p, prob_floor)`` either way.
+        """
+        if probs.dim() < 4 or onehot.shape != (probs.shape[0], *probs.shape[2:]):
+            raise ValueError(f"predictions must be [B, P, K, ...] for one-hot labels [B, K, ...], got "
+                             f"{tuple(probs.shape)} and {tuple(onehot.shape)}")
+        k = probs.shape[2]
+        oh = onehot.unsqueeze(1).to(probs.dtype)  # [B, 1, K, ...]
+        dims = tuple(range(3, probs.dim()))
+        voxels = math.prod(probs.shape[3:])
+        # Dice, written to launch few kernels: 1 - mean_k (2 |P.G| + s_nr) / (|P| + |G| + s_dr)
+        pd, od = (probs, oh) if self.include_background else (probs[:, :, 1:], oh[:, :, 1:])
+        ratio = ((pd * od).sum(dims) * 2.0 + self.smooth_nr) / (pd.sum(dims) + (od.sum(dims) + self.smooth_dr))
+        overlap = ratio.mean(-1)  # [B, P]; dice = 1 - overlap
+        if self.class_weighting == "passion":
+            w = 1.0 - oh.sum(dims) * (1.0 / voxels)  # [B, 1, K]
+            logq = probs.clamp_min(self.prob_floor).log()
+            ce = (oh * logq * w.view(*w.shape, *([1] * len(dims)))).sum((2, *dims)) * (-1.0 / voxels)
+        else:
+            if logp is None:
+                logp = probs.clamp_min(1e-12).log()
+            if self.class_weights is None:
+                ce = (oh * logp).sum((2, *dims)) * (-1.0 / voxels)
+            else:
+                if len(self.class_weights) != k:
+                    raise ValueError(f"class_weights has {len(self.class_weights)} entries for {k} classes")
+                weight = torch.tensor(self.class_weights, dtype=probs.dtype, device=probs.device)
+                wy = (oh * weight.view(1, 1, k, *([1] * len(dims)))).sum(2)  # [B, 1, ...]
+                nll = -(oh * logp).sum(2)  # [B, P, ...]
+                ce = (nll * wy).flatten(2).sum(-1) / wy.flatten(2).sum(-1).clamp_min(1e-12)
+        if self.lambda_dice == 1.0 and self.lambda_ce == 1.0:
+            return ce - overlap + 1.0
+        return (1.0 - overlap) * self.lambda_dice + ce * self.lambda_ce
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Dice + CE per sample: logits ``[B, K, ...]``, target ``[B, ...]`` -> ``[B]`` (float32)."""

@@ -18,6 +18,7 @@ from .gss import gss_loss
 from .preference import PreferenceRegulariser, preference_gate, relative_preference
 from .prototypes import PROTO_VARIANTS, proto_gap
 from .segmentation import SegLossOptions
+from .targets import targets_for
 
 ClassWeighting = Literal["none", "passion"]
 
@@ -63,7 +64,7 @@ def modality_parts(prefix: str, values: torch.Tensor, modalities: tuple[str, ...
 
 
 def _require(output: SegOutput, names: Sequence[str], term: str) -> None:
-    missing = [n for n in names if getattr(output, n) is None]
+    missing = [n for n in names if output.part(n) is None]
     if missing:
         raise ValueError(f"loss '{term}' needs SegOutput part(s) {missing}, which this output lacks "
                          "(is the backbone in train mode, with these parts requested?)")
@@ -84,7 +85,8 @@ class FuseLoss(LossTerm):
                                smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
-        loss = self.seg.per_sample(output.logits, batch.label).mean()
+        targets = targets_for(batch.label, output.logits.shape[1], batch)
+        loss = self.seg.per_path(output.logits.unsqueeze(1), targets.onehot()).mean()
         return LossResult(loss, {"fuse": loss.detach()})
 
 
@@ -105,7 +107,7 @@ class UniLoss(LossTerm):
         _require(output, ["uni"], "uni")
         return uni_loss(output.uni, batch.label, batch.mask, uni_deep=output.uni_deep if self.deep else None,
                         weights=self.deep_weights, label_resample=self.label_resample, options=self.seg,
-                        reduction="per_modality")
+                        reduction="per_modality", targets=targets_for(batch.label, output.uni.shape[2], batch))
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         per = self.per_modality(output, batch)
@@ -126,8 +128,9 @@ class PrmLoss(LossTerm):
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         _require(output, ["deep"], "prm")
+        targets = targets_for(batch.label, output.logits.shape[1], batch)
         loss = prm_loss(output.deep, batch.label, weights=self.weights, label_resample=self.label_resample,
-                        options=self.seg)
+                        options=self.seg, targets=targets)
         return LossResult(loss, {"prm": loss.detach()})
 
 
@@ -228,7 +231,7 @@ class ProtoL2Loss(PreferenceTerm):
             raise ValueError(f"mask must be [B, M] = {tuple(output.uni_features.shape[:2])}, "
                              f"got {tuple(batch.mask.shape)}")
         gap = proto_gap(output.uni_features, output.features, batch.label, num_classes=self.num_classes,
-                        **self.proto)
+                        onehot=targets_for(batch.label, self.num_classes, batch).onehot(), **self.proto)
         return gap * batch.mask.to(gap.dtype)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
