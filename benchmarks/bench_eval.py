@@ -13,36 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 from prism.data_tools.synthetic import SynthSettings, make_case
-from prism.evaluation.hausdorff import hd95
-from prism.evaluation.inference import predict_logits
-from prism.evaluation.metrics import BRATS_REGIONS, mask_dice, region_masks
 from prism.modalities import BRATS_MODALITIES, combination_masks
 from prism.registry import create_backbone
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def evaluate_case(model, image, label, masks, *, device, amp, window, overlap, sw_batch_size, combos_per_pass,
-                  with_hd95):
-    """Predict and score ``masks`` of one case, ``combos_per_pass`` combinations per sweep."""
-    for start in range(0, masks.shape[0], combos_per_pass):
-        m = masks[start:start + combos_per_pass]
-        logits = predict_logits(model, image, m, device=device, amp_dtype=amp, window=window, overlap=overlap,
-                                sw_batch_size=sw_batch_size)
-        pred = logits.argmax(1)
-        p, g = region_masks(pred, label, BRATS_REGIONS, 4)
-        mask_dice(p, g)
-        if with_hd95:
-            hd95(p, g)
-    _sync(device)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import time_evaluation  # noqa: E402
 
 
 def main() -> None:
@@ -72,18 +53,9 @@ def main() -> None:
     common = dict(device=device, amp=amp, window=tuple(args.window), overlap=args.overlap,
                   sw_batch_size=args.sw_batch_size, with_hd95=not args.no_hd95)
 
-    def timed(combos_per_pass: int) -> list[float]:
-        evaluate_case(model, image, label, masks, combos_per_pass=combos_per_pass, **common)  # warm-up
-        out = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            evaluate_case(model, image, label, masks, combos_per_pass=combos_per_pass, **common)
-            out.append(time.perf_counter() - t0)
-        return out
-
-    results = {}
-    for name, per_pass in (("loop (1 combination per sweep)", 1), ("batched (15 combinations per sweep)", 15)):
-        results[name] = timed(per_pass)
+    timed = time_evaluation(model, image, label, masks, repeats=args.repeats, **common)
+    results = {"loop (1 combination per sweep)": timed["loop"],
+               "batched (15 combinations per sweep)": timed["batched"]}
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch threads {torch.get_num_threads()}, amp {amp}")
     print(f"case {tuple(args.shape)}, window {tuple(args.window)}, overlap {args.overlap}, sw_batch_size "

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import build_trainer, close_trainer, synthetic_cache  # noqa: E402
 from launch_counter import LaunchCounter  # noqa: E402
 
 PASSION_OPS = 12_193
@@ -42,26 +43,6 @@ CONFIGS: dict[str, list[str]] = {
     "rfnet, maml first order (K=1, 2 tasks)": [
         *RFNET, "strategy.name=maml", "strategy.options={first_order: true, inner_steps: 1, tasks_per_step: 2}"],
 }
-
-
-def write_tiny_cache(path: Path, size: int = 16) -> Path:
-    """A synthetic cache just large enough for every strategy (MAML needs disjoint support/query cases)."""
-    from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
-
-    write_synthetic_cache(str(path), SynthSettings(cases=8, shape=(size, size, size), seed=0))
-    return path
-
-
-def build_trainer(overrides: list[str], cache: Path, run_dir: Path, size: int = 16, device: str = "cpu") -> Any:
-    """A Trainer built from ``overrides`` as prism-train builds it (batch 1, ``size``^3, no workers)."""
-    from prism.config import build_config
-    from prism.engine.trainer import Trainer
-
-    cfg = build_config(None, [
-        f"data.patch_size=[{size},{size},{size}]", "data.batch_size=1", "data.num_workers=0",
-        f"train.device={device}", "train.tensorboard=false", "train.steps=10", *overrides,
-    ])
-    return Trainer(cfg, run_dir, cache_path=cache)
 
 
 def _uncounted_batches(ctx: Any, counter: LaunchCounter) -> None:
@@ -139,10 +120,10 @@ def measure(configs: dict[str, list[str]] | None = None, *, size: int = 16, phas
     configs = CONFIGS if configs is None else configs
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="prism-launches-") as tmp:
-        cache = write_tiny_cache(Path(tmp) / "tiny.h5", size)
+        cache = synthetic_cache(Path(tmp) / "tiny.h5", size)
         for i, (name, overrides) in enumerate(configs.items()):
             torch.manual_seed(0)
-            trainer = build_trainer(overrides, cache, Path(tmp) / f"run{i}", size)
+            trainer = build_trainer(overrides, cache, Path(tmp) / f"run{i}", size=size)
             try:
                 c = count_step(trainer)
                 results[name] = {"ops": c.total, "syncs": c.sync_total, "top": dict(c.ops.most_common(8)),
@@ -152,8 +133,7 @@ def measure(configs: dict[str, list[str]] | None = None, *, size: int = 16, phas
                         results[f"  {phase}"] = {"ops": pc.total, "syncs": pc.sync_total,
                                                  "top": dict(pc.ops.most_common(5)), "sync_ops": dict(pc.syncs)}
             finally:
-                trainer.ctx.streams.close()
-                trainer.close()
+                close_trainer(trainer)
     return results
 
 

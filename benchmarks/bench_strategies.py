@@ -10,16 +10,12 @@ Prints steps/s, the ratio to standard and, on CUDA, peak memory.
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
-from prism.config import build_config
-from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
-from prism.engine.trainer import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import build_trainer, close_trainer, synthetic_cache, time_steps  # noqa: E402
 
 STRATEGIES = {
     "standard": "{}",
@@ -32,31 +28,15 @@ STRATEGIES = {
 
 def measure(name: str, options: str, cache: Path, args: argparse.Namespace, out: Path) -> tuple[float, float]:
     strategy = name.split(" ")[0]
-    cfg = build_config(None, [
-        f"strategy.name={strategy}", f"strategy.options={options}",
-        f"data.patch_size=[{args.patch},{args.patch},{args.patch}]",
-        f"data.batch_size={args.batch}", f"model.options.width={args.width}",
-        f"train.device={args.device}", f"train.steps={args.warmup + args.steps}", "train.checkpoint_every=100000",
-        "train.log_every=100000", f"losses={args.losses}", "data.num_workers=0",
-    ])
-    trainer = Trainer(cfg, out / strategy, cache_path=cache)
-    ctx = trainer.ctx
-    ctx.model.train()
-    for _ in range(args.warmup):
-        trainer.strategy.step(ctx)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        trainer.strategy.step(ctx)
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if ctx.device.type == "cuda" else float("nan")
-    trainer.close()
-    return statistics.median(times), peak
+    trainer = build_trainer([f"strategy.name={strategy}", f"strategy.options={options}",
+                             f"model.options.width={args.width}", f"losses={args.losses}"],
+                            cache, out / strategy, size=args.patch, batch=args.batch, device=args.device,
+                            steps=args.warmup + args.steps)
+    try:
+        timing = time_steps(trainer, warmup=args.warmup, steps=args.steps)
+    finally:
+        close_trainer(trainer)
+    return timing.median_s, timing.peak_gib
 
 
 def main() -> None:
@@ -71,9 +51,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache = tmp / "bench.h5"
-        size = max(48, args.patch)
-        write_synthetic_cache(str(cache), SynthSettings(cases=8, shape=(size, size, size), seed=0))
+        cache = synthetic_cache(tmp / "bench.h5", max(48, args.patch))
         rows = [(name, *measure(name, opts, cache, args, tmp)) for name, opts in STRATEGIES.items()]
     base = rows[0][1]
     print(f"device {args.device}, patch {args.patch}^3, batch {args.batch}, width {args.width}, "
