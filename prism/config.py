@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .evaluation.options import DEFAULTS as EVAL
 
 
 class _Model(BaseModel):
@@ -94,14 +95,15 @@ class TrainConfig(_Model):
 class EvalConfig(_Model):
     split: str = "test"
     max_cases: int | None = Field(None, ge=1)
-    et_postprocess_voxels: int = Field(0, ge=0)  # fewer predicted ET voxels count as none (BraTS: 500)
-    window: tuple[int, int, int] | None = None  # None: whole volumes; else Gaussian sliding windows of this size
-    overlap: float = Field(0.5, ge=0, lt=1)
-    sw_batch_size: int = Field(1, ge=1)
-    combos_per_pass: int = Field(15, ge=1)  # modality combinations per forward pass
-    hd95: bool = True
-    hd95_empty: float | None = 373.13  # HD95 when exactly one set is empty (BraTS diagonal); None: left out
-    stitch_on_cpu: bool = False
+    # defaults: prism.evaluation.options.EvalOptions, the one source
+    et_postprocess_voxels: int = Field(EVAL.et_postprocess_voxels, ge=0)  # fewer ET voxels count as none (BraTS 500)
+    window: tuple[int, int, int] | None = EVAL.window  # None: whole volumes; else Gaussian sliding windows
+    overlap: float = Field(EVAL.overlap, ge=0, lt=1)
+    sw_batch_size: int = Field(EVAL.sw_batch_size, ge=1)
+    combos_per_pass: int = Field(EVAL.combos_per_pass, ge=1)  # modality combinations per forward pass
+    hd95: bool = EVAL.compute_hd95
+    hd95_empty: float | None = EVAL.hd95_empty  # HD95 when exactly one set is empty (BraTS diagonal); None: left out
+    stitch_on_cpu: bool = EVAL.stitch_on_cpu
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
     adapt_cases: int = Field(1, ge=1)
     adapt_steps: int = Field(10, ge=0)

@@ -21,15 +21,36 @@ def _report(dice: np.ndarray, hd: np.ndarray | None = None, cases: list[str] | N
                       case_ids=cases or [f"c{i}" for i in range(n)], dice=dice, hd95=hd)
 
 
-def test_bootstrap_ci_by_hand():
+def _bca_by_formula(values: np.ndarray, samples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Efron's BCa interval of the mean, written from the formulas (independent of scipy's implementation)."""
+    from statistics import NormalDist
+
+    nd = NormalDist()
+    rng = np.random.default_rng(seed)
+    n = values.size
+    means = values[rng.integers(0, n, size=(samples, n))].mean(1)
+    theta = values.mean()
+    z0 = nd.inv_cdf(float(np.mean(means < theta)))
+    jack = np.array([np.delete(values, i).mean() for i in range(n)])
+    d = jack.mean() - jack
+    a = (d**3).sum() / (6 * ((d**2).sum()) ** 1.5)
+    out = []
+    for alpha in ((1 - confidence) / 2, (1 + confidence) / 2):
+        z = nd.inv_cdf(alpha)
+        out.append(float(np.quantile(means, nd.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))))))
+    return out[0], out[1]
+
+
+def test_bootstrap_ci_is_bca():
     assert bootstrap_ci(np.full(7, 2.5), samples=200) == (2.5, 2.5)  # no spread, no interval
-    values = np.array([0.0, 1.0])
-    lo, hi = bootstrap_ci(values, samples=20000, seed=3)
-    # resampled means of two cases are 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4
-    assert lo == 0.0 and hi == 1.0
-    assert bootstrap_ci(values, samples=500, seed=1) == bootstrap_ci(values, samples=500, seed=1)
-    lo, hi = bootstrap_ci(np.array([1.0, 2.0, 3.0, np.nan]), samples=4000, seed=0)
-    assert 1.0 <= lo < 2.0 < hi <= 3.0
+    assert all(np.isnan(bootstrap_ci(np.array([1.0, np.nan]))))  # one value: no interval
+    assert bootstrap_ci(np.arange(5.0), samples=500, seed=1) == bootstrap_ci(np.arange(5.0), samples=500, seed=1)
+    skewed = np.random.default_rng(7).exponential(1.0, size=40)  # skew is where BCa differs from percentiles
+    lo, hi = bootstrap_ci(skewed, samples=20000, seed=0)
+    ref_lo, ref_hi = _bca_by_formula(skewed, 20000, 0.95, seed=11)
+    assert abs(lo - ref_lo) < 0.03 and abs(hi - ref_hi) < 0.05
+    pct_lo, pct_hi = np.percentile(skewed[np.random.default_rng(2).integers(0, 40, (20000, 40))].mean(1), [2.5, 97.5])
+    assert hi - pct_hi > 0.01  # BCa shifts a right-skewed mean's interval to the right
 
 
 def test_compare_reports_pairs_cases_and_averages_combinations():

@@ -101,12 +101,22 @@ def test_site_tasks_need_two_sites(tiny_cache, tmp_path):
         Trainer(cfg, tmp_path, cache_path=tiny_cache)
 
 
-@pytest.mark.parametrize("strategy, options", [
+RESUME_CASES = [
+    ("standard", "{}"),
     ("meta_drop", "{}"),
     ("maml", "{inner_steps: 2, first_order: false}"),
     ("maml", "{learn_inner_lr: true}"),
     ("reptile", "{inner_steps: 2}"),
-])
+]
+
+
+def test_resume_cases_cover_every_registered_strategy():
+    from prism.registry import list_plugins
+
+    assert set(list_plugins("strategy")) <= {name for name, _ in RESUME_CASES}
+
+
+@pytest.mark.parametrize("strategy, options", RESUME_CASES)
 def test_every_strategy_resumes_exactly(tiny_cache, tmp_path, strategy, options):
     cfg = fast_config(f"strategy.name={strategy}", f"strategy.options={options}", "train.steps=4",
                       "train.checkpoint_every=2", cache=tiny_cache)

@@ -125,11 +125,6 @@ class SharedDecoder(nn.Module):
         return logits, y
 
 
-def stack_paths(fused: torch.Tensor, per_modality: torch.Tensor) -> torch.Tensor:
-    """``[B, C, ...]`` and ``[B, M, C, ...]`` -> ``[(1 + M) * B, C, ...]`` (path-major)."""
-    return torch.cat([fused.unsqueeze(1), per_modality], dim=1).transpose(0, 1).flatten(0, 1)
-
-
 def unstack_modalities(t: torch.Tensor, batch: int) -> torch.Tensor:
     """``[M * B, ...]`` (modality-major) -> ``[B, M, ...]``."""
     return t.unflatten(0, (-1, batch)).transpose(0, 1)

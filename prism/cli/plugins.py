@@ -7,15 +7,19 @@ import json
 
 from rich.table import Table
 
+from ..outputs import PARTS
 from ..registry import KINDS, get_registry
 from .common import run_command, stdout_console
+
+PLURALS = {"backbone": "backbones", "loss": "losses", "masking": "masking policies", "strategy": "meta-strategies"}
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prism-plugins", description="List the plugins prism found (built-in and third-party), by kind, with "
-        "their distribution and version; for backbones the SegOutput parts they provide, for losses the parts "
-        "they need. Plugins that failed to load are reported at the end.",
+        "their distribution and version; for backbones the SegOutput parts they "
+        "provide (core parts, then extra named parts such as RFNet's 'sep'), for losses the parts they need. "
+        "Plugins that failed to load are reported at the end.",
         epilog="environment: PRISM_STRICT_PLUGINS=1 makes plugin failures fatal; PRISM_DISABLE_PLUGIN_AUTOLOAD=1 "
         "loads only prism's own plugins; PRISM_PLUGINS=a,b loads only these third-party entry points.")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -38,14 +42,20 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     console = stdout_console()
-    for kind, (_, human) in KINDS.items():
-        table = Table(title=f"{human}s", title_justify="left")
-        for col in ("name", "distribution", "version", "provides" if kind == "backbone" else "needs", "summary"):
+    for kind in KINDS:
+        table = Table(title=PLURALS[kind], title_justify="left")
+        columns = ["name", "distribution", "version"]
+        columns += {"backbone": ["provides", "extra parts"], "loss": ["needs"]}.get(kind, [])
+        for col in [*columns, "summary"]:
             table.add_column(col)
         for e in reg.entries(kind):
-            parts = e.provides if kind == "backbone" else e.needs
-            table.add_row(e.name, e.distribution or e.plugin, e.version or "-",
-                          ", ".join(sorted(parts)) if kind in ("backbone", "loss") else "-", e.summary)
+            row = [e.name, e.distribution or e.plugin, e.version or "-"]
+            if kind == "backbone":
+                row += [", ".join(p for p in PARTS if p in e.provides) or "-",
+                        ", ".join(sorted(e.provides - PARTS.keys())) or "-"]
+            elif kind == "loss":
+                row += [", ".join(sorted(e.needs))]
+            table.add_row(*row, e.summary)
         console.print(table)
     for failure in reg.failures:
         console.print(f"[red]failed:[/red] {failure}")

@@ -91,11 +91,9 @@ def build_optimizer(config: Config, model: torch.nn.Module, *, capturable: bool 
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int, power: float
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr = base * (1 - step / total) ** power."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1.0 - step / max(total_steps, 1)) ** power
-    )
+                  ) -> torch.optim.lr_scheduler.PolynomialLR:
+    """lr = base * (1 - step / total) ** power (torch's PolynomialLR; 0 after ``total_steps``)."""
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(total_steps, 1), power=power)
 
 
 def select_device(name: str) -> torch.device:

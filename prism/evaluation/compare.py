@@ -4,7 +4,7 @@ For each region and metric, a case's value is its mean over the combinations (Na
 out by convention, and combinations not scored for the case because it lacks one of their modalities; a pair
 scored in only one of the reports is left out of both);
 the difference is B - A over the cases both reports hold, and its confidence interval comes from resampling
-those cases with replacement (seeded, percentile method).
+those cases with replacement (seeded, BCa: bias-corrected and accelerated, scipy.stats.bootstrap).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from ..errors import DataError
 from .results import EvalReport
@@ -51,16 +52,29 @@ def load_report(path: Path) -> EvalReport:
 
 def bootstrap_ci(values: np.ndarray, *, samples: int = 10000, confidence: float = 0.95, seed: int = 0
                  ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (one per case), resampling cases."""
+    """Bias-corrected and accelerated (BCa) bootstrap interval of the mean of ``values`` (one per case).
+
+    Resamples cases with ``scipy.stats.bootstrap``: BCa corrects the percentile interval for the skew that
+    Dice differences near 0 or 100 have. NaN values are left out.
+
+    Args:
+        values: ``[N]`` per-case values.
+        samples: bootstrap resamples.
+        confidence: the interval's coverage.
+        seed: seeds the resampling (the same inputs give the same interval).
+
+    Returns:
+        ``(low, high)``; ``(v, v)`` when every value is ``v`` (up to rounding); NaNs when fewer than two values remain.
+    """
+    values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
-    if values.size == 0:
+    if values.size == 0 or (values.size == 1):
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(samples, values.size))
-    means = values[idx].mean(1)
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(lo), float(hi)
+    if np.ptp(values) <= 1e-9 * max(1.0, float(np.abs(values).max())):  # no spread (up to rounding): BCa is 0/0
+        return float(values.mean()), float(values.mean())
+    res = stats.bootstrap((values,), np.mean, n_resamples=samples, confidence_level=confidence, method="BCa",
+                          rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def _case_values(metric: np.ndarray, combination: int | None) -> np.ndarray:

@@ -13,14 +13,14 @@ the means instead).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .options import BRATS_EMPTY_HD95
+
 #: Diagonal of the BraTS image in mm, the HD95 of a pair where exactly one of prediction and reference is empty.
-BRATS_EMPTY_HD95 = math.sqrt(240**2 + 240**2 + 155**2)  # 373.13
 
 _CHUNK_ELEMENTS = 1 << 24  # pairwise distances computed per chunk
 

@@ -13,18 +13,20 @@ import torch
 from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from .adaptation import AdaptationSettings, AdaptLoss, fine_tune, site_cases
-from .hausdorff import BRATS_EMPTY_HD95
+from .options import DEFAULTS, EvalOptions
 from .results import AdaptationResult, EvalReport
-from .scoring import EvalOptions, evaluate_cases
+from .scoring import evaluate_cases
 
 __all__ = ["AdaptationResult", "AdaptationSettings", "EvalOptions", "EvalReport", "evaluate"]
 
 
 def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, device: torch.device,
-             amp_dtype: torch.dtype | None = None, et_postprocess_voxels: int = 0, combos_per_pass: int = 15,
-             channels_last: bool = False, window: Sequence[int] | None = None, overlap: float = 0.5,
-             sw_batch_size: int = 1, sigma_scale: float = 0.125, hd95: bool = True,
-             hd95_empty: float = BRATS_EMPTY_HD95, stitch_on_cpu: bool = False,
+             amp_dtype: torch.dtype | None = None, et_postprocess_voxels: int = DEFAULTS.et_postprocess_voxels,
+             combos_per_pass: int = DEFAULTS.combos_per_pass, channels_last: bool = False,
+             window: Sequence[int] | None = DEFAULTS.window, overlap: float = DEFAULTS.overlap,
+             sw_batch_size: int = DEFAULTS.sw_batch_size, sigma_scale: float = DEFAULTS.sigma_scale,
+             hd95: bool = DEFAULTS.compute_hd95, hd95_empty: float = DEFAULTS.hd95_empty,
+             stitch_on_cpu: bool = DEFAULTS.stitch_on_cpu,
              adaptation: AdaptationSettings | None = None, adapt_loss: AdaptLoss | None = None,
              on_case: Callable[[str], None] | None = None) -> EvalReport:
     """Dice and HD95 per case, combination and region for ``case_ids``, every combination of a case batched.
@@ -80,16 +82,17 @@ def evaluate_kwargs(eval_config: object) -> dict[str, object]:
         value = getattr(eval_config, name, default)
         return default if value is None and default is not None else value
 
-    hd95_empty = getattr(eval_config, "hd95_empty", BRATS_EMPTY_HD95)
+    d = DEFAULTS
+    hd95_empty = getattr(eval_config, "hd95_empty", d.hd95_empty)
     kwargs: dict[str, object] = {
-        "et_postprocess_voxels": get("et_postprocess_voxels", 0),
-        "window": get("window", None),
-        "overlap": get("overlap", 0.5),
-        "sw_batch_size": get("sw_batch_size", 1),
-        "combos_per_pass": get("combos_per_pass", 15),
-        "hd95": get("hd95", True),
+        "et_postprocess_voxels": get("et_postprocess_voxels", d.et_postprocess_voxels),
+        "window": get("window", d.window),
+        "overlap": get("overlap", d.overlap),
+        "sw_batch_size": get("sw_batch_size", d.sw_batch_size),
+        "combos_per_pass": get("combos_per_pass", d.combos_per_pass),
+        "hd95": get("hd95", d.compute_hd95),
         "hd95_empty": float("nan") if hd95_empty is None else float(hd95_empty),
-        "stitch_on_cpu": get("stitch_on_cpu", False),
+        "stitch_on_cpu": get("stitch_on_cpu", d.stitch_on_cpu),
     }
     site = getattr(eval_config, "adapt_site", None)
     if site:

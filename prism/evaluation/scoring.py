@@ -6,9 +6,7 @@ entries a case cannot supply are NaN and left out of every mean, and reports giv
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -16,34 +14,11 @@ import torch
 from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from ..modalities import enumerate_combinations
-from .hausdorff import BRATS_EMPTY_HD95, hd95
+from .hausdorff import hd95
 from .inference import predict_combinations
 from .metrics import Regions, mask_dice, region_masks, regions_for
+from .options import EvalOptions
 from .results import EvalReport
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How predictions are made and measured (see ``predict_logits`` and ``hd95``)."""
-
-    window: tuple[int, int, int] | None = None  # None: whole volume at once
-    overlap: float = 0.5
-    sw_batch_size: int = 1
-    sigma_scale: float = 0.125
-    combos_per_pass: int = 15
-    et_postprocess_voxels: int = 0
-    compute_hd95: bool = True
-    hd95_empty: float = BRATS_EMPTY_HD95  # NaN: pairs with exactly one empty set are left out of the means
-    channels_last: bool = False
-    stitch_on_cpu: bool = False  # blend sliding-window logits in host memory (large volumes, small GPUs)
-
-    def settings(self) -> dict[str, object]:
-        """For the report: JSON-safe (NaN as None)."""
-        out = asdict(self)
-        out["window"] = list(self.window) if self.window else None
-        if math.isnan(self.hd95_empty):
-            out["hd95_empty"] = None
-        return out
 
 
 def score_prediction(pred: torch.Tensor, label: torch.Tensor, regions: Regions, num_classes: int,
