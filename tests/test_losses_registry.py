@@ -9,7 +9,9 @@ SGD step with ``create_graph=True``, the query loss at the adapted weights, ``ba
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import io
 import re
 
 import pytest
@@ -22,7 +24,7 @@ from prism.registry import create_backbone, create_loss, get_registry, list_plug
 
 MODS = ("flair", "t1ce", "t1", "t2")
 #: Small options for the built-in backbones (only those a constructor takes are passed).
-SMALL = {"width": 4, "depth": 3, "dim": 16}
+SMALL = {"width": 2, "depth": 3, "dim": 16}
 #: Backbones tried first, smallest first; any registered backbone that provides the needs is used otherwise.
 PREFERRED = ("unet", "multi_unet", "rfnet", "shaspec")
 
@@ -118,3 +120,106 @@ def test_bad_loss_options_are_one_line_user_errors(name, options, match):
         assert re.search(match, str(exc)), str(exc)
     else:
         pytest.fail("bad option accepted")
+
+
+# ---- the registry-wide contract: every registered loss term on a backbone that provides its needs ----------------
+
+#: Parts a built-in term reads as a detached teacher: they must receive no gradient from it.
+TEACHER_PARTS = {"pixel_kl": {"logits", "deep"}, "proto_l2": {"features"}}
+#: Options under which a stateful built-in term carries state.
+STATEFUL = {"proto_l2": {"preference": True}, "prism": {"preference": True, "gss": True}}
+TERMS = list_plugins("loss")
+
+
+def term_output(name: str, options: dict | None = None, seed: int = 0):
+    """(term, output holding only the term's needs as grad-requiring leaves, batch, leaves by part)."""
+    backbone, backbone_options = backbone_for(get_registry().get("loss", name).needs, name)
+    torch.manual_seed(seed)
+    model = create_backbone(backbone, MODS, 3, **backbone_options).train()
+    term = create_loss(name, MODS, 3, **(options or {}))
+    model.request_parts(term.needs)
+    batch = absent_class_batch(max(8, model.size_divisor))
+    with torch.no_grad():
+        out = model(batch.image, batch.mask)
+    leaves: dict[str, list[torch.Tensor]] = {}
+
+    def cut(part: str, value):
+        if isinstance(value, torch.Tensor):
+            leaf = value.detach().clone().requires_grad_(True)
+            leaves.setdefault(part, []).append(leaf)
+            return leaf
+        return [cut(part, v) for v in value]
+
+    keep = {p: (cut(p, out.part(p)) if p in term.needs else None) for p in out.part_names()}
+    keep["logits"] = keep["logits"] if keep["logits"] is not None else out.logits.detach()
+    return term, dataclasses.replace(out, **keep), batch, leaves
+
+
+def permuted(out, batch: Batch, perm: torch.Tensor):
+    def p(value):
+        if isinstance(value, torch.Tensor):
+            return value[perm]
+        return None if value is None else [p(v) for v in value]
+
+    return (dataclasses.replace(out, **{n: p(out.part(n)) for n in out.part_names()}),
+            Batch(batch.image[perm], batch.label[perm], batch.mask[perm], batch.availability[perm]))
+
+
+@pytest.mark.parametrize("name", TERMS)
+def test_term_reads_only_its_needs_is_finite_and_sends_gradients_where_they_belong(name):
+    term, out, batch, leaves = term_output(name, STATEFUL.get(name))
+    result = term(out, batch)
+    assert result.total.dim() == 0 and torch.isfinite(result.total)
+    assert all(torch.isfinite(v).all() for v in result.parts.values())
+    result.total.backward()
+    b, m = batch.mask.shape
+    reached = set()
+    for part, tensors in leaves.items():
+        for t in tensors:
+            if t.grad is None:
+                continue
+            assert torch.isfinite(t.grad).all(), f"{part}: non-finite gradient"
+            if t.grad.any():
+                reached.add(part)
+            if t.dim() >= 2 and tuple(t.shape[:2]) == (b, m):  # a per-modality part: missing ones learn nothing
+                assert not t.grad[~batch.mask].any(), f"{part}: gradient reaches a missing modality"
+    teachers = TEACHER_PARTS.get(name, set())
+    assert not (reached & teachers), f"detached teacher parts {sorted(reached & teachers)} received gradients"
+    assert reached, "no part received a gradient"
+
+
+@pytest.mark.parametrize("name", TERMS)
+def test_term_is_invariant_to_the_order_of_the_batch(name):
+    options = STATEFUL.get(name)
+    term, out, batch, _ = term_output(name, options)
+    other = create_loss(name, MODS, 3, **(options or {}))
+    a = term(out, batch)
+    b = other(*permuted(out, batch, torch.tensor([1, 0])))
+    torch.testing.assert_close(a.total, b.total, rtol=1e-5, atol=1e-6)
+    assert set(a.parts) == set(b.parts)
+    for key in a.parts:
+        torch.testing.assert_close(a.parts[key], b.parts[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", TERMS)
+def test_term_state_round_trips_through_a_weights_only_checkpoint(name):
+    options = STATEFUL.get(name)
+    term, out, batch, _ = term_output(name, options)
+    for _ in range(2):
+        term(out, batch)
+        term.on_epoch_end()
+    term(out, batch)  # statistics of an unfinished epoch are part of the state
+    state = term.state_dict()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    fresh = create_loss(name, MODS, 3, **(options or {}))
+    if name in STATEFUL:
+        assert fresh.state_dict() != state, "the state did not change over two epochs"
+    fresh.load_state_dict(loaded)
+    assert fresh.state_dict() == state
+    torch.testing.assert_close(fresh(out, batch).total, term(out, batch).total)
+    fresh.on_epoch_end()
+    term.on_epoch_end()
+    assert fresh.state_dict() == term.state_dict()
