@@ -52,8 +52,10 @@ class StepTiming:
     median_s: float
     peak_gib: float  # NaN off CUDA
 
-    def as_dict(self) -> dict[str, float]:
-        return {"ms": round(self.median_s * 1e3, 3), "peak_gib": round(self.peak_gib, 3)}
+    def as_dict(self) -> dict[str, float | None]:
+        """``{"ms", "peak_gib"}`` (``peak_gib`` None off CUDA, so the dict is strict JSON)."""
+        peak = None if self.peak_gib != self.peak_gib else round(self.peak_gib, 3)
+        return {"ms": round(self.median_s * 1e3, 3), "peak_gib": peak}
 
 
 def time_steps(trainer: Any, *, warmup: int, steps: int) -> StepTiming:

@@ -39,6 +39,7 @@ NO_KERNEL_OPS = frozenset({
     "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "lift_fresh", "set_", "resize_",
     "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size", "_has_compatible_shallow_copy_type",
     "_record_function_enter", "_record_function_enter_new", "_record_function_exit",  # profiler markers
+    "_unsafe_view",  # a view that autograd does not track as one: metadata only
 })
 
 BOOL_INDEX_OPS = frozenset({"index", "index_put", "index_put_", "_index_put_impl_"})
