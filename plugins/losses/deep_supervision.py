@@ -99,8 +99,14 @@ def _check_uni(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, what:
 def reduce_modalities(values: torch.Tensor, mask: torch.Tensor, reduction: ModalityReduction) -> torch.Tensor:
     """Zero the missing (sample, modality) entries of ``[B, M]`` values and reduce.
 
-    ``"none"``: ``[B, M]``; ``"per_modality"``: ``[M]``, the batch mean (a missing entry counts as 0);
-    ``"total"``: scalar, the sum of the per-modality values (``sum over available m``, batch mean).
+    Args:
+        values: ``[B, M]``; mask: ``[B, M]`` bool.
+        reduction: ``"none"``: ``[B, M]``; ``"per_modality"``: ``[M]``, the batch mean (a missing entry counts
+            as 0); ``"total"``: scalar, the sum of the per-modality values (``sum over available m``, batch mean).
+    Returns:
+        The reduced values.
+    Raises:
+        ValueError: an unknown reduction.
     """
     values = values * mask.to(values.dtype)
     if reduction == "none":
@@ -127,6 +133,8 @@ def uni_loss(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, *,
         targets: the batch's shared ``Targets`` of ``label`` (optional).
     Returns:
         ``reduce_modalities(loss [B, M], mask, reduction)``; all M modalities of a level go through one call.
+    Raises:
+        ValueError: shapes that do not match.
     """
     _check_uni(uni, label, mask)
     if uni_deep:

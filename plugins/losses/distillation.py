@@ -24,8 +24,15 @@ def kl_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temper
            class_dim: int = 1) -> torch.Tensor:
     """Voxel-wise KL between ``softmax(student / T)`` and ``softmax(teacher / T)`` along ``class_dim`` (float32).
 
-    ``direction="student_teacher"``: KL(p_s || p_t); ``"teacher_student"``: KL(p_t || p_s). The inputs broadcast;
-    the class dimension is summed (``class_reduction="sum"``) or averaged (``"mean"``) away.
+    Args:
+        student_logits, teacher_logits: logits that broadcast against each other, classes along ``class_dim``.
+        temperature: T > 0.
+        direction: ``"student_teacher"``: KL(p_s || p_t); ``"teacher_student"``: KL(p_t || p_s).
+        class_reduction: the class dimension is summed (``"sum"``) or averaged (``"mean"``) away.
+    Returns:
+        The broadcast shape without ``class_dim``.
+    Raises:
+        ValueError: a non-positive temperature, an unknown direction or class reduction.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -66,7 +73,10 @@ def pixel_kl_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
         student_deep / teacher_deep: the coarser levels (``uni_deep`` / ``deep``), summed in when both are given.
         direction, class_reduction, scale_by_temperature: the seeds' definition by default; PASSION's is
             ``teacher_student``, ``mean`` and ``True`` (``mu^2`` factor), see ``PIXEL_KL_VARIANTS``.
-    Returns ``reduce_modalities(kl [B, M], mask, reduction)``.
+    Returns:
+        ``reduce_modalities(kl [B, M], mask, reduction)``.
+    Raises:
+        ValueError: shapes or level counts that do not match, or a bad option (see ``kl_map``).
     """
     if tuple(mask.shape) != tuple(student.shape[:2]):
         raise ValueError(f"mask must be [B, M] = {tuple(student.shape[:2])}, got {tuple(mask.shape)}")

@@ -21,8 +21,18 @@ def gss_teacher(probs: torch.Tensor, mask: torch.Tensor, *, anchor: int | None, 
     over the available modalities. Then clamp to >= ``floor`` and renormalise over classes. No gradient.
 
     Args:
-        anchor: index of the anchor modality in M, or None (no high region).
+        probs: per-modality probabilities ``[B, M, K, *spatial]`` (detached here).
         mask: ``[B, M]`` bool, available modalities.
+        anchor: index along M of the anchor modality whose confident voxels are taken as they are (FLAIR in the
+            seeds' definition; the registered term finds it by name), or None: no high region.
+        high: the anchor's probability above which a voxel is in the high region (0.65).
+        medium: the probability every available other modality must exceed for the medium region (0.75).
+        floor: the teacher is clamped to at least this, then renormalised (0.005).
+        medium_weights: ``[M]`` weights of the medium region's mean (equal by default).
+    Returns:
+        Teacher probabilities ``[B, K, *spatial]`` (float32, summing to 1 over K).
+    Raises:
+        ValueError: shapes that do not match, an anchor index out of range, or medium_weights of the wrong length.
     """
     if probs.dim() < 3 or tuple(mask.shape) != tuple(probs.shape[:2]):
         raise ValueError(f"probs must be [B, M, K, ...] with mask [B, M], got {tuple(probs.shape)} and "
@@ -66,8 +76,14 @@ def gss_loss(uni: torch.Tensor, mask: torch.Tensor, *, anchor: int | None, high:
     Args:
         uni: per-modality logits ``[B, M, K, D, H, W]``.
         mask: ``[B, M]`` bool; only available modalities build the teacher and receive the loss.
+        anchor: index along M of the anchor (high-confidence) modality, FLAIR in the seeds' definition, or None;
+            high, medium, floor, medium_weights: see ``gss_teacher``.
         direction: ``"student_teacher"`` KL(p_m || teacher) (default) or ``"teacher_student"``.
-    Returns ``reduce_modalities(kl [B, M], mask, reduction)``.
+        reduction: see ``reduce_modalities``.
+    Returns:
+        ``reduce_modalities(kl [B, M], mask, reduction)``.
+    Raises:
+        ValueError: shapes that do not match or an unknown direction (and see ``gss_teacher``).
     """
     if uni.dim() < 3 or tuple(mask.shape) != tuple(uni.shape[:2]):
         raise ValueError(f"uni must be [B, M, K, ...] with mask [B, M], got {tuple(uni.shape)} and "

@@ -14,9 +14,14 @@ Projection = Literal["passion", "clamp"]
 
 
 def relative_preference(gap: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """RP_n^m = 1 - D_n^m / mean_{available m'} D_n^m' for gaps ``[B, M]``; 0 for missing modalities.
+    """RP_n^m = 1 - D_n^m / mean_{available m'} D_n^m'; 0 for missing modalities. No gradient flows through RP.
 
-    No gradient flows through RP.
+    Args:
+        gap: prototype gaps D ``[B, M]``; mask: ``[B, M]`` bool; eps: added to the mean.
+    Returns:
+        ``[B, M]`` float32.
+    Raises:
+        ValueError: shapes that do not match.
     """
     if gap.dim() != 2 or gap.shape != mask.shape:
         raise ValueError(f"gap and mask must both be [B, M], got {tuple(gap.shape)} and {tuple(mask.shape)}")
@@ -27,12 +32,26 @@ def relative_preference(gap: torch.Tensor, mask: torch.Tensor, eps: float = 1e-1
 
 
 def preference_gate(rp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """omega = 1[RP < 0] (and modality available), as float ``[B, M]``."""
+    """omega = 1[RP < 0] (and modality available).
+
+    Args:
+        rp: ``[B, M]`` relative preference; mask: ``[B, M]`` bool.
+    Returns:
+        ``[B, M]`` float (0 or 1).
+    """
     return ((rp < 0) & mask).float()
 
 
 def initial_coefficients(missing_rates: Sequence[float]) -> torch.Tensor:
-    """E^m = 1 / (1 - FR^m) from the missing rates FR^m in [0, 1)."""
+    """E^m = 1 / (1 - FR^m).
+
+    Args:
+        missing_rates: FR^m in ``[0, 1)``, one per modality.
+    Returns:
+        ``[M]`` float32.
+    Raises:
+        LossOptionError: a rate outside ``[0, 1)``.
+    """
     rates = torch.as_tensor([float(r) for r in missing_rates], dtype=torch.float32)
     if bool(((rates < 0) | (rates >= 1)).any()):
         raise LossOptionError(f"missing rates must lie in [0, 1), got {list(missing_rates)}")
@@ -44,6 +63,13 @@ def project_coefficients(coef: torch.Tensor, *, low: float = 0.1, high: float = 
     """Proj(E): clamp to ``[low, high]``; ``"passion"`` then rescales to ``target_norm * E / ||E||_2``.
 
     ``target_norm`` defaults to sqrt(M) (= PASSION's 2 for four modalities), so all-ones stays all-ones.
+
+    Args:
+        coef: ``[M]`` coefficients; low, high: the clamp; projection: ``"passion"`` or ``"clamp"``.
+    Returns:
+        ``[M]``.
+    Raises:
+        LossOptionError: an unknown projection.
     """
     coef = coef.clamp(low, high)
     if projection == "clamp":
@@ -51,7 +77,7 @@ def project_coefficients(coef: torch.Tensor, *, low: float = 0.1, high: float = 
     if projection == "passion":
         norm = math.sqrt(coef.numel()) if target_norm is None else target_norm
         return norm * coef / coef.norm(p=2)
-    raise ValueError(f"projection must be 'passion' or 'clamp', got {projection!r}")
+    raise LossOptionError(f"projection must be 'passion' or 'clamp', got {projection!r}")
 
 
 class PreferenceRegulariser:

@@ -19,10 +19,13 @@ PROTO_VARIANTS: dict[str, dict[str, str]] = {
 
 
 def class_prototypes(features: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """Masked mean of features over the voxels of each class.
+    """Masked mean of features over the voxels of each class. A class with no voxel gets a zero prototype.
 
-    features ``[B, P, C, S]`` (P paths, S voxels), onehot ``[B, K, S]`` -> prototypes ``[B, P, K, C]``.
-    A class with no voxel gets a zero prototype (no NaN).
+    Args:
+        features: ``[B, P, C, S]`` (P paths, C channels, S voxels).
+        onehot: ``[B, K, S]`` float one-hot labels.
+    Returns:
+        Prototypes ``[B, P, K, C]``.
     """
     counts = onehot.sum(-1).clamp_min(1.0)  # [B, K]
     return torch.einsum("bpcs,bks->bpkc", features, onehot) / counts[:, None, :, None]
@@ -122,8 +125,20 @@ def proto_l2_loss(student_features: torch.Tensor, teacher_features: torch.Tensor
                   reduction: ModalityReduction = "total") -> torch.Tensor:
     """L_proto^m: the prototype gap (``proto_gap``) of every available modality, optionally gated.
 
-    mask ``[B, M]`` bool (missing modalities contribute 0, no gradient); gate ``[B, M]`` float multiplies the gap
-    (the preference gate omega). Returns ``reduce_modalities(gap [B, M], mask, reduction)``.
+    Args:
+        student_features: per-modality level-0 decoder features ``[B, M, C, D, H, W]`` (``uni_features``).
+        teacher_features: fused level-0 decoder features ``[B, C, D, H, W]`` (``features``), detached.
+        label: ``[B, D, H, W]`` class indices in ``[0, num_classes)``.
+        mask: ``[B, M]`` bool; missing modalities contribute 0 and receive no gradient.
+        num_classes: K.
+        class_reduction, class_presence: the seeds' ``"sum"``/``"sample"`` or PASSION's ``"mean"``/``"batch"``
+            (see ``proto_gap``).
+        gate: ``[B, M]`` float multiplying the gap (the preference gate omega).
+        reduction: see ``reduce_modalities``.
+    Returns:
+        ``reduce_modalities(gap [B, M], mask, reduction)``.
+    Raises:
+        ValueError: shapes that do not match, float labels, an unknown option.
     """
     if tuple(mask.shape) != tuple(student_features.shape[:2]):
         raise ValueError(f"mask must be [B, M] = {tuple(student_features.shape[:2])}, got {tuple(mask.shape)}")

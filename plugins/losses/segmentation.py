@@ -39,9 +39,20 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, include_backgr
                    reduction: Reduction = "mean") -> torch.Tensor:
     """Soft Dice loss ``1 - (2|P.G| + smooth_nr) / (|P| + |G| + smooth_dr)`` on softmax probabilities.
 
-    logits ``[B, K, ...]``, target ``[B, ...]`` class indices. Per sample and class, averaged over classes
-    (``batch=True`` sums over the batch first, as MONAI's DiceLoss). Computed in float32.
-    Returns ``[B]`` (or a scalar with ``batch=True``) before ``reduction``.
+    Per sample and class, averaged over classes (``batch=True`` sums over the batch first, as MONAI's DiceLoss).
+    Computed in float32.
+
+    Args:
+        logits: ``[B, K, *spatial]``.
+        target: ``[B, *spatial]`` integer class indices.
+        include_background: count class 0.
+        smooth_nr, smooth_dr: added to the numerator and the denominator.
+        batch: sum over the batch before the ratio.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    Returns:
+        ``[B]`` (a scalar with ``batch=True``) before ``reduction``.
+    Raises:
+        ValueError: shapes that do not match, float targets or an unknown reduction.
     """
     _check(logits, target)
     k = logits.shape[1]
@@ -61,11 +72,20 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, include_backgr
 def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None,
                        class_weighting: Literal["none", "passion"] = "none", prob_floor: float = 0.005,
                        reduction: Reduction = "mean") -> torch.Tensor:
-    """Cross-entropy per sample (mean over voxels), in float32. Returns ``[B]`` before ``reduction``.
+    """Cross-entropy per sample (mean over voxels), in float32.
 
-    ``weight``: fixed class weights ``[K]`` (normalised as torch does). ``class_weighting="passion"``: PASSION's
-    per-sample weights ``w_c = 1 - |y_c| / |y|`` with probabilities clamped at ``prob_floor`` (plain mean over
-    voxels, not normalised by the weights).
+    Args:
+        logits: ``[B, K, *spatial]``.
+        target: ``[B, *spatial]`` integer class indices.
+        weight: fixed class weights ``[K]`` (a weighted mean, normalised as torch does).
+        class_weighting: ``"passion"``: PASSION's per-sample weights ``w_c = 1 - |y_c| / |y|`` with probabilities
+            clamped at ``prob_floor`` (plain mean over voxels, not normalised by the weights).
+        prob_floor: the clamp of the ``"passion"`` weighting.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    Returns:
+        ``[B]`` before ``reduction``.
+    Raises:
+        ValueError: shapes that do not match, float targets, an unknown weighting or reduction.
     """
     _check(logits, target)
     logits = logits.float()
@@ -96,7 +116,16 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, include_backgrou
 
     With ``include_background=True``, no class weights and ``lambda_*=1`` it equals MONAI's
     ``DiceCELoss(softmax=True, to_onehot_y=True)`` up to its batch handling (per-sample Dice, averaged).
-    ``prob_floor`` only applies with ``class_weighting="passion"``. Returns ``[B]`` before ``reduction``.
+    ``prob_floor`` only applies with ``class_weighting="passion"``.
+
+    Args:
+        logits: ``[B, K, *spatial]``; target: ``[B, *spatial]`` integer class indices.
+        ce_weight: fixed cross-entropy class weights ``[K]``; the other options: see ``soft_dice_loss`` and
+            ``cross_entropy_loss``.
+    Returns:
+        ``[B]`` before ``reduction``.
+    Raises:
+        ValueError: see ``soft_dice_loss`` and ``cross_entropy_loss``.
     """
     dice = soft_dice_loss(logits, target, include_background=include_background, smooth_nr=smooth_nr,
                           smooth_dr=smooth_dr, reduction="none")
