@@ -104,6 +104,7 @@ class EvalConfig(_Model):
     hd95: bool = EVAL.compute_hd95
     hd95_empty: float | None = EVAL.hd95_empty  # HD95 when exactly one set is empty (BraTS diagonal); None: left out
     stitch_on_cpu: bool = EVAL.stitch_on_cpu
+    lesion_metrics: bool = EVAL.lesion_metrics  # also BraTS 2023+ lesion-wise Dice and HD95 (prism.evaluation.lesion)
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
     adapt_cases: int = Field(1, ge=1)
     adapt_steps: int = Field(10, ge=0)

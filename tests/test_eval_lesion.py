@@ -72,3 +72,30 @@ def test_batched_form_matches_per_mask_calls():
             s = lesion_scores(pred[c, r].numpy(), ref[r].numpy())
             assert (dice[c, r], hd[c, r]) == (s.dice, s.hd95)
     assert dice.max() < 1.0  # the scattered extra voxels are false positives
+
+
+def test_eval_lesion_metrics_flag_adds_them_to_the_report_files(tiny_cache, tmp_path):
+    import csv
+    import json
+
+    from conftest import fast_config
+    from prism.engine.trainer import Trainer
+    from prism.evaluation.results import EvalReport
+
+    for flag in (False, True):
+        trainer = Trainer(fast_config("train.steps=1", f"eval.lesion_metrics={str(flag).lower()}", cache=tiny_cache),
+                          tmp_path / str(flag), cache_path=tiny_cache)
+        trainer.fit()
+        report = trainer.evaluate()
+        trainer.close()
+        data = json.loads((tmp_path / str(flag) / "eval.json").read_text())
+        assert ("lesion_dice" in data["metrics"]) is flag and ("lesion_hd95" in data["mean"]) is flag
+        with open(tmp_path / str(flag) / "eval_cases.csv", newline="") as fh:
+            header = next(csv.reader(fh))
+        assert ("WT_lesion_dice" in header and "ET_lesion_hd95_mm" in header) is flag
+    assert report.lesion_dice.shape == report.dice.shape
+    assert np.all((report.lesion_dice >= 0) & (report.lesion_dice <= 1))
+    assert np.all((report.lesion_hd95 >= 0) & (report.lesion_hd95 <= 374))
+    back = EvalReport.from_dict(json.loads((tmp_path / "True" / "eval.json").read_text()))
+    assert np.allclose(back.lesion_dice, report.lesion_dice, atol=1e-6)
+    assert "Lesion-wise metrics" in (tmp_path / "True" / "eval.md").read_text()

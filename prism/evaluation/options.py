@@ -27,6 +27,7 @@ class EvalOptions:
     hd95_empty: float = BRATS_EMPTY_HD95  # NaN: pairs with exactly one empty set are left out of the means
     channels_last: bool = False
     stitch_on_cpu: bool = False  # blend sliding-window logits in host memory (large volumes, small GPUs)
+    lesion_metrics: bool = False  # also lesion-wise Dice and HD95 as BraTS 2023+ rank them (prism.evaluation.lesion)
 
     def settings(self) -> dict[str, object]:
         """For the report: JSON-safe (NaN as None)."""

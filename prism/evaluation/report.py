@@ -26,7 +26,7 @@ def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, d
              window: Sequence[int] | None = DEFAULTS.window, overlap: float = DEFAULTS.overlap,
              sw_batch_size: int = DEFAULTS.sw_batch_size, sigma_scale: float = DEFAULTS.sigma_scale,
              hd95: bool = DEFAULTS.compute_hd95, hd95_empty: float = DEFAULTS.hd95_empty,
-             stitch_on_cpu: bool = DEFAULTS.stitch_on_cpu,
+             stitch_on_cpu: bool = DEFAULTS.stitch_on_cpu, lesion_metrics: bool = DEFAULTS.lesion_metrics,
              adaptation: AdaptationSettings | None = None, adapt_loss: AdaptLoss | None = None,
              on_case: Callable[[str], None] | None = None) -> EvalReport:
     """Dice and HD95 per case, combination and region for ``case_ids``, every combination of a case batched.
@@ -40,7 +40,7 @@ def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, d
         overlap=float(overlap), sw_batch_size=int(sw_batch_size), sigma_scale=float(sigma_scale),
         combos_per_pass=int(combos_per_pass), et_postprocess_voxels=int(et_postprocess_voxels),
         compute_hd95=bool(hd95), hd95_empty=float(hd95_empty), channels_last=bool(channels_last),
-        stitch_on_cpu=bool(stitch_on_cpu),
+        stitch_on_cpu=bool(stitch_on_cpu), lesion_metrics=bool(lesion_metrics),
     )
     cases = list(case_ids)
     report = evaluate_cases(model, reader, cases, device=device, amp_dtype=amp_dtype, options=options,
@@ -93,6 +93,7 @@ def evaluate_kwargs(eval_config: object) -> dict[str, object]:
         "hd95": get("hd95", d.compute_hd95),
         "hd95_empty": float("nan") if hd95_empty is None else float(hd95_empty),
         "stitch_on_cpu": get("stitch_on_cpu", d.stitch_on_cpu),
+        "lesion_metrics": get("lesion_metrics", d.lesion_metrics),
     }
     site = getattr(eval_config, "adapt_site", None)
     if site:

@@ -45,7 +45,8 @@ class EvalReport:
     dice, hd95: float ``[cases, combinations, regions]`` (Dice in [0, 1], HD95 in mm; ``hd95`` None when not
     computed, NaN entries are left out of the means). A (case, combination) pair that was not scored, because the
     case lacks a modality of the combination, is NaN in every region of ``dice`` (see :attr:`scored`).
-    ``settings`` records how they were computed.
+    ``settings`` records how they were computed. ``lesion_dice``, ``lesion_hd95``: the BraTS 2023+ lesion-wise
+    metrics (same shape; None unless ``eval.lesion_metrics``).
     """
 
     modalities: tuple[str, ...]
@@ -58,6 +59,13 @@ class EvalReport:
     combination_masks: list[tuple[bool, ...]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     adaptation: AdaptationResult | None = None
+    lesion_dice: np.ndarray | None = None
+    lesion_hd95: np.ndarray | None = None
+
+    def lesion_arrays(self) -> dict[str, np.ndarray]:
+        """The lesion-wise metrics present: name (``lesion_dice``, ``lesion_hd95``) -> ``[cases, combos, regions]``."""
+        return {k: v for k, v in (("lesion_dice", self.lesion_dice), ("lesion_hd95", self.lesion_hd95))
+                if v is not None}
 
     @property
     def scored(self) -> np.ndarray:
@@ -83,7 +91,7 @@ class EvalReport:
             modalities=self.modalities, regions=self.regions, combinations=list(self.combinations),
             case_ids=list(case_ids), dice=self.dice[rows], hd95=None if self.hd95 is None else self.hd95[rows],
             sites=[self.sites[r] for r in rows] if self.sites else [], combination_masks=list(self.combination_masks),
-            settings=dict(self.settings),
+            settings=dict(self.settings), **{k: v[rows] for k, v in self.lesion_arrays().items()},
         )
 
     # ---- JSON ------------------------------------------------------------------------------------------------
@@ -98,10 +106,14 @@ class EvalReport:
                 entry["mask"] = list(self.combination_masks[i])
             if hd is not None:
                 entry["hd95"] = _floats(self.regions, hd[i])
+            for key, values in self.lesion_arrays().items():
+                entry[key] = _floats(self.regions, _mean_over_cases(values)[i])
             combos.append(entry)
         mean: dict[str, Any] = {"dice": _floats(self.regions, mean_over_combinations(dice))}
         if hd is not None:
             mean["hd95"] = _floats(self.regions, mean_over_combinations(hd))
+        for key, values in self.lesion_arrays().items():
+            mean[key] = _floats(self.regions, mean_over_combinations(_mean_over_cases(values)))
         cases = {}
         for c, cid in enumerate(self.case_ids):
             per_combo: dict[str, Any] = {}
@@ -109,13 +121,15 @@ class EvalReport:
                 values: dict[str, Any] = {"dice": _floats(self.regions, self.dice[c, i])}
                 if self.hd95 is not None:
                     values["hd95"] = _floats(self.regions, self.hd95[c, i])
+                for key, array in self.lesion_arrays().items():
+                    values[key] = _floats(self.regions, array[c, i])
                 per_combo[name] = values
             cases[cid] = {"site": self.sites[c] if self.sites else "", "combinations": per_combo}
         out: dict[str, Any] = {
             "modalities": list(self.modalities),
             "regions": list(self.regions),
-            "metrics": ["dice", "hd95"] if self.hd95 is not None else ["dice"],
-            "units": {"dice": "fraction", "hd95": "mm"},
+            "metrics": (["dice", "hd95"] if self.hd95 is not None else ["dice"]) + list(self.lesion_arrays()),
+            "units": {"dice": "fraction", "hd95": "mm", "lesion_dice": "fraction", "lesion_hd95": "mm"},
             "settings": self.settings,
             "num_cases": len(self.case_ids),
             "combinations": combos,
@@ -135,6 +149,8 @@ class EvalReport:
             case_ids = list(data["cases"])
             dice, hd, sites = [], [], []
             has_hd = "hd95" in data.get("metrics", [])
+            lesion_keys = [k for k in ("lesion_dice", "lesion_hd95") if k in data.get("metrics", [])]
+            lesion: dict[str, list[np.ndarray]] = {k: [] for k in lesion_keys}
             for cid in case_ids:
                 entry = data["cases"][cid]
                 sites.append(entry.get("site", ""))
@@ -142,6 +158,8 @@ class EvalReport:
                 dice.append(_array([[combos[n]["dice"][r] for r in regions] for n in names]))
                 if has_hd:
                     hd.append(_array([[combos[n]["hd95"][r] for r in regions] for n in names]))
+                for key in lesion_keys:
+                    lesion[key].append(_array([[combos[n][key][r] for r in regions] for n in names]))
             shape = (0, len(names), len(regions))
             adaptation = data.get("adaptation")
             return cls(
@@ -151,6 +169,7 @@ class EvalReport:
                 combination_masks=[tuple(c["mask"]) for c in data["combinations"] if "mask" in c],
                 settings=dict(data.get("settings", {})),
                 adaptation=AdaptationResult.from_dict(adaptation, source) if adaptation else None,
+                **{k: np.stack(v) if v else np.zeros(shape) for k, v in lesion.items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{source}: not a prism evaluation report ({type(exc).__name__}: {exc})") from None

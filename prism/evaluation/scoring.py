@@ -16,6 +16,7 @@ from ..data.cache_reader import CacheReader
 from ..modalities import enumerate_combinations
 from .hausdorff import hd95
 from .inference import predict_combinations
+from .lesion import lesion_metrics
 from .metrics import Regions, mask_dice, region_masks, regions_for
 from .options import EvalOptions
 from .results import EvalReport
@@ -25,6 +26,11 @@ def score_prediction(pred: torch.Tensor, label: torch.Tensor, regions: Regions, 
                      spacing: Sequence[float], options: EvalOptions) -> tuple[np.ndarray, np.ndarray | None]:
     """Dice ``[C, R]`` and HD95 ``[C, R]`` (None when off) of label maps ``pred [C, ...]`` against ``label``."""
     p, g = region_masks(pred, label, regions, num_classes, et_postprocess_voxels=options.et_postprocess_voxels)
+    return _volume_scores(p, g, spacing, options)
+
+
+def _volume_scores(p: torch.Tensor, g: torch.Tensor, spacing: Sequence[float], options: EvalOptions
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     dice = mask_dice(p, g).cpu().numpy()
     if not options.compute_hd95:
         return dice, None
@@ -55,10 +61,13 @@ def evaluate_cases(model: Backbone, reader: CacheReader, case_ids: Sequence[str]
     all_masks = torch.tensor([c.mask for c in combos])
     shape = (len(combos), len(regions.names))
     dice, hd, sites = [], [], []
+    lesion_dice: list[np.ndarray] = []
+    lesion_hd: list[np.ndarray] = []
     for case_id in case_ids:
         info = reader.info(case_id)
         scored = scored_combinations(all_masks, info.availability)
         d, h = np.full(shape, np.nan), np.full(shape, np.nan)
+        ld, lh = np.full(shape, np.nan), np.full(shape, np.nan)
         if scored.any():
             image, label = reader.read_case(case_id)
             pred = predict_combinations(
@@ -67,13 +76,18 @@ def evaluate_cases(model: Backbone, reader: CacheReader, case_ids: Sequence[str]
                 overlap=options.overlap, sw_batch_size=options.sw_batch_size, sigma_scale=options.sigma_scale,
                 output_device=torch.device("cpu") if options.stitch_on_cpu else None,
             )
-            d_scored, h_scored = score_prediction(pred.to(device), torch.from_numpy(label).to(device), regions,
-                                                  num_classes, info.spacing, options)
+            p, g = region_masks(pred.to(device), torch.from_numpy(label).to(device), regions, num_classes,
+                                et_postprocess_voxels=options.et_postprocess_voxels)
+            d_scored, h_scored = _volume_scores(p, g, info.spacing, options)
+            if options.lesion_metrics:
+                ld[scored.numpy()], lh[scored.numpy()] = lesion_metrics(p, g, info.spacing)
             d[scored.numpy()] = d_scored
             if h_scored is not None:
                 h[scored.numpy()] = h_scored
         dice.append(d)
         hd.append(h)
+        lesion_dice.append(ld)
+        lesion_hd.append(lh)
         sites.append(info.site)
         if on_case is not None:
             on_case(case_id)
@@ -83,4 +97,6 @@ def evaluate_cases(model: Backbone, reader: CacheReader, case_ids: Sequence[str]
         case_ids=list(case_ids), dice=np.stack(dice) if dice else np.zeros(empty),
         hd95=(np.stack(hd) if hd else np.zeros(empty)) if options.compute_hd95 else None,
         sites=sites, combination_masks=[c.mask for c in combos], settings=options.settings(),
+        lesion_dice=(np.stack(lesion_dice) if lesion_dice else np.zeros(empty)) if options.lesion_metrics else None,
+        lesion_hd95=(np.stack(lesion_hd) if lesion_hd else np.zeros(empty)) if options.lesion_metrics else None,
     )

@@ -107,10 +107,33 @@ def adaptation_markdown(result: AdaptationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def lesion_table(report: EvalReport) -> str:
+    """Markdown: lesion-wise Dice (%) and HD95 (mm) per combination and region (BraTS 2023+ ranking metrics)."""
+    arrays = report.lesion_arrays()
+    means = {k: _nanmean_cases(v) * (100 if k == "lesion_dice" else 1) for k, v in arrays.items()}
+    cols = ["#", "Modalities", *(f"{r} lesion {'Dice' if k == 'lesion_dice' else 'HD95'}"
+                                 for k in means for r in report.regions)]
+    lines = ["## Lesion-wise metrics (BraTS 2023+: connected components matched to reference lesions)", "",
+             "| " + " | ".join(cols) + " |", "|---:|:---|" + "---:|" * (len(cols) - 2)]
+    for i, name in enumerate(report.combinations):
+        lines.append("| " + " | ".join([str(i), name, *(_fmt(v) for m in means.values() for v in m[i])]) + " |")
+    lines.append("| | **Mean** | " + " | ".join(f"**{_fmt(v)}**" for m in means.values() for v in _nanmean0(m))
+                 + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _nanmean_cases(values: np.ndarray) -> np.ndarray:
+    from .results import _mean_over_cases
+
+    return _mean_over_cases(values)
+
+
 def report_markdown(report: EvalReport, title: str | None = None) -> str:
     parts = [f"# {title or 'Evaluation over every modality combination'}", "", _settings_line(report) + ".", "",
              "Dice in %, HD95 in mm; mean over cases per combination, then over combinations (last row).", "",
              metrics_table(report)]
+    if report.lesion_arrays():
+        parts += ["", lesion_table(report)]
     if report.adaptation is not None:
         parts += ["", adaptation_markdown(report.adaptation)]
     return "\n".join(parts)
@@ -121,6 +144,8 @@ def case_rows(report: EvalReport) -> tuple[list[str], list[list[object]]]:
     header = ["case_id", "site", "combination_index", "combination", *(f"{r}_dice" for r in report.regions)]
     if report.hd95 is not None:
         header += [f"{r}_hd95_mm" for r in report.regions]
+    lesion = report.lesion_arrays()
+    header += [f"{r}_{key}" + ("_mm" if key.endswith("hd95") else "") for key in lesion for r in report.regions]
     rows: list[list[object]] = []
     for c, cid in enumerate(report.case_ids):
         for i, name in enumerate(report.combinations):
@@ -128,6 +153,8 @@ def case_rows(report: EvalReport) -> tuple[list[str], list[list[object]]]:
             row += ["" if math.isnan(v) else f"{v:.6f}" for v in report.dice[c, i]]
             if report.hd95 is not None:
                 row += ["" if math.isnan(v) else f"{v:.4f}" for v in report.hd95[c, i]]
+            for values in lesion.values():
+                row += ["" if math.isnan(v) else f"{v:.6f}" for v in values[c, i]]
             rows.append(row)
     return header, rows
 
