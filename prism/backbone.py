@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import ClassVar
 
 import torch
@@ -22,6 +23,8 @@ class Backbone(nn.Module):
 
     provides: ClassVar[frozenset[str]] = frozenset({"logits"})
     size_divisor: int = 1
+    #: glob patterns naming the head's parameters (see ``head_parameter_names``); empty: found by shape
+    head_patterns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int) -> None:
         super().__init__()
@@ -52,6 +55,22 @@ class Backbone(nn.Module):
                 f"{type(self).__name__} needs spatial sizes divisible by {self.size_divisor}, "
                 f"got {tuple(image.shape[2:])} (data.patch_size)"
             )
+
+    def head_parameter_names(self) -> list[str]:
+        """Names of the segmentation head's parameters (the fused, per-modality and deep-supervision classifiers).
+        ANIL-style adaptation updates only these, BOIL-style everything else.
+
+        A backbone names them with ``head_patterns`` (globs over parameter names); without patterns, every 1x1x1
+        convolution that maps to ``num_classes`` channels counts as head."""
+        if self.head_patterns:
+            return [n for n, _ in self.named_parameters()
+                    if any(fnmatch.fnmatchcase(n, pattern) for pattern in self.head_patterns)]
+        names = []
+        for prefix, module in self.named_modules():
+            if (isinstance(module, nn.modules.conv._ConvNd) and module.out_channels == self.num_classes
+                    and all(k == 1 for k in module.kernel_size)):
+                names += [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+        return names
 
     def combination_logits(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Fused logits ``[B, C, K, ...]`` of each image ``[B, M, ...]`` under every mask of ``masks [C, M]``.

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from .adapt import AdaptLossFn, fine_tune
 from .backbone import Backbone
 from .batch import Batch
 from .masking import MaskingPolicy
@@ -180,8 +181,34 @@ class Strategy:
     compile_refusal: ClassVar[str | None] = None
     gradient_sync: ClassVar[str] = "explicit"
 
+    #: fine-tuning defaults of the base ``adapt`` (strategies without an adaptation rule of their own)
+    adapt_steps: ClassVar[int] = 10
+    adapt_lr: ClassVar[float] = 0.01
+
     def setup(self, ctx: StepContext) -> None:
         return None
+
+    def adapt(self, model: Backbone, support: Sequence[Batch], loss_fn: AdaptLossFn, *, steps: int | None = None,
+              lr: float | None = None) -> dict[str, torch.Tensor]:
+        """Weights adapted to a task from its support batches; ``model`` (the meta-learned weights) is unchanged.
+
+        Meta-strategies override this with their own rule (MAML: its inner rate and steps, on the parameters
+        it adapts; Meta-SGD: its learned rates). This default, for strategies without one (standard training,
+        Meta-Drop), fine-tunes every parameter with plain SGD. Use :func:`prism.adapt.adapted_copy` to predict
+        with the result.
+
+        Args:
+            model: the trained backbone (as the engine built it; in train mode for the steps).
+            support: the task's support batches; step ``i`` uses ``support[i % len(support)]``.
+            loss_fn: ``(output, batch) -> scalar``.
+            steps: gradient steps (default: the strategy's own, 10 for fine-tuning).
+            lr: step size (default: the strategy's own, 0.01 for fine-tuning).
+
+        Returns:
+            ``{parameter name: adapted tensor}`` for the parameters it adapted (detached).
+        """
+        return fine_tune(model, support, loss_fn, steps=self.adapt_steps if steps is None else steps,
+                         lr=self.adapt_lr if lr is None else lr)
 
     def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -140,7 +140,8 @@ def test_builtin_strategies_import_only_contract_modules():
     import ast
     import inspect
 
-    allowed = {"prism.strategy", "prism.loss", "prism.backbone", "prism.outputs", "prism.batch", "prism.masking",
+    allowed = {"prism.strategy", "prism.adapt", "prism.loss", "prism.backbone", "prism.outputs", "prism.batch",
+               "prism.masking",
                "prism.modalities", "prism.errors", "prism.registry"}
     for name in list_plugins("strategy"):
         module = inspect.getmodule(get_registry().get("strategy", name).factory)

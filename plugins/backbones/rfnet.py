@@ -119,6 +119,7 @@ class RFNet(Backbone):
     """
 
     provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features", "sep"})
+    head_patterns = ("seg.*", "separate.heads.*", "region_maps.*.head.1.*")
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4,
                  uni_in_eval: bool = False, separate_decoder: bool = True) -> None:

@@ -78,6 +78,7 @@ class ShaSpec(Backbone):
     """
 
     provides = frozenset({"logits", "deep", "features", "shared", "fused", "domain_logits"})
+    head_patterns = ("decoder.heads.*",)
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4) -> None:
         super().__init__(modalities, num_classes)

@@ -71,6 +71,7 @@ class TransformerFusionNet(Backbone):
     """
 
     provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features"})
+    head_patterns = ("fused_decoder.heads.*", "separate_decoder.heads.*")
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int, depth: int,
                  dim: int | None, heads: int, uni_in_eval: bool) -> None:

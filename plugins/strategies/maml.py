@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
+from prism.adapt import AdaptLossFn, StepSizes, gradient_steps, select_parameters
+from prism.backbone import Backbone
+from prism.batch import Batch
 from prism.strategy import StepContext, Strategy
 
 from .maml_backends import InnerLoop, make_inner_loop
@@ -34,6 +38,11 @@ class MAML(Strategy):
         tasks: ``combination`` (one modality combination per task, support and query from disjoint cases) or
             ``site`` (one acquisition site per task).
         backend: ``torch`` (torch.func, default), ``higher`` or ``learn2learn``.
+        adapt_params: which parameters the inner loop (and ``adapt``) updates: ``all``, ``head`` (ANIL),
+            ``body`` (BOIL) or a list of glob patterns over parameter names. The outer step trains all of them.
+
+    Adaptation to a new task (``adapt``) takes ``inner_steps`` steps of size ``inner_lr`` (Meta-SGD: its learned
+    rates, clamped at 0) on ``adapt_params``, exactly as the inner loop does in training.
     """
 
     compile_refusal = ("torch.compile around a functional_call inner loop silently uses the original weights, so "
@@ -43,7 +52,8 @@ class MAML(Strategy):
                  inner_lr: Annotated[float, Field(gt=0.0)] = 0.01, learn_inner_lr: bool = False,
                  first_order: bool = True, tasks_per_step: Annotated[int, Field(ge=1)] = 2,
                  tasks: Literal["combination", "site"] = "combination",
-                 backend: Literal["torch", "higher", "learn2learn"] = "torch") -> None:
+                 backend: Literal["torch", "higher", "learn2learn"] = "torch",
+                 adapt_params: str | list[str] = "all") -> None:
         self.inner_steps = int(inner_steps)
         self.inner_lr = float(inner_lr)
         self.learn_inner_lr = bool(learn_inner_lr)
@@ -51,7 +61,9 @@ class MAML(Strategy):
         self.tasks_per_step = int(tasks_per_step)
         self.task_kind = tasks
         self.backend = backend
+        self.adapt_params = adapt_params
         self.inner: InnerLoop | None = None
+        self._inner_state: dict[str, Any] = {}  # learned rates loaded before setup (adaptation outside training)
         self.sampler: TaskSampler | None = None
         self.generator = torch.Generator().manual_seed(0)
 
@@ -59,8 +71,10 @@ class MAML(Strategy):
         self.inner = make_inner_loop(
             self.backend, ctx.model, inner_lr=self.inner_lr, learn_inner_lr=self.learn_inner_lr,
             first_order=self.first_order, loss_scale=ctx.loss_scale if ctx.loss_scale() is not None else None,
-            prepare=ctx.prepare_image,
+            prepare=ctx.prepare_image, adapt_params=self.adapt_params,
         )
+        if self._inner_state:
+            self.inner.load_state_dict(self._inner_state)
         extra = list(self.inner.extra_parameters())
         if extra:  # Meta-SGD: the learned inner learning rates are trained by the outer optimizer
             ctx.add_param_group(extra, weight_decay=0.0)
@@ -84,6 +98,25 @@ class MAML(Strategy):
         mean = total / self.tasks_per_step
         return {"loss": mean, "query": mean}
 
+    def adapt(self, model: Backbone, support: Sequence[Batch], loss_fn: AdaptLossFn, *, steps: int | None = None,
+              lr: float | None = None) -> dict[str, torch.Tensor]:
+        """The inner loop as a task's adaptation: ``inner_steps`` steps (or ``steps``) on ``adapt_params``, with
+        ``inner_lr`` or Meta-SGD's learned rates (an explicit ``lr`` overrides both)."""
+        names = select_parameters(model, self.adapt_params, field="strategy.options.adapt_params")
+        rates: StepSizes = self.inner_lr if lr is None else lr
+        if self.learn_inner_lr and lr is None:
+            learned = (self.inner.state_dict() if self.inner is not None else self._inner_state)
+            if learned and all(k.isdigit() for k in learned):  # learn2learn's MetaSGD keys rates by position
+                trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+                learned = {trainable[int(k)].replace(".", "__"): v for k, v in learned.items()}
+            rates = {n: learned[n.replace(".", "__")].detach().clamp(min=0.0) for n in names}
+        own = dict(model.named_parameters())
+        fast = {n: own[n].detach().clone().requires_grad_(True) for n in names}
+        for i in range(self.inner_steps if steps is None else steps):
+            fast, _ = gradient_steps(model, fast, [support[i % len(support)]], loss_fn, 1, rates)
+            fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
+        return {n: w.detach() for n, w in fast.items()}
+
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(),
                 "inner": self.inner.state_dict() if self.inner is not None else {}}
@@ -91,5 +124,6 @@ class MAML(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "generator" in state:
             self.generator.set_state(state["generator"])
-        if self.inner is not None and state.get("inner"):
-            self.inner.load_state_dict(state["inner"])
+        self._inner_state = dict(state.get("inner") or {})
+        if self.inner is not None and self._inner_state:
+            self.inner.load_state_dict(self._inner_state)

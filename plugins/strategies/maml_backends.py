@@ -9,13 +9,13 @@ model's parameters (and the learned inner learning rates for Meta-SGD); the call
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from prism.adapt import functional_forward, gradient_steps, select_parameters
 from prism.batch import Batch
 from prism.errors import ConfigError
 from prism.loss import observation
@@ -27,9 +27,12 @@ class InnerLoop:
     """Base: ``query_loss(support, query, loss_fn, steps)``; ``extra_parameters()`` are learned inner LRs."""
 
     def __init__(self, model: nn.Module, *, inner_lr: float, learn_inner_lr: bool, first_order: bool,
-                 loss_scale: Callable[[], float] | None = None, prepare: Callable[[torch.Tensor], torch.Tensor] = None
-                 ) -> None:
+                 loss_scale: Callable[[], float] | None = None, prepare: Callable[[torch.Tensor], torch.Tensor] = None,
+                 adapt_params: str | Sequence[str] = "all") -> None:
         self.model = model
+        #: the parameters the inner loop adapts (the others keep their meta-learned values inside a task)
+        self.names = select_parameters(model, adapt_params, field="strategy.options.adapt_params")
+        self.partial = len(self.names) < sum(1 for p in model.parameters() if p.requires_grad)
         self.inner_lr = float(inner_lr)
         self.learn_inner_lr = learn_inner_lr
         self.first_order = first_order
@@ -54,39 +57,31 @@ class TorchInnerLoop(InnerLoop):
 
     def __init__(self, model: nn.Module, **kw: Any) -> None:
         super().__init__(model, **kw)
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.lrs = nn.ParameterDict()
-        if self.learn_inner_lr:  # Meta-SGD: one learned step size per parameter entry
-            for n, p in model.named_parameters():
-                if p.requires_grad:
-                    self.lrs[n.replace(".", "__")] = nn.Parameter(torch.full_like(p, self.inner_lr))
+        if self.learn_inner_lr:  # Meta-SGD: one learned step size per entry of every adapted parameter
+            own = dict(model.named_parameters())
+            for n in self.names:
+                self.lrs[n.replace(".", "__")] = nn.Parameter(torch.full_like(own[n], self.inner_lr))
 
     def extra_parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.lrs.values())
 
-    def _forward(self, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batch: Batch) -> Any:
-        return functional_call(self.model, (weights, buffers), (self.prepare(batch.image), batch.mask))
+    def step_sizes(self) -> float | dict[str, torch.Tensor]:
+        """The inner step size: ``inner_lr``, or Meta-SGD's learned rates (kept non-negative) by parameter name."""
+        if not self.learn_inner_lr:
+            return self.inner_lr
+        return {n: self.lrs[n.replace(".", "__")].clamp(min=0.0) for n in self.names}
 
     def query_loss(self, support: Batch, query: Batch, loss_fn: LossFn, steps: int) -> torch.Tensor:
-        fast = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        own = dict(self.model.named_parameters())
+        start = {n: own[n] for n in self.names}
         # copies: normalisation running statistics are never updated inside a task (as in higher, learn2learn)
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-        scale = self.loss_scale() if self.loss_scale is not None else 1.0
-        for _ in range(steps):
-            with observation(False):  # adaptation steps; the query loss is the training signal
-                loss = loss_fn(self._forward(fast, buffers, support), support)
-            grads = torch.autograd.grad(loss * scale, list(fast.values()), create_graph=not self.first_order,
-                                        allow_unused=True)
-            new = {}
-            for (n, w), g in zip(fast.items(), grads, strict=True):
-                if g is None:
-                    new[n] = w
-                    continue
-                g = g / scale if scale != 1.0 else g
-                lr = self.lrs[n.replace(".", "__")] if self.learn_inner_lr else self.inner_lr
-                new[n] = w - lr * g
-            fast = new
-        return loss_fn(self._forward(fast, buffers, query), query)
+        fast, _ = gradient_steps(self.model, start, [support], loss_fn, steps, self.step_sizes(),
+                                 create_graph=not self.first_order,
+                                 loss_scale=self.loss_scale() if self.loss_scale is not None else None,
+                                 prepare=self.prepare, buffers=buffers)
+        return loss_fn(functional_forward(self.model, fast, query, prepare=self.prepare, buffers=buffers), query)
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().clone() for k, v in self.lrs.items()}
@@ -113,8 +108,8 @@ class HigherInnerLoop(InnerLoop):
     def query_loss(self, support: Batch, query: Batch, loss_fn: LossFn, steps: int) -> torch.Tensor:
         import higher
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        inner_opt = torch.optim.SGD(params, lr=self.inner_lr)
+        own = dict(self.model.named_parameters())
+        inner_opt = torch.optim.SGD([own[n] for n in self.names], lr=self.inner_lr)
         scale = self.loss_scale() if self.loss_scale is not None else 1.0
         first_order = self.first_order
 
@@ -144,6 +139,9 @@ class Learn2LearnInnerLoop(InnerLoop):
         if self.loss_scale is not None:
             raise ConfigError("strategy.options.backend: 'learn2learn' cannot unscale fp16 inner gradients; "
                               "use train.amp=bf16 or none, or backend 'torch'")
+        if self.partial:
+            raise ConfigError("strategy.options.adapt_params: backend 'learn2learn' adapts every parameter; "
+                              "use backend 'torch' or 'higher' for partial adaptation")
         try:
             import learn2learn as l2l
         except ImportError as exc:

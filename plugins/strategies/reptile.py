@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
+from prism.adapt import AdaptLossFn, select_parameters
+from prism.backbone import Backbone
+from prism.batch import Batch
 from prism.errors import ConfigError
+from prism.loss import observation
 from prism.strategy import StepContext, Strategy
 
 from .tasks import TaskSampler
@@ -19,6 +25,10 @@ class Reptile(Strategy):
     Each task runs ``inner_steps`` steps of a fresh inner optimizer (``sgd``, or ``adam`` with beta1 = 0 as in
     the Reptile paper) on successive support batches of that task. The configured outer optimizer is not used
     for the meta update (Reptile's update is an interpolation); its LR schedule is ignored.
+
+    ``adapt_params`` (``all``, ``head``, ``body`` or glob patterns) chooses the parameters the inner optimizer
+    updates, in training and in ``adapt``, which runs the same inner optimizer for ``inner_steps`` steps on a
+    copy of the model.
     """
 
     uses_optimizer = False
@@ -29,7 +39,8 @@ class Reptile(Strategy):
                  meta_step: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
                  meta_step_final: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
                  inner_optimizer: Literal["sgd", "adam"] = "adam",
-                 tasks: Literal["combination", "site"] = "combination") -> None:
+                 tasks: Literal["combination", "site"] = "combination",
+                 adapt_params: str | list[str] = "all") -> None:
         if meta_step_final > meta_step:
             raise ConfigError(f"strategy.options.meta_step_final: {meta_step_final} must not exceed meta_step "
                               f"{meta_step}")
@@ -40,10 +51,13 @@ class Reptile(Strategy):
         self.meta_step_final = float(meta_step_final)
         self.inner_optimizer = inner_optimizer
         self.task_kind = tasks
+        self.adapt_params = adapt_params
+        self.adapted: list[str] = []
         self.sampler: TaskSampler | None = None
         self.generator = torch.Generator().manual_seed(0)
 
     def setup(self, ctx: StepContext) -> None:
+        self.adapted = select_parameters(ctx.model, self.adapt_params, field="strategy.options.adapt_params")
         self.sampler = TaskSampler(ctx, self.task_kind)
         self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
 
@@ -66,7 +80,8 @@ class Reptile(Strategy):
             task = self.sampler.sample(self.generator)
             with torch.no_grad():
                 torch._foreach_copy_(params, theta)
-            inner = self._inner_optimizer(params)
+            own = dict(ctx.model.named_parameters())
+            inner = self._inner_optimizer([own[n] for n in self.adapted])
             for _ in range(self.inner_steps):
                 batch = self.sampler.batch(ctx, task, task.support_stream)
                 inner.zero_grad(set_to_none=True)
@@ -84,6 +99,26 @@ class Reptile(Strategy):
             p.grad = None
         mean_loss = torch.stack(losses).mean()
         return {"loss": mean_loss, "inner": mean_loss, "epsilon": torch.tensor(eps)}
+
+    def adapt(self, model: Backbone, support: Sequence[Batch], loss_fn: AdaptLossFn, *, steps: int | None = None,
+              lr: float | None = None) -> dict[str, torch.Tensor]:
+        """The inner optimizer (``inner_optimizer``, ``inner_lr`` or ``lr``) for ``inner_steps`` (or ``steps``)
+        steps on ``adapt_params`` of a copy of ``model``."""
+        names = select_parameters(model, self.adapt_params, field="strategy.options.adapt_params")
+        copy_ = copy.deepcopy(model)
+        own = dict(copy_.named_parameters())
+        inner = self._inner_optimizer([own[n] for n in names])
+        if lr is not None:
+            for group in inner.param_groups:
+                group["lr"] = lr
+        for i in range(self.inner_steps if steps is None else steps):
+            batch = support[i % len(support)]
+            inner.zero_grad(set_to_none=True)
+            with observation(False):
+                loss = loss_fn(copy_(batch.image, batch.mask), batch)
+            loss.backward()
+            inner.step()
+        return {n: own[n].detach() for n in names}
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
