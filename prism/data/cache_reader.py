@@ -33,6 +33,15 @@ def default_threads() -> int:
     return max(1, min(4, cpus // 2))
 
 
+#: what h5py and the JSON / text decoding raise on damaged metadata
+_CORRUPT = (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:160]
+
+
 @dataclass(frozen=True)
 class CaseInfo:
     """Per-case metadata stored in the cache."""
@@ -65,22 +74,42 @@ class CacheReader:
         self._direct: DirectChunkReader | None = None
         self._index: dict[str, ChunkIndex | None] = {}
         f = self._open()
-        attrs = dict(f.attrs)
-        self.modalities: tuple[str, ...] = tuple(json.loads(attrs["modalities"]))
-        self.labels: dict[int, str] = {int(k): v for k, v in json.loads(attrs["labels"]).items()}
-        self.label_map: dict[int, int] = {int(k): int(v) for k, v in json.loads(attrs.get("label_map", "{}")).items()}
-        self.preprocessing: dict[str, Any] = json.loads(attrs.get("preprocessing", "{}"))
-        self.preprocessing_hash: str = str(attrs.get("preprocessing_hash", ""))
-        self.format_version = int(attrs["format_version"])
-        self.prism_version = str(attrs.get("prism_version", ""))
-        self.source_root: str = str(attrs.get("source_root", ""))
-        self.created: str = str(attrs.get("created", ""))
-        self.case_ids: tuple[str, ...] = tuple(sorted(f["cases"].keys()))
-        self.splits: dict[str, tuple[str, ...]] = {
-            name: tuple(s.decode() if isinstance(s, bytes) else str(s) for s in ds[()])
-            for name, ds in f["splits"].items()
-        }
+        try:
+            attrs = dict(f.attrs)
+            self.modalities: tuple[str, ...] = tuple(json.loads(attrs["modalities"]))
+            self.labels: dict[int, str] = {int(k): v for k, v in json.loads(attrs["labels"]).items()}
+            self.label_map: dict[int, int] = {int(k): int(v)
+                                              for k, v in json.loads(attrs.get("label_map", "{}")).items()}
+            self.preprocessing: dict[str, Any] = json.loads(attrs.get("preprocessing", "{}"))
+            self.preprocessing_hash: str = str(attrs.get("preprocessing_hash", ""))
+            self.format_version = int(attrs["format_version"])
+            self.prism_version = str(attrs.get("prism_version", ""))
+            self.source_root: str = str(attrs.get("source_root", ""))
+            self.created: str = str(attrs.get("created", ""))
+            self.case_ids: tuple[str, ...] = tuple(sorted(f["cases"].keys()))
+            self.splits: dict[str, tuple[str, ...]] = {
+                name: tuple(s.decode() if isinstance(s, bytes) else str(s) for s in ds[()])
+                for name, ds in f["splits"].items()
+            }
+        except _CORRUPT as exc:
+            self.close()
+            raise CacheError(f"{self.path}: the cache's metadata is corrupted ({_first_line(exc)}); "
+                             "rebuild it (prism-data verify shows more)") from None
         self._info: dict[str, CaseInfo] = {}
+        self._check_metadata()
+
+    def _check_metadata(self) -> None:
+        """Trust on open: every split names stored cases and every case's metadata reads (a corrupt case is named
+        here, before anything is trained or written; chunk contents are checked by ``prism-data verify``)."""
+        known = set(self.case_ids)
+        for name, members in self.splits.items():
+            lost = [c for c in members if c not in known]
+            if lost:
+                self.close()
+                raise CacheError(f"{self.path}: corrupted: split '{name}' names case '{lost[0]}' that the cache does "
+                                 f"not hold ({len(lost)} such); rebuild it")
+        for case_id in self.case_ids:
+            self.info(case_id)
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -101,7 +130,13 @@ class CacheReader:
             f = h5py.File(self.path, "r")
         except OSError as exc:
             raise CacheError(f"{self.path}: not a readable HDF5 file (truncated or corrupted?): {exc}") from None
-        attrs = f.attrs
+        try:
+            attrs = dict(f.attrs)
+            complete = bool(attrs.get("complete", False)) and "cases" in f and "splits" in f
+        except _CORRUPT as exc:
+            f.close()
+            raise CacheError(f"{self.path}: the cache's metadata is corrupted ({_first_line(exc)}); "
+                             "rebuild it") from None
         if attrs.get("prism_format") != FORMAT_NAME:
             f.close()
             raise CacheError(f"{self.path}: not a prism cache (no prism_format attribute)")
@@ -112,7 +147,7 @@ class CacheReader:
                 f"{self.path}: cache format version {version} cannot be read by this prism "
                 f"(reads {sorted(READABLE_VERSIONS)}); rebuild it with prism-data"
             )
-        if not bool(attrs.get("complete", False)) or "cases" not in f or "splits" not in f:
+        if not complete:
             f.close()
             raise CacheError(f"{self.path}: cache is incomplete (its build was interrupted); rebuild it")
         self._file, self._pid = f, os.getpid()
@@ -144,7 +179,11 @@ class CacheReader:
             self._direct = DirectChunkReader(self.path, self.threads or default_threads())
         key = f"{case_id}/{name}"
         if key not in self._index:
-            self._index[key] = chunk_index(self._case(case_id)[name])
+            try:
+                self._index[key] = chunk_index(self._case(case_id)[name])
+            except _CORRUPT as exc:
+                raise CacheError(f"{self.path}: case '{case_id}' is corrupted ({name} chunk index: "
+                                 f"{_first_line(exc)}); rebuild the cache") from None
         return self._index[key]
 
     def _read_box(self, case_id: str, name: str, lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
@@ -171,22 +210,35 @@ class CacheReader:
             return f["cases"][case_id]
         except KeyError:
             raise CacheError(f"{self.path}: no case '{case_id}'") from None
+        except _CORRUPT as exc:
+            raise CacheError(f"{self.path}: case '{case_id}' is corrupted ({_first_line(exc)})") from None
 
     def info(self, case_id: str) -> CaseInfo:
+        """The case's metadata; a CacheError naming the case when it is missing or corrupted."""
         if case_id not in self._info:
             g = self._case(case_id)
-            a = g.attrs
-            self._info[case_id] = CaseInfo(
-                case_id=case_id,
-                shape=tuple(int(s) for s in g["label"].shape),
-                availability=tuple(bool(v) for v in a["availability"]),
-                spacing=tuple(float(v) for v in a["spacing"]),
-                affine=np.asarray(a["affine"]),
-                crop_box=np.asarray(a["crop_box"]),
-                original_shape=tuple(int(v) for v in a["original_shape"]),
-                site=str(a.get("site", "")),
-                present=tuple(bool(v) for v in a.get("present", a["availability"])),
-            )
+            try:
+                a = g.attrs
+                info = CaseInfo(
+                    case_id=case_id,
+                    shape=tuple(int(s) for s in g["label"].shape),
+                    availability=tuple(bool(v) for v in a["availability"]),
+                    spacing=tuple(float(v) for v in a["spacing"]),
+                    affine=np.asarray(a["affine"]),
+                    crop_box=np.asarray(a["crop_box"]),
+                    original_shape=tuple(int(v) for v in a["original_shape"]),
+                    site=str(a.get("site", "")),
+                    present=tuple(bool(v) for v in a.get("present", a["availability"])),
+                )
+                image = g["image"]
+                if image.ndim != 4 or image.shape[0] != len(self.modalities) or image.shape[1:] != info.shape or (
+                        len(info.availability) != len(self.modalities)):
+                    raise ValueError(f"image {image.shape} / label {info.shape} / availability "
+                                     f"{len(info.availability)} do not fit {len(self.modalities)} modalities")
+            except _CORRUPT as exc:
+                raise CacheError(f"{self.path}: case '{case_id}' is corrupted ({_first_line(exc)}); "
+                                 "rebuild the cache") from None
+            self._info[case_id] = info
         return self._info[case_id]
 
     def foreground(self, case_id: str) -> np.ndarray:

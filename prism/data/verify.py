@@ -144,42 +144,12 @@ def verify_cache(path: str | os.PathLike[str], *, check_chunks: bool = True, che
         f = h5py.File(path, "r")
     except OSError as exc:
         raise CacheError(f"{path}: not a readable HDF5 file (truncated or corrupted?): {exc}") from None
-    with f:
-        attrs = f.attrs
-        if attrs.get("prism_format") != FORMAT_NAME:
-            raise CacheError(f"{path}: not a prism cache (no prism_format attribute)")
-        version = int(attrs.get("format_version", -1))
-        if version not in READABLE_VERSIONS:
-            raise CacheError(f"{path}: cache format version {version} cannot be read by this prism "
-                             f"(reads {sorted(READABLE_VERSIONS)}); rebuild it with prism-data")
-        missing = [a for a in ROOT_ATTRS if a not in attrs]
-        if missing:
-            raise CacheError(f"{path}: root attributes missing: {missing}")
-        if not bool(attrs["complete"]) or "cases" not in f or "splits" not in f:
-            raise CacheError(f"{path}: cache is incomplete (its build was interrupted); rebuild it")
-        try:
-            modalities = json.loads(attrs["modalities"])
-            labels = {int(k) for k in json.loads(attrs["labels"])}
-            preprocessing = json.loads(attrs["preprocessing"])
-            json.loads(attrs["label_map"])
-            sources = json.loads(f[SOURCES_PATH][()]) if SOURCES_PATH in f else []
-        except (ValueError, TypeError) as exc:
-            raise CacheError(f"{path}: provenance is not valid JSON: {exc}") from None
-        if settings_hash(preprocessing) != str(attrs["preprocessing_hash"]):
-            report.problems.append("preprocessing_hash does not match the stored preprocessing settings")
-        cases = sorted(f["cases"].keys())
-        report.cases = len(cases)
-        for case in cases:
-            _check_case(f, case, len(modalities), labels, check_chunks, report)
-        known = set(cases)
-        for name, ds in f["splits"].items():
-            members = {s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]}
-            if members - known:
-                report.problems.append(f"split '{name}' names unknown cases {sorted(members - known)[:3]}")
-        source_cases = {s.get("case") for s in sources}
-        if sources and source_cases - known:
-            report.problems.append(f"provenance lists sources of unknown cases {sorted(source_cases - known)[:3]}")
-        root = Path(source_root) if source_root is not None else Path(str(attrs.get("source_root", "")))
+    try:
+        with f:
+            sources, root = _verify_open(f, path, report, check_chunks, source_root)
+    except _CORRUPT as exc:
+        raise CacheError(f"{path}: the cache's metadata is corrupted ({' '.join(str(exc).split())[:160]}); "
+                         "rebuild it") from None
     if check_sources:
         if not sources:
             report.problems.append("no source files recorded (synthetic cache?); cannot check sources")
@@ -192,3 +162,51 @@ def verify_cache(path: str | os.PathLike[str], *, check_chunks: bool = True, che
             report.sources_checked += 1
     report.raise_if_bad()
     return report
+
+
+#: what h5py and JSON / text decoding raise on damaged metadata
+_CORRUPT = (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError)
+
+
+def _verify_open(f: h5py.File, path: Path, report: VerifyReport, check_chunks: bool,
+                 source_root: str | os.PathLike[str] | None) -> tuple[list[dict], Path]:
+    """The checks on the open file; returns the recorded sources and their root."""
+    attrs = f.attrs
+    if attrs.get("prism_format") != FORMAT_NAME:
+        raise CacheError(f"{path}: not a prism cache (no prism_format attribute)")
+    version = int(attrs.get("format_version", -1))
+    if version not in READABLE_VERSIONS:
+        raise CacheError(f"{path}: cache format version {version} cannot be read by this prism "
+                         f"(reads {sorted(READABLE_VERSIONS)}); rebuild it with prism-data")
+    missing = [a for a in ROOT_ATTRS if a not in attrs]
+    if missing:
+        raise CacheError(f"{path}: root attributes missing: {missing}")
+    if not bool(attrs["complete"]) or "cases" not in f or "splits" not in f:
+        raise CacheError(f"{path}: cache is incomplete (its build was interrupted); rebuild it")
+    try:
+        modalities = json.loads(attrs["modalities"])
+        labels = {int(k) for k in json.loads(attrs["labels"])}
+        preprocessing = json.loads(attrs["preprocessing"])
+        json.loads(attrs["label_map"])
+        sources = json.loads(f[SOURCES_PATH][()]) if SOURCES_PATH in f else []
+    except (ValueError, TypeError) as exc:
+        raise CacheError(f"{path}: provenance is not valid JSON: {exc}") from None
+    if settings_hash(preprocessing) != str(attrs["preprocessing_hash"]):
+        report.problems.append("preprocessing_hash does not match the stored preprocessing settings")
+    cases = sorted(f["cases"].keys())
+    report.cases = len(cases)
+    for case in cases:
+        try:
+            _check_case(f, case, len(modalities), labels, check_chunks, report)
+        except _CORRUPT as exc:
+            report.problems.append(f"case '{case}': metadata is corrupted ({' '.join(str(exc).split())[:160]})")
+    known = set(cases)
+    for name, ds in f["splits"].items():
+        members = {s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]}
+        if members - known:
+            report.problems.append(f"split '{name}' names unknown cases {sorted(members - known)[:3]}")
+    source_cases = {s.get("case") for s in sources}
+    if sources and source_cases - known:
+        report.problems.append(f"provenance lists sources of unknown cases {sorted(source_cases - known)[:3]}")
+    root = Path(source_root) if source_root is not None else Path(str(attrs.get("source_root", "")))
+    return sources, root
