@@ -134,3 +134,21 @@ def test_jobs_run_in_parallel_processes_with_the_same_results(tmp_path):
     for seed in (0, 1):
         a, b = (json.loads((tmp_path / d / f"runs/only/seed-{seed}/eval.json").read_text()) for d in ("one", "two"))
         assert a["mean"] == b["mean"]
+
+
+@pytest.mark.parametrize("name", ["smoke", "prism_synthetic", "passion_brats2020"])
+def test_shipped_studies_plan_and_build(name):
+    from pathlib import Path
+
+    from prism.engine.builder import build_parts
+    from prism.modalities import BRATS_MODALITIES
+    from prism.presets import list_presets
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / f"{name}.yaml")
+    if spec.preset and spec.preset not in list_presets():
+        pytest.skip(f"preset {spec.preset} not shipped yet")
+    runs = plan_runs(spec, Path("/nonexistent/cache.h5"))
+    assert len(runs) == len(spec.arms) * len(spec.seeds) and spec.reference_arm in spec.arms
+    for arm in spec.arms:  # every arm's plugins build with their options (before any data is needed)
+        config = next(r.config for r in runs if r.arm == arm)
+        build_parts(config, tuple(BRATS_MODALITIES), 4)
