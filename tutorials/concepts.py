@@ -3,6 +3,9 @@
 Run: python tutorials/concepts.py (a few seconds on a CPU). The docs page "Concepts" shows its sections.
 """
 
+# Imports sit next to the code that uses them: each section is shown on its own in the docs.
+# ruff: noqa: E402
+
 import torch
 
 # --8<-- [start:combinations]

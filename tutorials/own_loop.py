@@ -3,6 +3,9 @@
 Run: python tutorials/own_loop.py (a few seconds on a CPU).
 """
 
+# Imports sit next to the code that uses them: each section is shown on its own in the docs.
+# ruff: noqa: E402
+
 import torch
 
 from prism.modalities import BRATS_MODALITIES

@@ -195,18 +195,43 @@ def config_page() -> tuple[str, list[str]]:
            "(`prism-train optim.lr=1e-3 data.patch_size=[64,64,64]`), values read as YAML. Unknown fields are "
            "errors that name the field and suggest the closest one. `prism-train` writes the resolved config "
            "into the run folder as `config.yaml`.\n\n"]
-    for path, model, rows in config_rows(Config, "", undocumented):
-        title = path or "top level"
-        out.append(f'## {title} {{ #{anchor(path) or "top-level"} }}\n\n')
-        doc = inspect.getdoc(model)
-        if doc and model.__doc__ is not None and "__doc__" in model.__dict__:
+    out.append(model_tables(Config, undocumented))
+    return "".join(out), undocumented
+
+
+def model_tables(root: type, undocumented: list[str]) -> str:
+    """One section per (nested) pydantic model: a table of its fields."""
+    out = []
+    for path, model, rows in config_rows(root, "", undocumented):
+        out.append(f'## {path or "top level"} {{ #{anchor(path) or "top-level"} }}\n\n')
+        own = model.__dict__.get("__doc__")  # the class's own docstring, never BaseModel's
+        doc = inspect.cleandoc(own) if own else None
+        if doc:
             out.append(md_escape(doc) + "\n\n")
         out.append("| field | type | default | limits | description |\n|---|---|---|---|---|\n")
         for name, typ, default, lim, desc in rows:
             out.append(f"| {code(name)} | {code(typ)} | {code(default)} | {md_escape(lim)} | "
                        f"{md_escape(desc)} |\n")
         out.append("\n")
-    return "".join(out), undocumented
+    return "".join(out)
+
+
+def study_spec_page() -> str | None:
+    """The study spec's fields (``prism-study run SPEC.yaml``), when this tree has prism.study."""
+    try:
+        from prism.study.spec import StudySpec
+    except ImportError:
+        return None
+    undocumented: list[str] = []
+    out = [GENERATED_NOTE, "# Study spec\n\n",
+           "Every field of a `prism-study` spec (`prism/study/spec.py`), generated from its pydantic models. "
+           "Unknown fields are errors naming the field. The config sections an arm sets are those of the "
+           "[run configuration](config.md).\n\n"]
+    module_doc = inspect.getdoc(sys.modules[StudySpec.__module__]) or ""
+    if module_doc:
+        out.append("```text\n" + module_doc.rstrip() + "\n```\n\n")
+    out.append(model_tables(StudySpec, undocumented))
+    return "".join(out)
 
 
 def presets_page() -> str:
@@ -341,7 +366,7 @@ def plugins_page() -> str:
     out.append("\n")
     for kind, (_, human) in KINDS.items():
         entries = reg.entries(kind)
-        plural = human[:-1] + "ies" if human.endswith("y") else human + "s"
+        plural = human[:-1] + "ies" if human.endswith("y") else human + ("es" if human.endswith("s") else "s")
         out.append(f"## {plural[0].upper() + plural[1:]}\n\n")
         column = PARTS_COLUMN.get(kind)
         header = "| name | " + (f"{column} | " if column else "") + "summary |\n"
@@ -382,11 +407,33 @@ def indent_doc(doc: str) -> str:
 
 # ---- error messages --------------------------------------------------------------------------------------------
 
-def error_classes() -> dict[str, type]:
-    import prism.errors as errors
+def source_trees() -> Iterator[tuple[Path, ast.Module]]:
+    """Every Python file of the scanned folders, parsed."""
+    for folder in SOURCE_DIRS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            yield path, ast.parse(path.read_text(), filename=str(path))
 
-    return {name: obj for name, obj in vars(errors).items()
-            if isinstance(obj, type) and issubclass(obj, errors.PrismError)}
+
+def error_classes(trees: list[tuple[Path, ast.Module]]) -> dict[str, str]:
+    """Every subclass of PrismError defined in the source (prism.errors and elsewhere) -> its docstring's first
+    line, found from the class statements (nothing is imported)."""
+    classes: dict[str, tuple[list[str], str]] = {}
+    for _, tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+                         for b in node.bases]
+                doc = (ast.get_docstring(node) or "").split("\n")[0]
+                classes.setdefault(node.name, (bases, doc))
+    found = {"PrismError": classes.get("PrismError", ([], ""))[1]}
+    changed = True
+    while changed:
+        changed = False
+        for name, (bases, doc) in classes.items():
+            if name not in found and any(b in found for b in bases):
+                found[name] = doc
+                changed = True
+    return found
 
 
 def render_message(node: ast.AST) -> str:
@@ -407,27 +454,26 @@ def render_message(node: ast.AST) -> str:
     return "{" + ast.unparse(node) + "}"
 
 
-def raised_errors(names: set[str]) -> list[tuple[str, str, int, str]]:
+def raised_errors(names: set[str], trees: list[tuple[Path, ast.Module]]) -> list[tuple[str, str, int, str]]:
     """(class, file, line, message) of every ``raise Name(message)`` with Name in ``names``."""
     found = []
-    for folder in SOURCE_DIRS:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            tree = ast.parse(path.read_text(), filename=str(path))
-            for node in ast.walk(tree):
-                if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
-                    continue
-                func = node.exc.func
-                cls = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-                if cls not in names:
-                    continue
-                msg = render_message(node.exc.args[0]) if node.exc.args else "(no message)"
-                found.append((cls, str(path.relative_to(ROOT)), node.lineno, msg))
+    for path, tree in trees:
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            func = node.exc.func
+            cls = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if cls not in names:
+                continue
+            msg = render_message(node.exc.args[0]) if node.exc.args else "(no message)"
+            found.append((cls, str(path.relative_to(ROOT)), node.lineno, msg))
     return found
 
 
 def errors_page() -> str:
-    classes = error_classes()
-    found = raised_errors(set(classes))
+    trees = list(source_trees())
+    classes = error_classes(trees)
+    found = raised_errors(set(classes), trees)
     out = [GENERATED_NOTE, "# Error messages\n\n",
            f"Every message a `raise` in prism's source ({', '.join(f'`{d}/`' for d in SOURCE_DIRS)}) gives to a "
            f"user-facing error: {len(found)} places. The command line prints it as `COMMAND: error: MESSAGE` "
@@ -436,10 +482,10 @@ def errors_page() -> str:
            "What to do about each kind: [troubleshooting](../guides/troubleshooting.md). Messages built by a "
            "helper (pydantic validation, `format_validation_error`) appear here by the expression that builds "
            "them.\n\n"]
-    for cls_name, cls in classes.items():
+    for cls_name, doc in classes.items():
         rows = [r for r in found if r[0] == cls_name]
-        doc = (inspect.getdoc(cls) or "").splitlines()[0] if inspect.getdoc(cls) else ""
-        out.append(f"## {cls_name}\n\n{md_escape(doc)} {len(rows)} places.\n\n")
+        count = {0: "Raised through its subclasses only.", 1: "1 place."}.get(len(rows), f"{len(rows)} places.")
+        out.append(f"## {cls_name}\n\n{md_escape(doc)} {count}\n\n")
         if not rows:
             continue
         out.append("| message | raised in |\n|---|---|\n")
@@ -477,6 +523,9 @@ def all_pages() -> dict[str, str]:
         "reference/plugins.md": plugins_page(),
         "reference/errors.md": errors_page(),
     }
+    study = study_spec_page()
+    if study is not None:
+        pages["reference/study-spec.md"] = study
     pages.update({f"reference/api/{stem}.md": text for stem, text in api_pages().items()})
     return pages
 

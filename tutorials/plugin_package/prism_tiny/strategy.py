@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prism.strategy import Strategy
+from prism.strategy import StepContext, Strategy
 
 
 class Accumulate(Strategy):
@@ -15,9 +15,8 @@ class Accumulate(Strategy):
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.micro_batches = micro_batches
 
-    def step(self, ctx) -> dict[str, torch.Tensor]:
-        """``ctx`` is the engine's step context (``prism.strategy``): batches, losses, backward, optimiser."""
-        ctx.optimizer.zero_grad(set_to_none=True)
+    def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        ctx.zero_grad()
         totals: dict[str, torch.Tensor] = {}
         for _ in range(self.micro_batches):
             batch = ctx.next_batch("train")  # masked by the configured masking.train policy
