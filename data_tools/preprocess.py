@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from prism.atomic import remove_stale_temporaries
-from prism.data.availability import draw_availability, parse_missing_rates, read_passion_csv
+from prism.data.availability import draw_availability, file_sha256, parse_missing_rates, read_passion_csv
 from prism.data.cache_format import FOREGROUND_SAMPLES, settings_hash
 from prism.data.cache_writer import CacheWriter
 from prism.data.splits import make_splits, resolve_case_names, splits_from_lists
@@ -44,6 +44,7 @@ class PreprocessSettings:
     split_lists: dict[str, str] = field(default_factory=dict)  # split name -> case list file
     availability_csv: str = ""  # PASSION split CSV (applies to the cases it names)
     missing_rates: str = ""  # "mr2468" or "flair=0.6,..." (applies to the train split)
+    unlisted: str = "error"  # train cases absent from availability_csv: "error", or "full" (every file they have)
 
 
 @dataclass
@@ -249,11 +250,32 @@ def plan_availability(case_ids: Sequence[str], splits: Mapping[str, Sequence[str
         table = read_passion_csv(settings.availability_csv, layout.modalities)
         names = resolve_case_names(table, case_ids, source=settings.availability_csv)
         out.update({name: table[raw] for name, raw in zip(names, table, strict=True)})
+        unlisted = [c for c in splits.get("train", []) if c not in out]
+        if unlisted and not settings.missing_rates and settings.unlisted != "full":
+            more = f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else ""
+            raise DataError(f"{settings.availability_csv}: training cases absent from the CSV: "
+                            f"{', '.join(unlisted[:3])}{more}; say what they get: --unlisted full (every modality "
+                            "file they have) or --missing-rates (drawn)")
     if settings.missing_rates:
         rates = parse_missing_rates(settings.missing_rates, layout.modalities)
         train = [c for c in splits.get("train", []) if c not in out]
         out.update(draw_availability(train, rates, layout.modalities, seed=settings.seed))
     return out
+
+
+def describe_settings(layout: DatasetLayout, settings: PreprocessSettings) -> dict[str, Any]:
+    """What the cache's provenance records (and its ``preprocessing_hash`` covers). The availability CSV enters
+    by name and content hash, so editing it in place rebuilds the cache."""
+    if settings.unlisted not in ("error", "full"):
+        raise DataError(f"--unlisted: must be 'error' or 'full', got {settings.unlisted!r}")
+    described = {"layout": layout.describe(), **asdict(settings),
+                 "split_lists": {k: Path(v).name for k, v in settings.split_lists.items()},
+                 "availability_csv": Path(settings.availability_csv).name if settings.availability_csv else ""}
+    if settings.availability_csv:
+        described["availability_csv_sha256"] = file_sha256(settings.availability_csv)
+    else:
+        del described["unlisted"]  # caches built without a CSV keep the hash they had
+    return described
 
 
 def _pool(workers: int) -> cf.Executor:
@@ -296,9 +318,7 @@ def build_cache(raw_root: str | Path, output: str | Path, layout: DatasetLayout,
     splits = plan_splits(case_ids, settings)
     availability = plan_availability(case_ids, splits, layout, settings)
     sites = read_sites(raw_root / layout.site_file, case_ids)
-    described = {"layout": layout.describe(), **asdict(settings),
-                 "split_lists": {k: Path(v).name for k, v in settings.split_lists.items()},
-                 "availability_csv": Path(settings.availability_csv).name if settings.availability_csv else ""}
+    described = describe_settings(layout, settings)
     if not force and output.exists() and _same_sources(output, settings_hash(described), raw, raw_root):
         return "up-to-date"
     remove_stale_temporaries(output.parent, output.name)  # only those whose writer is dead

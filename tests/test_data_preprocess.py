@@ -142,7 +142,7 @@ def test_bad_input_is_one_line_and_writes_nothing(raw, tmp_path, edit, message):
 def test_csv_naming_unknown_cases_is_rejected(raw, tmp_path):
     csv = tmp_path / "split_mr2468.csv"
     csv.write_text('data_name,mask_id,mask,pos_mask_ids\nHG_BraTS20_Training_077,3,"[True, False, False, False]",[3]\n')
-    settings = PreprocessSettings(min_size=8, chunk=8, availability_csv=str(csv))
+    settings = PreprocessSettings(min_size=8, chunk=8, availability_csv=str(csv), unlisted="full")
     with pytest.raises(DataError, match="split_mr2468.csv: names unknown cases: HG_BraTS20_Training_077"):
         build_cache(raw, tmp_path / "c.h5", BRATS2020, settings)
     csv.write_text('data_name,mask_id,mask,pos_mask_ids\nHG_BraTS20_Training_001,3,"[True, False, False, False]",[3]\n')

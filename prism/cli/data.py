@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     pp.add_argument("--split", action="append", default=[], metavar="NAME=FILE",
                     help="split from a case list file (repeatable); replaces the random split")
     pp.add_argument("--availability-csv", type=Path, help="PASSION split CSV giving each case's modalities")
+    pp.add_argument("--unlisted", choices=("error", "full"), default="error",
+                    help="training cases absent from --availability-csv: an error (default), or 'full' (they keep "
+                    "every modality file they have)")
     pp.add_argument("--missing-rates", default="",
                     help="draw train availability: 'mr2468' (PASSION) or 'flair=0.6,t1=0.2'")
     pp.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
@@ -169,7 +172,7 @@ def _preprocess(args: argparse.Namespace, console) -> int:
     settings = PreprocessSettings(
         min_size=args.min_size, margin=args.margin, seed=args.seed, chunk=args.chunk,
         test_fraction=args.test_fraction, val_fraction=args.val_fraction, split_lists=lists,
-        availability_csv=str(args.availability_csv or ""), missing_rates=args.missing_rates)
+        availability_csv=str(args.availability_csv or ""), missing_rates=args.missing_rates, unlisted=args.unlisted)
     layout = resolve_layout(args.layout, args.raw)
     with Progress(TextColumn("[bold]preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.description}"), console=console, transient=True) as bar:

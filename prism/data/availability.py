@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..modalities import BRATS_MODALITIES
+from ..modalities import BRATS_MODALITIES, BRATS_REPORT_ORDER
 
 #: modality order of a PASSION ``mask`` column
 PASSION_MASK_ORDER: tuple[str, ...] = ("flair", "t1ce", "t1", "t2")
@@ -119,9 +119,48 @@ def read_passion_csv(path: str | Path, modalities: Sequence[str] = BRATS_MODALIT
         name = (row.get("data_name") or "").strip()
         if not name:
             raise DataError(f"{where}: empty data_name")
+        if name in out:
+            raise DataError(f"{where}: case {name} is listed twice")
         mask = parse_bool_list(row.get("mask") or "", where=where)
         if len(mask) != len(PASSION_MASK_ORDER) or not any(mask):
             raise DataError(f"{where}: case {name}: mask must have 4 entries, at least one True")
         by_name = dict(zip(PASSION_MASK_ORDER, mask, strict=True))
+        _check_mask_ids(row, {m for m, v in by_name.items() if v}, where=f"{where}: case {name}")
         out[name] = tuple(by_name.get(m, False) for m in modalities)
     return out
+
+
+def _combination_text(index: int) -> str:
+    return "+".join(m for m in PASSION_MASK_ORDER if m in BRATS_REPORT_ORDER[index])
+
+
+def _check_mask_ids(row: Mapping[str, str | None], available: set[str], *, where: str) -> None:
+    """``mask_id`` must be the combination index of ``mask`` and ``pos_mask_ids`` the indices of its non-empty
+    subsets (PASSION's combination order, ``prism.modalities.BRATS_REPORT_ORDER``), when the columns exist."""
+    own = BRATS_REPORT_ORDER.index(frozenset(available))
+    text = "+".join(m for m in PASSION_MASK_ORDER if m in available)
+    if "mask_id" in row:
+        raw = (row.get("mask_id") or "").strip()
+        try:
+            given = int(raw)
+        except ValueError:
+            raise DataError(f"{where}: mask_id {raw!r} is not an integer") from None
+        if given != own:
+            shown = _combination_text(given) if 0 <= given < len(BRATS_REPORT_ORDER) else "no combination"
+            raise DataError(f"{where}: mask_id {given} ({shown}) disagrees with mask ({text}, mask_id {own})")
+    if "pos_mask_ids" in row:
+        given_ids = sorted(parse_int_list(row.get("pos_mask_ids") or "", where=where))
+        subsets = [i for i, members in enumerate(BRATS_REPORT_ORDER) if members <= available]
+        if given_ids != subsets:
+            raise DataError(f"{where}: pos_mask_ids {given_ids} disagree with mask ({text}: its non-empty "
+                            f"subsets are {subsets})")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's content: an availability CSV edited in place changes the cache's provenance."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
