@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .evaluation.options import DEFAULTS as EVAL
@@ -52,6 +52,12 @@ class DataConfig(_Model):
 class PluginChoice(_Model):
     name: str
     options: dict[str, Any] = {}
+
+
+class ModelChoice(PluginChoice):
+    """The backbone; ``init_from`` starts it from a trained run's weights (its folder or a ``.pt`` checkpoint)."""
+
+    init_from: Path | None = None
 
 
 class LossTermConfig(PluginChoice):
@@ -119,7 +125,7 @@ class Config(_Model):
     """Everything a run needs. ``prism-train`` writes the resolved copy into the run folder."""
 
     data: DataConfig = DataConfig()
-    model: PluginChoice = PluginChoice(name="multi_unet")
+    model: ModelChoice = ModelChoice(name="multi_unet")
     losses: list[LossTermConfig] = [LossTermConfig(name="fuse")]
     masking: MaskingConfig = MaskingConfig()
     strategy: PluginChoice = PluginChoice(name="standard")
@@ -128,11 +134,12 @@ class Config(_Model):
     eval: EvalConfig = EvalConfig()
     output_dir: Path | None = None  # None: runs/<strategy>-<time> in the working directory
 
-    @model_validator(mode="after")
-    def _losses_non_empty(self) -> Config:
-        if not self.losses:
+    @field_validator("losses")
+    @classmethod
+    def _losses_non_empty(cls, v: list[LossTermConfig]) -> list[LossTermConfig]:
+        if not v:  # a field validator, so the message names the field
             raise ValueError("at least one loss term is needed")
-        return self
+        return v
 
 
 # ---- loading and overrides -----------------------------------------------------------------------------------

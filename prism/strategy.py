@@ -185,6 +185,14 @@ class Strategy:
     adapt_steps: ClassVar[int] = 10
     adapt_lr: ClassVar[float] = 0.01
 
+    def prepare_model(self, model: Backbone) -> Backbone:
+        """Change the freshly built backbone before training and before a trained run is loaded (evaluation,
+        prediction): add parameters or hooks, freeze weights. The engine calls it with the model on the CPU,
+        after ``model.init_from`` weights are loaded and before the optimizer sees the parameters, so a
+        checkpoint's keys match. Default: the model unchanged.
+        """
+        return model
+
     def setup(self, ctx: StepContext) -> None:
         return None
 

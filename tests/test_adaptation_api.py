@@ -18,6 +18,8 @@ from prism.registry import create_backbone, get_registry, list_plugins
 class TwoLayer(Backbone):
     """logits = head(body * x): a body scale and a 1x1x1 head, small enough to differentiate by hand."""
 
+    provides = frozenset({"logits", "features"})
+
     def __init__(self) -> None:
         super().__init__(("a",), 2)
         self.body = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
@@ -27,7 +29,8 @@ class TwoLayer(Backbone):
             self.head.bias.zero_()
 
     def forward(self, image, mask):
-        return SegOutput(logits=self.head(self.body * image))
+        features = self.body * image
+        return SegOutput(logits=self.head(features), features=features)
 
 
 def batch(value: float) -> Batch:
@@ -143,9 +146,10 @@ def test_reptile_adapts_with_its_inner_optimizer():
 
 @pytest.mark.parametrize("name", list_plugins("strategy"))
 def test_every_strategy_adapts_functionally(name):
-    model = TwoLayer()
+    strategy = _strategy(name)
+    model = strategy.prepare_model(TwoLayer())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    got = _strategy(name).adapt(model, [batch(2.0), batch(-1.0)], linear_loss, steps=2)
+    got = strategy.adapt(model, [batch(2.0), batch(-1.0)], linear_loss, steps=2)
     assert got and all(n in before for n in got)
     assert any(not torch.equal(got[n], before[n]) for n in got)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -107,6 +107,8 @@ RESUME_CASES = [
     ("maml", "{inner_steps: 2, first_order: false}"),
     ("maml", "{learn_inner_lr: true}"),
     ("reptile", "{inner_steps: 2}"),
+    ("meta_transfer", "{inner_steps: 1, first_order: false}"),
+    ("fast_weights", "{tasks_per_step: 1}"),
 ]
 
 

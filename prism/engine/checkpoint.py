@@ -110,3 +110,25 @@ def mismatch_message(path: Path, state: dict[str, Any], model_state: dict[str, A
                if not c.startswith(("train.steps ", "data.cache ", "output_dir "))]
     changed = f"; config changed since the checkpoint: {', '.join(changes[:3])}" if changes else ""
     return f"{path}: does not match this run's config: {what}{changed}"
+
+
+def load_initial_weights(model: torch.nn.Module, source: str | os.PathLike[str]) -> None:
+    """Load a trained run's backbone weights (``source``: its folder, whose ``last.pt`` is read, or a checkpoint
+    file) into ``model`` before training starts (``model.init_from``).
+
+    Raises:
+        CheckpointError: no checkpoint there, or its weights do not fit this backbone (the first keys named).
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"model.init_from: {path}: no checkpoint there (a run folder with last.pt, or a .pt)")
+    saved = load_checkpoint(path).get("model")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"model.init_from: {path}: holds no model weights")
+    current = model.state_dict()
+    if set(saved) != set(current) or any(saved[k].shape != current[k].shape for k in current):
+        raise CheckpointError(f"model.init_from: {path}: weights do not fit backbone {type(model).__name__}: "
+                              f"{weights_mismatch(saved, current)}")
+    model.load_state_dict(saved)

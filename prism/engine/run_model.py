@@ -1,7 +1,8 @@
 """Load a trained run for inference: the backbone from ``RUN/config.yaml``, its weights from ``RUN/last.pt``, and
 what the run's cache says about the data (modalities, labels, preprocessing record).
 
-Nothing of training is built (no data loaders, optimizer or strategy), so a run can be evaluated or used to
+Nothing of training is built (no data loaders or optimizer; the strategy only for its ``prepare_model`` and
+``adapt``), so a run can be evaluated or used to
 predict with only its config, its checkpoint and a cache holding the modalities it was trained on.
 """
 
@@ -17,6 +18,7 @@ import torch
 from ..backbone import Backbone
 from ..config import Config
 from ..errors import CacheError, CheckpointError, ConfigError, PluginError
+from ..strategy import Strategy
 
 
 @dataclass
@@ -25,6 +27,7 @@ class RunModel:
 
     model: Backbone
     config: Config
+    strategy: Strategy  # the run's strategy, its state loaded: its ``adapt`` is how the model adapts to a task
     cache: Path  # the cache the modalities and labels were read from
     modalities: tuple[str, ...]
     labels: dict[int, str]
@@ -66,7 +69,7 @@ def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, devi
     ``RUN/last.pt`` and read the modalities, labels and preprocessing record of the cache (see
     :func:`run_cache_path`). ``device`` replaces ``train.device``."""
     from ..data.cache_reader import CacheReader
-    from ..registry import get_registry
+    from ..registry import blame, get_registry
     from .builder import amp_dtype_for, select_device
     from .checkpoint import load_checkpoint
     from .trainer import CHECKPOINT_NAME, load_run_config
@@ -89,14 +92,20 @@ def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, devi
                                   field_name="model.name", **config.model.options)
     if not isinstance(model, Backbone):
         raise PluginError(f"model.name: backbone '{config.model.name}' did not build a prism Backbone")
+    strategy = get_registry().create("strategy", config.strategy.name, field_name="strategy.name",
+                                     **config.strategy.options)
+    with blame(get_registry().get("strategy", config.strategy.name), "preparing the model"):
+        model = strategy.prepare_model(model)
     state = load_checkpoint(checkpoint)
     try:
         model.load_state_dict(state["model"])
+        strategy.load_state_dict(state.get("strategy", {}))
     except (KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{checkpoint}: does not match the run's config.yaml: {first}") from None
     dev = select_device(config.train.device)
     model = model.to(dev).eval()
-    return RunModel(model=model, config=config, cache=path, modalities=modalities, labels=labels, device=dev,
+    return RunModel(model=model, config=config, strategy=strategy, cache=path, modalities=modalities, labels=labels,
+                    device=dev,
                     amp_dtype=amp_dtype_for(config, dev), label_map=label_map, preprocessing=preprocessing,
                     window=config.eval.window, overlap=config.eval.overlap, sw_batch_size=config.eval.sw_batch_size)

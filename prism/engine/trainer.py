@@ -21,7 +21,7 @@ from ..errors import CheckpointError, ConfigError
 from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
 from ..registry import blame, get_registry
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
-from .checkpoint import load_checkpoint, mismatch_message, save_checkpoint
+from .checkpoint import load_checkpoint, load_initial_weights, mismatch_message, save_checkpoint
 from .compiled import install as install_compilation
 from .context import TrainContext
 from .distributed import DistInfo, init_from_env, wrap_ddp
@@ -98,7 +98,7 @@ class Trainer:
     """Owns one run: ``Trainer(config, run_dir).fit()``; ``resume=True`` continues from ``run_dir/last.pt``."""
 
     def __init__(self, config: Config, run_dir: Path, *, cache_path: Path, resume: bool = False,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, check_splits: tuple[str, ...] = ()) -> None:
         if config.data.cache is not None and not Path(config.data.cache).is_absolute():
             # recorded absolute in config.yaml: eval, predict and --resume work from any directory
             data = config.data.model_copy(update={"cache": Path(config.data.cache).resolve()})
@@ -124,6 +124,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = not config.train.deterministic
         self.reader = CacheReader(cache_path)
         self.train_cases = self.reader.split(config.data.train_split)
+        for name in check_splits:  # e.g. eval.split, checked before anything is trained or written
+            self.reader.split(name)
         largest = [max(self.reader.info(c).shape[i] for c in self.train_cases) for i in range(3)]
         if any(p > s for p, s in zip(config.data.patch_size, largest, strict=True)):
             raise ConfigError(f"data.patch_size: {list(config.data.patch_size)} is larger than every training volume "
@@ -131,7 +133,12 @@ class Trainer:
         num_classes = max(self.reader.labels) + 1
         parts = build_parts(config, self.reader.modalities, num_classes)
         self.strategy = parts.strategy
-        model = parts.model.to(self.device)
+        self.strategy_entry = get_registry().get("strategy", config.strategy.name)
+        if config.model.init_from is not None:
+            load_initial_weights(parts.model, config.model.init_from)
+        with blame(self.strategy_entry, "preparing the model"):
+            model = self.strategy.prepare_model(parts.model)
+        model = model.to(self.device)
         if config.train.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         optimizer = build_optimizer(config, model)
@@ -158,13 +165,10 @@ class Trainer:
             channels_last=config.train.channels_last, dist=self.dist,
         )
         install_compilation(config, self.strategy, self.ctx)  # train.compile / train.cuda_graphs (or refused)
-        self.strategy_entry = get_registry().get("strategy", config.strategy.name)
         with blame(self.strategy_entry, "setting up"):
             self.strategy.setup(self.ctx)
         # after setup: a strategy may add parameter groups (Meta-SGD's learned inner learning rates)
         self.ctx.scheduler = poly_schedule(optimizer, config.train.steps, config.optim.poly_power)
-        # one writer per run folder (taken after every config check, so a mistake leaves no folder behind)
-        self.lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
         if resume:
             checkpoint = self.run_dir / CHECKPOINT_NAME
             if checkpoint.is_file() or not (self.run_dir / "config.yaml").is_file():
@@ -172,6 +176,8 @@ class Trainer:
             else:  # stopped before its first checkpoint: its config is all there is
                 self.console.print(f"{checkpoint} not written yet: starting the run from step 0 with its config.yaml",
                                    highlight=False)
+        # one writer per run folder, taken after every check (config, cache, checkpoint): a mistake writes nothing
+        self.lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
         if self.dist.is_main:
             remove_stale_temporaries(self.run_dir)  # only files whose writer (pid on this host) is dead
 
