@@ -27,6 +27,6 @@ class RFNetSeparateLoss(LossTerm):
         if sep is None:
             raise PluginError("loss 'rfnet_sep' needs the 'sep' output of backbone 'rfnet' in train mode with "
                               "separate_decoder=True")
-        per = uni_loss(sep, batch.label, batch.mask, options=self.seg, reduction="per_modality",
-                       targets=targets_for(batch.label, sep.shape[2], batch))
+        per = self.seg.reduce_batch(uni_loss(sep, batch.label, batch.mask, options=self.seg, reduction="none",
+                                             targets=targets_for(batch.label, sep.shape[2], batch)))
         return LossResult(self.weight * per.sum(), modality_parts("rfnet_sep", per, self.modalities))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from .segmentation import SegLossOptions
 from .targets import LabelResample, Targets, resample_labels, targets_for
@@ -34,6 +35,9 @@ def level_losses(levels: Sequence[torch.Tensor], targets: Targets, *, weights: S
             first.
         targets: the batch's ``Targets`` (labels one-hot per level, shared).
         weights: ``w_s``, ``2^-s`` for s = 1.. by default.
+        label_resample: ``"maxpool"``/``"nearest"``: the labels are resampled to each level;
+            ``"upsample"`` (PASSION's code): each level's softmax probabilities are upsampled (trilinear) to the
+            labels' resolution and scored there (the CE then takes the log of the clamped probabilities).
     Returns:
         ``[B, P]`` float32 (zeros of ``[B, 1]`` when ``levels`` is empty).
     """
@@ -43,9 +47,25 @@ def level_losses(levels: Sequence[torch.Tensor], targets: Targets, *, weights: S
     for logits, w in zip(levels, level_weights(len(levels), weights), strict=False):
         if logits.dim() != targets.label.dim() + 2 or logits.shape[0] != b:
             raise ValueError(f"deep level {tuple(logits.shape)} does not match label {tuple(targets.label.shape)}")
-        value = w * options.per_path(logits, targets.onehot(logits.shape[3:], label_resample))
+        if label_resample == "upsample":
+            value = w * options.per_path_probs(upsample_probs(logits, targets.label.shape[1:]), targets.onehot())
+        else:
+            value = w * options.per_path(logits, targets.onehot(logits.shape[3:], label_resample))
         total = value if total is None else total + value
     return targets.label.new_zeros(b, 1, dtype=torch.float32) if total is None else total
+
+
+def upsample_probs(logits: torch.Tensor, size: Sequence[int], class_dim: int = 2) -> torch.Tensor:
+    """Softmax probabilities of ``logits`` ``[B, P, K, *spatial]`` upsampled (linear/bilinear/trilinear,
+    ``align_corners=False``) to ``size``: ``[B, P, K, *size]`` float32."""
+    probs = logits.float().softmax(class_dim)
+    if tuple(probs.shape[class_dim + 1:]) == tuple(size):
+        return probs
+    lead = probs.shape[:class_dim]
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    up = F.interpolate(probs.flatten(0, class_dim - 1), size=tuple(int(s) for s in size), mode=mode,
+                       align_corners=False)
+    return up.unflatten(0, lead)
 
 
 def deep_supervision_loss(levels: Sequence[torch.Tensor], label: torch.Tensor, *,

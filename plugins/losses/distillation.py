@@ -6,10 +6,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from .deep_supervision import ModalityReduction, reduce_modalities
 
 Direction = Literal["student_teacher", "teacher_student"]
+DeepResample = Literal["native", "upsample"]
+DeepWeighting = Literal["none", "halving"]
 ClassReduction = Literal["sum", "mean"]
 
 #: Presets: the seeds' definition (default) and PASSION's implementation.
@@ -51,6 +54,38 @@ def kl_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temper
     raise ValueError(f"class_reduction must be 'sum' or 'mean', got {class_reduction!r}")
 
 
+def kl_probs(p_s: torch.Tensor, p_t: torch.Tensor, *, floor: float, direction: Direction = "student_teacher",
+             class_reduction: ClassReduction = "sum", class_dim: int = 1) -> torch.Tensor:
+    """``kl_map`` on probabilities, each clamped to at least ``floor`` before the log (PASSION clamps at 0.005).
+
+    Args:
+        p_s, p_t: student and teacher probabilities that broadcast, classes along ``class_dim``.
+        floor: the clamp; direction, class_reduction: as ``kl_map``.
+    Returns:
+        The broadcast shape without ``class_dim``.
+    Raises:
+        ValueError: an unknown direction or class reduction.
+    """
+    log_s, log_t = p_s.clamp_min(floor).log(), p_t.clamp_min(floor).log()
+    if direction == "student_teacher":
+        kl = p_s * (log_s - log_t)
+    elif direction == "teacher_student":
+        kl = p_t * (log_t - log_s)
+    else:
+        raise ValueError(f"direction must be 'student_teacher' or 'teacher_student', got {direction!r}")
+    if class_reduction == "sum":
+        return kl.sum(class_dim)
+    if class_reduction == "mean":
+        return kl.mean(class_dim)
+    raise ValueError(f"class_reduction must be 'sum' or 'mean', got {class_reduction!r}")
+
+
+def _upsample(probs: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``[N, K, *spatial]`` -> ``[N, K, *size]`` (linear/bilinear/trilinear, align_corners=False)."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(probs, size=size, mode=mode, align_corners=False)
+
+
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
     if student.dim() != teacher.dim() + 1 or student.shape[0] != teacher.shape[0] or \
             student.shape[2:] != teacher.shape[1:]:
@@ -63,7 +98,8 @@ def pixel_kl_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
                   teacher_deep: Sequence[torch.Tensor] | None = None, temperature: float = 4.0,
                   direction: Direction = "student_teacher", class_reduction: ClassReduction = "sum",
                   scale_by_temperature: bool = False, detach_teacher: bool = True,
-                  reduction: ModalityReduction = "total") -> torch.Tensor:
+                  prob_floor: float | None = None, deep_resample: DeepResample = "native",
+                  deep_weighting: DeepWeighting = "none", reduction: ModalityReduction = "total") -> torch.Tensor:
     """L_pixel^m = sum_l mean_voxels KL(softmax(z^{m,l}/mu) || softmax(z^l/mu)) for every available modality m.
 
     Args:
@@ -73,6 +109,13 @@ def pixel_kl_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
         student_deep / teacher_deep: the coarser levels (``uni_deep`` / ``deep``), summed in when both are given.
         direction, class_reduction, scale_by_temperature: the seeds' definition by default; PASSION's is
             ``teacher_student``, ``mean`` and ``True`` (``mu^2`` factor), see ``PIXEL_KL_VARIANTS``.
+        prob_floor: None (the seeds: exact log-softmax) or PASSION's 0.005: both probabilities are clamped to at
+            least this before the log.
+        deep_resample: ``"native"`` (the seeds): each coarser level compared at its own resolution;
+            ``"upsample"`` (PASSION's code): both levels' softmax probabilities upsampled (trilinear) to the
+            output's resolution first.
+        deep_weighting: ``"none"`` (the seeds: levels summed) or ``"halving"`` (PASSION's code: level s weighted
+            ``2^-s``, level 0 = the output).
     Returns:
         ``reduce_modalities(kl [B, M], mask, reduction)``.
     Raises:
@@ -85,13 +128,28 @@ def pixel_kl_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
         if len(student_deep) != len(teacher_deep):
             raise ValueError(f"{len(student_deep)} student deep levels for {len(teacher_deep)} teacher levels")
         pairs += list(zip(student_deep, teacher_deep, strict=True))
+    if deep_resample not in ("native", "upsample") or deep_weighting not in ("none", "halving"):
+        raise ValueError(f"deep_resample must be 'native' or 'upsample' and deep_weighting 'none' or 'halving', "
+                         f"got {deep_resample!r} and {deep_weighting!r}")
     total = mask.new_zeros(mask.shape, dtype=torch.float32)
+    size = tuple(teacher.shape[2:])
     for level, (s, t) in enumerate(pairs):
         _check_pair(s, t, f"pixel_kl level {level}")
         t = t.detach() if detach_teacher else t
-        kl = kl_map(s, t.unsqueeze(1), temperature=temperature, direction=direction,
-                    class_reduction=class_reduction, class_dim=2)
-        total = total + kl.flatten(2).mean(-1)
+        if prob_floor is None and (level == 0 or deep_resample == "native"):
+            kl = kl_map(s, t.unsqueeze(1), temperature=temperature, direction=direction,
+                        class_reduction=class_reduction, class_dim=2)
+        else:
+            if temperature <= 0:
+                raise ValueError(f"temperature must be positive, got {temperature}")
+            p_s, p_t = (s.float() / temperature).softmax(2), (t.float() / temperature).softmax(1)
+            if level > 0 and deep_resample == "upsample":
+                p_s = _upsample(p_s.flatten(0, 1), size).unflatten(0, p_s.shape[:2])
+                p_t = _upsample(p_t, size)
+            kl = kl_probs(p_s, p_t.unsqueeze(1), floor=1e-12 if prob_floor is None else prob_floor,
+                          direction=direction, class_reduction=class_reduction, class_dim=2)
+        value = kl.flatten(2).mean(-1)
+        total = total + (value * 2.0**-level if deep_weighting == "halving" and level else value)
     if scale_by_temperature:
         total = total * temperature**2
     return reduce_modalities(total, mask, reduction)

@@ -11,6 +11,9 @@ import torch
 from .errors import LossOptionError
 
 Projection = Literal["passion", "clamp"]
+Initial = Literal["inverse_rate", "ones"]
+Schedule = Literal["seeds", "passion"]
+Statistic = Literal["relative_preference", "pooled_distance"]
 
 
 def relative_preference(gap: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -40,6 +43,26 @@ def preference_gate(rp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ``[B, M]`` float (0 or 1).
     """
     return ((rp < 0) & mask).float()
+
+
+def batch_preference_gate(distance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PASSION's gate, one per modality for the batch: ``omega_m = 1[sum_b mask (D_b^m / mean_m' D_b^m' - 1) > 0]``.
+
+    Args:
+        distance: ``[B, M]`` prototype distances (PASSION: mean absolute gap ``|S_s - S_t|``); mask: ``[B, M]`` bool.
+    Returns:
+        ``[B, M]`` float (0 or 1): the modality's gate, repeated over its available samples.
+    Raises:
+        ValueError: shapes that do not match.
+    """
+    if distance.dim() != 2 or distance.shape != mask.shape:
+        raise ValueError(f"distance and mask must both be [B, M], got {tuple(distance.shape)} and "
+                         f"{tuple(mask.shape)}")
+    d = distance.detach().float()
+    m = mask.to(d.dtype)
+    mean = (d * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+    score = (m * (d / mean.clamp_min(1e-12) - 1.0)).sum(0, keepdim=True)  # [1, M]
+    return (score > 0).to(d.dtype) * m
 
 
 def initial_coefficients(missing_rates: Sequence[float]) -> torch.Tensor:
@@ -85,23 +108,42 @@ class PreferenceRegulariser:
 
     Call ``observe(rp, mask)`` every step (no host sync) and ``on_epoch_end()`` once per epoch:
     ``E <- Proj(E - gamma * mean RP^m)``, gamma multiplied by ``gamma_growth`` every ``growth_every`` epochs.
+
+    PASSION's code, each an option (the defaults are the seeds'):
+
+    * ``initial="ones"``: E starts at 1 (its ``imb_beta``; the 1/(1-FR) factor is a separate, fixed
+      ``modal_weight`` there) instead of ``1 / (1 - FR^m)``.
+    * ``schedule="passion"``: the growth runs before the update (``if epoch % 100 == 0: eta *= 1.5``), so
+      updates 0..99 use ``gamma * 1.5``, 100..199 ``gamma * 1.5^2`` ...; the seeds' schedule uses ``gamma`` first.
+    * ``statistic="pooled_distance"``: the epoch statistic is ``1 - mean_epoch D^m / mean_m'(mean_epoch D^m')``
+      from the distances pooled over the epoch (``observe(..., distance=D)``), not the mean of per-sample RP.
     """
 
     def __init__(self, num_modalities: int, *, missing_rates: Sequence[float] | None = None, gamma: float = 0.01,
                  gamma_growth: float = 1.5, growth_every: int = 100, clamp: tuple[float, float] = (0.1, 4.0),
-                 projection: Projection = "passion", target_norm: float | None = None) -> None:
+                 projection: Projection = "passion", target_norm: float | None = None,
+                 initial: Initial = "inverse_rate", schedule: Schedule = "seeds",
+                 statistic: Statistic = "relative_preference") -> None:
         rates = [0.0] * num_modalities if missing_rates is None else list(missing_rates)
         if len(rates) != num_modalities:
             raise LossOptionError(f"missing_rates has {len(rates)} entries for {num_modalities} modalities")
         if projection not in ("passion", "clamp"):
             raise LossOptionError(f"projection must be 'passion' or 'clamp', got {projection!r}")
+        if initial not in ("inverse_rate", "ones") or schedule not in ("seeds", "passion") or \
+                statistic not in ("relative_preference", "pooled_distance"):
+            raise LossOptionError(f"initial must be 'inverse_rate' or 'ones', schedule 'seeds' or 'passion', "
+                                  f"statistic 'relative_preference' or 'pooled_distance'; got {initial!r}, "
+                                  f"{schedule!r}, {statistic!r}")
+        self.initial, self.schedule, self.statistic = initial, schedule, statistic
         self.num_modalities = num_modalities
         self.gamma0, self.gamma_growth, self.growth_every = float(gamma), float(gamma_growth), int(growth_every)
         self.clamp = (float(clamp[0]), float(clamp[1]))
         self.projection: Projection = projection
         self.target_norm = target_norm
         self.coefficients = initial_coefficients(rates)
-        self.gamma = self.gamma0
+        if initial == "ones":
+            self.coefficients = torch.ones_like(self.coefficients)
+        self.gamma = self._gamma_at(0)
         self.epoch = 0
         self._rp_sum = torch.zeros(num_modalities)
         self._rp_count = torch.zeros(num_modalities)
@@ -112,10 +154,20 @@ class PreferenceRegulariser:
             self.coefficients = self.coefficients.to(device)
         return self.coefficients
 
+    def _gamma_at(self, epoch: int) -> float:
+        """The step size of the update made at the end of ``epoch`` (0-based)."""
+        grown = epoch // self.growth_every + (1 if self.schedule == "passion" else 0)
+        return self.gamma0 * self.gamma_growth ** grown
+
     @torch.no_grad()
-    def observe(self, rp: torch.Tensor, mask: torch.Tensor) -> None:
-        """Accumulate RP ``[B, M]`` over the available (sample, modality) pairs."""
+    def observe(self, rp: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None) -> None:
+        """Accumulate the epoch statistic over the available (sample, modality) pairs: RP ``[B, M]``, or with
+        ``statistic="pooled_distance"`` the distances ``distance`` ``[B, M]``."""
         m = mask.to(torch.float32)
+        if self.statistic == "pooled_distance":
+            if distance is None:
+                raise ValueError("statistic='pooled_distance' needs the distances: observe(rp, mask, distance=...)")
+            rp = distance.detach()
         self._rp_sum = self._rp_sum.to(rp.device) + (rp.float() * m).sum(0)
         self._rp_count = self._rp_count.to(rp.device) + m.sum(0)
 
@@ -132,13 +184,17 @@ class PreferenceRegulariser:
             self._rp_sum, self._rp_count = stats[0], stats[1]
         device = self._rp_sum.device
         mean_rp = self._rp_sum / self._rp_count.clamp_min(1.0)
+        if self.statistic == "pooled_distance":  # mean_rp holds the pooled mean distance per modality
+            seen = (self._rp_count > 0).to(mean_rp.dtype)
+            overall = (mean_rp * seen).sum() / seen.sum().clamp_min(1.0)
+            mean_rp = (1.0 - mean_rp / overall.clamp_min(1e-12)) * seen
         coef = self.coefficients.to(device) - self.gamma * mean_rp
         self.coefficients = project_coefficients(coef, low=self.clamp[0], high=self.clamp[1],
                                                  projection=self.projection, target_norm=self.target_norm)
         self._rp_sum = torch.zeros_like(self._rp_sum)
         self._rp_count = torch.zeros_like(self._rp_count)
         self.epoch += 1
-        self.gamma = self.gamma0 * self.gamma_growth ** (self.epoch // self.growth_every)
+        self.gamma = self._gamma_at(self.epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain floats and lists (loads with ``torch.load(weights_only=True)``)."""

@@ -70,7 +70,8 @@ def similarity_maps(features: torch.Tensor, prototypes: torch.Tensor, eps: float
 def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, label: torch.Tensor, *,
               num_classes: int, class_reduction: Literal["sum", "mean"] = "sum",
               class_presence: ClassPresence = "sample", detach_teacher: bool = True, eps: float = 1e-8,
-              onehot: torch.Tensor | None = None) -> torch.Tensor:
+              onehot: torch.Tensor | None = None, with_absolute: bool = False
+              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Prototype gap D ``[B, M]``: squared difference of student and teacher similarity maps.
 
     Prototypes are computed per sample and path from the level-0 features and the label; each path's voxels are
@@ -85,8 +86,11 @@ def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, la
         num_classes: K.
         class_reduction, class_presence: see above; eps: the smallest norm divided by in the cosine similarity.
         onehot: ``[B, K, D, H, W]`` one-hot ``label`` when already computed (the batch's ``Targets``).
+        with_absolute: also return the absolute gap (mean ``|S_s - S_t|`` over voxels, reduced over classes the
+            same way), the distance PASSION's preference gate reads.
     Returns:
-        ``[B, M]`` float32 (a gap of 0 where no class is used).
+        ``[B, M]`` float32 (a gap of 0 where no class is used), or ``(gap, absolute gap)`` with
+        ``with_absolute``.
     Raises:
         ValueError: shapes that do not match, or float labels.
     """
@@ -105,18 +109,21 @@ def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, la
     paths = torch.cat([teacher.unsqueeze(1), student_features], dim=1).float().flatten(3)  # [B, 1+M, C, S]
     onehot = (onehot_labels(label, num_classes) if onehot is None else onehot.float()).flatten(2)  # [B, K, S]
     sims = similarity_maps(paths, class_prototypes(paths, onehot), eps)  # [B, 1+M, K, S]
-    sq = (sims[:, 1:] - sims[:, :1]).square().mean(-1)  # [B, M, K]
+    diff = sims[:, 1:] - sims[:, :1]  # [B, M, K, S]
     present = onehot.amax(-1)  # [B, K]
     if class_presence == "batch":
         present = present.amin(0, keepdim=True).expand_as(present)
     elif class_presence != "sample":
         raise ValueError(f"class_presence must be 'sample' or 'batch', got {class_presence!r}")
-    gap = (sq * present[:, None]).sum(-1)
-    if class_reduction == "mean":
-        gap = gap / present.sum(-1, keepdim=True).clamp_min(1.0)
-    elif class_reduction != "sum":
+    if class_reduction not in ("sum", "mean"):
         raise ValueError(f"class_reduction must be 'sum' or 'mean', got {class_reduction!r}")
-    return gap
+
+    def over_classes(per_class: torch.Tensor) -> torch.Tensor:  # [B, M, K] -> [B, M]
+        value = (per_class * present[:, None]).sum(-1)
+        return value / present.sum(-1, keepdim=True).clamp_min(1.0) if class_reduction == "mean" else value
+
+    gap = over_classes(diff.square().mean(-1))
+    return (gap, over_classes(diff.abs().mean(-1))) if with_absolute else gap
 
 
 def proto_l2_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, label: torch.Tensor,

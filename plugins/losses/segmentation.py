@@ -138,8 +138,9 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, include_backgrou
 class SegLossOptions:
     """The options of the segmentation loss shared by the fuse, uni and PRM terms.
 
-    ``class_weights``: fixed cross-entropy class weights (length K) or None; the other fields are those of
-    :func:`dice_ce_loss`.
+    ``class_weights``: fixed cross-entropy class weights (length K) or None; ``batch_reduction``: the terms
+    average the per-sample losses over the batch (``"mean"``, the seeds) or add them (``"sum"``, PASSION's code;
+    equal at batch size 1); the other fields are those of :func:`dice_ce_loss`.
     """
 
     include_background: bool = True
@@ -150,12 +151,19 @@ class SegLossOptions:
     smooth_nr: float = 1e-5
     smooth_dr: float = 1e-5
     prob_floor: float = 0.005
+    batch_reduction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:
+        if self.batch_reduction not in ("mean", "sum"):
+            raise LossOptionError(f"batch_reduction must be 'mean' or 'sum', got {self.batch_reduction!r}")
         if self.class_weighting not in ("none", "passion"):
             raise LossOptionError(f"class_weighting must be 'none' or 'passion', got {self.class_weighting!r}")
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+
+    def reduce_batch(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean or sum (``batch_reduction``) over dimension 0: ``[B, ...]`` -> ``[...]``."""
+        return values.sum(0) if self.batch_reduction == "sum" else values.mean(0)
 
     def per_path(self, logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         """Dice + CE of several predictions of the same labels in one batched call (what the terms use).

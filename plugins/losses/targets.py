@@ -14,7 +14,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-LabelResample = Literal["maxpool", "nearest"]
+#: How a coarser decoder level meets the labels: labels max-pooled (the seeds) or subsampled to the level, or the
+#: level's probabilities upsampled (trilinear) to the labels (``"upsample"``, PASSION's code; see ``level_losses``).
+LabelResample = Literal["maxpool", "nearest", "upsample"]
 
 
 def onehot_labels(label: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -11,26 +11,29 @@ from prism.batch import Batch
 from prism.loss import LossResult, LossTerm, observing
 from prism.outputs import SegOutput
 
-from .deep_supervision import LabelResample, prm_loss, uni_loss
-from .distillation import PIXEL_KL_VARIANTS, pixel_kl_loss
+from .deep_supervision import LabelResample, deep_supervision_loss, uni_loss
+from .distillation import PIXEL_KL_VARIANTS, DeepResample, DeepWeighting, pixel_kl_loss
 from .errors import LossOptionError, check_keys
 from .gss import gss_loss
-from .preference import PreferenceRegulariser, preference_gate, relative_preference
+from .preference import PreferenceRegulariser, batch_preference_gate, preference_gate, relative_preference
 from .prototypes import PROTO_VARIANTS, proto_gap
 from .segmentation import SegLossOptions
 from .targets import targets_for
 
 ClassWeighting = Literal["none", "passion"]
+GateMode = Literal["sample", "batch"]
 
 
 def seg_options(*, include_background: bool = True, class_weights: Sequence[float] | None = None,
                 class_weighting: ClassWeighting = "none", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
-                smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, prob_floor: float = 0.005) -> SegLossOptions:
+                smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, prob_floor: float = 0.005,
+                batch_reduction: Literal["mean", "sum"] = "mean") -> SegLossOptions:
     """SegLossOptions from term options (lists become tuples)."""
     return SegLossOptions(include_background=include_background,
                           class_weights=None if class_weights is None else tuple(class_weights),
                           class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
-                          smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor)
+                          smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor,
+                          batch_reduction=batch_reduction)
 
 
 def per_modality_values(value: float | Sequence[float], modalities: tuple[str, ...], name: str) -> list[float]:
@@ -78,15 +81,16 @@ class FuseLoss(LossTerm):
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, include_background: bool = True,
                  class_weighting: ClassWeighting = "none", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
                  class_weights: Sequence[float] | None = None, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-                 prob_floor: float = 0.005) -> None:
+                 prob_floor: float = 0.005, batch_reduction: Literal["mean", "sum"] = "mean") -> None:
         super().__init__(modalities, num_classes)
         self.seg = seg_options(include_background=include_background, class_weights=class_weights,
                                class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
-                               smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor)
+                               smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor,
+                               batch_reduction=batch_reduction)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         targets = targets_for(batch.label, output.logits.shape[1], batch)
-        loss = self.seg.per_path(output.logits.unsqueeze(1), targets.onehot()).mean()
+        loss = self.seg.reduce_batch(self.seg.per_path(output.logits.unsqueeze(1), targets.onehot())[:, 0])
         return LossResult(loss, {"fuse": loss.detach()})
 
 
@@ -105,9 +109,10 @@ class UniLoss(LossTerm):
 
     def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
         _require(output, ["uni"], "uni")
-        return uni_loss(output.uni, batch.label, batch.mask, uni_deep=output.uni_deep if self.deep else None,
-                        weights=self.deep_weights, label_resample=self.label_resample, options=self.seg,
-                        reduction="per_modality", targets=targets_for(batch.label, output.uni.shape[2], batch))
+        per = uni_loss(output.uni, batch.label, batch.mask, uni_deep=output.uni_deep if self.deep else None,
+                       weights=self.deep_weights, label_resample=self.label_resample, options=self.seg,
+                       reduction="none", targets=targets_for(batch.label, output.uni.shape[2], batch))
+        return self.seg.reduce_batch(per)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         per = self.per_modality(output, batch)
@@ -129,8 +134,9 @@ class PrmLoss(LossTerm):
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         _require(output, ["deep"], "prm")
         targets = targets_for(batch.label, output.logits.shape[1], batch)
-        loss = prm_loss(output.deep, batch.label, weights=self.weights, label_resample=self.label_resample,
-                        options=self.seg, targets=targets)
+        loss = self.seg.reduce_batch(deep_supervision_loss(
+            output.deep, batch.label, weights=self.weights, label_resample=self.label_resample, options=self.seg,
+            targets=targets))
         return LossResult(loss, {"prm": loss.detach()})
 
 
@@ -139,16 +145,20 @@ class PixelKLLoss(LossTerm):
 
     Summed over the decoder levels when the output has ``deep`` and ``uni_deep`` (and ``deep=True``).
     ``variant="seeds"``: KL(student || teacher), summed over classes; ``"passion"``: KL(teacher || student),
-    mean over classes, times mu^2.
+    mean over classes, times mu^2. PASSION's code also clamps both probabilities (``prob_floor=0.005``) and
+    compares the coarser levels upsampled to full resolution (``deep_resample="upsample"``), level s weighted
+    ``2^-s`` (``deep_weighting="halving"``); see ``pixel_kl_loss``.
     """
 
     needs = frozenset({"logits", "uni"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, temperature: float = 4.0,
-                 variant: Literal["seeds", "passion"] = "seeds", deep: bool = True) -> None:
+                 variant: Literal["seeds", "passion"] = "seeds", deep: bool = True, prob_floor: float | None = None,
+                 deep_resample: DeepResample = "native", deep_weighting: DeepWeighting = "none") -> None:
         super().__init__(modalities, num_classes)
         self.temperature, self.deep = float(temperature), deep
         self.kl = variant_options(PIXEL_KL_VARIANTS, variant, "pixel_kl variant")
+        self.kl.update(prob_floor=prob_floor, deep_resample=deep_resample, deep_weighting=deep_weighting)
 
     def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
         _require(output, ["logits", "uni"], "pixel_kl")
@@ -178,21 +188,40 @@ class PreferenceTerm(LossTerm):
     """A term that may carry the preference-aware regulariser; its state goes through ``state_dict``."""
 
     preference: PreferenceRegulariser | None = None
+    gate_mode: GateMode = "sample"
 
     def setup_preference(self, enabled: bool, missing_rates: Sequence[float] | Mapping[str, float] | None,
-                         options: dict[str, Any]) -> None:
+                         options: dict[str, Any], gate: GateMode = "sample") -> None:
         check_keys(options, PreferenceRegulariser, "preference options")
-        rates = rates_by_modality(missing_rates, self.modalities)
-        self.preference = PreferenceRegulariser(len(self.modalities), missing_rates=rates, **options) \
+        if gate not in ("sample", "batch"):
+            raise LossOptionError(f"gate must be 'sample' or 'batch', got {gate!r}")
+        self.gate_mode = gate
+        self.missing_rates = rates_by_modality(missing_rates, self.modalities)
+        self.preference = PreferenceRegulariser(len(self.modalities), missing_rates=self.missing_rates, **options) \
             if enabled else None
 
-    def gate(self, gap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        """omega ``[B, M]`` from the gap (RP recorded on training batches: ``prism.loss.observing()``)."""
+    @property
+    def needs_distances(self) -> bool:
+        """Whether the gate or the epoch statistic reads the absolute prototype distances."""
+        return self.preference is not None and (self.gate_mode == "batch"
+                                                or self.preference.statistic == "pooled_distance")
+
+    def gate(self, gap: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None
+             ) -> torch.Tensor | None:
+        """omega ``[B, M]`` (statistics recorded on training batches only: ``prism.loss.observing()``).
+
+        ``gate="sample"`` (the seeds): omega = 1[RP < 0] per sample from the gap; ``"batch"`` (PASSION's code):
+        one gate per modality from the absolute distances summed over the batch (``batch_preference_gate``).
+        """
         if self.preference is None:
             return None
         rp = relative_preference(gap, mask)
         if observing():
-            self.preference.observe(rp, mask)
+            self.preference.observe(rp, mask, distance)
+        if self.gate_mode == "batch":
+            if distance is None:
+                raise ValueError("gate='batch' needs the prototype distances")
+            return batch_preference_gate(distance, mask)
         return preference_gate(rp, mask)
 
     def state_dict(self) -> dict[str, Any]:
@@ -218,25 +247,34 @@ class ProtoL2Loss(PreferenceTerm):
     needs = frozenset({"features", "uni_features"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *,
-                 variant: Literal["seeds", "passion"] = "seeds", preference: bool = False,
-                 missing_rates: Sequence[float] | Mapping[str, float] | None = None, **preference_options: Any) -> None:
+                 variant: Literal["seeds", "passion"] = "seeds", eps: float = 1e-8, preference: bool = False,
+                 missing_rates: Sequence[float] | Mapping[str, float] | None = None, gate: GateMode = "sample",
+                 **preference_options: Any) -> None:
         super().__init__(modalities, num_classes)
         self.proto = variant_options(PROTO_VARIANTS, variant, "proto_l2 variant")
-        self.setup_preference(preference, missing_rates, preference_options)
+        self.proto["eps"] = float(eps)
+        self.setup_preference(preference, missing_rates, preference_options, gate)
 
-    def gaps(self, output: SegOutput, batch: Batch) -> torch.Tensor:
-        """The prototype gap D ``[B, M]`` (missing modalities zeroed)."""
+    def gaps(self, output: SegOutput, batch: Batch, with_distances: bool = False
+             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The prototype gap D ``[B, M]`` (missing modalities zeroed); with ``with_distances`` also the absolute
+        distances ``[B, M]`` (what PASSION's preference gate and epoch statistic read)."""
         _require(output, ["features", "uni_features"], "proto_l2")
         if tuple(batch.mask.shape) != tuple(output.uni_features.shape[:2]):
             raise ValueError(f"mask must be [B, M] = {tuple(output.uni_features.shape[:2])}, "
                              f"got {tuple(batch.mask.shape)}")
-        gap = proto_gap(output.uni_features, output.features, batch.label, num_classes=self.num_classes,
-                        onehot=targets_for(batch.label, self.num_classes, batch).onehot(), **self.proto)
-        return gap * batch.mask.to(gap.dtype)
+        value = proto_gap(output.uni_features, output.features, batch.label, num_classes=self.num_classes,
+                          onehot=targets_for(batch.label, self.num_classes, batch).onehot(),
+                          with_absolute=with_distances, **self.proto)
+        m = batch.mask.to(torch.float32)
+        if with_distances:
+            return value[0] * m, value[1] * m
+        return value * m
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
-        gap = self.gaps(output, batch)
-        omega = self.gate(gap, batch.mask)
+        gap, dist = self.gaps(output, batch, with_distances=True) if self.needs_distances else \
+            (self.gaps(output, batch), None)
+        omega = self.gate(gap, batch.mask, dist)
         per = (gap if omega is None else gap * omega).mean(0)
         parts = modality_parts("proto_l2", per, self.modalities)
         if self.preference is not None:

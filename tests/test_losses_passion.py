@@ -1,0 +1,256 @@
+"""PASSION's objective as options of the existing terms: one known-value test per documented difference.
+
+Each expected value is computed here from the definitions in ../shared/ANCHORS.md ("PASSION's code, as measured"),
+with numpy float64 loops (trilinear upsampling written out separably), sharing no code with prism.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_losses_known_values import ref_proto_gap
+
+from prism.batch import Batch
+from prism.outputs import SegOutput
+from prism.plugins.losses import PreferenceRegulariser, pixel_kl_loss, proto_gap
+from prism.plugins.losses.preference import batch_preference_gate
+from prism.registry import create_loss
+
+MODS = ("flair", "t1ce", "t1", "t2")
+K = 3
+FLOOR = 0.005
+
+
+def rnd(seed: int, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def softmax(z: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def upsample_1d(x: np.ndarray, axis: int, out: int) -> np.ndarray:
+    """Linear interpolation along ``axis`` to ``out`` samples, half-pixel centres (align_corners=False)."""
+    n = x.shape[axis]
+    result = []
+    for i in range(out):
+        src = max((i + 0.5) * n / out - 0.5, 0.0)
+        lo = min(int(math.floor(src)), n - 1)
+        hi = min(lo + 1, n - 1)
+        t = src - lo
+        result.append((1 - t) * np.take(x, lo, axis=axis) + t * np.take(x, hi, axis=axis))
+    return np.stack(result, axis=axis)
+
+
+def upsample(x: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Trilinear upsampling of the last three axes (separable)."""
+    for i, s in enumerate(size):
+        x = upsample_1d(x, x.ndim - 3 + i, s)
+    return x
+
+
+def ref_seg_passion(probs: np.ndarray, label: np.ndarray) -> float:
+    """PASSION's segmentation term for probabilities [B, K, ...]: weighted CE (w_c = 1 - |y_c|/|y| per sample,
+    p clamped to [0.005, 1]) + Dice over all classes (numerator smooth 0, denominator 1e-7), summed over the batch."""
+    total = 0.0
+    for b in range(probs.shape[0]):
+        p = probs[b].reshape(K, -1)
+        y = label[b].reshape(-1)
+        onehot = np.stack([(y == c).astype(float) for c in range(K)])
+        w = 1 - onehot.sum(1) / y.size
+        ce = -np.mean([sum(w[c] * onehot[c, v] * math.log(min(max(p[c, v], FLOOR), 1.0)) for c in range(K))
+                       for v in range(y.size)])
+        dice = 1 - np.mean([2 * (p[c] * onehot[c]).sum() / (p[c].sum() + onehot[c].sum() + 1e-7) for c in range(K)])
+        total += ce + dice
+    return total
+
+
+SEG_PASSION = {"class_weighting": "passion", "smooth_nr": 0.0, "smooth_dr": 1e-7, "batch_reduction": "sum",
+               "prob_floor": FLOOR}
+
+
+def test_segmentation_term_as_passion_computes_it():
+    logits, label = rnd(0, 2, K, 4, 4, 2, scale=3.0), torch.randint(0, K, (2, 4, 4, 2), generator=torch.Generator()
+                                                                        .manual_seed(1))
+    out = SegOutput(logits=logits)
+    batch = Batch(torch.zeros(2, 4, 4, 4, 2), label, torch.ones(2, 4, dtype=torch.bool), torch.ones(2, 4, dtype=bool))
+    got = create_loss("fuse", MODS, K, **SEG_PASSION)(out, batch).total
+    expected = ref_seg_passion(softmax(logits.numpy(), 1), label.numpy())
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    seeds = create_loss("fuse", MODS, K)(out, batch).total
+    assert abs(float(seeds) - expected) > 1e-3  # the options change the value
+
+
+def test_prm_on_upsampled_probabilities_with_passion_level_weights():
+    g = torch.Generator().manual_seed(2)
+    label = torch.randint(0, K, (1, 8, 8, 8), generator=g)
+    deep = [rnd(3, 1, K, 4, 4, 4, scale=2.0), rnd(4, 1, K, 2, 2, 2, scale=2.0)]
+    out = SegOutput(logits=rnd(5, 1, K, 8, 8, 8), deep=deep)
+    batch = Batch(torch.zeros(1, 4, 8, 8, 8), label, torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 4, dtype=bool))
+    weights = [0.25, 0.125]
+    got = create_loss("prm", MODS, K, label_resample="upsample", weights=weights, **SEG_PASSION)(out, batch).total
+    expected = sum(w * ref_seg_passion(upsample(softmax(d.numpy(), 1), (8, 8, 8)), label.numpy())
+                   for w, d in zip(weights, deep, strict=True))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def ref_pixel_kl_passion(student: list[np.ndarray], teacher: list[np.ndarray], mask: np.ndarray, mu: float
+                         ) -> np.ndarray:
+    """Per modality [M], batch mean: sum_s 2^-s mu^2 mean_{k,v} p_t (log p_t - log p_s), level s > 0 upsampled
+    (trilinear, on softmax(z / mu)) to full resolution, both probabilities clamped at 0.005."""
+    b, m = mask.shape
+    size = teacher[0].shape[2:]
+    out = np.zeros(m)
+    for s, (zs, zt) in enumerate(zip(student, teacher, strict=True)):
+        ps, pt = softmax(zs / mu, 2), softmax(zt / mu, 1)
+        if s:
+            ps, pt = upsample(ps, size), upsample(pt, size)
+        for bi in range(b):
+            for mi in range(m):
+                if mask[bi, mi]:
+                    qs, qt = np.maximum(ps[bi, mi], FLOOR), np.maximum(pt[bi], FLOOR)
+                    out[mi] += 2.0**-s * mu**2 * np.mean(pt[bi] * (np.log(qt) - np.log(qs))) / b
+    return out
+
+
+def test_pixel_kl_as_passion_computes_it():
+    student = [rnd(6, 2, 4, K, 4, 4, 4, scale=20.0), rnd(7, 2, 4, K, 2, 2, 2, scale=20.0)]
+    teacher = [rnd(8, 2, K, 4, 4, 4, scale=20.0), rnd(9, 2, K, 2, 2, 2, scale=20.0)]
+    mask = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    options = {"direction": "teacher_student", "class_reduction": "mean", "scale_by_temperature": True}
+    got = pixel_kl_loss(student[0], teacher[0], mask, student_deep=student[1:], teacher_deep=teacher[1:],
+                        temperature=4.0, prob_floor=FLOOR, deep_resample="upsample", deep_weighting="halving",
+                        reduction="per_modality", **options)
+    expected = ref_pixel_kl_passion([s.numpy() for s in student], [t.numpy() for t in teacher], mask.numpy(), 4.0)
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5)
+    unclamped = pixel_kl_loss(student[0], teacher[0], mask, student_deep=student[1:], teacher_deep=teacher[1:],
+                              temperature=4.0, deep_resample="upsample", deep_weighting="halving",
+                              reduction="per_modality", **options)
+    assert not np.allclose(unclamped.double().numpy(), expected, rtol=1e-2)  # the clamp matters at this scale
+    term = create_loss("pixel_kl", MODS, K, variant="passion", prob_floor=FLOOR, deep_resample="upsample",
+                       deep_weighting="halving")
+    out = SegOutput(logits=teacher[0], deep=teacher[1:], uni=student[0], uni_deep=student[1:])
+    batch = Batch(torch.zeros(2, 4, 4, 4, 4), torch.zeros(2, 4, 4, 4, dtype=torch.long), mask, mask.clone())
+    assert float(term(out, batch).total) == pytest.approx(expected.sum(), rel=1e-5)
+
+
+def test_prototype_classes_in_every_sample_and_passion_eps():
+    student, teacher = rnd(10, 2, 3, 4, 3, 3, 2, scale=2e-6), rnd(11, 2, 4, 3, 3, 2, scale=2e-6)
+    label = torch.randint(0, 4, (2, 3, 3, 2), generator=torch.Generator().manual_seed(12))
+    label[1] = label[1].clamp(max=2)
+
+    def ref(eps: float) -> np.ndarray:  # cos(x, y) = x.y / (max(|x|, eps) max(|y|, eps)), PASSION's class rule
+        def cos(x, y):
+            return float(x @ y / (max(np.linalg.norm(x), eps) * max(np.linalg.norm(y), eps)))
+
+        b, m = student.shape[:2]
+        fs, ft = student.numpy().reshape(b, m, 4, -1), teacher.numpy().reshape(b, 4, -1)
+        y = label.numpy().reshape(b, -1)
+        classes = [c for c in range(4) if all((y[i] == c).any() for i in range(b))]
+        gap = np.zeros((b, m))
+        for bi in range(b):
+            for mi in range(m):
+                vals = []
+                for c in classes:
+                    ps, pt = fs[bi, mi][:, y[bi] == c].mean(1), ft[bi][:, y[bi] == c].mean(1)
+                    ss = np.array([cos(fs[bi, mi][:, v], ps) for v in range(y.shape[1])])
+                    st = np.array([cos(ft[bi][:, v], pt) for v in range(y.shape[1])])
+                    vals.append(np.mean((ss - st) ** 2))
+                gap[bi, mi] = np.mean(vals)
+        return gap
+
+    got = proto_gap(student, teacher, label, num_classes=4, class_reduction="mean", class_presence="batch", eps=1e-5)
+    np.testing.assert_allclose(got.double().numpy(), ref(1e-5), rtol=1e-4, atol=1e-9)
+    assert not np.allclose(ref(1e-5), ref(1e-8), rtol=1e-3)  # at these feature norms eps matters
+    big = proto_gap(student * 1e6, teacher * 1e6, label, num_classes=4, class_reduction="mean",
+                    class_presence="batch", eps=1e-5)
+    np.testing.assert_allclose(big.double().numpy(), ref_proto_gap(student.numpy() * 1e6, teacher.numpy() * 1e6,
+                                                                   label.numpy(), 4, "passion"), rtol=1e-4)
+
+
+def test_batch_gate_from_absolute_distances():
+    dist = torch.tensor([[0.2, 0.4, 0.0, 0.6], [0.5, 0.1, 0.3, 0.0]])
+    mask = torch.tensor([[True, True, False, True], [True, True, True, False]])
+    # rp_iter_m = sum_b mask (dist / mean_b - 1): means 0.4 and 0.3
+    score = [(0.2 / 0.4 - 1) + (0.5 / 0.3 - 1), (0.4 / 0.4 - 1) + (0.1 / 0.3 - 1), (0.3 / 0.3 - 1), (0.6 / 0.4 - 1)]
+    expected = torch.tensor([[s > 0 for s in score]] * 2, dtype=torch.float32) * mask
+    torch.testing.assert_close(batch_preference_gate(dist, mask), expected)
+    assert expected[0, 0] == 1 and expected[1, 1] == 0  # one gate per modality, over the batch
+
+
+def test_pooled_distance_statistic_schedule_and_initial_ones():
+    reg = PreferenceRegulariser(4, missing_rates=[0.6, 0.4, 0.2, 0.8], gamma=0.01, gamma_growth=1.5, growth_every=2,
+                                initial="ones", schedule="passion", statistic="pooled_distance")
+    assert reg.coefficients.tolist() == [1.0, 1.0, 1.0, 1.0]
+    mask = torch.tensor([[True, True, False, True], [True, False, True, True]])
+    d1, d2 = torch.tensor([[0.2, 0.4, 0.9, 0.6], [0.5, 0.7, 0.3, 0.1]]), torch.tensor([[0.1, 0.2, 0.0, 0.3],
+                                                                                        [0.4, 0.0, 0.5, 0.2]])
+    coef = np.ones(4)
+    for epoch in range(5):
+        reg.observe(torch.zeros(2, 4), mask, distance=d1)
+        reg.observe(torch.zeros(2, 4), mask, distance=d2)
+        reg.on_epoch_end()
+        m = mask.numpy().astype(float)
+        pooled = ((d1.numpy() + d2.numpy()) * m).sum(0) / (2 * m.sum(0))
+        rp = 1 - pooled / pooled.mean()
+        eta = 0.01 * 1.5 ** (epoch // 2 + 1)  # PASSION grows eta before the update: 0.015, 0.015, 0.0225, ...
+        coef = np.clip(coef - eta * rp, 0.1, 4.0)
+        coef = 2 * coef / np.linalg.norm(coef)
+        np.testing.assert_allclose(reg.coefficients.numpy(), coef, rtol=1e-6)
+    seeds = PreferenceRegulariser(4, missing_rates=[0.6, 0.4, 0.2, 0.8])
+    np.testing.assert_allclose(seeds.coefficients.numpy(), 1 / (1 - np.array([0.6, 0.4, 0.2, 0.8])), rtol=1e-6)
+    assert seeds.gamma == 0.01 and PreferenceRegulariser(4, schedule="passion").gamma == pytest.approx(0.015)
+
+
+def test_total_weighting_as_passion():
+    g = torch.Generator().manual_seed(20)
+    b, s = 2, 4
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out(SegOutput):
+        sep: torch.Tensor | None = None
+
+    out = Out(logits=r(b, K, s, s, s), deep=[r(b, K, 2, 2, 2)], uni=r(b, 4, K, s, s, s), uni_deep=[r(b, 4, K, 2, 2, 2)],
+              features=r(b, 5, s, s, s), uni_features=r(b, 4, 5, s, s, s), sep=r(b, 4, K, s, s, s))
+    label = torch.randint(0, K, (b, s, s, s), generator=g)
+    mask = torch.tensor([[True, False, True, True], [True, True, False, True]])
+    batch = Batch(torch.zeros(b, 4, s, s, s), label, mask, mask.clone())
+    rates = {"flair": 0.6, "t1ce": 0.4, "t1": 0.2, "t2": 0.8}
+    term = create_loss("prism", MODS, K, weighting="passion", uni_weight=0.0, separate=True, modal_weight=True,
+                       missing_rates=rates, preference=True, gate="batch",
+                       preference_options={"initial": "ones", "schedule": "passion", "statistic": "pooled_distance"},
+                       **SEG_PASSION)
+    imb = [0.5, 1.2, 0.8, 1.5]
+    state = term.state_dict()
+    state["preference"]["coefficients"] = imb
+    term.load_state_dict(state)
+    got = term(out, batch).total
+    # the written definition: fuse + sum_m rp*imb*mw*sep + prm + 0.5 sum_m imb*mw*kl + 0.1 sum_m rp*mw*proto
+    mw = [1 / (1 - rates[m]) for m in MODS]
+    fuse = create_loss("fuse", MODS, K, **SEG_PASSION)(out, batch).total
+    prm = create_loss("prm", MODS, K, **SEG_PASSION)(out, batch).total
+    kl = create_loss("pixel_kl", MODS, K)(out, batch).parts
+    gap, dist = (proto_gap(out.uni_features, out.features, label, num_classes=K, with_absolute=True))
+    gap, dist = gap * mask, dist * mask
+    rp = batch_preference_gate(dist, mask)  # [B, M]
+    sep_bm = torch.stack([torch.stack([
+        create_loss("fuse", MODS, K, **SEG_PASSION)(SegOutput(logits=out.sep[i:i + 1, j]),
+                                                    Batch(batch.image[i:i + 1], label[i:i + 1], mask[i:i + 1],
+                                                          mask[i:i + 1])).total for j in range(4)])
+        for i in range(b)]) * mask
+    expected = fuse + prm
+    for j, m in enumerate(MODS):
+        expected = expected + (rp[:, j] * sep_bm[:, j]).sum() * imb[j] * mw[j] + 0.5 * imb[j] * mw[j] * kl[
+            f"pixel_kl/{m}"] + 0.1 * mw[j] * (rp[:, j] * gap[:, j]).mean()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert rp.any() and not rp[mask].all()  # the gate is exercised both ways
