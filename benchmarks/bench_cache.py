@@ -5,9 +5,11 @@ patch positions for every format, in one run, warm page cache (every format read
 is timed). The formats take turns patch by patch, so a busy machine slows them alike; the median is reported.
 Formats: whole-volume .npy as RFNet/PASSION load it (np.load of the case, then crop), the floor (the patch copied
 out of a case already in memory: no format can beat it, so it bounds every speed-up), uncompressed HDF5, the
-prism cache through HDF5's filter pipeline (Fletcher32 checked: ``CacheReader(checksums=True)``) and the prism
-cache read directly (the default: Blosc2 chunks decoded in a thread pool, 1 thread and the default count).
-Also disk size and DataLoader patches/s per worker.
+prism cache through HDF5's filter pipeline (Fletcher32 checked: ``CacheReader(checksums=True)``), the prism
+cache read directly (the default: Blosc2 chunks decoded in a thread pool, 1 thread and the default count), with
+the default compression (LZ4HC clevel 8 + shuffle) and the earlier ones, and an nnU-Net-style blosc2 ``.b2nd``
+array per case opened with mmap (LZ4HC clevel 8, 80^3 chunks, 40^3 blocks, one decompression thread).
+Also disk size, the prism default against the .b2nd format (same run), and DataLoader patches/s per worker.
 Usage: python benchmarks/bench_cache.py [--cases 4] [--reads 20] [--shape 140 170 140] [--chunks 32 ...]
 """
 
@@ -20,6 +22,7 @@ import time
 from itertools import product
 from pathlib import Path
 
+import blosc2
 import h5py
 import numpy as np
 import torch
@@ -34,9 +37,28 @@ from prism.data.patches import PatchDataset, RankSampler, collate_batch
 from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.modalities import BRATS_MODALITIES
 
+DEFAULT_LABEL = "LZ4HC l8 + shuffle"
+B2ND_NAME = "nnU-Net-style .b2nd (LZ4HC l8, 80^3 chunks, 40^3 blocks, mmap)"
+
 
 def dir_size(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths)
+
+
+def write_b2nd(tmp: Path, ids: list[str], cases: list) -> tuple[list[Path], dict[str, tuple]]:
+    """Each case as nnU-Net stores it: image ``[M, D, H, W]`` and label as blosc2 NDArrays (LZ4HC clevel 8, chunks
+    80^3, blocks 40^3 per channel), reopened with ``mmap_mode="r"`` and one decompression thread."""
+    files, arrays = [], {}
+    cparams = {"codec": blosc2.Codec.LZ4HC, "clevel": 8}
+    for cid, (img, lab, _) in zip(ids, cases, strict=True):
+        x, y = tmp / f"{cid}.b2nd", tmp / f"{cid}_seg.b2nd"
+        blosc2.asarray(np.ascontiguousarray(img), urlpath=str(x), mode="w", chunks=(1, 80, 80, 80),
+                       blocks=(1, 40, 40, 40), cparams=cparams)
+        blosc2.asarray(np.ascontiguousarray(lab), urlpath=str(y), mode="w", chunks=(80, 80, 80), blocks=(40, 40, 40),
+                       cparams=cparams)
+        files += [x, y]
+        arrays[cid] = tuple(blosc2.open(str(f), mode="r", mmap_mode="r", dparams={"nthreads": 1}) for f in (x, y))
+    return files, arrays
 
 
 def main() -> None:
@@ -60,8 +82,9 @@ def main() -> None:
         for cid, (img, lab, _) in zip(ids, cases, strict=True):
             f[f"{cid}/image"], f[f"{cid}/label"] = img, lab
     caches = {}  # (chunk, compression label) -> path
-    settings = [(chunk, "LZ4 l5 + shuffle", {}) for chunk in args.chunks]
-    settings.append((args.chunks[0], "LZ4 l1, no shuffle", {"clevel": 1, "shuffle": "none"}))
+    settings = [(chunk, DEFAULT_LABEL, {}) for chunk in args.chunks]
+    settings.append((args.chunks[0], "LZ4 l5 + shuffle (earlier default)", {"codec": "lz4", "clevel": 5}))
+    settings.append((args.chunks[0], "LZ4 l1, no shuffle", {"codec": "lz4", "clevel": 1, "shuffle": "none"}))
     for chunk, label, compression in settings:
         path = caches[chunk, label] = tmp / f"cache{chunk}-{len(caches)}.h5"
         with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, chunk=chunk, **compression) as w:
@@ -88,10 +111,18 @@ def main() -> None:
         sl = tuple(slice(a, a + p) for a in s)
         np.ascontiguousarray(in_ram[cid][0][(slice(None), *sl)]), np.ascontiguousarray(in_ram[cid][1][sl])
 
+    b2nd_files, b2nd = write_b2nd(tmp, ids, cases)
+
+    def b2nd_patch(cid: str, s: tuple[int, ...], p: int) -> None:
+        sl = tuple(slice(a, a + p) for a in s)
+        image, label = b2nd[cid]
+        image[(slice(None), *sl)], label[sl]
+
     npy_name = "npy whole volume (RFNet/PASSION)"
     ram_name = "floor: copy out of an in-RAM array"
-    loaders = {npy_name: npy_patch, ram_name: ram_patch, "HDF5 uncompressed": plain_patch}
-    sizes = {npy_name: dir_size(npy_files), ram_name: 0, "HDF5 uncompressed": plain.stat().st_size}
+    loaders = {npy_name: npy_patch, ram_name: ram_patch, "HDF5 uncompressed": plain_patch, B2ND_NAME: b2nd_patch}
+    sizes = {npy_name: dir_size(npy_files), ram_name: 0, "HDF5 uncompressed": plain.stat().st_size,
+             B2ND_NAME: dir_size(b2nd_files)}
     readers = []
     threads = default_threads()
     for (chunk, label), path in caches.items():
@@ -118,6 +149,7 @@ def main() -> None:
         table.add_column(f"{p}^3 ms/patch", justify="right")
         table.add_column(f"{p}^3 speed-up", justify="right")
     rows = {name: [f"{sizes[name] / 1e6:.1f}", f"{sizes[name] / sizes[npy_name]:.2f}"] for name in loaders}
+    medians: dict[int, dict[str, float]] = {}
     for p in (80, 128):
         plan = [(ids[rng.integers(len(ids))], tuple(int(rng.integers(0, s - p + 1)) for s in args.shape))
                 for _ in range(args.reads)]
@@ -131,12 +163,20 @@ def main() -> None:
                 fn(cid, s, p)
                 times[name].append(time.perf_counter() - t0)
         med = {name: float(np.median(t)) for name, t in times.items()}
+        medians[p] = med
         for name in loaders:
             rows[name] += [f"{med[name] * 1e3:.1f}", f"{med[npy_name] / med[name]:.1f}x"]
     for name, cells in rows.items():
         table.add_row(name, *cells)
-    console = Console(width=140)
+    console = Console(width=160)
     console.print(table)
+    default = f"prism {args.chunks[0]}^3 {DEFAULT_LABEL}, direct, " + (
+        f"{threads} threads (default)" if threads > 1 else "1 thread")
+    console.print(f"prism default ({default}) against {B2ND_NAME}, same run: "
+                  + ", ".join(f"{p}^3 read {medians[p][B2ND_NAME] / medians[p][default]:.2f}x as fast"
+                              for p in medians)
+                  + f"; disk {sizes[default] / sizes[B2ND_NAME]:.3f}x (prism: image + label + metadata + foreground "
+                  "points; .b2nd: image + label)", highlight=False)
     plain_f.close()
     for reader in readers:
         reader.close()

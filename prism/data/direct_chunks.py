@@ -49,9 +49,13 @@ class ChunkIndex:
     sizes: np.ndarray  # int64 [grid], stored bytes (Fletcher32 trailer included)
     trailer: int  # bytes after the Blosc2 frame (4 with Fletcher32, else 0)
     kinds: np.ndarray = field(init=False)  # uint8 [grid]: unknown / data at the frame's header end / zero / other
+    heads: np.ndarray = field(init=False)  # int64 [grid]: where a _DATA chunk's data starts inside its frame
+    nbytes: int = field(init=False)  # decoded bytes of one chunk
 
     def __post_init__(self) -> None:
         self.kinds = np.zeros(self.offsets.shape, np.uint8)
+        self.heads = np.zeros(self.offsets.shape, np.int64)
+        self.nbytes = int(np.prod(self.chunks)) * self.dtype.itemsize
 
 
 def chunk_index(ds: h5py.Dataset) -> ChunkIndex | None:
@@ -118,16 +122,21 @@ class DirectChunkReader:
         kind = index.kinds[idx]
         if kind == _ZERO:
             return None
-        nbytes = int(np.prod(index.chunks)) * index.dtype.itemsize
+        nbytes = index.nbytes
         out = self._buffer(nbytes)
         off = int(index.offsets[idx])
         if off < 0:  # never written: HDF5 returns the fill value, zero for prism caches
             return None
-        frame = self._view[off:off + int(index.sizes[idx]) - index.trailer]
+        end = off + int(index.sizes[idx]) - index.trailer
+        if kind == _DATA:  # the common case, kept short: the data's start inside the frame is remembered
+            blosc2.decompress2(self._view[off + int(index.heads[idx]):end], dst=out)
+            return out.view(index.dtype).reshape(index.chunks)
+        frame = self._view[off:end]
         if kind == _UNKNOWN:
             kind = self._classify(frame, nbytes)
         if kind == _DATA:
             head = int.from_bytes(frame[11:15], "big")
+            index.heads[idx] = head
             blosc2.decompress2(frame[head:], dst=out)
         else:  # special values or several blocks (then the chunk is stored block by block): let b2nd lay it out
             decoded = np.asarray(blosc2.ndarray_from_cframe(bytes(frame))[()]).reshape(index.chunks)
