@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 import numpy as np
 from rich import box
@@ -15,6 +17,13 @@ from rich.table import Table
 from ..errors import PluginBug, PrismError
 from ..evaluation.report import EvalReport
 from ..evaluation.results import mean_over_combinations
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: message``, exit 2) like every other prism error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def run_command(prog: str, body: Callable[[], int | None]) -> int:

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
-from .common import run_command, stdout_console
+from .common import OneLineParser, run_command, stdout_console
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prism-data", description="Make and inspect prism HDF5 caches.")
+    p = OneLineParser(prog="prism-data", description="Make and inspect prism HDF5 caches.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("synth", help="write a synthetic BraTS-like dataset to a cache",
                        description="Generate seeded BraTS-like phantoms (FLAIR, T1ce, T1, T2; labels 0-3) "

@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import report_table, run_command, stdout_console
+from .common import OneLineParser, report_table, run_command, stdout_console
 
 EPILOG = """\
 examples:
@@ -25,7 +25,7 @@ eval_dice.png into the run folder. Options left out come from the run's eval con
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="prism-eval", description="Evaluate a run folder's last checkpoint: Dice and HD95 per region for each "
         "of the 15 modality combinations, or 'prism-eval compare RUN_A RUN_B'.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def compare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="prism-eval compare", description="Per-region differences B - A between two evaluated runs (Dice in "
         "percentage points, HD95 in mm), averaged over combinations, with paired bootstrap confidence intervals "
         "over the cases both runs were evaluated on.")
@@ -71,7 +71,7 @@ def compare_parser() -> argparse.ArgumentParser:
 
 
 def adapt_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="prism-eval adapt", description="Adaptation curve to a held-out site: Dice (mean over the modality "
         "combinations) after K adaptation steps on N support cases, mean and sd over R support draws. Writes "
         "adapt.json, adapt.md and adapt.png into the run folder (eval.json is left as it is).")

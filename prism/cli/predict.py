@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import run_command, stdout_console
+from .common import OneLineParser, run_command, stdout_console
 
 if TYPE_CHECKING:
     from ..engine.run_model import RunModel
@@ -126,7 +126,7 @@ def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *,
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="prism-predict", description="Segment new cases with a trained run: one NIfTI label map per case, "
         "aligned with its inputs, from whatever modalities the case has.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)

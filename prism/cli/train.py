@@ -12,7 +12,7 @@ from ..config import build_config, load_yaml
 from ..errors import ConfigError
 from ..presets import list_presets, load_preset
 from ..registry import get_registry
-from .common import report_table, run_command, stdout_console
+from .common import OneLineParser, report_table, run_command, stdout_console
 
 EPILOG = """\
 examples:
@@ -28,7 +28,7 @@ train, eval); values are read as YAML (1e-3, true, [64, 64, 64], null).
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="prism-train", description="Train a segmentation model with a meta-strategy, then evaluate it on "
         "all modality combinations.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="dotted config overrides")
@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cache = config.data.cache
     trainer = Trainer(config, Path(run_dir), cache_path=cache, resume=args.resume is not None,
-                      console=err_console or console)
+                      console=err_console or console, check_splits=() if args.no_eval else (config.eval.split,))
     if trainer.dist.is_main:
         console.print(f"run folder: {run_dir}  device: {trainer.device}  strategy: {config.strategy.name}  "
                       f"backbone: {config.model.name}  steps: {trainer.ctx.step}->{config.train.steps}"
