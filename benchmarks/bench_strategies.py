@@ -3,7 +3,9 @@
     python benchmarks/bench_strategies.py                 # CPU-sized defaults
     python benchmarks/bench_strategies.py --device cuda --patch 80 --width 8 --steps 20
 
-Target (issue 6): Meta-Drop at most 2.1x a standard step (it does two forward/backward passes).
+Target (issue 6): Meta-Drop at most 2.1x a standard step (it does two forward/backward passes). The
+adaptation-centred strategies (issue 12) are listed too: meta_transfer runs MAML's episodes on scale/shift and
+head only (the frozen weights need no gradient), fast_weights two forward passes per task plus the generator.
 Prints steps/s, the ratio to standard and, on CUDA, peak memory.
 """
 
@@ -22,7 +24,11 @@ STRATEGIES = {
     "meta_drop": "{}",
     "maml (1st order, K=1, 2 tasks)": "{inner_steps: 1, first_order: true, tasks_per_step: 2}",
     "maml (2nd order, K=1, 2 tasks)": "{inner_steps: 1, first_order: false, tasks_per_step: 2}",
+    "maml (ANIL: head only, 1st order)": "{inner_steps: 1, first_order: true, tasks_per_step: 2, adapt_params: head}",
+    "maml (Meta-SGD, 1st order)": "{inner_steps: 1, first_order: true, tasks_per_step: 2, learn_inner_lr: true}",
     "reptile (k=3)": "{inner_steps: 3}",
+    "meta_transfer (K=1, 2 tasks)": "{inner_steps: 1, first_order: true, tasks_per_step: 2}",
+    "fast_weights (2 tasks)": "{tasks_per_step: 2}",
 }
 
 

@@ -158,3 +158,37 @@ def adapted_copy(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> nn.Mo
         for name, value in weights.items():
             params[name].copy_(value)
     return out
+
+
+def class_logits(logits: torch.Tensor, cls: int, exclude: Sequence[int] = ()) -> torch.Tensor:
+    """Binary logits ``[B, 2, ...]`` (rest, class ``cls``) of a few-shot class task from class logits.
+
+    Args:
+        logits: ``[B, K, *spatial]``.
+        cls: the task's class index.
+        exclude: classes left out of "rest" (the held-out classes: no gradient reaches their logits).
+
+    Returns:
+        ``[B, 2, *spatial]``: ``logsumexp`` over the other classes, and the class's own logit.
+    """
+    left_out = set(int(c) for c in exclude) | {int(cls)}
+    others = [k for k in range(logits.shape[1]) if k not in left_out]
+    rest = torch.logsumexp(logits[:, others], dim=1)
+    return torch.stack([rest, logits[:, cls]], dim=1)
+
+
+def class_task_loss(cls: int, exclude: Sequence[int] = ()) -> AdaptLossFn:
+    """The loss of a class task: cross-entropy + soft Dice (of the class) on :func:`class_logits` against
+    ``label == cls``, as ``loss(output, batch) -> scalar``. Used to meta-train on class tasks and to adapt to a
+    held-out class."""
+
+    def loss(output: SegOutput, batch: Batch) -> torch.Tensor:
+        binary = class_logits(output.logits.float(), cls, exclude)
+        target = (batch.label == cls).long()
+        ce = torch.nn.functional.cross_entropy(binary, target)
+        prob = binary.softmax(1)[:, 1].flatten(1)
+        truth = target.flatten(1).to(prob.dtype)
+        dice = (2 * (prob * truth).sum(1) + 1e-5) / (prob.sum(1) + truth.sum(1) + 1e-5)
+        return ce + 1 - dice.mean()
+
+    return loss

@@ -80,6 +80,10 @@ class StepContext(Protocol):
         """The acquisition site of a training case (None when the dataset records none)."""
         ...
 
+    def case_classes(self, case_id: str) -> frozenset[int]:
+        """The label values present in a training case's label map (read once, then remembered)."""
+        ...
+
     def define_stream(self, name: str, case_ids: Sequence[str]) -> None:
         """Create (or restrict) stream ``name`` to draw only from ``case_ids``; its position is checkpointed."""
         ...

@@ -8,9 +8,10 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
-from prism.adapt import AdaptLossFn, StepSizes, gradient_steps, select_parameters
+from prism.adapt import AdaptLossFn, StepSizes, class_task_loss, gradient_steps, select_parameters
 from prism.backbone import Backbone
 from prism.batch import Batch
+from prism.errors import ConfigError
 from prism.strategy import StepContext, Strategy
 
 from .maml_backends import InnerLoop, make_inner_loop
@@ -35,8 +36,11 @@ class MAML(Strategy):
         learn_inner_lr: Meta-SGD: learn one inner rate per parameter entry with the outer optimizer.
         first_order: drop second derivatives (FOMAML).
         tasks_per_step: tasks per outer step (>= 1).
-        tasks: ``combination`` (one modality combination per task, support and query from disjoint cases) or
-            ``site`` (one acquisition site per task).
+        tasks: ``combination`` (one modality combination per task, support and query from disjoint cases),
+            ``site`` (one acquisition site per task) or ``class`` (one foreground class against the rest, scored
+            by ``prism.adapt.class_task_loss`` instead of the configured losses).
+        held_out_classes: with ``tasks: class``, classes never used as a task and left out of every task's
+            "rest", so that meta-training gives their logits no gradient (few-shot evaluation adapts to them).
         backend: ``torch`` (torch.func, default), ``higher`` or ``learn2learn``.
         adapt_params: which parameters the inner loop (and ``adapt``) updates: ``all``, ``head`` (ANIL),
             ``body`` (BOIL) or a list of glob patterns over parameter names. The outer step trains all of them.
@@ -51,7 +55,8 @@ class MAML(Strategy):
     def __init__(self, *, inner_steps: Annotated[int, Field(ge=1)] = 1,
                  inner_lr: Annotated[float, Field(gt=0.0)] = 0.01, learn_inner_lr: bool = False,
                  first_order: bool = True, tasks_per_step: Annotated[int, Field(ge=1)] = 2,
-                 tasks: Literal["combination", "site"] = "combination",
+                 tasks: Literal["combination", "site", "class"] = "combination",
+                 held_out_classes: list[int] = [],  # noqa: B006  (validated and copied)
                  backend: Literal["torch", "higher", "learn2learn"] = "torch",
                  adapt_params: str | list[str] = "all") -> None:
         self.inner_steps = int(inner_steps)
@@ -62,6 +67,9 @@ class MAML(Strategy):
         self.task_kind = tasks
         self.backend = backend
         self.adapt_params = adapt_params
+        self.held_out_classes = tuple(int(c) for c in held_out_classes)
+        if self.held_out_classes and tasks != "class":
+            raise ConfigError("strategy.options.held_out_classes: only meaningful with tasks: class")
         self.inner: InnerLoop | None = None
         self._inner_state: dict[str, Any] = {}  # learned rates loaded before setup (adaptation outside training)
         self.sampler: TaskSampler | None = None
@@ -78,7 +86,7 @@ class MAML(Strategy):
         extra = list(self.inner.extra_parameters())
         if extra:  # Meta-SGD: the learned inner learning rates are trained by the outer optimizer
             ctx.add_param_group(extra, weight_decay=0.0)
-        self.sampler = TaskSampler(ctx, self.task_kind)
+        self.sampler = TaskSampler(ctx, self.task_kind, self.held_out_classes)
         self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=ctx.generator)))
 
     def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -89,9 +97,13 @@ class MAML(Strategy):
             task = self.sampler.sample(self.generator)
             support = self.sampler.batch(ctx, task, task.support_stream)
             query = self.sampler.batch(ctx, task, task.query_stream)
+            if task.target_class is None:
+                def loss_fn(out, b):
+                    return ctx.loss_of(out, b)[0]
+            else:  # a class task: the class against the rest, the held-out classes left out
+                loss_fn = class_task_loss(task.target_class, self.held_out_classes)
             with ctx.autocast():
-                loss = self.inner.query_loss(support, query, lambda out, b: ctx.loss_of(out, b)[0],
-                                             self.inner_steps)
+                loss = self.inner.query_loss(support, query, loss_fn, self.inner_steps)
             ctx.backward(loss)  # gradients accumulate: the outer objective is the sum over tasks
             total = loss.detach() if total is None else total + loss.detach()
         ctx.optimizer_step()

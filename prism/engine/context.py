@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..backbone import Backbone
@@ -51,6 +52,7 @@ class TrainContext:
     forward_loss: ForwardLoss | None = None
 
     def __post_init__(self) -> None:
+        self._classes: dict[str, frozenset[int]] = {}
         if self.forward_module is None:
             self.forward_module = self.model
         if self.forward_loss is None:
@@ -98,6 +100,12 @@ class TrainContext:
 
     def case_site(self, case_id: str) -> str | None:
         return self.streams.reader.info(case_id).site
+
+    def case_classes(self, case_id: str) -> frozenset[int]:
+        if case_id not in self._classes:
+            _, label = self.streams.reader.read_case(case_id)
+            self._classes[case_id] = frozenset(int(v) for v in np.unique(label))
+        return self._classes[case_id]
 
     def define_stream(self, name: str, case_ids: Sequence[str]) -> None:
         unknown = sorted(set(case_ids) - set(self.streams.case_ids))
