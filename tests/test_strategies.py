@@ -164,7 +164,7 @@ def test_meta_drop_records_preference_statistics_from_the_training_batch_only(ti
     term = trainer.ctx.losses.terms[0].term
     seen = []
     original = term.preference.observe
-    term.preference.observe = lambda rp, mask: (seen.append(mask.clone()), original(rp, mask))
+    term.preference.observe = lambda rp, mask, *rest: (seen.append(mask.clone()), original(rp, mask, *rest))
     trainer.strategy.step(trainer.ctx)
     assert len(seen) == 1  # the meta batch (full masks) is not observed
 
