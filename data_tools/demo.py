@@ -10,7 +10,7 @@ from prism.data.cache_format import settings_hash
 from prism.data.cache_reader import CacheReader
 from prism.errors import CacheError
 
-from .synthetic import SynthSettings, write_synthetic_cache
+from .synthetic import PHANTOM_VERSION, SynthSettings, write_synthetic_cache
 
 
 def user_cache_dir() -> Path:
@@ -22,7 +22,8 @@ def user_cache_dir() -> Path:
 
 
 def demo_cache_path(config: SynthConfig) -> Path:
-    return user_cache_dir() / f"synthetic-{settings_hash(config.model_dump(mode='json'))}.h5"
+    settings = {**config.model_dump(mode="json"), "phantom_version": PHANTOM_VERSION}  # new phantoms: new file
+    return user_cache_dir() / f"synthetic-{settings_hash(settings)}.h5"
 
 
 def ensure_demo_cache(config: SynthConfig) -> tuple[Path, bool]:

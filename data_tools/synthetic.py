@@ -1,23 +1,24 @@
-"""BraTS-like synthetic phantoms, seeded and reproducible.
+"""BraTS-like synthetic phantoms, seeded and reproducible, made so that no region is readable off one contrast.
 
-Each case is a brain-shaped ellipsoid with two tissue classes and ventricles (CSF), and a tumour made of nested
-irregular regions: necrotic core (label 1) inside an enhancing rim (label 3) inside edema (label 2), so that
-WT = {1, 2, 3} contains TC = {1, 3} contains ET = {3} as in BraTS. The four contrasts carry different
-information, as in real MRI:
+Anatomy: a brain-shaped, slightly irregular ellipsoid with a grey-matter cortex, white matter interleaved with
+deep grey matter, ventricles and sulcal CSF, white-matter hyperintensities (bright on FLAIR only) and thin
+enhancing vessels (bright on T1ce only). Tumour: one to three irregular foci (a larger first one), each edema
+(label 2, spreading further along white matter) around a core whose enhancing parts (label 3) are patchy and
+whose necrosis (label 1) looks like CSF in every contrast; a secondary focus may not enhance at all. The labels
+nest as in BraTS: WT = {1, 2, 3} contains TC = {1, 3} contains ET = {3}.
 
-* FLAIR: edema and the whole tumour bright, CSF dark -> the best single modality for WT;
-* T1ce: the (patchy) enhancing rim very bright, necrosis dark, edema invisible -> the only one that shows ET;
-* T1: tumour slightly dark, little contrast;
-* T2: edema and the core bright, but so is CSF -> WT with some confusion.
+Intensities overlap on purpose (see ``_INTENSITY``): on FLAIR edema is as bright as white-matter hyperintensities
+and enhancing tumour as grey matter; on T2 necrosis is as bright as CSF; on T1ce enhancing tumour is as bright as
+vessels. Each region needs two contrasts or spatial context: edema is FLAIR-bright *and* T2-bright; necrosis is
+CSF-like but inside a lesion; enhancing tumour is T1ce-bright in a blob, not a thin line. Only T1ce shows
+enhancement and only FLAIR and T2 show edema, so a model loses ET without T1ce and WT without FLAIR and T2, as on
+real MRI. Tissue texture, a strong multiplicative bias field per contrast, partial-volume blur and noise are added,
+then each volume is z-scored over the brain as preprocessing would do.
 
-Outside T1ce, enhancing tumour and necrosis look the same, and the enhancement is patchy, so ET cannot be
-inferred from the shape of the core alone.
-
-Smooth multiplicative bias fields and Gaussian noise are added per modality; volumes are z-scored over brain
-voxels as preprocessing would do. With ``sites > 1`` case ``i`` comes from site ``i % sites``; every site but
-site 0 has its own intensity profile (a per-modality contrast curve), noise level and bias strength, so a model
-can be tested on a site it has not seen. Phantoms go straight to a cache (``write_synthetic_cache``) or to a
-BraTS-layout NIfTI folder (``write_synthetic_nifti``) that ``prism-data preprocess`` reads like real data.
+With ``sites > 1`` case ``i`` comes from site ``i % sites``; every site but site 0 has its own contrast curve
+(gamma per modality), noise level, bias strength, gain and resolution (a thicker slice along one axis). Phantoms go
+straight to a cache (``write_synthetic_cache``) or to a BraTS-layout NIfTI folder (``write_synthetic_nifti``) that
+``prism-data preprocess`` reads like real data.
 """
 
 from __future__ import annotations
@@ -32,31 +33,34 @@ import torch.nn.functional as F
 
 from prism.modalities import BRATS_MODALITIES
 
-# label -> intensity per modality; None keeps the tissue background (the lesion is invisible there)
-_TISSUE = {  # (grey matter, white matter, CSF)
-    "flair": (0.55, 0.45, 0.10),
-    "t1ce": (0.45, 0.60, 0.15),
-    "t1": (0.45, 0.65, 0.15),
-    "t2": (0.60, 0.45, 1.10),
+#: Bumped whenever the phantoms change, so that cached demo data made by an older generator is not reused.
+PHANTOM_VERSION = 2
+
+_CLASSES = ("gm", "wm", "csf", "wmh", "vessel", "necrosis", "edema", "enhancing")
+# intensity per class and modality before bias, texture and noise; None: the underlying tissue's value plus
+# the offset in _OFFSET (the lesion is nearly invisible there)
+_INTENSITY: dict[str, dict[str, float | None]] = {
+    "flair": {"gm": 0.55, "wm": 0.45, "csf": 0.10, "wmh": 0.78, "vessel": None, "necrosis": 0.30, "edema": 0.76,
+              "enhancing": 0.58},
+    "t1ce": {"gm": 0.45, "wm": 0.60, "csf": 0.15, "wmh": 0.58, "vessel": 0.95, "necrosis": 0.18, "edema": None,
+             "enhancing": 0.95},
+    "t1": {"gm": 0.45, "wm": 0.65, "csf": 0.15, "wmh": 0.60, "vessel": None, "necrosis": 0.20, "edema": None,
+           "enhancing": 0.40},
+    "t2": {"gm": 0.60, "wm": 0.45, "csf": 1.10, "wmh": 0.62, "vessel": None, "necrosis": 1.02, "edema": 0.88,
+           "enhancing": 0.80},
 }
-_LESION = {  # (necrosis=1, edema=2, enhancing=3): absolute values, or offsets (negative) added to the tissue
-    # only T1ce tells enhancing tumour from the rest of the core: elsewhere labels 1 and 3 look the same
-    "flair": {1: 0.80, 2: 1.00, 3: 0.80},
-    "t1ce": {1: 0.15, 2: None, 3: 1.30},
-    "t1": {1: 0.35, 2: -0.06, 3: 0.35},
-    "t2": {1: 1.10, 2: 0.95, 3: 1.10},
-}
+_OFFSET = {"flair": {}, "t1ce": {"edema": -0.04}, "t1": {"edema": -0.06}, "t2": {}}
 
 
 @dataclass(frozen=True)
 class SynthSettings:
-    """What a synthetic dataset is made of."""
+    """What a synthetic dataset is made of (``noise``: Gaussian sd; ``bias``: log-amplitude of the bias field)."""
 
     cases: int = 24
     shape: tuple[int, int, int] = (48, 48, 48)
     seed: int = 0
-    noise: float = 0.06
-    bias: float = 0.25
+    noise: float = 0.07
+    bias: float = 0.3
     sites: int = 1
 
 
@@ -71,13 +75,30 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool3d(x[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
 
 
+def _thick_slices(x: torch.Tensor, axis: int, factor: int) -> torch.Tensor:
+    """Lower resolution along ``axis``: average ``factor`` neighbouring slices (a thicker acquisition slice)."""
+    if factor <= 1:
+        return x
+    kernel = [1, 1, 1]
+    kernel[axis] = factor
+    pad = [0, 0, 0, 0, 0, 0]
+    pad[2 * (2 - axis)] = (factor - 1) // 2
+    pad[2 * (2 - axis) + 1] = factor // 2
+    padded = F.pad(x[None, None], pad, mode="replicate")
+    return F.avg_pool3d(padded, tuple(kernel), stride=1)[0, 0]
+
+
 @dataclass(frozen=True)
 class SiteProfile:
-    """How one acquisition site differs: contrast exponent per modality, noise and bias multipliers."""
+    """How one acquisition site differs: contrast exponent per modality, noise, bias and gain multipliers, and a
+    slice thickness (``thickness`` voxels along ``axis``)."""
 
     gamma: tuple[float, ...]
     noise: float
     bias: float
+    gain: float = 1.0
+    thickness: int = 1
+    axis: int = 0
 
 
 def site_profile(site: int, modalities: Sequence[str] = BRATS_MODALITIES) -> SiteProfile:
@@ -86,7 +107,9 @@ def site_profile(site: int, modalities: Sequence[str] = BRATS_MODALITIES) -> Sit
         return SiteProfile(gamma=(1.0,) * len(modalities), noise=1.0, bias=1.0)
     rng = np.random.default_rng(10_007 * site)
     return SiteProfile(gamma=tuple(float(g) for g in rng.uniform(0.6, 1.6, len(modalities))),
-                       noise=float(rng.uniform(1.3, 2.5)), bias=float(rng.uniform(0.4, 1.8)))
+                       noise=float(rng.uniform(1.3, 2.2)), bias=float(rng.uniform(0.5, 1.6)),
+                       gain=float(rng.uniform(0.8, 1.3)), thickness=int(rng.integers(1, 4)),
+                       axis=int(rng.integers(0, 3)))
 
 
 def make_case(index: int, settings: SynthSettings, modalities: Sequence[str] = BRATS_MODALITIES
@@ -102,6 +125,55 @@ def make_case(index: int, settings: SynthSettings, modalities: Sequence[str] = B
     return torch.stack(images).numpy().astype(np.float32), label, site
 
 
+def _anatomy(gen: torch.Generator, shape: Sequence[int], z: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+             u) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Brain mask and tissue masks (gm, wm, csf, wmh, vessel) that partition the brain."""
+    radii = (u(0.78, 0.9), u(0.8, 0.92), u(0.72, 0.86))
+    radial = torch.sqrt((z / radii[0]) ** 2 + (y / radii[1]) ** 2 + (x / radii[2]) ** 2)
+    radial = radial * (1 + 0.04 * _smooth_field(gen, shape, coarse=5))
+    brain = radial < 1.0
+    deep_grey = _smooth_field(gen, shape, coarse=6) < -0.45
+    wm = brain & (radial < 0.8 + 0.06 * _smooth_field(gen, shape, coarse=8)) & ~deep_grey
+    sulci = brain & (radial > 0.86) & (_smooth_field(gen, shape, coarse=9) > 0.35)
+    shift = u(-0.05, 0.05)
+    ventricles = brain & (((z / 0.22) ** 2 + ((y - shift) / 0.12) ** 2 + ((x - 0.12) / 0.1) ** 2 < 1)
+                          | ((z / 0.22) ** 2 + ((y - shift) / 0.12) ** 2 + ((x + 0.12) / 0.1) ** 2 < 1))
+    csf = sulci | ventricles
+    wmh = wm & ~csf & (_smooth_field(gen, shape, coarse=10) > 0.6)
+    f1, f2 = _smooth_field(gen, shape, coarse=7), _smooth_field(gen, shape, coarse=7)
+    vessel = brain & ~csf & (f1.abs() < 0.05) & (f2.abs() < 0.12)  # thin lines where two surfaces cross
+    gm = brain & ~wm & ~csf
+    return brain, {"gm": gm & ~vessel, "wm": wm & ~csf & ~wmh & ~vessel, "csf": csf, "wmh": wmh & ~vessel,
+                   "vessel": vessel}
+
+
+def _tumour(gen: torch.Generator, shape: Sequence[int], z: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+            brain: torch.Tensor, wm: torch.Tensor, u) -> torch.Tensor:
+    """Label map (0 background, 1 necrosis, 2 edema, 3 enhancing) of one to three irregular foci."""
+    foci = 1 + int(u(0, 1) < 0.5) + int(u(0, 1) < 0.2)
+    label = torch.zeros(tuple(shape), dtype=torch.uint8)
+    for k in range(foci):
+        centre = [u(-0.4, 0.4) for _ in range(3)]
+        dist = torch.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+        dist = dist * (1 + 0.35 * _smooth_field(gen, shape, coarse=5)) + 0.05 * _smooth_field(gen, shape, coarse=11)
+        r_wt = u(0.34, 0.48) if k == 0 else u(0.16, 0.26)
+        r_tc = r_wt * u(0.55, 0.75)
+        r_nec = r_tc * u(0.3, 0.6)
+        edema = dist < r_wt * torch.where(wm, torch.tensor(1.25), torch.tensor(1.0))  # spreads along white matter
+        core = dist < r_tc
+        enhancing_focus = k == 0 or u(0, 1) < 0.6  # a secondary focus may be non-enhancing
+        patchy = _smooth_field(gen, shape, coarse=6) > -0.3
+        label[edema & (label == 0)] = 2
+        if enhancing_focus:
+            label[core & patchy] = 3
+            label[core & ~patchy] = 1
+        else:
+            label[core] = 1
+        label[dist < r_nec] = 1
+    label[~brain] = 0
+    return label
+
+
 def make_raw_case(index: int, settings: SynthSettings, modalities: Sequence[str] = BRATS_MODALITIES
                   ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, str]:
     """One phantom before normalisation: image float32 ``[M, D, H, W]`` (0 outside the brain), label uint8,
@@ -114,49 +186,29 @@ def make_raw_case(index: int, settings: SynthSettings, modalities: Sequence[str]
     def u(lo: float, hi: float) -> float:
         return float(lo + (hi - lo) * torch.rand((), generator=gen))
 
-    # brain and tissue
-    radii = (u(0.78, 0.9), u(0.8, 0.92), u(0.72, 0.86))
-    brain = (z / radii[0]) ** 2 + (y / radii[1]) ** 2 + (x / radii[2]) ** 2 < 1.0
-    white = _smooth_field(gen, shape, coarse=6) > 0.0
-    ventricles = ((z / 0.22) ** 2 + ((y - 0.05) / 0.12) ** 2 + ((x - 0.12) / 0.1) ** 2 < 1) | (
-        (z / 0.22) ** 2 + ((y - 0.05) / 0.12) ** 2 + ((x + 0.12) / 0.1) ** 2 < 1
-    )
-    ventricles &= brain
-
-    # tumour: irregular nested regions around a random centre
-    centre = [u(-0.35, 0.35) for _ in range(3)]
-    dist = torch.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
-    dist = dist * (1 + 0.25 * _smooth_field(gen, shape, coarse=5))
-    r_wt = u(0.32, 0.46)
-    r_tc = r_wt * u(0.55, 0.75)
-    r_nec = r_tc * u(0.45, 0.65)
-    label = torch.zeros(shape, dtype=torch.uint8)
-    enhancing = _smooth_field(gen, shape, coarse=6) > -0.35  # patchy enhancement: not a fixed-width rim
-    label[dist < r_wt] = 2
-    label[(dist < r_tc) & enhancing] = 3
-    label[(dist < r_tc) & ~enhancing] = 1
-    label[dist < r_nec] = 1
-    label[~brain] = 0
-    ventricles &= label == 0
-
+    brain, tissue = _anatomy(gen, shape, z, y, x, u)
+    label = _tumour(gen, shape, z, y, x, brain, tissue["wm"], u)
+    lesion = {"necrosis": label == 1, "edema": label == 2, "enhancing": label == 3}
     site = index % max(settings.sites, 1)
-    site_gain = 1.0 + 0.15 * site
     profile = site_profile(site, modalities)
     images = []
     for m, gamma in zip(modalities, profile.gamma, strict=True):
-        gm, wm, csf = _TISSUE.get(m, (0.5, 0.5, 0.5))
-        img = torch.where(white, torch.tensor(wm), torch.tensor(gm)).float()
-        img[ventricles] = csf
-        for lab, value in _LESION.get(m, {}).items():
-            if value is None:
-                continue
-            region = label == lab
-            img[region] = img[region] + value if value < 0 else torch.tensor(value)
+        values = _INTENSITY.get(m, {})
+        img = torch.full(tuple(shape), 0.5)
+        for name in ("gm", "wm", "csf", "wmh", "vessel"):
+            value = values.get(name, 0.5)
+            img[tissue[name]] = values.get("gm", 0.5) if value is None else value  # invisible vessels: grey matter
+        img = img + 0.04 * _smooth_field(gen, shape, coarse=10)  # tissue texture
+        for name, region in lesion.items():
+            value = values.get(name)
+            img[region] = (img[region] + _OFFSET.get(m, {}).get(name, 0.0)) if value is None else (
+                value + 0.05 * _smooth_field(gen, shape, coarse=9)[region])
         img = _blur(img)
+        img = _thick_slices(img, profile.axis, profile.thickness)
         if gamma != 1.0:
             img = img.clamp_min(0) ** gamma
-        img = img * torch.exp(settings.bias * profile.bias * _smooth_field(gen, shape, coarse=3)) * site_gain
-        img = img + settings.noise * profile.noise * torch.randn(shape, generator=gen)
+        img = img * torch.exp(settings.bias * profile.bias * _smooth_field(gen, shape, coarse=3)) * profile.gain
+        img = img + settings.noise * profile.noise * torch.randn(tuple(shape), generator=gen)
         img[~brain] = 0.0
         images.append(img)
     image = torch.stack(images).numpy().astype(np.float32)
@@ -191,7 +243,8 @@ def write_synthetic_cache(path: str, settings: SynthSettings, *, test_fraction: 
     if missing_rates:
         rates = parse_missing_rates(missing_rates, BRATS_MODALITIES)
         available.update(draw_availability(splits.get("train", []), rates, BRATS_MODALITIES, seed=settings.seed))
-    preprocessing = {"generator": "prism.data_tools.synthetic", **settings.__dict__,
+    preprocessing = {"generator": "prism.data_tools.synthetic", "phantom_version": PHANTOM_VERSION,
+                     **settings.__dict__,
                      "hold_out_sites": sorted(hold_out_sites), "missing_rates": missing_rates or ""}
     with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, preprocessing=preprocessing,
                      seed=settings.seed) as writer:
