@@ -152,3 +152,30 @@ def test_shipped_studies_plan_and_build(name):
     for arm in spec.arms:  # every arm's plugins build with their options (before any data is needed)
         config = next(r.config for r in runs if r.arm == arm)
         build_parts(config, tuple(BRATS_MODALITIES), 4)
+
+
+@pytest.mark.slow
+def test_an_arm_asks_for_an_adaptation_curve_and_the_report_shows_it(tmp_path):
+    spec = StudySpec.model_validate({
+        **TINY, "data": {"synthetic": {"cases": 9, "shape": [16, 16, 16], "seed": 1, "sites": 3,
+                                       "hold_out_site": "site2", "test_fraction": 0.34}},
+        "arms": {"base": None, "other": {"overrides": ["optim.lr=0.02"], "adapt": False}}, "seeds": [0],
+        "adapt": {"site": "site2", "steps": [0, 1], "support": 1, "draws": 2, "patch_size": [16, 16, 16]}})
+    out = tmp_path / "s"
+    run_study(spec, out, log=lambda _: None)
+    assert (out / "runs/base/seed-0/adapt.json").is_file() and not (out / "runs/other/seed-0/adapt.json").exists()
+    from prism.study.report import write_study_report
+
+    summary = write_study_report(out)
+    curve = json.loads((out / "runs/base/seed-0/adapt.json").read_text())
+    assert summary["adaptation"]["base"]["steps"] == [0, 1] and "other" not in summary["adaptation"]
+    assert summary["adaptation"]["base"]["dice_mean"][1][0] == pytest.approx(curve["dice_mean"][1][0] * 100, abs=1e-4)
+    assert (out / "adaptation_curves.png").is_file()
+    assert "Adaptation to a held-out site" in (out / "report.md").read_text()
+    # adapt.json lost: the rerun computes only the curve, without training again
+    (out / "runs/base/seed-0/adapt.json").unlink()
+    stamp = (out / "runs/base/seed-0/last.pt").stat().st_mtime_ns
+    state, outcomes = run_study(spec, out, log=lambda _: None)
+    assert [r.arm for r in state.adapt_only] == ["base"] and [o.ok for o in outcomes] == [True]
+    assert (out / "runs/base/seed-0/last.pt").stat().st_mtime_ns == stamp
+    assert (out / "runs/base/seed-0/adapt.json").is_file()
