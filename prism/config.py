@@ -96,6 +96,11 @@ class TrainConfig(_Model):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(25, ge=1)
     threads: int | None = Field(None, ge=1)  # CPU threads (torch.set_num_threads)
+    # validation during training: mean Dice on val_cases cases of val_split, single modalities and all of them,
+    # every val_every steps (None: off); best.pt keeps the best-scoring weights beside last.pt
+    val_every: int | None = Field(None, ge=1)
+    val_split: str = "val"
+    val_cases: int = Field(5, ge=1)
 
 
 class EvalConfig(_Model):

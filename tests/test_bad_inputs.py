@@ -234,6 +234,8 @@ CATALOGUE: list[Mistake] = [
     T("train-eval-overlap", train("eval.overlap=1.0"), r"eval\.overlap"),
     T("train-eval-max-cases", train("eval.max_cases=0"), r"eval\.max_cases"),
     T("threads-zero", train("train.threads=0"), r"train\.threads"),
+    T("val-split-missing", train("train.val_every=2"), r"train\.val_split: no split 'val'"),
+    T("val-cases-zero", train("train.val_every=2", "train.val_cases=0"), r"train\.val_cases"),
     # ---- prism-train: plugins ---------------------------------------------------------------------------------
     T("strategy-unknown", train("--strategy", "nosuch"), r"strategy\.name.*nosuch"),
     T("backbone-unknown", train("model.name=nosuch"), r"model\.name.*nosuch"),

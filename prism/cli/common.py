@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 import numpy as np
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import PluginBug, PrismError
@@ -42,6 +45,31 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextmanager
+def case_progress(console: Console, total: int, label: str = "evaluate") -> Iterator[Callable[[str], None]]:
+    """A callback to call after each of ``total`` cases: a progress bar with ETA on a terminal, else one line per
+    tenth of the cases (logs stay short)."""
+    if console.is_terminal:
+        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.description}"), console=console, transient=True) as bar:
+            task = bar.add_task("", total=total)
+            yield lambda case_id: bar.update(task, advance=1, description=case_id)
+        return
+    done = 0
+    start = time.perf_counter()
+    every = max(1, total // 10)
+
+    def step(case_id: str) -> None:
+        nonlocal done
+        done += 1
+        if done % every == 0 or done == total:
+            left = (time.perf_counter() - start) / done * (total - done)
+            console.print(f"{label}: {done}/{total} cases ({case_id})  ETA {int(left) // 60}:{int(left) % 60:02d}",
+                          highlight=False)
+
+    yield step
 
 
 def stdout_console() -> Console:

@@ -9,7 +9,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import OneLineParser, report_table, run_command, stdout_console
+from rich.console import Console
+
+from .common import OneLineParser, case_progress, report_table, run_command, stdout_console
 
 EPILOG = """\
 examples:
@@ -142,8 +144,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         cases = list(reader.split(config.eval.split))
         if config.eval.max_cases:
             cases = cases[: config.eval.max_cases]
-        report = evaluate(run.model, reader, cases, device=run.device, amp_dtype=run.amp_dtype,
-                          channels_last=config.train.channels_last, **kwargs)  # type: ignore[arg-type]
+        with case_progress(Console(stderr=True), len(cases)) as on_case:  # progress on stderr, table on stdout
+            report = evaluate(run.model, reader, cases, device=run.device, amp_dtype=run.amp_dtype,
+                              channels_last=config.train.channels_last, on_case=on_case,
+                              **kwargs)  # type: ignore[arg-type]
     finally:
         reader.close()
     paths = report.write(args.run_dir, heatmap=not args.no_heatmap)

@@ -12,7 +12,7 @@ from ..config import build_config, load_yaml
 from ..errors import ConfigError
 from ..presets import list_presets, load_preset
 from ..registry import get_registry
-from .common import OneLineParser, report_table, run_command, stdout_console
+from .common import OneLineParser, case_progress, report_table, run_command, stdout_console
 
 EPILOG = """\
 examples:
@@ -106,7 +106,10 @@ def _train(args: argparse.Namespace) -> int:
             trainer.lock.release()
         trainer.reader.close()
         raise
-    report = None if args.no_eval else trainer.evaluate()  # None on ranks other than 0
+    report = None
+    if not args.no_eval and trainer.dist.is_main:
+        with case_progress(err_console or console, len(trainer.eval_cases())) as on_case:
+            report = trainer.evaluate(on_case=on_case)
     if report is not None:
         console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
         console.print(f"report: {Path(run_dir) / 'eval.json'}, {Path(run_dir) / 'eval.md'}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ from .metrics_log import CsvLog, TensorBoardLog
 from .run_lock import RunLock
 from .signals import Preempted, StopSignals
 from .streams import BatchStreams
+from .validation import validation_dice
 
 CHECKPOINT_NAME = "last.pt"
+BEST_NAME = "best.pt"  # the weights with the best validation mean Dice (train.val_every)
 
 
 def run_info(config: Config) -> dict[str, Any]:
@@ -126,6 +129,14 @@ class Trainer:
         self.train_cases = self.reader.split(config.data.train_split)
         for name in check_splits:  # e.g. eval.split, checked before anything is trained or written
             self.reader.split(name)
+        self.val_cases: tuple[str, ...] = ()
+        if config.train.val_every:
+            if config.train.val_split not in self.reader.splits:
+                raise ConfigError(f"train.val_split: no split '{config.train.val_split}' in {cache_path} (has "
+                                  f"{sorted(self.reader.splits)}); make one (prism-data --val-fraction) or name "
+                                  "another split")
+            self.val_cases = self.reader.split(config.train.val_split)[: config.train.val_cases]
+        self.best_val = float("-inf")  # best validation mean Dice so far (best.pt holds its weights)
         largest = [max(self.reader.info(c).shape[i] for c in self.train_cases) for i in range(3)]
         if any(p > s for p, s in zip(config.data.patch_size, largest, strict=True)):
             raise ConfigError(f"data.patch_size: {list(config.data.patch_size)} is larger than every training volume "
@@ -182,12 +193,25 @@ class Trainer:
             remove_stale_temporaries(self.run_dir)  # only files whose writer (pid on this host) is dead
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
-    def save(self) -> Path | None:
-        """Write ``last.pt`` atomically (rank 0 only: every rank holds the same state)."""
+    def save(self, name: str = CHECKPOINT_NAME, **extra: Any) -> Path | None:
+        """Write ``last.pt`` (or ``name``) atomically (rank 0 only: every rank holds the same state)."""
         if not self.dist.is_main:
             return None
-        return save_checkpoint(self.run_dir / CHECKPOINT_NAME,
-                               checkpoint_state(self.ctx, self.strategy.state_dict(), self.config))
+        state = checkpoint_state(self.ctx, self.strategy.state_dict(), self.config)
+        return save_checkpoint(self.run_dir / name, {**state, "best_val": self.best_val, **extra})
+
+    def validate(self) -> float | None:
+        """Validation mean Dice (rank 0; None elsewhere or when off); a new best is written to ``best.pt``."""
+        if not self.val_cases or not self.dist.is_main:
+            return None
+        cfg = self.config
+        score = validation_dice(self.ctx.model, self.reader, self.val_cases, device=self.device,
+                                amp_dtype=self.ctx.amp_dtype, channels_last=cfg.train.channels_last,
+                                window=cfg.eval.window, overlap=cfg.eval.overlap)
+        if score > self.best_val:
+            self.best_val = score
+            self.save(BEST_NAME, val_dice=score)
+        return score
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
@@ -220,6 +244,10 @@ class Trainer:
             raise CheckpointError(mismatch_message(path, state, ctx.model.state_dict(), self.config, exc,
                                                    part)) from None
         ctx.step = int(state["step"])
+        self.best_val = float(state.get("best_val", float("-inf")))
+        best = self.run_dir / BEST_NAME
+        if best.is_file():  # written after the last checkpoint: its score counts too
+            self.best_val = max(self.best_val, float(load_checkpoint(best).get("val_dice", float("-inf"))))
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def _write_run_files(self) -> None:
@@ -236,6 +264,8 @@ class Trainer:
         main = self.dist.is_main
         log = CsvLog(self.run_dir / "train_log.csv", resume_step=ctx.step if self.resume else None) if main else None
         board = TensorBoardLog.open(self.run_dir / "tensorboard") if main and cfg.train.tensorboard else None
+        val_log = CsvLog(self.run_dir / "val_log.csv", resume_step=ctx.step if self.resume else None) \
+            if main and self.val_cases else None
         history: list[dict[str, float]] = []
         total = cfg.train.steps
         ctx.model.train()
@@ -282,6 +312,17 @@ class Trainer:
                     t0, samples = time.perf_counter(), 0
                 elif progress is not None:
                     progress.update(task, completed=ctx.step)
+                if self.val_cases and (ctx.step % cfg.train.val_every == 0 or ctx.step == end):
+                    score = self.validate()
+                    if score is not None:
+                        if val_log is not None:
+                            val_log.write({"step": ctx.step, "val_dice": score, "best_val_dice": self.best_val})
+                        if progress is not None:
+                            progress.console.print(f"step {ctx.step}: validation Dice {score:.4f} "
+                                                   f"(best {self.best_val:.4f})", highlight=False)
+                        else:
+                            self.console.print(f"step {ctx.step}/{total}  validation Dice {score:.4f}  "
+                                               f"best {self.best_val:.4f}", highlight=False)
                 saved = ctx.step % cfg.train.checkpoint_every == 0 or ctx.step == end
                 if saved:
                     self.save()
@@ -321,16 +362,20 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
-    def evaluate(self) -> EvalReport | None:
-        """Evaluate on every combination (rank 0 only; other ranks return None)."""
+    def eval_cases(self) -> list[str]:
+        """The cases :meth:`evaluate` scores (``eval.split``, at most ``eval.max_cases``)."""
+        cases = list(self.reader.split(self.config.eval.split))
+        return cases[: self.config.eval.max_cases] if self.config.eval.max_cases else cases
+
+    def evaluate(self, on_case: Callable[[str], None] | None = None) -> EvalReport | None:
+        """Evaluate on every combination (rank 0 only; other ranks return None); ``on_case(case_id)`` after each
+        case (progress)."""
         if not self.dist.is_main:
             return None
         cfg = self.config
-        cases = list(self.reader.split(cfg.eval.split))
-        if cfg.eval.max_cases:
-            cases = cases[: cfg.eval.max_cases]
+        cases = self.eval_cases()
         report = evaluate(self.ctx.model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
-                          channels_last=cfg.train.channels_last, **evaluate_kwargs(cfg.eval))
+                          channels_last=cfg.train.channels_last, on_case=on_case, **evaluate_kwargs(cfg.eval))
         report.write(self.run_dir)
         return report
 

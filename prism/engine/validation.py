@@ -1,0 +1,64 @@
+"""Validation during training (nnU-Net style): mean Dice on a few validation cases and a cheap subset of the
+modality combinations, every ``train.val_every`` steps; the trainer keeps ``best.pt`` by this score.
+
+The subset is each single modality and all modalities together (M + 1 of the 2^M - 1 combinations): the
+extremes of the missing-modality range, so a model that only learned one modality, or only the full set, shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..backbone import Backbone
+from ..data.cache_reader import CacheReader
+from ..evaluation.inference import predict_combinations
+from ..evaluation.metrics import region_dice, regions_for
+from ..evaluation.scoring import scored_combinations
+
+
+def validation_masks(num_modalities: int) -> torch.Tensor:
+    """bool ``[M + 1, M]``: one row per single modality, then all modalities (one row when ``M == 1``)."""
+    singles = torch.eye(num_modalities, dtype=torch.bool)
+    if num_modalities == 1:
+        return singles
+    return torch.cat([singles, torch.ones(1, num_modalities, dtype=torch.bool)])
+
+
+@torch.no_grad()
+def validation_dice(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, device: torch.device,
+                    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                    window: Sequence[int] | None = None, overlap: float = 0.5) -> float:
+    """Mean Dice over cases, the combinations of :func:`validation_masks` each case can supply, and regions.
+
+    Args:
+        model: the backbone (put in eval mode here and back in its previous mode after).
+        reader: the cache holding ``case_ids``.
+        case_ids: validation cases.
+        device, amp_dtype, channels_last, window, overlap: as for
+            :func:`prism.evaluation.inference.predict_combinations`.
+
+    Returns:
+        The mean Dice in [0, 1] (NaN when no case can supply any of the combinations).
+    """
+    masks = validation_masks(reader.num_modalities)
+    regions = regions_for(reader.labels)
+    num_classes = max(reader.labels) + 1
+    was_training = model.training
+    model.eval()
+    scores: list[np.ndarray] = []
+    try:
+        for case_id in case_ids:
+            scored = scored_combinations(masks, reader.info(case_id).availability)
+            if not scored.any():
+                continue
+            image, label = reader.read_case(case_id)
+            pred = predict_combinations(model, torch.from_numpy(image), masks[scored], device=device,
+                                        amp_dtype=amp_dtype, channels_last=channels_last, window=window,
+                                        overlap=overlap, combos_per_pass=int(masks.shape[0]))
+            scores.append(region_dice(pred, torch.from_numpy(label), regions, num_classes).numpy().ravel())
+    finally:
+        model.train(was_training)
+    return float(np.concatenate(scores).mean()) if scores else float("nan")
