@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 from ..atomic import storage_error, write_text_atomic
@@ -18,7 +19,11 @@ class CsvLog:
         if resume_step is not None and path.exists():
             with open(path, newline="") as fh:
                 rows = list(csv.DictReader(fh))
-            keep = [r for r in rows if int(r["step"]) <= resume_step]
+            try:
+                keep = [r for r in rows if int(r["step"]) <= resume_step]
+            except (KeyError, TypeError, ValueError):  # no header or a garbled row: keep it aside, start anew
+                path.replace(path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"))
+                rows = keep = []
             if rows:
                 self.fields = list(rows[0].keys())
                 buffer = io.StringIO()
