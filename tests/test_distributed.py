@@ -42,3 +42,38 @@ def test_global_batch_must_split_evenly(tiny_cache, tmp_path):
                            *FAST, "data.batch_size=3"], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "data.batch_size: the global batch 3 must be divisible by the 2 processes" in done.stderr
+
+
+def test_ddp_wraps_model_and_losses_and_gives_the_plain_gradients(tiny_cache, tmp_path):
+    """One gloo process in this process: DDP around model + losses gives the plain step's gradients, and the
+    meta-strategies that read gradients explicitly are not wrapped."""
+    import torch.distributed as dist
+
+    from conftest import fast_config
+    from prism.engine.distributed import wrap_ddp
+    from prism.engine.trainer import Trainer
+    from prism.registry import get_registry
+
+    assert get_registry().create("strategy", "standard").gradient_sync == "ddp"
+    assert get_registry().create("strategy", "meta_drop").gradient_sync == "ddp"
+    assert get_registry().create("strategy", "maml").gradient_sync == "explicit"
+    trainer = Trainer(fast_config(cache=tiny_cache), tmp_path, cache_path=tiny_cache)
+    ctx = trainer.ctx
+    batch = ctx.next_batch("train")
+    loss, _ = ctx.compute_loss(batch)
+    plain = torch.autograd.grad(loss, ctx.parameters(), allow_unused=True)
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        wrapped = wrap_ddp(ctx.model, ctx.losses, torch.device("cpu"))
+        ctx.zero_grad()
+        loss_ddp, parts = wrapped(batch.image, batch.mask, batch)
+        loss_ddp.backward()
+        torch.testing.assert_close(loss_ddp, loss)
+        for p, g in zip(ctx.parameters(), plain, strict=True):
+            if g is None:
+                assert p.grad is None or not p.grad.any()
+            else:
+                torch.testing.assert_close(p.grad, g)
+    finally:
+        dist.destroy_process_group()

@@ -45,7 +45,7 @@ class TrainContext:
     dist: DistInfo = field(default_factory=DistInfo)
     step: int = 0
     total_steps: int = 1
-    #: the module forward calls go through: the model, or its DistributedDataParallel wrapper
+    #: the module forward calls go through: the model, or DistributedDataParallel around model and losses
     forward_module: torch.nn.Module | None = None
     #: True when ``forward_module`` is a DDP wrapper that all-reduces gradients during backward
     ddp: bool = False
@@ -142,8 +142,10 @@ class TrainContext:
 
     def eager_forward_loss(self, image: torch.Tensor, mask: torch.Tensor, batch: Batch
                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The model (through its DDP wrapper, if any) and the loss set, op by op."""
-        return self.losses(self.forward_module(image, mask), batch)
+        """The model and the loss set, op by op (under DDP, the wrapper runs both)."""
+        if self.ddp:
+            return self.forward_module(image, mask, batch)
+        return self.losses(self.model(image, mask), batch)
 
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward the model on ``batch`` and apply the loss set (under autocast when enabled)."""

@@ -9,7 +9,9 @@ Rank 0 writes logs and checkpoints.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,16 +47,30 @@ def init_from_env(device_kind: str) -> DistInfo:
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in DistributedDataParallel (parameters broadcast from rank 0; the module itself is unchanged).
+class ForwardAndLoss(torch.nn.Module):
+    """The model and the loss set as one module returning ``(loss, detached parts)``: what DDP wraps, so that its
+    search for unused parameters starts from the loss (a SegOutput also carries parts no loss reads)."""
 
-    ``find_unused_parameters``: backbones skip the per-modality paths no loss reads, so some parameters get no
-    gradient in a step; DDP must know, or it waits for them forever.
+    def __init__(self, model: torch.nn.Module, losses: Callable[[Any, Any], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.losses = losses
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor, batch: Any) -> Any:
+        return self.losses(self.model(image, mask), batch)
+
+
+def wrap_ddp(model: torch.nn.Module, losses: Callable[[Any, Any], Any], device: torch.device) -> torch.nn.Module:
+    """``model`` and its losses in DistributedDataParallel (parameters broadcast from rank 0; the model itself is
+    unchanged). Called as ``wrapped(image, mask, batch) -> (loss, parts)``.
+
+    ``find_unused_parameters``: backbones skip the paths no loss reads, so some parameters get no gradient in a
+    step; DDP must know, or it waits for them forever.
     """
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(ForwardAndLoss(model, losses), device_ids=ids, find_unused_parameters=True)
 
 
 def all_reduce_mean_(tensors: list[torch.Tensor], info: DistInfo) -> None:

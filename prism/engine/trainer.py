@@ -165,7 +165,7 @@ class Trainer:
         )
         ddp = self.dist.enabled and self.strategy.gradient_sync == "ddp"
         self.ctx = TrainContext(
-            forward_module=wrap_ddp(model, self.device) if ddp else model, ddp=ddp,
+            forward_module=wrap_ddp(model, parts.losses, self.device) if ddp else model, ddp=ddp,
             model=model, losses=parts.losses, optimizer=optimizer,
             scheduler=None,
             streams=streams, masking=parts.masking,
