@@ -254,3 +254,45 @@ def test_total_weighting_as_passion():
             f"pixel_kl/{m}"] + 0.1 * mw[j] * (rp[:, j] * gap[:, j]).mean()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert rp.any() and not rp[mask].all()  # the gate is exercised both ways
+
+
+#: Each documented difference of PASSION's objective -> the preset's option and value that selects it.
+PASSION_OPTIONS = {
+    "segmentation class weights": ("class_weighting", "passion"),
+    "segmentation probability clamp": ("prob_floor", 0.005),
+    "Dice smoothing": (("smooth_nr", "smooth_dr"), (0.0, 1e-7)),
+    "batch sum": ("batch_reduction", "sum"),
+    "separate decoder inside the total": ("separate", True),
+    "no loss on the fused decoder's single-modality paths": ("uni_weight", 0.0),
+    "PRM upsampled probabilities": ("label_resample", "upsample"),
+    "PRM level weights": ("deep_weights", [0.25, 0.125, 0.0625]),
+    "pixel-KL teacher direction, class mean, T^2": ("pixel_kl_variant", "passion"),
+    "pixel-KL clamps, upsampled weighted deep levels": (
+        "pixel_kl_options", {"prob_floor": 0.005, "deep_resample": "upsample", "deep_weighting": "halving"}),
+    "prototype classes in every sample": ("proto_variant", "passion"),
+    "prototype eps": ("proto_eps", 1e-5),
+    "preference gate per modality over the batch": ("gate", "batch"),
+    "epoch statistic, schedule, initial imb_beta": (
+        "preference_options", {"initial": "ones", "schedule": "passion", "statistic": "pooled_distance"}),
+    "total's weighting": (("weighting", "modal_weight", "preference"), ("passion", True, True)),
+}
+
+
+def test_passion_preset_selects_every_difference_and_builds():
+    from prism.config import build_config
+    from prism.presets import load_preset
+
+    config = build_config(load_preset("passion_brats2020_mr2468"))
+    assert config.model.name == "rfnet" and config.model.options == {"width": 8}
+    assert config.masking.train.name == "utd"
+    (choice,) = config.losses
+    options = choice.options
+    assert choice.name == "prism"
+    for what, (keys, values) in PASSION_OPTIONS.items():
+        keys, values = (keys, values) if isinstance(keys, tuple) else ((keys,), (values,))
+        for key, value in zip(keys, values, strict=True):
+            assert options.get(key) == value, f"{what}: {key}"
+    assert options["missing_rates"] == {"t1": 0.2, "t1ce": 0.4, "flair": 0.6, "t2": 0.8}
+    term = create_loss("prism", MODS, 4, **options)
+    assert term.needs >= {"sep"} and term.weighting == "passion" and term.preference.statistic == "pooled_distance"
+    assert term.modal_weight == pytest.approx([1 / 0.4, 1 / 0.6, 1 / 0.8, 1 / 0.2])
