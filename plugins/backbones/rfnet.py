@@ -149,8 +149,12 @@ class RFNet(Backbone):
 
     def fusion_decoder(self, levels: list[torch.Tensor], mask: torch.Tensor
                        ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Fused logits, region-map logits of levels 1.. (finest first) and level-0 features for ``mask``."""
-        levels = [zero_missing(f, mask) for f in levels]
+        """Fused logits, region-map logits of levels 1.. (finest first) and level-0 features for ``mask``.
+
+        ``levels``: modality features ``[N, M, C_l, ...]`` per level with the missing modalities already zeroed
+        (``zero_missing``); ``mask``: ``[N, M]``, bool or 0/1 weights (converted once, for every fusion).
+        """
+        mask = mask.to(levels[0].dtype)
         top = len(levels) - 1
         region_logits = [self.region_maps[top](levels[top])]
         y = self.fusions[top](levels[top], region_logits[0].softmax(1).detach(), mask)
@@ -166,18 +170,20 @@ class RFNet(Backbone):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> RFNetOutput:
         self.check_input(image, mask)
         b, m = mask.shape
-        mask = mask.to(image.device)
-        levels = [zero_missing(f, mask) for f in self.encoder(zero_missing(image, mask))]
+        weight = mask.to(device=image.device, dtype=image.dtype)  # 0/1 per modality, converted once
+        levels = [zero_missing(f, weight) for f in self.encoder(zero_missing(image, weight))]
         with_uni = bool(self.requested & UNI_PARTS) if self.training else self.uni_in_eval
         if not with_uni:
-            logits, deep, features = self.fusion_decoder(levels, mask)
+            logits, deep, features = self.fusion_decoder(levels, weight)
             return self.with_separate(RFNetOutput(logits=logits, deep=deep, features=features), levels)
 
-        # path 0: the fused one; path 1 + i: modality i alone (an all-False mask where it is missing)
-        solo = torch.eye(m, dtype=torch.bool, device=mask.device).unsqueeze(1) & mask.unsqueeze(0)  # [M, B, M]
-        path_mask = torch.cat([mask.unsqueeze(0), solo]).flatten(0, 1)  # [(1 + M) * B, M]
-        stacked = [f.expand(1 + m, *f.shape).flatten(0, 1) for f in levels]
-        logits, deep, features = self.fusion_decoder(stacked, path_mask)
+        # path 0: the fused one; path 1 + i: modality i alone (all zero where it is missing)
+        solo = torch.eye(m, dtype=weight.dtype, device=weight.device).unsqueeze(1) * weight.unsqueeze(0)  # [M, B, M]
+        path_weight = torch.cat([weight.unsqueeze(0), solo])  # [1 + M, B, M]
+        # every path's features, zeroed for its own mask, in one multiply per level: [(1 + M) * B, M, C, ...]
+        stacked = [(f.unsqueeze(0) * path_weight.view(*path_weight.shape, *([1] * (f.dim() - 2)))).flatten(0, 1)
+                   for f in levels]
+        logits, deep, features = self.fusion_decoder(stacked, path_weight.flatten(0, 1))
 
         def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             t = t.unflatten(0, (1 + m, b))
