@@ -73,7 +73,7 @@ def test_checkpoint_is_written_atomically_and_loads_weights_only(tmp_path):
 def test_unsafe_or_broken_checkpoints_are_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"format": "prism-checkpoint", "x": print}))
-    with pytest.raises(CheckpointError, match="evil.pt: unreadable checkpoint"):
+    with pytest.raises(CheckpointError, match="evil.pt: holds pickled Python objects"):
         load_checkpoint(evil)
     truncated = tmp_path / "trunc.pt"
     save_checkpoint(truncated, {"step": 1, "w": torch.ones(1000)})
