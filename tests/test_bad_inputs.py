@@ -423,6 +423,8 @@ CATALOGUE: list[Mistake] = [
       r"case BraTS20_Training_001: BraTS20_Training_001_t2\.nii\.gz has shape", _nifti_edit("shape"),
       cli="predict"),
     T("predict-no-output", lambda env: [str(env.run), str(env.raw)], r"required: -o/--output", cli="predict"),
+    T("predict-output-is-file", lambda env: [str(env.run), str(env.raw), "-o", str(env.write("p", "x"))],
+      r"p: exists and is not a folder", cli="predict"),
 ]
 
 

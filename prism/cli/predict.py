@@ -113,7 +113,9 @@ def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *,
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from ..atomic import ensure_folder
+
+    ensure_folder(out_dir)
     settings = input_settings(run)
     written = []
     for raw in cases:

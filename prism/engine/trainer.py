@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import __version__
-from ..atomic import remove_stale_temporaries, write_text_atomic
+from ..atomic import ensure_folder, remove_stale_temporaries, write_text_atomic
 from ..config import Config, build_config, config_to_yaml
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
@@ -253,7 +253,7 @@ class Trainer:
     def _write_run_files(self) -> None:
         if not self.dist.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.run_dir)
         write_text_atomic(self.run_dir / "config.yaml", config_to_yaml(self.config))
         write_text_atomic(self.run_dir / "run_info.json", json.dumps(run_info(self.config), indent=2) + "\n")
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atomic import write_atomic
+from ..atomic import ensure_folder, write_atomic
 from ..modalities import display_name
 from .results import mean_over_combinations
 
@@ -203,7 +203,7 @@ def write_heatmap(report: EvalReport, path: Path, title: str = "Dice (%) per reg
 
 def write_report(report: EvalReport, out_dir: Path, *, heatmap: bool = True) -> list[Path]:
     """Write every report file into ``out_dir``; returns the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out_dir)
     paths = [out_dir / JSON_NAME, out_dir / CSV_NAME, out_dir / MARKDOWN_NAME]
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     write_atomic(paths[0], lambda tmp: tmp.write_text(text))
