@@ -122,3 +122,25 @@ def test_curve_calls_the_rule_once_per_draw_and_k_and_k0_is_the_unadapted_model(
         plain = evaluate_cases(run.model, reader, query, device=torch.device("cpu"), options=options)
         assert np.allclose(curve.dice[r, 0], mean_over_combinations(plain.mean_dice()), equal_nan=True)
     reader.close()
+
+
+def test_the_strategy_rule_for_standard_training_is_sgd_fine_tuning_on_the_same_batches(site_run):
+    from prism.engine.run_model import load_run_model
+    from prism.evaluation.adaptation import load_support
+    from prism.evaluation.adaptation_curve import run_strategy, strategy_rule
+
+    cache, run_dir = site_run
+    run = load_run_model(run_dir)
+    reader = CacheReader(cache)
+    support = load_support(reader, list(reader.split("heldout"))[:2])
+    reader.close()
+    settings = AdaptationSettings(site="site2", steps=2, lr=0.05, patch_size=(16, 16, 16), seed=3)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    by_strategy = strategy_rule(run_strategy(run_dir, run.config))(run.model, support, settings,
+                                                                   device=torch.device("cpu"))
+    by_sgd = adapt_model(run.model, support, settings, device=torch.device("cpu"))
+    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.items())  # the run's model untouched
+    a, b = dict(by_strategy.named_parameters()), dict(by_sgd.named_parameters())
+    assert any(not torch.allclose(a[n], before[n]) for n in a)  # it did adapt
+    for name, value in a.items():
+        torch.testing.assert_close(value, b[name], rtol=1e-4, atol=1e-6)

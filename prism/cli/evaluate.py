@@ -82,8 +82,10 @@ def adapt_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default="0,1,5,20", help="adaptation steps K, comma-separated (default 0,1,5,20)")
     p.add_argument("--support", type=int, default=1, metavar="N", help="support cases per draw (default 1)")
     p.add_argument("--draws", type=int, default=3, metavar="R", help="support draws (default 3)")
-    p.add_argument("--lr", type=float, default=0.01, help="adaptation learning rate (default 0.01)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
+    p.add_argument("--rule", choices=("strategy", "fine_tune"), default="strategy",
+                   help="the run's own adaptation rule (strategy.adapt, default) or plain fine-tuning")
+    p.add_argument("--lr", type=float, help="step size (default: the strategy's own; 0.01 for fine_tune)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="fine_tune only (default sgd)")
     p.add_argument("--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="patch size (default: whole volumes)")
     p.add_argument("--split", help="where the site's cases come from (default: 'heldout' if present, else eval.split)")
     p.add_argument("--max-query", type=int, metavar="Q", help="evaluate on at most Q of the other cases per draw")
@@ -172,14 +174,14 @@ def _adapt(args: argparse.Namespace) -> int:
         steps = [int(k) for k in args.steps.split(",") if k.strip()]
     except ValueError:
         raise ConfigError(f"--steps: comma-separated integers, got {args.steps!r}") from None
-    if not steps or min(steps) < 0 or args.support < 1 or args.draws < 1 or args.lr <= 0:
+    if not steps or min(steps) < 0 or args.support < 1 or args.draws < 1 or (args.lr is not None and args.lr <= 0):
         raise ConfigError("--steps must be counts >= 0, --support and --draws >= 1, --lr > 0")
     console = stdout_console()
     curve = run_adaptation_curve(
         args.run_dir, site=args.site, steps=steps, support=args.support, draws=args.draws, lr=args.lr,
         optimizer=args.optimizer, patch_size=tuple(args.patch) if args.patch else None, split=args.split,
         max_query=args.max_query, seed=args.seed, allow_seen_site=args.allow_seen_site, cache=args.data,
-        device=args.device)
+        device=args.device, rule=args.rule)
     from ..evaluation.adaptation_curve import curve_markdown
 
     print(curve_markdown(curve))

@@ -153,16 +153,7 @@ def adapt_model(model: Backbone, support: Sequence[SupportCase], settings: Adapt
     gen = torch.Generator().manual_seed(settings.seed)
     cases = list(support)
     for _ in range(settings.steps):
-        samples = [_sample(img, lab, settings.patch_size, adapted.size_divisor, gen) for img, lab, _ in cases]
-        if len({tuple(s[1].shape) for s in samples}) > 1:  # whole volumes of different sizes: pad to the largest
-            top = [max(s[1].shape[a] for s in samples) for a in range(3)]
-            samples = [(F.pad(i, _pad_to(lab.shape, top)), F.pad(lab, _pad_to(lab.shape, top))) for i, lab in samples]
-        available = torch.stack([a for _, _, a in cases])
-        mask = torch.stack([_random_mask(a, gen) for a in available])
-        batch = Batch(image=torch.stack([s[0] for s in samples]), label=torch.stack([s[1] for s in samples]),
-                      mask=available, availability=available, case_ids=[f"support{i}" for i in range(len(cases))]
-                      ).to(device)
-        batch = batch.with_mask(mask.to(device))
+        batch = support_batch(cases, settings.patch_size, adapted.size_divisor, gen).to(device)
         opt.zero_grad(set_to_none=True)
         if amp_dtype is not None:
             with torch.autocast(device.type, dtype=amp_dtype):
@@ -179,6 +170,25 @@ def adapt_model(model: Backbone, support: Sequence[SupportCase], settings: Adapt
             opt.step()
     adapted.eval()
     return adapted
+
+
+def support_batch(cases: Sequence[SupportCase], patch_size: tuple[int, int, int] | None, divisor: int,
+                  gen: torch.Generator) -> Batch:
+    """One adaptation batch: every support case once, a random patch of ``patch_size`` (None: the whole volume,
+    volumes of different sizes padded to the largest) and a random non-empty subset of its available modalities.
+
+    Returns:
+        A :class:`~prism.batch.Batch` on the CPU (image ``[N, M, ...]``, label ``[N, ...]``, mask ``[N, M]``).
+    """
+    samples = [_sample(img, lab, patch_size, divisor, gen) for img, lab, _ in cases]
+    if len({tuple(s[1].shape) for s in samples}) > 1:  # whole volumes of different sizes: pad to the largest
+        top = [max(s[1].shape[a] for s in samples) for a in range(3)]
+        samples = [(F.pad(i, _pad_to(lab.shape, top)), F.pad(lab, _pad_to(lab.shape, top))) for i, lab in samples]
+    available = torch.stack([a for _, _, a in cases])
+    mask = torch.stack([_random_mask(a, gen) for a in available])
+    batch = Batch(image=torch.stack([s[0] for s in samples]), label=torch.stack([s[1] for s in samples]),
+                  mask=available, availability=available, case_ids=[f"support{i}" for i in range(len(cases))])
+    return batch.with_mask(mask)
 
 
 def _pad_to(shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:

@@ -26,15 +26,70 @@ from ..atomic import write_atomic, write_text_atomic
 from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from ..errors import ConfigError, DataError
-from .adaptation import AdaptationSettings, AdaptLoss, SupportCase, adapt_model, load_support
+from .adaptation import (
+    AdaptationSettings,
+    AdaptLoss,
+    SupportCase,
+    adapt_model,
+    dice_ce_loss,
+    load_support,
+    support_batch,
+)
+from .options import EvalOptions
 from .results import mean_over_combinations
-from .scoring import EvalOptions, evaluate_cases
+from .scoring import evaluate_cases
 
 HELD_OUT_SPLIT = "heldout"
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "adapt.json", "adapt.md", "adapt.png"
 
 #: The per-(draw, K) adaptation rule: (model, support, settings with steps = K) -> adapted copy.
 AdaptRule = Callable[..., Backbone]
+RULES = ("strategy", "fine_tune")
+
+
+def strategy_rule(strategy: Any, *, use_strategy_lr: bool = False) -> AdaptRule:
+    """The run's own adaptation rule (``Strategy.adapt``: MAML's inner loop, Meta-SGD's rates, plain fine-tuning
+    for standard training) as an :data:`AdaptRule`.
+
+    Step ``i`` gets its own batch (:func:`~prism.evaluation.adaptation.support_batch`: every support case, a random
+    patch and modality subset, seeded by ``settings.seed``); ``settings.lr`` is the step size unless
+    ``use_strategy_lr`` (then the strategy's own).
+    """
+    from ..adapt import adapted_copy
+
+    def rule(model: Backbone, support: Sequence[SupportCase], settings: AdaptationSettings, *,
+             device: torch.device, amp_dtype: torch.dtype | None = None, loss_fn: AdaptLoss | None = None
+             ) -> Backbone:
+        gen = torch.Generator().manual_seed(settings.seed)
+        batches = [support_batch(support, settings.patch_size, model.size_divisor, gen).to(device)
+                   for _ in range(settings.steps)]
+        was_training = model.training
+        model.train()
+        try:
+            weights = strategy.adapt(model, batches, loss_fn or dice_ce_loss, steps=settings.steps,
+                                     lr=None if use_strategy_lr else settings.lr)
+        finally:
+            model.train(was_training)
+        return adapted_copy(model, weights).eval()
+
+    return rule
+
+
+def run_strategy(run_dir: Path, config: Any) -> Any:
+    """The run's strategy, built from its config through the registry, with its checkpointed state loaded."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..errors import CheckpointError
+    from ..registry import get_registry
+
+    strategy = get_registry().create("strategy", config.strategy.name, field_name="strategy.name",
+                                     **config.strategy.options)
+    state = load_checkpoint(Path(run_dir) / "last.pt").get("strategy", {})
+    try:
+        strategy.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{run_dir}: the strategy's checkpointed state does not load ({exc}); "
+                              "use --rule fine_tune") from None
+    return strategy
 
 
 @dataclass
@@ -150,8 +205,9 @@ def curve_markdown(curve: AdaptationCurve) -> str:
         return "n/a" if np.isnan(v) else f"{v:.2f}"
 
     lines = [f"# Adaptation to site '{curve.site}'", "",
-             f"{s.get('support_cases')} support case(s) per draw, {curve.dice.shape[0]} draw(s), "
-             f"{s.get('optimizer')} lr {s.get('lr')}, patch {s.get('patch_size') or 'whole volume'}; Dice (%) is the "
+             f"{s.get('support_cases')} support case(s) per draw, {curve.dice.shape[0]} draw(s), rule "
+             f"{s.get('rule', 'fine_tune')}, lr {s.get('lr') or 'the strategy default'}, patch "
+             f"{s.get('patch_size') or 'whole volume'}; Dice (%) is the "
              "mean over the modality combinations of the mean over the draw's query cases; mean ± sd over draws.",
              "", "| K | " + " | ".join(curve.regions) + " |", "|---:|" + "---:|" * len(curve.regions)]
     for i, k in enumerate(curve.steps):
@@ -189,25 +245,35 @@ def write_curve(curve: AdaptationCurve, out_dir: Path) -> list[Path]:
 
 
 def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int] = (0, 1, 5, 20), support: int = 1,
-                         draws: int = 3, lr: float = 0.01, optimizer: str = "sgd",
+                         draws: int = 3, lr: float | None = None, optimizer: str = "sgd",
                          patch_size: tuple[int, int, int] | None = None, split: str | None = None,
                          max_query: int | None = None, seed: int = 0, allow_seen_site: bool = False,
-                         cache: str | Path | None = None, device: str | None = None,
+                         cache: str | Path | None = None, device: str | None = None, rule: str = "strategy",
                          on_step: Callable[[int, int], None] | None = None) -> AdaptationCurve:
     """Load a run's model, compute its adaptation curve to ``site`` and write adapt.* into the run folder.
+
+    ``rule``: ``"strategy"`` (the run's own ``Strategy.adapt``, see :func:`strategy_rule`) or ``"fine_tune"``
+    (:func:`~prism.evaluation.adaptation.adapt_model`: SGD or Adam over every parameter, the same batches).
+    ``lr`` None: the strategy's own step size (``strategy``), 0.01 (``fine_tune``).
 
     Raises:
         DataError: the site is in the run's training split (unless ``allow_seen_site``), has no cases, or too few.
     """
     from ..engine.run_model import load_run_model
 
+    if rule not in RULES:
+        raise ConfigError(f"--rule: one of {', '.join(RULES)}, got {rule!r}")
     run = load_run_model(run_dir, cache=cache, device=device)
+    chosen: AdaptRule = adapt_model
+    if rule == "strategy":
+        chosen = strategy_rule(run_strategy(Path(run_dir), run.config), use_strategy_lr=lr is None)
     reader = CacheReader(run.cache)
     try:
         if not allow_seen_site:
             refuse_seen_site(reader, run.config.data.train_split, site)
         members = site_pool(reader, site, split=split, fallback_split=run.config.eval.split)
-        base = AdaptationSettings(site=site, support_cases=support, steps=0, lr=lr, optimizer=optimizer,
+        base = AdaptationSettings(site=site, support_cases=support, steps=0, lr=0.01 if lr is None else lr,
+                                  optimizer=optimizer,
                                   patch_size=tuple(patch_size) if patch_size else None, seed=seed)
         options = EvalOptions(compute_hd95=False, channels_last=run.config.train.channels_last,
                               window=run.window, overlap=run.overlap, sw_batch_size=run.sw_batch_size)
@@ -215,7 +281,8 @@ def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int]
             warnings.simplefilter("ignore", category=RuntimeWarning)
             curve = adaptation_curve(run.model, reader, members, site=site, steps=steps, support=support,
                                      draws=draws, base=base, device=run.device, amp_dtype=run.amp_dtype,
-                                     options=options, max_query=max_query, on_step=on_step)
+                                     options=options, max_query=max_query, rule=chosen, on_step=on_step)
+        curve.settings.update(rule=rule if rule == "fine_tune" else f"strategy:{run.config.strategy.name}", lr=lr)
     finally:
         reader.close()
     write_curve(curve, Path(run_dir))

@@ -84,8 +84,9 @@ class AdaptSpec(_Model):
     steps: list[int] = [0, 1, 5, 20]
     support: int = Field(1, ge=1)
     draws: int = Field(3, ge=1)
-    lr: float = Field(0.01, gt=0)
-    optimizer: str = "sgd"
+    lr: float | None = Field(None, gt=0)  # None: the strategy's own step size
+    rule: str = "strategy"  # the run's own Strategy.adapt, or "fine_tune"
+    optimizer: str = "sgd"  # fine_tune only
     patch_size: tuple[int, int, int] | None = None
     split: str | None = None  # where the site's cases come from (default: 'heldout' if the cache has it)
     max_query: int | None = Field(None, ge=1)
