@@ -42,9 +42,19 @@ def backbone_for(needs: frozenset[str], loss: str = "") -> tuple[str, dict]:
 #: Extra option sets exercised besides each term's defaults.
 VARIANTS = {
     "proto_l2": [{"variant": "passion", "preference": True}],
-    "prism": [{"gss": True, "preference": True, "proto_variant": "passion", "pixel_kl_variant": "passion"}],
+    "prism": [{"gss": True, "preference": True, "proto_variant": "passion", "pixel_kl_variant": "passion"},
+              "passion_brats2020_mr2468"],
 }
 CASES = [(name, {}) for name in list_plugins("loss")] + [(n, o) for n, opts in VARIANTS.items() for o in opts]
+
+
+def preset_loss_options(case: dict | str) -> dict:
+    """A case's options: a dict, or the name of a preset whose first loss term's options are taken."""
+    if isinstance(case, dict):
+        return case
+    from prism.presets import load_preset
+
+    return dict(load_preset(case)["losses"][0]["options"])
 
 
 def absent_class_batch(size: int) -> Batch:
@@ -58,11 +68,12 @@ def absent_class_batch(size: int) -> Batch:
 
 @pytest.mark.parametrize(("name", "options"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 def test_second_order_maml_is_finite_with_absent_classes(name, options):
-    backbone, backbone_options = backbone_for(get_registry().get("loss", name).needs, name)
+    loss = create_loss(name, MODS, 3, **preset_loss_options(options))
+    backbone, backbone_options = backbone_for(loss.needs, name)
     torch.manual_seed(0)
     model = create_backbone(backbone, MODS, 3, **backbone_options)
     model.train()
-    loss = create_loss(name, MODS, 3, **options)
+    model.request_parts(loss.needs)
     size = max(8, model.size_divisor)
     batch = absent_class_batch(size)
     params = dict(model.named_parameters())
