@@ -55,3 +55,32 @@ def test_compiled_step_equals_eager_step(tiny_cache, tmp_path):
     assert eager.keys() == compiled.keys()
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
+def _fake_ctx(**over):
+    from types import SimpleNamespace
+
+    from prism.engine.distributed import DistInfo
+    from prism.engine.losses import LossSet, WeightedTerm
+    from prism.modalities import BRATS_MODALITIES
+    from prism.registry import create_loss
+
+    terms = [WeightedTerm("fuse", 1.0, create_loss("fuse", BRATS_MODALITIES, 4))]
+    if over.pop("preference", False):
+        terms.append(WeightedTerm("prism", 1.0, create_loss("prism", BRATS_MODALITIES, 4, preference=True)))
+    base = dict(device=torch.device("cuda"), dist=DistInfo(), scaler=None, losses=LossSet(terms))
+    return SimpleNamespace(**{**base, **over})
+
+
+@pytest.mark.parametrize("config_over,ctx_over,reason", [
+    ([], {}, None),
+    ([], {"device": torch.device("cpu")}, "needs a CUDA device"),
+    (["strategy.name=meta_drop"], {}, "captures the standard step only"),
+    ([], {"scaler": object()}, "fp16 loss scaling"),
+    ([], {"preference": True}, "loss term(s) prism keep statistics"),
+])
+def test_cuda_graph_refusal_reasons(config_over, ctx_over, reason):
+    from prism.engine.compiled import cuda_graph_refusal
+
+    got = cuda_graph_refusal(build_config(None, config_over), _fake_ctx(**ctx_over))
+    assert (got is None) if reason is None else (reason in got)
