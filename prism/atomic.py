@@ -238,6 +238,21 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
+_UNSAFE_TO_FINALIZE = False
+
+
+def mark_unsafe_to_finalize() -> None:
+    """Record that a native library (HDF5 after a failed write on a full disk) is left in a state where the
+    interpreter's normal shutdown would crash it; :func:`prism.cli.common.run_command` then exits directly."""
+    global _UNSAFE_TO_FINALIZE
+    _UNSAFE_TO_FINALIZE = True
+
+
+def unsafe_to_finalize() -> bool:
+    """Whether :func:`mark_unsafe_to_finalize` was called in this process."""
+    return _UNSAFE_TO_FINALIZE
+
+
 def ensure_folder(folder: str | os.PathLike[str]) -> Path:
     """``mkdir -p`` with a one-line :class:`StorageError` (read-only parent, no permission, a file in the way)."""
     folder = Path(folder)

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..atomic import unsafe_to_finalize
 from ..errors import PluginBug, PrismError
 from ..evaluation.report import EvalReport
 from ..evaluation.results import mean_over_combinations
@@ -36,6 +37,10 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
     except PrismError as exc:
         msg = " ".join(str(exc).split())
         print(f"{prog}: error: {msg}", file=sys.stderr)
+        if unsafe_to_finalize():  # e.g. HDF5 after a failed write: a normal interpreter shutdown would crash
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
         return exc.exit_code
     except PluginBug as exc:  # not the user's mistake: keep the plugin's traceback, headed by its name
         print(f"{prog}: error: {exc}; its traceback follows", file=sys.stderr)

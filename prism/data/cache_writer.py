@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,15 @@ import hdf5plugin
 import numpy as np
 
 from .. import __version__
-from ..atomic import StorageError, ensure_folder, fsync_dir, storage_cause, storage_error, temp_path
+from ..atomic import (
+    StorageError,
+    ensure_folder,
+    fsync_dir,
+    mark_unsafe_to_finalize,
+    storage_cause,
+    storage_error,
+    temp_path,
+)
 from ..errors import CacheError
 from .cache_format import (
     DEFAULT_CHUNK,
@@ -89,11 +98,35 @@ class CacheWriter:
         self._rng = np.random.default_rng(seed)
         self._file: h5py.File | None = None
         self._case_ids: list[str] = []
+        self._lost: list[BaseException] = []  # write errors HDF5 raised where Python could only print them
+        self._previous_hook: Any = None
+        self._previous_excepthook: Any = None
+
+    def _unraisable(self, info: Any) -> None:
+        """h5py reports a failed write while freeing an object as an "Exception ignored" print: keep it instead,
+        so the build fails with one line (see :meth:`_check_lost`)."""
+        if storage_cause(info.exc_value) is not None:
+            self._lost.append(info.exc_value)
+        else:
+            self._previous_hook(info)
+
+    def _excepthook(self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        """Cython prints the traceback of such an error through ``sys.excepthook`` first: keep it too."""
+        if storage_cause(exc) is not None:
+            self._lost.append(exc)
+        else:
+            self._previous_excepthook(exc_type, exc, tb)
+
+    def _check_lost(self) -> None:
+        if self._lost:
+            raise StorageError(f"{self.path}: cannot write the cache: {storage_cause(self._lost[0])}")
 
     def __enter__(self) -> CacheWriter:
         if self.path.is_dir():
             raise StorageError(f"{self.path}: cannot write the cache: is a folder")
         ensure_folder(self.path.parent)
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        self._previous_excepthook, sys.excepthook = sys.excepthook, self._excepthook
         try:
             self._file = h5py.File(self.tmp_path, "w")
         except OSError as exc:
@@ -172,6 +205,8 @@ class CacheWriter:
         group.attrs["crop_box"] = np.asarray(box, dtype=np.int64)
         group.attrs["original_shape"] = np.asarray(original_shape or spatial, dtype=np.int64)
         group.attrs["site"] = site
+        del group
+        self._check_lost()
         self._case_ids.append(case_id)
 
     def _check_space(self, case_id: str, raw_bytes: int) -> None:
@@ -206,9 +241,19 @@ class CacheWriter:
         self._file = None
         if f is None:
             return
-        if exc_type is not None:
+        try:
+            self._finish(f, exc_type, exc)
+        finally:
+            if self._previous_hook is not None:
+                sys.unraisablehook, self._previous_hook = self._previous_hook, None
+                sys.excepthook, self._previous_excepthook = self._previous_excepthook, None
+
+    def _finish(self, f: h5py.File, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
+        if exc_type is not None or self._lost:
             self._abandon(f)
             cause = storage_cause(exc) if exc is not None else None
+            if cause is None and self._lost:
+                cause = storage_cause(self._lost[0])
             if cause is not None:  # HDF5's multi-line report of a full or read-only disk: one line instead
                 raise StorageError(f"{self.path}: cannot write the cache: {cause}") from None
             return
@@ -230,6 +275,10 @@ class CacheWriter:
         """Drop the temporary file of a failed build. On a full disk HDF5 cannot flush its metadata and a plain
         close leaves the library in a state that crashes the interpreter at exit; unlinking the file and
         truncating it through the open descriptor first frees the space, so the close succeeds."""
+        if self._lost:  # HDF5 failed inside its own clean-up: any further call on this file may crash it
+            self.tmp_path.unlink(missing_ok=True)
+            mark_unsafe_to_finalize()
+            return
         fd = None
         if f.id.valid:
             try:
