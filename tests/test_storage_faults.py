@@ -157,3 +157,17 @@ def test_disk_filling_during_an_hdf5_write_is_still_one_line_and_no_crash(small_
     assert done.stderr.strip().splitlines() == [
         f"prism-data: error: {disk / 'x.h5'}: cannot write the cache: no space left on the device"]
     assert list(disk.iterdir()) == []
+
+
+def test_a_new_cache_build_removes_only_dead_builders_temporaries(tmp_path):
+    from prism.cli.data import main as data_main
+
+    out = tmp_path / "s.h5"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = temp_path(out)
+    live.write_bytes(b"a build in progress")
+    stale = Path(str(live).replace(f"-{os.getpid()}-", f"-{dead.pid}-"))
+    stale.write_bytes(b"left by a killed synth")
+    assert data_main(["synth", "-o", str(out), "--cases", "2", "--shape", "8", "8", "8"]) == 0
+    assert out.is_file() and live.exists() and not stale.exists()

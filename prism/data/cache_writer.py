@@ -21,6 +21,7 @@ from ..atomic import (
     ensure_folder,
     fsync_dir,
     mark_unsafe_to_finalize,
+    remove_stale_temporaries,
     storage_cause,
     storage_error,
     temp_path,
@@ -125,6 +126,7 @@ class CacheWriter:
         if self.path.is_dir():
             raise StorageError(f"{self.path}: cannot write the cache: is a folder")
         ensure_folder(self.path.parent)
+        remove_stale_temporaries(self.path.parent, self.path.name)  # of killed builds (their writer is dead)
         self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         self._previous_excepthook, sys.excepthook = sys.excepthook, self._excepthook
         try:

@@ -71,7 +71,7 @@ def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, devi
     from ..data.cache_reader import CacheReader
     from ..registry import blame, get_registry
     from .builder import amp_dtype_for, select_device
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, mismatch_message
     from .trainer import CHECKPOINT_NAME, load_run_config
 
     run_dir = Path(run_dir)
@@ -100,9 +100,8 @@ def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, devi
     try:
         model.load_state_dict(state["model"])
         strategy.load_state_dict(state.get("strategy", {}))
-    except (KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{checkpoint}: does not match the run's config.yaml: {first}") from None
+    except (KeyError, RuntimeError) as exc:  # first mismatched keys and the config fields changed (overrides)
+        raise CheckpointError(mismatch_message(checkpoint, state, model.state_dict(), config, exc)) from None
     dev = select_device(config.train.device)
     model = model.to(dev).eval()
     return RunModel(model=model, config=config, strategy=strategy, cache=path, modalities=modalities, labels=labels,
