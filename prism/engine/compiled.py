@@ -19,7 +19,6 @@ the host (checked with ``torch.cuda.set_sync_debug_mode`` on the first warm-up s
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from typing import Any, Literal
@@ -159,7 +158,8 @@ class CudaGraphStep:
         ctx = self.ctx
         self.static = replace(batch, **{n: getattr(batch, n).clone() for n in _tensor_fields(batch)})
         model_state = {k: v.clone() for k, v in ctx.model.state_dict().items()}
-        optim_state = copy.deepcopy(ctx.optimizer.state_dict())
+        optim_state = {p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)}
+                       for p, st in ctx.optimizer.state.items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -176,13 +176,31 @@ class CudaGraphStep:
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
         torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():  # undo the warm-up updates: the run continues from the eager state
-            ctx.model.load_state_dict(model_state)
-        ctx.optimizer.load_state_dict(optim_state)
+        self._restore(model_state, optim_state)
         ctx.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.parts = self._body(self.static)
+
+    @torch.no_grad()
+    def _restore(self, model_state: dict[str, torch.Tensor], optim_state: dict[Any, dict[str, torch.Tensor]]
+                 ) -> None:
+        """Undo the warm-up steps IN PLACE (the graph records addresses): parameters and the optimizer state that
+        existed before get their values back; state the warm-up created (moments, step counters, momentum
+        buffers of a first step) is zeroed, which is what a fresh state holds (and what the first update reads:
+        SGD's zero buffer times momentum plus the gradient is its first-step buffer). Creating that state inside
+        the capture instead would re-zero it on every replay."""
+        ctx = self.ctx
+        for key, value in ctx.model.state_dict().items():
+            value.copy_(model_state[key])
+        for param, state in ctx.optimizer.state.items():
+            before = optim_state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    if key in before:
+                        value.copy_(before[key])
+                    else:
+                        value.zero_()
 
     def __call__(self, ctx: TrainContext) -> dict[str, torch.Tensor]:
         batch = ctx.next_batch("train")
