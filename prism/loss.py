@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -13,12 +12,14 @@ import torch
 from .batch import Batch
 from .outputs import SegOutput
 
-_OBSERVING: contextvars.ContextVar[bool] = contextvars.ContextVar("prism_loss_observing", default=True)
+#: The ``observation`` stack (a plain list, not a ContextVar: torch.compile traces reading it without a graph
+#: break; a training process runs its losses on one thread).
+_OBSERVING: list[bool] = [True]
 
 
 def observing() -> bool:
     """Whether stateful terms should record statistics from the current loss call (see ``observation``)."""
-    return _OBSERVING.get() and torch.is_grad_enabled()
+    return _OBSERVING[-1] and torch.is_grad_enabled()
 
 
 @contextlib.contextmanager
@@ -26,11 +27,11 @@ def observation(enabled: bool) -> Iterator[None]:
     """Strategies wrap the loss of an auxiliary batch (Meta-Drop's meta batch, MAML's inner steps) in
     ``observation(False)`` so that per-epoch statistics (preference-aware regularisation) come from training
     batches only."""
-    token = _OBSERVING.set(enabled)
+    _OBSERVING.append(bool(enabled))
     try:
         yield
     finally:
-        _OBSERVING.reset(token)
+        _OBSERVING.pop()
 
 
 @dataclass
