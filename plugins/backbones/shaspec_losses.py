@@ -26,9 +26,14 @@ class ShaSpecOutputError(PluginError, ValueError):
 def domain_classification_loss(domain_logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of each available modality's domain logits against its own modality index.
 
-    ``domain_logits`` ``[B, M, M]`` (entry ``[b, m]`` classifies modality m's specific features of sample b),
-    ``mask`` ``[B, M]``. Returns ``(mean over available (sample, modality) pairs, per-modality mean [M])``;
-    a modality available in no sample contributes 0.
+    Args:
+        domain_logits: ``[B, M, M]``; entry ``[b, m]`` classifies modality m's specific features of sample b.
+        mask: ``[B, M]`` bool, available modalities.
+    Returns:
+        ``(mean over available (sample, modality) pairs, per-modality mean [M])``; a modality available in no
+        sample contributes 0.
+    Raises:
+        ValueError: shapes that do not match.
     """
     b, m = mask.shape
     if domain_logits.shape != (b, m, m):
@@ -44,9 +49,15 @@ def domain_classification_loss(domain_logits: torch.Tensor, mask: torch.Tensor) 
 def shared_consistency_loss(shared: torch.Tensor, mask: torch.Tensor, distance: Distance = "l1") -> torch.Tensor:
     """Mean distance between the shared features of every pair of modalities available in the same sample.
 
-    ``shared`` ``[B, M, C, ...]``, ``mask`` ``[B, M]``. For each sample and each unordered pair ``i < j`` of
-    available modalities, the mean absolute (``l1``) or squared (``l2``) difference over channels and voxels;
-    the result is the mean over all such (sample, pair) entries in the batch, 0 when there is none.
+    For each sample and each unordered pair ``i < j`` of available modalities, the mean absolute (``l1``) or
+    squared (``l2``) difference over channels and voxels.
+
+    Args:
+        shared: ``[B, M, C, *spatial]`` shared-encoder features; mask: ``[B, M]`` bool; distance: ``l1``/``l2``.
+    Returns:
+        A scalar: the mean over all such (sample, pair) entries in the batch, 0 when there is none.
+    Raises:
+        ValueError: shapes that do not match or an unknown distance.
     """
     if distance not in ("l1", "l2"):
         raise ValueError(f"distance must be 'l1' or 'l2', got {distance!r}")

@@ -56,8 +56,13 @@ def level_losses(levels: Sequence[torch.Tensor], targets: Targets, *, weights: S
 
 
 def upsample_probs(logits: torch.Tensor, size: Sequence[int], class_dim: int = 2) -> torch.Tensor:
-    """Softmax probabilities of ``logits`` ``[B, P, K, *spatial]`` upsampled (linear/bilinear/trilinear,
-    ``align_corners=False``) to ``size``: ``[B, P, K, *size]`` float32."""
+    """Softmax probabilities upsampled (linear/bilinear/trilinear, ``align_corners=False``) to ``size``.
+
+    Args:
+        logits: ``[B, P, K, *spatial]`` (classes along ``class_dim``); size: the target spatial size.
+    Returns:
+        ``[B, P, K, *size]`` float32 probabilities.
+    """
     probs = logits.float().softmax(class_dim)
     if tuple(probs.shape[class_dim + 1:]) == tuple(size):
         return probs

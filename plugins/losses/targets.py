@@ -44,6 +44,10 @@ def resample_labels(label: torch.Tensor, size: Sequence[int], mode: LabelResampl
     (with BraTS labels the smaller, nested regions have the higher indices); ``"nearest"`` keeps the first
     voxel of each window (what nearest-neighbour interpolation does at an integer factor).
 
+    Args:
+        label: ``[B, *spatial]`` integer class indices; size: the target spatial size; mode: see above.
+    Returns:
+        ``[B, *size]`` labels (``label`` itself when the size is unchanged).
     Raises:
         ValueError: a size that is not an integer divisor of the label's, or an unknown mode.
     """
