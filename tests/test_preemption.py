@@ -156,3 +156,30 @@ def test_lock_of_a_dead_trainer_is_taken_over_and_stale_temporaries_removed(tiny
     assert not stale.exists() and live.exists() and other_host.exists()
     trainer.close()
     assert (run / LOCK_NAME).read_text() == ""  # released
+
+
+def test_signal_during_the_evaluation_stops_it_with_training_complete(tiny_cache, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "prism.cli.train", "--data", str(tiny_cache), "-o", str(run),
+                             *FAST, "train.steps=2", "train.tensorboard=false", "eval.window=[16,16,16]",
+                             "eval.overlap=0.9"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            ckpt = run / CHECKPOINT_NAME
+            if ckpt.exists() and load_checkpoint(ckpt)["step"] == 2:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        err = proc.communicate(timeout=180)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 143, err[-2000:]
+    assert len(lines) == 1 and "stopped by SIGTERM during the evaluation; training is complete (2 steps" in lines[0]
+    assert f"prism-eval {run.resolve()}" in lines[0]
+    assert not (run / "eval.json").exists()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..config import build_config, load_yaml
 from ..errors import ConfigError
@@ -50,9 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("prism-train", lambda: _train(args))
 
 
+class EvaluationStopped(Exception):
+    """A stop signal arrived while the finished run was being evaluated."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _train(args: argparse.Namespace) -> int:
-    from ..engine.signals import Preempted
-    from ..engine.trainer import Trainer, load_run_config
+    from ..engine.signals import StopSignals
+    from ..engine.trainer import load_run_config
 
     overrides = list(args.overrides)
     for flag, field in ((args.strategy, "strategy.name"), (args.steps, "train.steps"),
@@ -87,6 +97,15 @@ def _train(args: argparse.Namespace) -> int:
         console.print(("generated" if generated else "using") + f" synthetic demo data: {cache}")
     else:
         cache = config.data.cache
+    with StopSignals() as stop:  # one watcher from the build to the end of the evaluation: no unguarded gap
+        return _run(args, config, Path(run_dir), cache, console, err_console, stop)
+
+
+def _run(args: argparse.Namespace, config: Any, run_dir: Path, cache: Path, console: Any, err_console: Any,
+         stop: Any) -> int:
+    from ..engine.signals import Preempted, exit_code_for
+    from ..engine.trainer import Trainer
+
     trainer = Trainer(config, Path(run_dir), cache_path=cache, resume=args.resume is not None,
                       console=err_console or console, check_splits=() if args.no_eval else (config.eval.split,))
     if trainer.dist.is_main:
@@ -94,13 +113,13 @@ def _train(args: argparse.Namespace) -> int:
                       f"backbone: {config.model.name}  steps: {trainer.ctx.step}->{config.train.steps}"
                       + (f"  processes: {trainer.dist.world}" if trainer.dist.enabled else ""))
     try:
-        trainer.fit()
-    except Preempted as stop:
+        trainer.fit(signals=stop)
+    except Preempted as halted:
         trainer.close()
         if trainer.dist.is_main:
-            print(f"prism-train: {stop}; checkpoint {stop.checkpoint} written; resume with: "
+            print(f"prism-train: {halted}; checkpoint {halted.checkpoint} written; resume with: "
                   f"prism-train --resume {shlex.quote(str(Path(run_dir).resolve()))}", file=sys.stderr, flush=True)
-        return stop.exit_code
+        return halted.exit_code
     except BaseException:
         if trainer.lock is not None:  # the folder is free again at once (also for callers of main() in-process)
             trainer.lock.release()
@@ -108,8 +127,20 @@ def _train(args: argparse.Namespace) -> int:
         raise
     report = None
     if not args.no_eval and trainer.dist.is_main:
-        with case_progress(err_console or console, len(trainer.eval_cases())) as on_case:
-            report = trainer.evaluate(on_case=on_case)
+        with case_progress(err_console or console, len(trainer.eval_cases())) as progress:
+            def on_case(case_id: str) -> None:
+                progress(case_id)
+                if stop.received is not None:  # training is complete and saved: only the evaluation stops
+                    raise EvaluationStopped(stop.received)
+
+            try:
+                report = trainer.evaluate(on_case=on_case)
+            except EvaluationStopped as halt:
+                trainer.close()
+                print(f"prism-train: stopped by {signal.Signals(halt.signum).name} during the evaluation; training "
+                      f"is complete ({trainer.ctx.step} steps, {Path(run_dir) / 'last.pt'}); evaluate with: "
+                      f"prism-eval {shlex.quote(str(Path(run_dir).resolve()))}", file=sys.stderr, flush=True)
+                return exit_code_for(halt.signum)
     if report is not None:
         console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
         console.print(f"report: {Path(run_dir) / 'eval.json'}, {Path(run_dir) / 'eval.md'}")

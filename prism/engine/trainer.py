@@ -257,8 +257,12 @@ class Trainer:
         write_text_atomic(self.run_dir / "config.yaml", config_to_yaml(self.config))
         write_text_atomic(self.run_dir / "run_info.json", json.dumps(run_info(self.config), indent=2) + "\n")
 
-    def fit(self, stop_at: int | None = None) -> list[dict[str, float]]:
-        """Train up to ``train.steps`` (or stop early at step ``stop_at``, e.g. to time-box a job)."""
+    def fit(self, stop_at: int | None = None, signals: StopSignals | None = None) -> list[dict[str, float]]:
+        """Train up to ``train.steps`` (or stop early at step ``stop_at``, e.g. to time-box a job).
+
+        SIGTERM, SIGUSR1 and SIGINT finish the step in flight, write ``last.pt`` and raise :class:`Preempted`;
+        ``signals``: an already installed :class:`StopSignals` to watch (the CLI's, which also covers building
+        and evaluation), else one is installed for the loop."""
         cfg, ctx = self.config, self.ctx
         self._write_run_files()
         main = self.dist.is_main
@@ -278,7 +282,7 @@ class Trainer:
             progress.start()
         t0, samples = time.perf_counter(), 0
         start_step, start_time = ctx.step, time.perf_counter()
-        stop = StopSignals().__enter__()  # SIGTERM/SIGUSR1/SIGINT: finish the step, checkpoint, raise Preempted
+        stop = signals if signals is not None else StopSignals().__enter__()
         try:
             end = total if stop_at is None else min(stop_at, total)
             while ctx.step < end:
@@ -332,7 +336,8 @@ class Trainer:
                         self.save()
                     raise Preempted(signum, ctx.step, total, self.run_dir / CHECKPOINT_NAME)
         finally:
-            stop.__exit__(None, None, None)
+            if signals is None:
+                stop.__exit__(None, None, None)
             if board is not None:
                 board.close()
             if progress is not None:
