@@ -282,3 +282,38 @@ def test_writer_keeps_oblique_geometry_and_codes(tmp_path):
     assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 1
     np.testing.assert_allclose(out.header.get_zooms(), loaded.header.get_zooms()[:3], atol=1e-6)
     assert out.header.get_slope_inter() == (None, None) and out.get_data_dtype() == np.uint8
+
+
+def test_adapt_to_support_cases_first_with_the_runs_rule(world, tmp_path, capsys):
+    from prism.cli.predict import adapt_run
+
+    run = load_run_model(world["run"])
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    seen = []
+    original = run.strategy.adapt
+
+    def spy(model, support, loss_fn, *, steps=None, lr=None):
+        seen.extend(support)
+        return original(model, support, loss_fn, steps=steps, lr=lr)
+
+    run.strategy.adapt = spy
+    assert adapt_run(run, world["raw"], steps=2) == 3
+    by_case = {b.case_ids[0]: b for b in seen}
+    reader = CacheReader(world["cache"])
+    for case_id, batch in by_case.items():  # the support label is the cache's (stored values), whole volume
+        _, label = reader.read_case(case_id)
+        np.testing.assert_array_equal(batch.label[0, : label.shape[0], : label.shape[1], : label.shape[2]].numpy(),
+                                      label)
+    assert by_case[MISSING].mask[0].tolist() == [m != "t1ce" for m in run.modalities]  # its T1ce is absent
+    changed = [n for n, p in run.model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed
+    checkpoint = torch.load(world["run"] / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(checkpoint[n], before[n]) for n in before)  # the run folder is not changed
+    out = tmp_path / "adapted"
+    assert main([str(world["run"]), str(world["raw"]), "-o", str(out), "--adapt", str(world["raw"]),
+                 "--adapt-steps", "1"]) == 0
+    assert "adapted to 3 support case(s)" in capsys.readouterr().out
+    assert len(list(out.iterdir())) == 3
+    assert main([str(world["run"]), str(world["raw"]), "-o", str(tmp_path / "x"), "--adapt-steps", "1"]) == 2
+    assert "--adapt-steps: needs --adapt" in _one_line_error(capsys)
+    assert not (tmp_path / "x").exists()

@@ -98,6 +98,54 @@ def plan_cases(run: RunModel, input_dir: str | Path, layout: str = "auto") -> tu
     return spec, cases, inverse_label_map(spec.label_map, run.num_classes)
 
 
+def adapt_run(run: RunModel, support_dir: str | Path, *, layout: str = "auto", steps: int | None = None) -> int:
+    """Adapt ``run.model`` to labelled support cases (BraTS-style folders with a label file) with the run's own
+    rule (``Strategy.adapt``: MAML's inner loop, Meta-SGD's rates, fine-tuning for standard runs), in place of the
+    model held by ``run``; the run folder is not touched. Returns the number of support cases.
+
+    The adaptation loss is cross-entropy + soft Dice on the fused logits; each support case is one batch with the
+    modalities it has.
+    """
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    from ..adapt import adapted_copy
+    from ..batch import Batch
+    from ..data_tools.layouts import discover_cases
+    from ..data_tools.predict_io import input_case_folders, resolve_input_layout
+    from ..data_tools.preprocess import preprocess_case
+    from ..errors import ConfigError, DataError
+    from ..evaluation.adaptation import dice_ce_loss
+
+    if steps is not None and steps < 0:
+        raise ConfigError(f"--adapt-steps: must be >= 0, got {steps}")
+    support_dir = Path(support_dir)
+    spec = resolve_input_layout(layout, support_dir, recorded_layout(run))
+    lacking = [m for m in run.modalities if m not in spec.files]
+    if lacking:
+        raise DataError(f"{support_dir}: layout '{spec.name}' has no files for the model's modalities {lacking}")
+    spec = dataclasses.replace(spec, files={m: spec.files[m] for m in run.modalities})  # the model's channel order
+    raw = discover_cases(support_dir, spec, require_label=True, folders=input_case_folders(support_dir))
+    settings = input_settings(run)
+    divisor = run.model.size_divisor
+    batches = []
+    for case in raw:
+        pre = preprocess_case(case, spec, settings)
+        image, label = torch.from_numpy(pre.image), torch.from_numpy(pre.label.astype("int64"))
+        pad = [(-s) % divisor for s in label.shape]
+        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))
+        label = F.pad(label, (0, pad[2], 0, pad[1], 0, pad[0]))
+        present = torch.tensor([pre.present])
+        batches.append(Batch(image=image[None], label=label[None], mask=present, availability=present,
+                             case_ids=[case.case_id]).to(run.device))
+    run.model.train()
+    weights = run.strategy.adapt(run.model, batches, dice_ce_loss, steps=steps)
+    run.model = adapted_copy(run.model, weights).eval()
+    return len(batches)
+
+
 def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *, layout: str = "auto",
                    on_case: Callable[[str, Path, Sequence[str]], None] | None = None) -> list[Path]:
     """Predict every case under ``input_dir`` into ``out_dir/<case>.nii.gz`` (original space, raw labels).
@@ -143,6 +191,12 @@ def parser() -> argparse.ArgumentParser:
                    help="sliding-window size (default: the run's eval.window; none = whole volume)")
     p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: eval.overlap)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: eval.sw_batch_size)")
+    p.add_argument("--adapt", type=Path, metavar="SUPPORT_DIR",
+                   help="first adapt the model to these labelled cases (case folders with a label file) with the "
+                   "run's own adaptation rule (MAML: its inner loop; Meta-SGD: its learned rates; standard: "
+                   "fine-tuning); the run folder is not changed")
+    p.add_argument("--adapt-steps", type=int, metavar="K",
+                   help="adaptation steps (default: the strategy's own, e.g. MAML's inner_steps)")
     return p
 
 
@@ -168,6 +222,12 @@ def _predict(args: argparse.Namespace) -> int:
     if args.sw_batch_size is not None:
         run.sw_batch_size = args.sw_batch_size
     console = stdout_console()
+    if args.adapt is not None:
+        n = adapt_run(run, args.adapt, layout=args.layout, steps=args.adapt_steps)
+        console.print(f"adapted to {n} support case(s) from {args.adapt} with strategy "
+                      f"'{run.config.strategy.name}'s rule")
+    elif args.adapt_steps is not None:
+        raise ConfigError("--adapt-steps: needs --adapt SUPPORT_DIR")
 
     def report(case_id: str, path: Path, used: Sequence[str]) -> None:
         console.print(f"{case_id}: {path}  ({', '.join(used)})")
