@@ -12,8 +12,10 @@ and enhancing tumour as grey matter; on T2 necrosis is as bright as CSF; on T1ce
 vessels. Each region needs two contrasts or spatial context: edema is FLAIR-bright *and* T2-bright; necrosis is
 CSF-like but inside a lesion; enhancing tumour is T1ce-bright in a blob, not a thin line. Only T1ce shows
 enhancement and only FLAIR and T2 show edema, so a model loses ET without T1ce and WT without FLAIR and T2, as on
-real MRI. Tissue texture, a strong multiplicative bias field per contrast, partial-volume blur and noise are added,
-then each volume is z-scored over the brain as preprocessing would do.
+real MRI. One or two edema-like lesions without a core (gliosis, old infarcts: label 0) look like edema in every
+contrast, so the whole tumour is told from them only by context (an edema surrounds a core). Tissue texture, a
+strong multiplicative bias field per contrast, partial-volume blur and noise are added, then each volume is
+z-scored over the brain as preprocessing would do.
 
 With ``sites > 1`` case ``i`` comes from site ``i % sites``; every site but site 0 has its own contrast curve
 (gamma per modality), noise level, bias strength, gain and resolution (a thicker slice along one axis). Phantoms go
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from prism.modalities import BRATS_MODALITIES
 
 #: Bumped whenever the phantoms change, so that cached demo data made by an older generator is not reused.
-PHANTOM_VERSION = 2
+PHANTOM_VERSION = 3
 
 _CLASSES = ("gm", "wm", "csf", "wmh", "vessel", "necrosis", "edema", "enhancing")
 # intensity per class and modality before bias, texture and noise; None: the underlying tissue's value plus
@@ -148,10 +150,12 @@ def _anatomy(gen: torch.Generator, shape: Sequence[int], z: torch.Tensor, y: tor
 
 
 def _tumour(gen: torch.Generator, shape: Sequence[int], z: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
-            brain: torch.Tensor, wm: torch.Tensor, u) -> torch.Tensor:
-    """Label map (0 background, 1 necrosis, 2 edema, 3 enhancing) of one to three irregular foci."""
+            brain: torch.Tensor, wm: torch.Tensor, u) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label map (0 background, 1 necrosis, 2 edema, 3 enhancing) of one to three irregular foci, and the mask of
+    one or two edema-like mimics (no core, label 0) placed away from them."""
     foci = 1 + int(u(0, 1) < 0.5) + int(u(0, 1) < 0.2)
     label = torch.zeros(tuple(shape), dtype=torch.uint8)
+    centres: list[tuple[list[float], float]] = []
     for k in range(foci):
         centre = [u(-0.4, 0.4) for _ in range(3)]
         dist = torch.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
@@ -159,6 +163,7 @@ def _tumour(gen: torch.Generator, shape: Sequence[int], z: torch.Tensor, y: torc
         r_wt = u(0.34, 0.48) if k == 0 else u(0.16, 0.26)
         r_tc = r_wt * u(0.55, 0.75)
         r_nec = r_tc * u(0.3, 0.6)
+        centres.append((centre, r_wt))
         edema = dist < r_wt * torch.where(wm, torch.tensor(1.25), torch.tensor(1.0))  # spreads along white matter
         core = dist < r_tc
         enhancing_focus = k == 0 or u(0, 1) < 0.6  # a secondary focus may be non-enhancing
@@ -171,7 +176,17 @@ def _tumour(gen: torch.Generator, shape: Sequence[int], z: torch.Tensor, y: torc
             label[core] = 1
         label[dist < r_nec] = 1
     label[~brain] = 0
-    return label
+    mimic = torch.zeros(tuple(shape), dtype=torch.bool)
+    for _ in range(1 + int(u(0, 1) < 0.7)):
+        r = u(0.24, 0.34)
+        for _try in range(8):  # a place clear of every tumour focus
+            centre = [u(-0.5, 0.5) for _ in range(3)]
+            gaps = [sum((a - b) ** 2 for a, b in zip(centre, c, strict=True)) ** 0.5 - r - rc for c, rc in centres]
+            if min(gaps) > 0.1:
+                break
+        dist = torch.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+        mimic |= dist * (1 + 0.35 * _smooth_field(gen, shape, coarse=5)) < r
+    return label, mimic & brain & (label == 0)
 
 
 def make_raw_case(index: int, settings: SynthSettings, modalities: Sequence[str] = BRATS_MODALITIES
@@ -187,8 +202,8 @@ def make_raw_case(index: int, settings: SynthSettings, modalities: Sequence[str]
         return float(lo + (hi - lo) * torch.rand((), generator=gen))
 
     brain, tissue = _anatomy(gen, shape, z, y, x, u)
-    label = _tumour(gen, shape, z, y, x, brain, tissue["wm"], u)
-    lesion = {"necrosis": label == 1, "edema": label == 2, "enhancing": label == 3}
+    label, mimic = _tumour(gen, shape, z, y, x, brain, tissue["wm"], u)
+    lesion = {"necrosis": label == 1, "edema": (label == 2) | mimic, "enhancing": label == 3}
     site = index % max(settings.sites, 1)
     profile = site_profile(site, modalities)
     images = []
@@ -198,11 +213,12 @@ def make_raw_case(index: int, settings: SynthSettings, modalities: Sequence[str]
         for name in ("gm", "wm", "csf", "wmh", "vessel"):
             value = values.get(name, 0.5)
             img[tissue[name]] = values.get("gm", 0.5) if value is None else value  # invisible vessels: grey matter
-        img = img + 0.04 * _smooth_field(gen, shape, coarse=10)  # tissue texture
+        texture = _smooth_field(gen, shape, coarse=10)
+        img = img + 0.04 * texture  # tissue texture
         for name, region in lesion.items():
             value = values.get(name)
             img[region] = (img[region] + _OFFSET.get(m, {}).get(name, 0.0)) if value is None else (
-                value + 0.05 * _smooth_field(gen, shape, coarse=9)[region])
+                value + 0.05 * texture[region])
         img = _blur(img)
         img = _thick_slices(img, profile.axis, profile.thickness)
         if gamma != 1.0:
