@@ -20,25 +20,25 @@ class _Model(BaseModel):
 class SynthConfig(_Model):
     """The built-in synthetic dataset used when no cache is given."""
 
-    cases: int = Field(20, ge=2)
-    shape: tuple[int, int, int] = (48, 48, 48)
-    seed: int = 0
-    test_fraction: float = Field(0.25, gt=0, lt=1)
+    cases: int = Field(20, ge=2)  # number of phantom cases
+    shape: tuple[int, int, int] = (48, 48, 48)  # volume size D H W
+    seed: int = 0  # generation seed
+    test_fraction: float = Field(0.25, gt=0, lt=1)  # share of the cases in the test split
 
 
 class DataConfig(_Model):
     cache: Path | None = None  # None: the built-in synthetic dataset (generated once in the user cache folder)
     synthetic: SynthConfig = SynthConfig()
-    train_split: str = "train"
-    test_split: str = "test"
-    patch_size: tuple[int, int, int] = (32, 32, 32)
-    batch_size: int = Field(2, ge=1)
-    foreground_fraction: float = Field(1 / 3, ge=0, le=1)
-    flip: bool = True
+    train_split: str = "train"  # cache split that training patches come from
+    test_split: str = "test"  # not read by the engine: eval.split chooses what is evaluated
+    patch_size: tuple[int, int, int] = (32, 32, 32)  # training patch D H W (multiples of the backbone's size_divisor)
+    batch_size: int = Field(2, ge=1)  # global batch (split over the processes under torchrun)
+    foreground_fraction: float = Field(1 / 3, ge=0, le=1)  # share of patches centred on a label > 0 voxel
+    flip: bool = True  # random flips along each spatial axis
     rotate_degrees: float = Field(0.0, ge=0, le=45)  # random rotation per axis in [-r, r] (0: off)
-    rotate_probability: float = Field(0.2, ge=0, le=1)
+    rotate_probability: float = Field(0.2, ge=0, le=1)  # chance that a sample is rotated (rotate_degrees > 0)
     intensity_scale: float = Field(0.0, ge=0, lt=1)  # each channel x * U(1 - s, 1 + s) + U(-t, t)
-    intensity_shift: float = Field(0.0, ge=0)
+    intensity_shift: float = Field(0.0, ge=0)  # t of the intensity change above (0: off)
     num_workers: int | None = Field(None, ge=0)  # None: 0 on CPU, 4 on CUDA
 
     @field_validator("patch_size")
@@ -50,18 +50,18 @@ class DataConfig(_Model):
 
 
 class PluginChoice(_Model):
-    name: str
-    options: dict[str, Any] = {}
+    name: str  # a registered plugin name (prism-plugins lists them)
+    options: dict[str, Any] = {}  # keyword arguments of the plugin's factory
 
 
 class ModelChoice(PluginChoice):
     """The backbone; ``init_from`` starts it from a trained run's weights (its folder or a ``.pt`` checkpoint)."""
 
-    init_from: Path | None = None
+    init_from: Path | None = None  # start from a trained run's weights (its folder or a .pt checkpoint)
 
 
 class LossTermConfig(PluginChoice):
-    weight: float = 1.0
+    weight: float = 1.0  # multiplies the term's total
 
 
 class MaskingConfig(_Model):
@@ -72,58 +72,58 @@ class MaskingConfig(_Model):
 
 
 class OptimConfig(_Model):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
+    name: Literal["adamw", "adam", "sgd"] = "adamw"  # the optimizer
+    lr: float = Field(3e-3, gt=0)  # peak learning rate (polynomial decay to 0 over train.steps)
+    weight_decay: float = Field(1e-5, ge=0)  # weight decay
     momentum: float = Field(0.99, ge=0, lt=1)  # sgd only (nnU-Net's default, with nesterov)
-    poly_power: float = Field(0.9, ge=0)
-    grad_clip: float | None = Field(12.0, gt=0)
+    poly_power: float = Field(0.9, ge=0)  # lr = peak * (1 - step / steps) ** poly_power
+    grad_clip: float | None = Field(12.0, gt=0)  # clip the gradient norm to this (None: no clipping)
 
 
 class TrainConfig(_Model):
-    steps: int = Field(200, ge=1)
+    steps: int = Field(200, ge=1)  # optimisation steps
     epoch_length: int = Field(250, ge=1)  # steps per "epoch": stateful losses update once per epoch
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0  # seed of the weights, patch positions and masks
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     amp: Literal["bf16", "fp16", "none"] = "bf16"  # used on CUDA only
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic algorithms where torch has them (slower)
     channels_last: bool = True  # channels-last 3D memory format (faster convolutions on CPU and GPU)
     # torch.compile: false; true or "model" (the model); "step" (forward, losses and backward as one compiled
     # callable). Refused by strategies whose inner loops it would break (prism/engine/compiled.py)
     compile: bool | Literal["model", "step"] = False
     cuda_graphs: bool = False  # capture the standard step into one CUDA graph and replay it (CUDA, static shapes)
     tensorboard: bool = True  # also log to TensorBoard when the tensorboard package is installed
-    checkpoint_every: int = Field(100, ge=1)
-    log_every: int = Field(25, ge=1)
+    checkpoint_every: int = Field(100, ge=1)  # write last.pt every N steps
+    log_every: int = Field(25, ge=1)  # log the losses every N steps
     threads: int | None = Field(None, ge=1)  # CPU threads (torch.set_num_threads)
     # validation during training: mean Dice on val_cases cases of val_split, single modalities and all of them,
     # every val_every steps (None: off); best.pt keeps the best-scoring weights beside last.pt
     val_every: int | None = Field(None, ge=1)
-    val_split: str = "val"
-    val_cases: int = Field(5, ge=1)
+    val_split: str = "val"  # split validated on (train.val_every)
+    val_cases: int = Field(5, ge=1)  # cases validated each time
 
 
 class EvalConfig(_Model):
-    split: str = "test"
-    max_cases: int | None = Field(None, ge=1)
+    split: str = "test"  # cache split to evaluate
+    max_cases: int | None = Field(None, ge=1)  # evaluate only the first N cases (None: all)
     # defaults: prism.evaluation.options.EvalOptions, the one source
     et_postprocess_voxels: int = Field(EVAL.et_postprocess_voxels, ge=0)  # fewer ET voxels count as none (BraTS 500)
     window: tuple[int, int, int] | None = EVAL.window  # None: whole volumes; else Gaussian sliding windows
-    overlap: float = Field(EVAL.overlap, ge=0, lt=1)
-    sw_batch_size: int = Field(EVAL.sw_batch_size, ge=1)
+    overlap: float = Field(EVAL.overlap, ge=0, lt=1)  # sliding-window overlap
+    sw_batch_size: int = Field(EVAL.sw_batch_size, ge=1)  # windows per forward pass
     combos_per_pass: int = Field(EVAL.combos_per_pass, ge=1)  # modality combinations per forward pass
-    hd95: bool = EVAL.compute_hd95
+    hd95: bool = EVAL.compute_hd95  # also HD95 (mm), besides Dice
     hd95_empty: float | None = EVAL.hd95_empty  # HD95 when exactly one set is empty (BraTS diagonal); None: left out
-    stitch_on_cpu: bool = EVAL.stitch_on_cpu
+    stitch_on_cpu: bool = EVAL.stitch_on_cpu  # blend sliding-window logits in host memory (large volumes)
     lesion_metrics: bool = EVAL.lesion_metrics  # also BraTS 2023+ lesion-wise Dice and HD95 (prism.evaluation.lesion)
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
-    adapt_cases: int = Field(1, ge=1)
-    adapt_steps: int = Field(10, ge=0)
-    adapt_lr: float = Field(0.01, gt=0)
-    adapt_optimizer: Literal["sgd", "adam"] = "sgd"
-    adapt_patch_size: tuple[int, int, int] | None = None
-    adapt_split: str | None = None
-    adapt_seed: int = 0
+    adapt_cases: int = Field(1, ge=1)  # support cases of the site (N)
+    adapt_steps: int = Field(10, ge=0)  # fine-tuning steps (K)
+    adapt_lr: float = Field(0.01, gt=0)  # fine-tuning learning rate
+    adapt_optimizer: Literal["sgd", "adam"] = "sgd"  # fine-tuning optimizer
+    adapt_patch_size: tuple[int, int, int] | None = None  # fine-tuning patch (None: whole volumes)
+    adapt_split: str | None = None  # split the site's cases come from (None: the evaluated cases)
+    adapt_seed: int = 0  # seed of the support draw and fine-tuning
 
 
 class Config(_Model):
