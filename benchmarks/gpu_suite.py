@@ -53,28 +53,47 @@ def suite_sizes(smoke: bool) -> dict[str, Any]:
 
 def _step_row(cache: Path, run: Path, overrides: list[str], sz: dict[str, Any], device: str, *,
               steps: int | None = None, compile_backend: str | None = None) -> dict[str, Any]:
-    """Median step time of one configuration, or why it was refused."""
+    """Median step time of one configuration; ``refused`` (a ConfigError: why) or ``error`` (what failed) instead,
+    so one failing row does not cost the others."""
     from prism.engine.compiled import compiled_forward_loss
     from prism.errors import ConfigError
 
+    trainer = None
     try:
         trainer = build_trainer(overrides, cache, run, size=sz["patch"], device=device, steps=1000)
-    except ConfigError as exc:
-        return {"refused": str(exc)}
-    try:
         if compile_backend is not None:  # what train.compile=step installs, with the backend chosen here
             trainer.ctx.forward_loss = compiled_forward_loss(trainer.ctx, backend=compile_backend)
         t0 = time.perf_counter()
         timing = time_steps(trainer, warmup=sz["warmup"], steps=steps or sz["steps"])
-        row = timing.as_dict()
+        row: dict[str, Any] = timing.as_dict()
         row["total_s"] = round(time.perf_counter() - t0, 2)
         return row
+    except ConfigError as exc:
+        return {"refused": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports the failure and goes on
+        return {"error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"}
     finally:
-        close_trainer(trainer)
+        if trainer is not None:
+            close_trainer(trainer)
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
 
-def run_suite(smoke: bool, device: str, with_compile: bool = True) -> dict[str, Any]:
-    """Every row of the suite (see the module docstring) as one JSON-ready dict."""
+def _progress(name: str, row: Any) -> None:
+    print(f"[gpu_suite] {name}: {json.dumps(row)}", file=sys.stderr, flush=True)
+
+
+ROWS = ("fp32", "bf16", "cuda_graphs", "multi_unet", "meta_drop", "maml_first_order", "maml_second_order", "loader",
+        "compiled", "eval")
+
+
+def run_suite(smoke: bool, device: str, with_compile: bool = True, skip: frozenset[str] = frozenset()
+              ) -> dict[str, Any]:
+    """Every row of the suite (see the module docstring) as one JSON-ready dict.
+
+    Rows run cheapest first and the compiled step (minutes of compilation) and the evaluation last, each reported
+    on stderr as it finishes, so a run cut short still shows what it measured. ``skip``: row names (``ROWS``).
+    """
     sz = suite_sizes(smoke)
     torch.manual_seed(0)
     if device == "cuda":
@@ -82,46 +101,55 @@ def run_suite(smoke: bool, device: str, with_compile: bool = True) -> dict[str, 
     out: dict[str, Any] = {"suite": "gpu", "smoke": smoke, "device": _device_name(device), "torch": torch.__version__,
                            "python": platform.python_version(), "patch": sz["patch"], "passion": PASSION}
     rfnet = ["model.name=rfnet", f"model.options={{width: {sz['width']}}}", P1_LOSSES]
+    skipped = {"refused": "skipped (--skip)"}
+    p1: dict[str, Any] = {}
+    strategies: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="prism-gpu-suite-") as tmp:
         tmp_path = Path(tmp)
         t0 = time.perf_counter()
         cache = synthetic_cache(tmp_path / "suite.h5", sz["volume"], cases=8)
         out["cache_s"] = round(time.perf_counter() - t0, 2)
-        p1: dict[str, Any] = {}
-        p1["fp32"] = _step_row(cache, tmp_path / "fp32", [*rfnet, "train.amp=none"], sz, device)
-        p1["bf16"] = _step_row(cache, tmp_path / "bf16", [*rfnet, "train.amp=bf16"], sz, device)
-        if with_compile:
-            p1["compiled"] = _step_row(cache, tmp_path / "compiled", [*rfnet, "train.amp=bf16"], sz, device,
-                                       compile_backend=sz["compile_backend"])
-        else:
-            p1["compiled"] = {"refused": "not run (--smoke without --with-compile: compiling takes ~20 s on a CPU)"}
-        p1["cuda_graphs"] = _step_row(cache, tmp_path / "graphs", [*rfnet, "train.amp=bf16", "train.cuda_graphs=true"],
-                                      sz, device)
-        out["p1"] = p1
-        out["multi_unet"] = _step_row(cache, tmp_path / "mu", [
+        _progress("cache_s", out["cache_s"])
+
+        def step(name: str, overrides: list[str], **kw: Any) -> dict[str, Any]:
+            row = skipped if name in skip else _step_row(cache, tmp_path / name, overrides, sz, device, **kw)
+            _progress(name, row)
+            return row
+
+        p1["fp32"] = step("fp32", [*rfnet, "train.amp=none"])
+        p1["bf16"] = step("bf16", [*rfnet, "train.amp=bf16"])
+        p1["cuda_graphs"] = step("cuda_graphs", [*rfnet, "train.amp=bf16", "train.cuda_graphs=true"])
+        out["multi_unet"] = step("multi_unet", [
             "model.name=multi_unet", f"model.options={{width: {sz['width']}}}",
-            "losses=[{name: prism, options: {beta: 0.5, delta: 0.1}}]", "train.amp=bf16"], sz, device)
-        strategies: dict[str, Any] = {"standard": p1["bf16"]}
+            "losses=[{name: prism, options: {beta: 0.5, delta: 0.1}}]", "train.amp=bf16"])
+        strategies["standard"] = p1["bf16"]
         for name, options in (("meta_drop", ["strategy.name=meta_drop"]),
                               ("maml_first_order", ["strategy.name=maml", "strategy.options={first_order: true, "
                                                     "inner_steps: 1, tasks_per_step: 2}"]),
                               ("maml_second_order", ["strategy.name=maml", "strategy.options={first_order: false, "
                                                      "inner_steps: 1, tasks_per_step: 2}"])):
-            row = _step_row(cache, tmp_path / name, [*rfnet, "train.amp=bf16", *options], sz, device,
-                            steps=sz["meta_steps"])
+            row = step(name, [*rfnet, "train.amp=bf16", *options], steps=sz["meta_steps"])
             if "ms" in row and "ms" in p1["bf16"]:
                 row["x_standard"] = round(row["ms"] / p1["bf16"]["ms"], 2)
             strategies[name] = row
         out["strategies"] = strategies
-        step_rate = 1e3 / p1["bf16"]["ms"] if "ms" in p1["bf16"] else float("nan")
+        step_rate = 1e3 / p1["bf16"]["ms"] if "ms" in p1["bf16"] else None
         ids = [f"synth_{i:04d}" for i in range(8)]
-        loader = {}
-        for patch in sz["loader_patches"]:
-            rate = loader_rate(cache, ids, patch, sz["loader_workers"], sz["loader_batches"])
-            loader[str(patch)] = {"workers": sz["loader_workers"], "patches_per_s": round(rate, 2),
-                                  "x_step_rate_batch1": round(rate / step_rate, 2)}
+        loader: dict[str, Any] = {}
+        if "loader" not in skip:
+            for patch in sz["loader_patches"]:
+                rate = loader_rate(cache, ids, patch, sz["loader_workers"], sz["loader_batches"])
+                loader[str(patch)] = {"workers": sz["loader_workers"], "patches_per_s": round(rate, 2),
+                                      "x_step_rate_batch1": round(rate / step_rate, 2) if step_rate else None}
         out["loader"] = loader
-    out["eval"] = _eval_row(sz, device)
+        _progress("loader", loader)
+        if not with_compile:
+            p1["compiled"] = {"refused": "not run (--smoke without --with-compile: compiling takes ~20 s on a CPU)"}
+        else:
+            p1["compiled"] = step("compiled", [*rfnet, "train.amp=bf16"], compile_backend=sz["compile_backend"])
+        out["p1"] = {k: p1[k] for k in ("fp32", "bf16", "compiled", "cuda_graphs")}
+    out["eval"] = skipped if "eval" in skip else _eval_row(sz, device)
+    _progress("eval", out["eval"])
     return out
 
 
@@ -135,9 +163,9 @@ def _eval_row(sz: dict[str, Any], device_name: str) -> dict[str, Any]:
     image, label = torch.from_numpy(image), torch.from_numpy(label).long().to(device)
     torch.manual_seed(0)
     model = create_backbone("rfnet", BRATS_MODALITIES, 4, width=sz["eval_width"]).to(device).eval()
-    times = time_evaluation(model, image, label, combination_masks(BRATS_MODALITIES), repeats=1 if sz["steps"] < 5
-                            else 2, device=device, amp=torch.bfloat16 if device.type == "cuda" else None,
-                            window=sz["eval_window"], overlap=0.5, sw_batch_size=2, with_hd95=False)
+    times = time_evaluation(model, image, label, combination_masks(BRATS_MODALITIES), repeats=1, device=device,
+                            amp=torch.bfloat16 if device.type == "cuda" else None, window=sz["eval_window"],
+                            overlap=0.5, sw_batch_size=2, with_hd95=False)
     loop, batched = min(times["loop"]), min(times["batched"])
     return {"model": "rfnet", "shape": list(sz["eval_shape"]), "window": list(sz["eval_window"]), "hd95": False,
             "loop_ms": round(loop * 1e3, 1), "batched_ms": round(batched * 1e3, 1),
@@ -151,6 +179,8 @@ def _device_name(device: str) -> str:
 def _cell(row: dict[str, Any]) -> str:
     if "refused" in row:
         return "refused: " + row["refused"]
+    if "error" in row:
+        return "ERROR: " + row["error"]
     extra = f"  x{row['x_standard']} standard" if "x_standard" in row else ""
     peak = "" if row["peak_gib"] is None else f"  {row['peak_gib']:.2f} GiB"
     return f"{row['ms']:9.1f} ms{peak}{extra}"
@@ -167,8 +197,9 @@ def print_table(out: dict[str, Any]) -> None:
         print(f"  DataLoader {patch}^3, {row['workers']} workers   {row['patches_per_s']:9.1f} patches/s  "
               f"({row['x_step_rate_batch1']}x the bf16 step rate)")
     e = out["eval"]
-    print(f"  15-combination eval {tuple(e['shape'])}  loop {e['loop_ms']:.1f} ms, batched {e['batched_ms']:.1f} ms, "
-          f"{e['speedup']}x")
+    if "loop_ms" in e:
+        print(f"  15-combination eval {tuple(e['shape'])}  loop {e['loop_ms']:.1f} ms, batched {e['batched_ms']:.1f} "
+              f"ms, {e['speedup']}x")
     print(f"  PASSION step: {PASSION['fp32_ms']} ms fp32, {PASSION['bf16_ms']} ms bf16, {PASSION['peak_gib']} GiB")
 
 
@@ -176,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the code, not the speed)")
     ap.add_argument("--device", default=None, help="default: cuda, or cpu with --smoke")
+    ap.add_argument("--skip", nargs="*", default=[], choices=ROWS, help="rows to leave out")
     ap.add_argument("--with-compile", action="store_true", help="with --smoke: also run the compiled step "
                     "(torch.compile's eager backend on a CPU)")
     args = ap.parse_args(argv)
@@ -185,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     if args.smoke:
         torch.set_num_threads(1)
-    out = run_suite(args.smoke, device, with_compile=not args.smoke or args.with_compile)
+    out = run_suite(args.smoke, device, with_compile=not args.smoke or args.with_compile, skip=frozenset(args.skip))
     print_table(out)
     print(json.dumps(out))
 
