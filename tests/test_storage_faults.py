@@ -171,3 +171,27 @@ def test_a_new_cache_build_removes_only_dead_builders_temporaries(tmp_path):
     stale.write_bytes(b"left by a killed synth")
     assert data_main(["synth", "-o", str(out), "--cases", "2", "--shape", "8", "8", "8"]) == 0
     assert out.is_file() and live.exists() and not stale.exists()
+
+
+def test_full_disk_while_writing_the_evaluation_report_is_one_line(tiny_cache, small_disk, capsys):
+    from prism.cli.evaluate import main as eval_main
+
+    disk = small_disk.mount("4m")
+    run = disk / "run"
+    assert train_main(["--data", str(tiny_cache), "-o", str(run), *TRAIN]) == 0
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the disk to the last block
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    before = sorted(p.name for p in run.iterdir())
+    capsys.readouterr()
+    assert eval_main([str(run), "--max-cases", "1", "--no-hd95", "--no-heatmap"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert all(line.startswith("evaluate: ") for line in err[:-1]), err  # progress, then the one error line
+    assert f"prism-eval: error: {run / 'eval.json'}: cannot write: no space left on the device" == err[-1]
+    assert sorted(p.name for p in run.iterdir()) == before and _temporaries(disk) == []
