@@ -109,3 +109,24 @@ def test_fewshot_dice_adapts_with_the_runs_rule_and_leaves_the_model(tiny_cache,
     assert "| r | maml | 3 |" in fewshot_markdown([result])
     with pytest.raises(ConfigError, match="--classes"):
         fewshot_dice(model, strategy, reader, reader.case_ids, classes=[9], shots=[1], steps=1)
+
+
+def test_prism_eval_fewshot_writes_its_report(tiny_cache, tmp_path, capsys):
+    from prism.cli.evaluate import main as eval_main
+
+    meta = tmp_path / "meta"
+    Trainer(fast_config("strategy.name=maml", "strategy.options={tasks: class, held_out_classes: [3]}",
+                        "train.steps=1", cache=tiny_cache), meta, cache_path=tiny_cache).fit()
+    base = tmp_path / "base"
+    Trainer(fast_config("train.steps=1", cache=tiny_cache), base, cache_path=tiny_cache).fit()
+    assert eval_main(["fewshot", str(meta), "--shots", "1", "--steps", "1", "--draws", "1", "--split", "train",
+                      "--baseline", str(base), "--max-query", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| meta | maml | 3 |" in out and "| base | standard | 3 |" in out
+    import json
+
+    data = json.loads((meta / "fewshot.json").read_text())
+    assert [d["strategy"] for d in data] == ["maml", "standard"] and data[0]["classes"] == [3]
+    assert (meta / "fewshot.md").is_file() and not (meta / "eval.json").exists()
+    assert eval_main(["fewshot", str(base), "--shots", "1"]) == 2  # a standard run holds out nothing
+    assert "--classes: the run holds out no class" in capsys.readouterr().err

@@ -20,6 +20,7 @@ examples:
   prism-eval RUN --adapt-site site2 --adapt-cases 3 --adapt-steps 20
   prism-eval compare RUN_A RUN_B              differences B - A with bootstrap 95% intervals over cases
   prism-eval adapt RUN --site site3 --steps 0,1,5,20 --support 2 --draws 5   adaptation curve (adapt.*)
+  prism-eval fewshot RUN --shots 1,5 --steps 10 --baseline STANDARD_RUN        few-shot Dice (fewshot.*)
 
 Writes eval.json (summary and per-case values), eval_cases.csv, eval.md (the table papers use) and
 eval_dice.png into the run folder. Options left out come from the run's eval config section.
@@ -96,8 +97,34 @@ def adapt_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fewshot_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="prism-eval fewshot", description="Few-shot Dice on held-out classes: for each class and number of "
+        "shots N, adapt to N support cases that contain the class with the run's own rule (strategy.adapt) on the "
+        "class-against-the-rest task, then score the class on other cases; mean and sd over support draws. "
+        "Writes fewshot.json and fewshot.md (into the run folder unless -o).")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
+    p.add_argument("--classes", help="label values, comma-separated (default: the run's held_out_classes)")
+    p.add_argument("--shots", default="1,5", help="support set sizes N, comma-separated (default 1,5)")
+    p.add_argument("--steps", type=int, default=10, metavar="K", help="adaptation steps (default 10)")
+    p.add_argument("--draws", type=int, default=3, metavar="R", help="support draws (default 3)")
+    p.add_argument("--baseline", type=Path, metavar="RUN", help="also score this run (e.g. a standard one, "
+                   "adapted by fine-tuning) on the same draws")
+    p.add_argument("--lr", type=float, help="step size for every run (default: each strategy's own)")
+    p.add_argument("--split", help="where support and query cases come from (default: the run's eval.split)")
+    p.add_argument("--max-query", type=int, metavar="Q", help="score at most Q query cases per draw")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--data", type=Path, help="use this cache instead of the run's")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", help="where fewshot.* go (default: RUN_DIR)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fewshot":
+        fargs = fewshot_parser().parse_args(argv[1:])
+        return run_command("prism-eval", lambda: _fewshot(fargs))
     if argv and argv[0] == "adapt":
         aargs = adapt_parser().parse_args(argv[1:])
         return run_command("prism-eval", lambda: _adapt(aargs))
@@ -186,6 +213,51 @@ def _adapt(args: argparse.Namespace) -> int:
 
     print(curve_markdown(curve))
     console.print(f"report: {args.run_dir / 'adapt.json'}, {args.run_dir / 'adapt.md'}, {args.run_dir / 'adapt.png'}")
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    from ..errors import ConfigError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{flag}: at least one value needed")
+    return values
+
+
+def _fewshot(args: argparse.Namespace) -> int:
+    from ..data.cache_reader import CacheReader
+    from ..errors import ConfigError
+    from ..evaluation.fewshot import fewshot_dice, fewshot_markdown, write_fewshot
+    from .predict import load_run_model
+
+    if args.steps < 0 or args.draws < 1 or (args.lr is not None and args.lr <= 0):
+        raise ConfigError("--steps must be >= 0, --draws >= 1, --lr > 0")
+    shots = _int_list(args.shots, "--shots")
+    run = load_run_model(args.run_dir, cache=args.data, device=args.device)
+    held_out = [int(c) for c in getattr(run.strategy, "held_out_classes", ())]
+    if args.classes is None and not held_out:
+        raise ConfigError("--classes: the run holds out no class (strategy.options.held_out_classes); name them")
+    classes = _int_list(args.classes, "--classes") if args.classes is not None else held_out
+    runs = [(args.run_dir, run)]
+    if args.baseline is not None:
+        runs.append((args.baseline, load_run_model(args.baseline, cache=args.data, device=args.device)))
+    reader = CacheReader(run.cache)
+    try:
+        cases = list(reader.split(args.split or run.config.eval.split))
+        results = [fewshot_dice(r.model, r.strategy, reader, cases, classes=classes, shots=shots, steps=args.steps,
+                                draws=args.draws, seed=args.seed, exclude=held_out, max_query=args.max_query,
+                                lr=args.lr, device=r.device, run=Path(folder).name,
+                                strategy_name=r.config.strategy.name)
+                   for folder, r in runs]
+    finally:
+        reader.close()
+    paths = write_fewshot(results, args.output or args.run_dir)
+    print(fewshot_markdown(results))
+    stdout_console().print("report: " + ", ".join(str(p) for p in paths))
     return 0
 
 

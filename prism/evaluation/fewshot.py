@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapt import adapted_copy, class_logits, class_task_loss
-from ..atomic import write_text_atomic
+from ..atomic import ensure_folder, write_text_atomic
 from ..backbone import Backbone
 from ..batch import Batch
 from ..data.cache_reader import CacheReader
@@ -162,8 +162,7 @@ def fewshot_markdown(results: Sequence[FewShotResult]) -> str:
 
 def write_fewshot(results: Sequence[FewShotResult], out_dir: Path) -> list[Path]:
     """``fewshot.json`` and ``fewshot.md`` in ``out_dir`` (written atomically)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_folder(Path(out_dir))
     return [write_text_atomic(out_dir / "fewshot.json",
                               json.dumps([r.to_dict() for r in results], indent=2) + "\n"),
             write_text_atomic(out_dir / "fewshot.md", fewshot_markdown(results))]
