@@ -8,7 +8,7 @@ cd "$work"
 
 # --8<-- [start:raw]
 # Raw folders in the BraTS 2020 layout (<case>/<case>_{flair,t1ce,t1,t2,seg}.nii.gz); here synthetic ones.
-prism-data synth --nifti -o raw --cases 6 --shape 24 24 24
+prism-data synth --nifti -o raw --cases 6 --shape 16 16 16
 ls raw/BraTS20_Training_001
 # --8<-- [end:raw]
 
@@ -42,7 +42,7 @@ prism-data info brats.h5
 
 # --8<-- [start:train]
 prism-train --preset brats2020_mr2468 --data brats.h5 -o run --no-eval \
-    train.steps=2 data.patch_size=[16,16,16] data.num_workers=0 train.checkpoint_every=2
+    train.steps=2 data.patch_size=[16,16,16] data.num_workers=0 model.options.width=4
 # --8<-- [end:train]
 
 # --8<-- [start:eval]

@@ -13,6 +13,7 @@ import ast
 import importlib
 import inspect
 import io
+import logging
 import os
 import sys
 import tokenize
@@ -95,16 +96,21 @@ def field_comments(cls: type) -> dict[str, str]:
     by_line: dict[int, list[tokenize.TokenInfo]] = {}
     for tok in tokens:
         by_line.setdefault(tok.start[0], []).append(tok)
-    for toks in by_line.values():
-        meaningful = [t for t in toks if t.type not in (tokenize.INDENT, tokenize.DEDENT, tokenize.NL,
-                                                         tokenize.NEWLINE)]
-        if len(meaningful) < 3 or meaningful[0].type != tokenize.NAME or meaningful[1].string != ":":
+    above: list[str] = []  # comment lines directly above the current line
+    for line in sorted(by_line):
+        meaningful = [t for t in by_line[line] if t.type not in (tokenize.INDENT, tokenize.DEDENT, tokenize.NL,
+                                                                 tokenize.NEWLINE)]
+        if len(meaningful) == 1 and meaningful[0].type == tokenize.COMMENT:
+            above.append(meaningful[0].string.lstrip("#").strip())
             continue
-        if meaningful[0].start[1] == 0:  # the class line itself
-            continue
-        comment = next((t.string for t in meaningful if t.type == tokenize.COMMENT), None)
-        if comment:
-            out[meaningful[0].string] = comment.lstrip("#").strip()
+        is_field = (len(meaningful) >= 3 and meaningful[0].type == tokenize.NAME and meaningful[1].string == ":"
+                    and meaningful[0].start[1] > 0)
+        if is_field:
+            trailing = next((t.string for t in meaningful if t.type == tokenize.COMMENT), None)
+            text = trailing.lstrip("#").strip() if trailing else " ".join(above)
+            if text:
+                out[meaningful[0].string] = text
+        above = []
     return out
 
 
@@ -513,9 +519,10 @@ def api_pages() -> dict[str, str]:
 
 def all_pages() -> dict[str, str]:
     config, undocumented = config_page()
-    if undocumented:
-        print(f"docs: {len(undocumented)} config fields have no description (add a '# comment' or "
-              f"Field(description=...)): {', '.join(undocumented)}", file=sys.stderr)
+    if undocumented:  # a mkdocs warning: the strict build fails until every field says what it is
+        logging.getLogger("mkdocs.plugins.prism_reference").warning(
+            f"{len(undocumented)} config field(s) without a description in prism/config.py (add a trailing "
+            f"'# comment' or Field(description=...)): {', '.join(undocumented)}")
     pages = {
         "reference/config.md": config,
         "reference/presets.md": presets_page(),
