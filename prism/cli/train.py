@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps (= train.steps)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt")
+    p.add_argument("--init-from", type=Path, metavar="RUN", help="start the backbone from a trained run's weights "
+                   "(= model.init_from; e.g. for --strategy meta_transfer)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     return p
 
@@ -66,7 +68,8 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     for flag, field in ((args.strategy, "strategy.name"), (args.steps, "train.steps"),
-                        (args.device, "train.device"), (args.data, "data.cache")):
+                        (args.device, "train.device"), (args.data, "data.cache"),
+                        (args.init_from.resolve() if args.init_from else None, "model.init_from")):
         if flag is not None:
             overrides.append(f"{field}={flag}")
     if args.resume is not None:
