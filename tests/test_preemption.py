@@ -183,3 +183,43 @@ def test_signal_during_the_evaluation_stops_it_with_training_complete(tiny_cache
     assert len(lines) == 1 and "stopped by SIGTERM during the evaluation; training is complete (2 steps" in lines[0]
     assert f"prism-eval {run.resolve()}" in lines[0]
     assert not (run / "eval.json").exists()
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tiny_cache, tmp_path):
+    run = tmp_path / "run"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.Popen([*launcher, "-m", "prism.cli.train", "--data", str(tiny_cache), "-o", str(run),
+                             "--no-eval", *OVERRIDES, "train.steps=100000", "optim.name=sgd"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_step(proc, run, 2)
+        workers = {_rank_of(p): p for p in _children(proc.pid)}
+        assert set(workers) >= {0, 1}, workers
+        os.kill(workers[1], signal.SIGTERM)  # only rank 1 hears it (as when one node is preempted)
+        err = proc.communicate(timeout=180)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    step = load_checkpoint(run / CHECKPOINT_NAME)["step"]
+    assert step >= 2 and _logged_step(run) == step  # rank 0 stopped at rank 1's step and wrote the checkpoint
+    assert f"stopped by SIGTERM at step {step}/100000" in err and f"prism-train --resume {run.resolve()}" in err
