@@ -44,7 +44,7 @@ def test_backbone_specific_terms_need_their_real_parts(loss, needs):
 
 def test_builtin_backbones_declare_their_extra_parts():
     reg = get_registry()
-    assert "sep" in reg.get("backbone", "rfnet").provides
+    assert {"sep", "region0"} <= reg.get("backbone", "rfnet").provides
     assert {"shared", "fused", "domain_logits"} <= reg.get("backbone", "shaspec").provides
     assert "sep" not in reg.get("backbone", "unet").provides
 
@@ -91,4 +91,9 @@ def test_rfnet_computes_sep_only_when_a_loss_reads_it():
     assert model(x, mask).sep is None
     model.request_parts({"sep"})
     out = model(x, mask)
-    assert out.sep.shape == (1, 4, 3, 8, 8, 8) and out.uni is None
+    assert out.sep.shape == (1, 4, 3, 8, 8, 8) and out.uni is None and out.region0 is None
+    model.request_parts({"region0", "uni"})
+    out = model(x, mask)
+    assert out.region0.shape == (1, 3, 8, 8, 8) and out.sep is None
+    model.request_parts({"region0"})
+    torch.testing.assert_close(model(x, mask).region0, out.region0)  # the fused path's map, with or without uni

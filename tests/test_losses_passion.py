@@ -7,6 +7,7 @@ with numpy float64 loops (trilinear upsampling written out separably), sharing n
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -86,17 +87,31 @@ def test_segmentation_term_as_passion_computes_it():
     assert abs(float(seeds) - expected) > 1e-3  # the options change the value
 
 
+@dataclass
+class WithRegion0(SegOutput):
+    region0: torch.Tensor | None = None
+
+
 def test_prm_on_upsampled_probabilities_with_passion_level_weights():
     g = torch.Generator().manual_seed(2)
     label = torch.randint(0, K, (1, 8, 8, 8), generator=g)
     deep = [rnd(3, 1, K, 4, 4, 4, scale=2.0), rnd(4, 1, K, 2, 2, 2, scale=2.0)]
-    out = SegOutput(logits=rnd(5, 1, K, 8, 8, 8), deep=deep)
+    out = WithRegion0(logits=rnd(5, 1, K, 8, 8, 8), deep=deep, region0=rnd(6, 1, K, 8, 8, 8, scale=2.0))
     batch = Batch(torch.zeros(1, 4, 8, 8, 8), label, torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 4, dtype=bool))
     weights = [0.25, 0.125]
-    got = create_loss("prm", MODS, K, label_resample="upsample", weights=weights, **SEG_PASSION)(out, batch).total
-    expected = sum(w * ref_seg_passion(upsample(softmax(d.numpy(), 1), (8, 8, 8)), label.numpy())
-                   for w, d in zip(weights, deep, strict=True))
+    term = create_loss("prm", MODS, K, label_resample="upsample", weights=weights, region0_weight=0.5, **SEG_PASSION)
+    assert "region0" in term.needs
+    got = term(out, batch).total
+    # PASSION's PRM: the full-resolution region map at 1/2, then each coarser level's upsampled probabilities
+    expected = 0.5 * ref_seg_passion(softmax(out.region0.numpy(), 1), label.numpy()) + \
+        sum(w * ref_seg_passion(upsample(softmax(d.numpy(), 1), (8, 8, 8)), label.numpy())
+            for w, d in zip(weights, deep, strict=True))
     assert float(got) == pytest.approx(expected, rel=1e-5)
+    prism = create_loss("prism", MODS, K, label_resample="upsample", deep_weights=weights, prm_region0=0.5,
+                        uni_weight=0.0, **SEG_PASSION)
+    out.uni, out.uni_deep = rnd(7, 1, 4, K, 8, 8, 8), [rnd(8 + i, 1, 4, *d.shape[1:]) for i, d in enumerate(deep)]
+    out.features, out.uni_features = rnd(11, 1, 2, 8, 8, 8), rnd(12, 1, 4, 2, 8, 8, 8)
+    assert float(prism(out, batch).parts["prm"]) == pytest.approx(expected, rel=1e-5)
 
 
 def ref_pixel_kl_passion(student: list[np.ndarray], teacher: list[np.ndarray], mask: np.ndarray, mu: float
@@ -214,8 +229,6 @@ def test_total_weighting_as_passion():
     def r(*shape):
         return torch.randn(*shape, generator=g)
 
-    from dataclasses import dataclass
-
     @dataclass
     class Out(SegOutput):
         sep: torch.Tensor | None = None
@@ -265,7 +278,7 @@ PASSION_OPTIONS = {
     "separate decoder inside the total": ("separate", True),
     "no loss on the fused decoder's single-modality paths": ("uni_weight", 0.0),
     "PRM upsampled probabilities": ("label_resample", "upsample"),
-    "PRM level weights": ("deep_weights", [0.25, 0.125, 0.0625]),
+    "PRM level weights": (("deep_weights", "prm_region0"), ([0.25, 0.125, 0.0625], 0.5)),
     "pixel-KL teacher direction, class mean, T^2": ("pixel_kl_variant", "passion"),
     "pixel-KL clamps, upsampled weighted deep levels": (
         "pixel_kl_options", {"prob_floor": 0.005, "deep_resample": "upsample", "deep_weighting": "halving"}),
@@ -294,5 +307,6 @@ def test_passion_preset_selects_every_difference_and_builds():
             assert options.get(key) == value, f"{what}: {key}"
     assert options["missing_rates"] == {"t1": 0.2, "t1ce": 0.4, "flair": 0.6, "t2": 0.8}
     term = create_loss("prism", MODS, 4, **options)
-    assert term.needs >= {"sep"} and term.weighting == "passion" and term.preference.statistic == "pooled_distance"
+    assert term.needs >= {"sep", "region0"} and term.weighting == "passion"
+    assert term.preference.statistic == "pooled_distance"
     assert term.modal_weight == pytest.approx([1 / 0.4, 1 / 0.6, 1 / 0.8, 1 / 0.2])

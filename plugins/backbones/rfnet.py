@@ -101,9 +101,12 @@ class RegionMapGenerator(nn.Module):
 
 @dataclass
 class RFNetOutput(SegOutput):
-    """SegOutput plus the separate decoder's per-modality logits ``sep`` ``[B, M, K, ...]`` (term ``rfnet_sep``)."""
+    """SegOutput plus RFNet's extra parts: the separate decoder's per-modality logits ``sep`` ``[B, M, K, ...]``
+    (term ``rfnet_sep``) and the full-resolution (level-0) region-map logits ``region0`` ``[B, K, ...]`` (PASSION's
+    first PRM level; ``prism`` option ``prm_region0``)."""
 
     sep: torch.Tensor | None = None
+    region0: torch.Tensor | None = None
 
 
 class RFNet(Backbone):
@@ -118,7 +121,7 @@ class RFNet(Backbone):
     batch in one pass; the separate decoder likewise runs once over all modalities stacked along the batch.
     """
 
-    provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features", "sep"})
+    provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features", "sep", "region0"})
     head_patterns = ("seg.*", "separate.heads.*", "region_maps.*.head.1.*")
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4,
@@ -147,8 +150,8 @@ class RFNet(Backbone):
         """Registered terms for this backbone's own outputs (``rfnet_sep`` reads ``sep``)."""
         return ("rfnet_sep",) if self.separate is not None else ()
 
-    def fusion_decoder(self, levels: list[torch.Tensor], mask: torch.Tensor
-                       ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    def fusion_decoder(self, levels: list[torch.Tensor], mask: torch.Tensor, region0: bool = False
+                       ) -> tuple[torch.Tensor, ...]:
         """Fused logits, region-map logits of levels 1.. (finest first) and level-0 features for ``mask``.
 
         ``levels``: modality features ``[N, M, C_l, ...]`` per level with the missing modalities already zeroed
@@ -164,7 +167,9 @@ class RFNet(Backbone):
             region_logits.append(r)
             regions = r.softmax(1) if lv == 0 else r.softmax(1).detach()
             y = self.out[lv](self.c2[lv](torch.cat([self.fusions[lv](levels[lv], regions, mask), u], dim=1)))
-        region_logits.reverse()  # finest first; [0] is level 0 (used only inside the fusion)
+        region_logits.reverse()  # finest first; [0] is level 0 (used inside the fusion, and as ``region0``)
+        if region0:
+            return self.seg(y), region_logits[1:], y, region_logits[0]
         return self.seg(y), region_logits[1:], y
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> RFNetOutput:
@@ -173,9 +178,11 @@ class RFNet(Backbone):
         weight = mask.to(device=image.device, dtype=image.dtype)  # 0/1 per modality, converted once
         levels = [zero_missing(f, weight) for f in self.encoder(zero_missing(image, weight))]
         with_uni = bool(self.requested & UNI_PARTS) if self.training else self.uni_in_eval
+        with_region0 = self.training and "region0" in self.requested
         if not with_uni:
-            logits, deep, features = self.fusion_decoder(levels, weight)
-            return self.with_separate(RFNetOutput(logits=logits, deep=deep, features=features), levels)
+            logits, deep, features, *region0 = self.fusion_decoder(levels, weight, with_region0)
+            out = RFNetOutput(logits=logits, deep=deep, features=features, region0=region0[0] if region0 else None)
+            return self.with_separate(out, levels)
 
         # path 0: the fused one; path 1 + i: modality i alone (all zero where it is missing)
         solo = torch.eye(m, dtype=weight.dtype, device=weight.device).unsqueeze(1) * weight.unsqueeze(0)  # [M, B, M]
@@ -183,7 +190,7 @@ class RFNet(Backbone):
         # every path's features, zeroed for its own mask, in one multiply per level: [(1 + M) * B, M, C, ...]
         stacked = [(f.unsqueeze(0) * path_weight.view(*path_weight.shape, *([1] * (f.dim() - 2)))).flatten(0, 1)
                    for f in levels]
-        logits, deep, features = self.fusion_decoder(stacked, path_weight.flatten(0, 1))
+        logits, deep, features, *region0 = self.fusion_decoder(stacked, path_weight.flatten(0, 1), with_region0)
 
         def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             t = t.unflatten(0, (1 + m, b))
@@ -193,6 +200,7 @@ class RFNet(Backbone):
         out.uni = split(logits)[1]
         out.uni_deep = [split(t)[1] for t in deep]
         out.features, out.uni_features = split(features)
+        out.region0 = split(region0[0])[0] if region0 else None
         return self.with_separate(out, levels)
 
     def with_separate(self, out: RFNetOutput, levels: list[torch.Tensor]) -> RFNetOutput:

@@ -120,23 +120,33 @@ class UniLoss(LossTerm):
 
 
 class PrmLoss(LossTerm):
-    """L_PRM: deep supervision of the fused decoder levels, weights 2^-s, labels max-pooled to each level."""
+    """L_PRM: deep supervision of the fused decoder levels, weights 2^-s, labels max-pooled to each level.
+
+    ``region0_weight``: also score the full-resolution region map (RFNet's extra part ``region0``, PASSION's first
+    PRM level, weight 1/2 there); the term then needs ``region0``.
+    """
 
     needs = frozenset({"deep"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weights: Sequence[float] | None = None,
-                 label_resample: LabelResample = "maxpool", **seg: Any) -> None:
+                 label_resample: LabelResample = "maxpool", region0_weight: float = 0.0, **seg: Any) -> None:
         super().__init__(modalities, num_classes)
         self.weights, self.label_resample = weights, label_resample
+        self.region0_weight = float(region0_weight)
+        if self.region0_weight:
+            self.needs = type(self).needs | {"region0"}
         check_keys(seg, seg_options, "loss 'prm'")
         self.seg = seg_options(**seg)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
-        _require(output, ["deep"], "prm")
+        _require(output, ["deep"] + (["region0"] if self.region0_weight else []), "prm")
         targets = targets_for(batch.label, output.logits.shape[1], batch)
-        loss = self.seg.reduce_batch(deep_supervision_loss(
-            output.deep, batch.label, weights=self.weights, label_resample=self.label_resample, options=self.seg,
-            targets=targets))
+        per = deep_supervision_loss(output.deep, batch.label, weights=self.weights,
+                                    label_resample=self.label_resample, options=self.seg, targets=targets)
+        if self.region0_weight:
+            region0 = output.part("region0").unsqueeze(1)
+            per = per + self.region0_weight * self.seg.per_path(region0, targets.onehot())[:, 0]
+        loss = self.seg.reduce_batch(per)
         return LossResult(loss, {"prm": loss.detach()})
 
 

@@ -50,7 +50,8 @@ class PrismLoss(PreferenceTerm):
     ``w_m = 1 / (1 - FR^m)`` (``modal_weight=True``, from ``missing_rates``) is a separate fixed factor;
     ``uni_weight=0`` drops L_uni (PASSION has no loss on the fused decoder's single-modality paths);
     ``gate="batch"``: one gate per modality from the batch's absolute prototype distances; ``proto_eps``: the
-    cosine similarity's eps (PASSION 1e-5); ``pixel_kl_options``: ``prob_floor``, ``deep_resample``,
+    cosine similarity's eps (PASSION 1e-5); ``prm_region0``: the weight of the full-resolution region map in
+    PRM (RFNet's extra part ``region0``; PASSION 1/2); ``pixel_kl_options``: ``prob_floor``, ``deep_resample``,
     ``deep_weighting`` of ``pixel_kl``; ``label_resample="upsample"`` and ``deep_weights``: PRM on upsampled
     probabilities with PASSION's level weights; segmentation options (``class_weighting``, ``smooth_nr``,
     ``smooth_dr``, ``prob_floor``, ``batch_reduction``) pass through to every segmentation term.
@@ -70,7 +71,7 @@ class PrismLoss(PreferenceTerm):
                  separate_weight: float = 1.0, uni_weight: float = 1.0,
                  weighting: Literal["seeds", "passion"] = "seeds", modal_weight: bool = False,
                  gate: GateMode = "sample", proto_eps: float = 1e-8,
-                 pixel_kl_options: dict[str, Any] | None = None, **seg: Any) -> None:
+                 pixel_kl_options: dict[str, Any] | None = None, prm_region0: float = 0.0, **seg: Any) -> None:
         super().__init__(modalities, num_classes)
         check_keys(seg, seg_options, "loss 'prism'")
         check_keys(gss_options or {}, GssLoss, "loss 'prism' gss_options")
@@ -90,8 +91,9 @@ class PrismLoss(PreferenceTerm):
         if weighting not in ("seeds", "passion"):
             raise LossOptionError(f"weighting must be 'seeds' or 'passion', got {weighting!r}")
         self.weighting = weighting
-        if self.separate:
-            self.needs = type(self).needs | {"sep"}
+        self.prm_region0 = float(prm_region0)
+        self.needs = type(self).needs | ({"sep"} if self.separate else set()) | \
+            ({"region0"} if self.prm_region0 else set())
         self.seg = self.fuse.seg
         self.gss = GssLoss(modalities, num_classes, weight=gss_weight, **(gss_options or {})) if gss else None
         self.setup_preference(preference, missing_rates, preference_options or {}, gate)
@@ -126,9 +128,13 @@ class PrismLoss(PreferenceTerm):
                  "prism")
         m = len(self.modalities) if with_uni else 0
         targets = targets_for(batch.label, output.logits.shape[1], batch)
+        _require(output, ["region0"] if self.prm_region0 else [], "prism")
         level0 = [output.logits.unsqueeze(1)] + ([output.uni] if with_uni else []) + \
-            ([output.part("sep")] if self.separate else [])
+            ([output.part("sep")] if self.separate else []) + \
+            ([output.part("region0").unsqueeze(1)] if self.prm_region0 else [])
         per = self.seg.per_path(torch.cat(level0, 1) if len(level0) > 1 else level0[0], targets.onehot())
+        if self.prm_region0:  # the full-resolution region map is scored with level 0, counted in PRM
+            per, region0 = per[:, :-1], per[:, -1]
         with_uni_deep = with_uni and self.uni.deep and output.uni_deep is not None
         levels = [torch.cat([d.unsqueeze(1), u], 1) for d, u in zip(output.deep, output.uni_deep, strict=True)] \
             if with_uni_deep else [d.unsqueeze(1) for d in output.deep]
@@ -139,7 +145,8 @@ class PrismLoss(PreferenceTerm):
             uni = reduce_modalities(per[:, 1:1 + m] + deep[:, 1:] if with_uni_deep else per[:, 1:1 + m],
                                     batch.mask, "none")
         sep = reduce_modalities(per[:, 1 + m:], batch.mask, "none") if self.separate else None
-        return self.seg.reduce_batch(per[:, 0]), uni, self.seg.reduce_batch(deep[:, 0]), sep
+        prm = deep[:, 0] + self.prm_region0 * region0 if self.prm_region0 else deep[:, 0]
+        return self.seg.reduce_batch(per[:, 0]), uni, self.seg.reduce_batch(prm), sep
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         fuse, uni_bm, prm, sep_bm = self.segmentation(output, batch)
