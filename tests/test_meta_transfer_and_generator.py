@@ -163,3 +163,16 @@ def test_fast_weights_needs_features():
 
     with pytest.raises(ConfigError, match="fast_weights reads the backbone's 'features'"):
         _strategy("fast_weights").prepare_model(LogitsOnly())
+
+
+@pytest.mark.parametrize("backbone", list_plugins("backbone"))
+def test_fast_weights_prepares_every_backbone_that_has_features(backbone):
+    model = create_backbone(backbone, BRATS_MODALITIES, 4)  # default depth: the sizing probe must fit it
+    if "features" not in type(model).provides:
+        with pytest.raises(ConfigError):
+            _strategy("fast_weights").prepare_model(model)
+        return
+    prepared = _strategy("fast_weights").prepare_model(model)
+    generator = getattr(prepared, GENERATOR)
+    assert sum(generator.sizes) == 2 * sum(prepared.get_submodule(n.rsplit(".", 1)[0]).in_channels
+                                           for n in generator.names[::2])

@@ -104,7 +104,7 @@ class FastWeights(Strategy):
 
     @staticmethod
     def _feature_channels(model: Backbone) -> int:
-        size = model.size_divisor * max(1, math.ceil(8 / model.size_divisor))
+        size = 2 * model.size_divisor * max(1, math.ceil(4 / model.size_divisor))  # coarsest level: > 1 voxel
         image = torch.zeros(1, model.num_modalities, size, size, size, dtype=next(model.parameters()).dtype)
         mask = torch.ones(1, model.num_modalities, dtype=torch.bool)
         was_training = model.training
