@@ -15,7 +15,8 @@ from prism.engine.checkpoint import load_checkpoint
 from prism.engine.metrics_log import CsvLog
 
 
-def test_relative_data_path_is_recorded_absolute_and_the_run_works_elsewhere(tiny_cache, tmp_path, monkeypatch):
+def test_relative_data_path_is_recorded_absolute_and_the_run_works_elsewhere(tiny_cache, tmp_path, monkeypatch,
+                                                                              capsys):
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     (here / "data").mkdir(parents=True)
     elsewhere.mkdir()
@@ -28,7 +29,9 @@ def test_relative_data_path_is_recorded_absolute_and_the_run_works_elsewhere(tin
     recorded = yaml.safe_load((here / "run" / "config.yaml").read_text())["data"]["cache"]
     assert recorded == str(here / "data" / "c.h5")
     monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
     assert eval_main([str(here / "run"), "--max-cases", "1", "--no-hd95", "--no-heatmap"]) == 0
+    assert "evaluate: 1/1 cases" in capsys.readouterr().err  # progress, on stderr (the table is on stdout)
     assert (here / "run" / "eval.json").is_file()
     assert train_main(["--resume", str(here / "run"), "train.steps=3", "--no-eval"]) == 0
     assert load_checkpoint(here / "run" / "last.pt")["step"] == 3
@@ -44,3 +47,12 @@ def test_a_log_without_header_is_kept_aside_on_resume(tmp_path):
         assert list(csv.DictReader(fh)) == [{"step": "4", "lr": "0.1", "loss": "0.3"}]
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("train_log.csv.unreadable-")]
     assert len(aside) == 1 and aside[0].read_text() == "3,0.1,0.5\n4,0.1,0.4\n"
+
+
+def test_piped_output_is_not_wrapped_at_80_columns(capsys, monkeypatch):
+    from prism.cli.common import stdout_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    line = "run folder: " + "/very/long/path" * 10 + "  device: cpu  strategy: standard"
+    stdout_console().print(line)
+    assert capsys.readouterr().out == line + "\n"
