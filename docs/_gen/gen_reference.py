@@ -40,6 +40,7 @@ API_PAGES: dict[str, tuple[str, str]] = {
     "loss": ("prism.loss", "the LossTerm contract"),
     "masking": ("prism.masking", "the MaskingPolicy contract"),
     "strategy": ("prism.strategy", "the Strategy contract"),
+    "adapt": ("prism.adapt", "adapting a model to a task, functionally (what every strategy's adapt uses)"),
     "errors": ("prism.errors", "the errors a user can meet"),
     "registry": ("prism.registry", "the plugin registry"),
     "losses": ("prism.plugins.losses", "every built-in loss as a plain function, and the registered terms"),
@@ -72,6 +73,9 @@ def type_name(ann: Any) -> str:
         return "None"
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
+    if origin is typing.Annotated:  # Annotated[int, Field(ge=1)] -> "int (>= 1)"
+        bounds = limits(types.SimpleNamespace(metadata=[m for a in args[1:] for m in getattr(a, "metadata", [a])]))
+        return type_name(args[0]) + (f" ({bounds})" if bounds else "")
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -337,9 +341,11 @@ PARTS_COLUMN = {"backbone": "provides", "loss": "needs"}
 def options_of(factory: Any, skip: int) -> list[str]:
     """The keyword options of a plugin factory, as ``name: type = default``."""
     try:
-        sig = inspect.signature(factory)
+        sig = inspect.signature(factory, eval_str=True)  # annotations as types, not strings
     except (TypeError, ValueError):
         return []
+    except Exception:  # an annotation that cannot be evaluated here: show it as written
+        sig = inspect.signature(factory)
     out = []
     params = [p for p in sig.parameters.values() if p.name != "self"][skip:]
     for p in params:
