@@ -115,18 +115,21 @@ def gradient_steps(model: nn.Module, weights: dict[str, torch.Tensor], support: 
         batch = support[i % len(support)]
         with observation(False):  # adaptation steps; only training batches feed epoch statistics
             loss = loss_fn(functional_forward(model, fast, batch, prepare=prepare, buffers=buffers), batch)
-        grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, list(fast.values()),
+        names, weights = list(fast), list(fast.values())
+        grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, weights,
                                     create_graph=create_graph, allow_unused=True)
-        new = {}
-        for (name, w), g in zip(fast.items(), grads, strict=True):
-            if g is None:
-                new[name] = w
-                continue
-            if scale != 1.0:
-                g = g / scale
-            step = lr[name] if isinstance(lr, Mapping) else lr
-            new[name] = w - step * g
-        fast = new
+        used = [i for i, g in enumerate(grads) if g is not None]  # unused parameters keep their value
+        g = [grads[i] for i in used]
+        if scale != 1.0:
+            g = torch._foreach_div(g, scale)
+        # one multi-tensor update per step (a few kernels instead of two per parameter), differentiable
+        if isinstance(lr, Mapping):
+            delta = torch._foreach_mul(g, [lr[names[i]] for i in used])
+        else:
+            delta = torch._foreach_mul(g, float(lr))
+        updated = torch._foreach_sub([weights[i] for i in used], delta)
+        for i, w in zip(used, updated, strict=True):
+            fast[names[i]] = w
     return fast, loss
 
 
