@@ -296,7 +296,7 @@ class Trainer:
                     ctx.losses.on_epoch_end()
                 if ctx.step % cfg.train.log_every == 0 or ctx.step == total:
                     parts = ctx.mean_over_ranks(parts)
-                    row = {"step": ctx.step, "lr": ctx.optimizer.param_groups[0]["lr"],
+                    row = {"step": ctx.step, "lr": ctx.learning_rate(),
                            **{k: float(v) for k, v in parts.items()}}
                     elapsed = time.perf_counter() - t0
                     row["samples_per_s"] = samples / elapsed if elapsed > 0 else 0.0
