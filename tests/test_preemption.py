@@ -224,3 +224,20 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tiny_cache, tmp_
     step = load_checkpoint(run / CHECKPOINT_NAME)["step"]
     assert step >= 2 and _logged_step(run) == step  # rank 0 stopped at rank 1's step and wrote the checkpoint
     assert f"stopped by SIGTERM at step {step}/100000" in err and f"prism-train --resume {run.resolve()}" in err
+
+
+def test_a_signal_while_the_run_is_built_stops_before_the_first_step(tiny_cache, tmp_path, capsys, monkeypatch):
+    from prism.engine import trainer as trainer_module
+
+    built = trainer_module.Trainer.__init__
+
+    def build_then_get_signalled(self, *args, **kwargs):
+        built(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # as if SLURM preempted the job during start-up
+
+    monkeypatch.setattr(trainer_module.Trainer, "__init__", build_then_get_signalled)
+    run = tmp_path / "run"
+    assert train_main(["--data", str(tiny_cache), "-o", str(run), "--no-eval", *OVERRIDES]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"stopped by SIGTERM at step 0/{STEPS}" in err[0]
+    assert load_checkpoint(run / CHECKPOINT_NAME)["step"] == 0 and (run / "config.yaml").is_file()

@@ -285,6 +285,10 @@ class Trainer:
         stop = signals if signals is not None else StopSignals().__enter__()
         try:
             end = total if stop_at is None else min(stop_at, total)
+            signum = self._stop_requested(stop)
+            if signum is not None:  # arrived while the run was being built: stop before any step
+                self.save()
+                raise Preempted(signum, ctx.step, total, self.run_dir / CHECKPOINT_NAME)
             while ctx.step < end:
                 with blame(self.strategy_entry, f"running step {ctx.step + 1}"):
                     parts = self.strategy.step(ctx)
