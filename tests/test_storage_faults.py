@@ -195,3 +195,27 @@ def test_full_disk_while_writing_the_evaluation_report_is_one_line(tiny_cache, s
     assert all(line.startswith("evaluate: ") for line in err[:-1]), err  # progress, then the one error line
     assert f"prism-eval: error: {run / 'eval.json'}: cannot write: no space left on the device" == err[-1]
     assert sorted(p.name for p in run.iterdir()) == before and _temporaries(disk) == []
+
+
+def _lock_folder(folder: Path, locked: bool) -> None:
+    """Make ``folder`` unwritable (chmod; for root, which writes through permissions, the immutable attribute)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555 if locked else 0o755)
+        return
+    done = subprocess.run(["chattr", "+i" if locked else "-i", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot make a folder unwritable for root here: {done.stderr.decode().strip()}")
+
+
+def test_folder_without_write_permission_is_one_line(tiny_cache, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _lock_folder(locked, True)
+    try:
+        code = train_main(["--data", str(tiny_cache), "-o", str(locked / "run"), *TRAIN])
+    finally:
+        _lock_folder(locked, False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"{locked / 'run'}: cannot create the folder: permission denied" in err[0], err
+    assert list(locked.iterdir()) == []
