@@ -34,6 +34,30 @@ def observation(enabled: bool) -> Iterator[None]:
         _OBSERVING.pop()
 
 
+_STEP_CACHE = "_prism_loss_cache"
+
+
+def step_cache(batch: Any) -> dict[Any, Any] | None:
+    """A dict living on ``batch`` for values every loss term of one loss evaluation shares (one-hot labels per
+    level); None when the object cannot carry one. ``LossSet`` empties it at the start of each evaluation, so a
+    batch whose tensors are refilled in place (static CUDA-graph buffers) never meets a stale entry."""
+    cache = getattr(batch, _STEP_CACHE, None)
+    if cache is None:
+        cache = {}
+        try:
+            object.__setattr__(batch, _STEP_CACHE, cache)
+        except (AttributeError, TypeError):
+            return None
+    return cache
+
+
+def clear_step_cache(batch: Any) -> None:
+    """Forget what ``step_cache(batch)`` holds (called by ``LossSet`` before every loss evaluation)."""
+    cache = getattr(batch, _STEP_CACHE, None)
+    if cache:
+        cache.clear()
+
+
 @dataclass
 class LossResult:
     """A scalar loss and its named parts (detached, for logging)."""

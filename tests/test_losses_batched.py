@@ -182,3 +182,24 @@ def test_no_loss_term_synchronises_with_the_host(name):
         result = term(out, batch)
         result.total.backward()
     assert counter.found == [], f"host syncs in loss '{name}': {counter.found}"
+
+
+def test_a_loss_evaluation_one_hots_each_level_once_and_never_reuses_a_refilled_batch(monkeypatch):
+    import prism.plugins.losses.targets as targets_module
+    from prism.engine.losses import LossSet, WeightedTerm
+
+    calls = []
+    original = targets_module.onehot_labels
+    monkeypatch.setattr(targets_module, "onehot_labels", lambda label, k, **kw: calls.append(label.shape) or
+                        original(label, k, **kw))
+    out, batch = make(seed=6)
+    terms = LossSet([WeightedTerm(n, 1.0, create_loss(n, MODS, K)) for n in ("prism", "rfnet_sep", "fuse", "prm")])
+    first = terms(out, batch)[0]
+    assert sorted(calls) == sorted([batch.label.shape] + [(2, d.shape[-1], d.shape[-1], d.shape[-1])
+                                                          for d in out.deep])  # once per level, all terms together
+    new_label = torch.randint(0, K, batch.label.shape, generator=torch.Generator().manual_seed(9))
+    batch.label.copy_(new_label)  # a static buffer refilled in place (CUDA graphs)
+    second = terms(out, batch)[0]
+    fresh = terms(out, Batch(batch.image, new_label.clone(), batch.mask, batch.availability))[0]
+    torch.testing.assert_close(second, fresh)
+    assert not torch.allclose(first, second)

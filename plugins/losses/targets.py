@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from prism.loss import step_cache
+
 #: How a coarser decoder level meets the labels: labels max-pooled (the seeds) or subsampled to the level, or the
 #: level's probabilities upsampled (trilinear) to the labels (``"upsample"``, PASSION's code; see ``level_losses``).
 LabelResample = Literal["maxpool", "nearest", "upsample"]
@@ -94,27 +96,21 @@ class Targets:
 
 
 def targets_for(label: torch.Tensor, num_classes: int, owner: Any = None) -> Targets:
-    """The ``Targets`` of ``label``, cached on ``owner`` (a Batch) so that every term of a step shares them.
+    """The ``Targets`` of ``label``, kept in ``owner``'s step cache (``prism.loss.step_cache``, a Batch) so that
+    every term of one loss evaluation shares them; ``LossSet`` empties that cache before each evaluation.
 
     Args:
         label: ``[B, *spatial]`` class indices.
         num_classes: K.
-        owner: an object living as long as the step's labels (the Batch); None builds uncached targets.
+        owner: the Batch holding ``label``; None builds uncached targets.
     Returns:
         Targets for ``label``; the cached one when ``owner`` already holds targets of this very tensor.
     """
-    if owner is None:
+    cache = None if owner is None else step_cache(owner)
+    if cache is None:
         return Targets(label, num_classes)
-    cache: dict[int, Targets] | None = getattr(owner, "_prism_targets", None)
-    found = None if cache is None else cache.get(num_classes)
-    if found is not None and found.label is label:
-        return found
-    made = Targets(label, num_classes)
-    if cache is None or (found is not None and found.label is not label):
-        cache = {}
-        try:
-            object.__setattr__(owner, "_prism_targets", cache)
-        except (AttributeError, TypeError):  # an owner without a __dict__: no caching
-            return made
-    cache[num_classes] = made
-    return made
+    key = ("targets", num_classes)
+    found = cache.get(key)
+    if found is None or found.label is not label:
+        found = cache[key] = Targets(label, num_classes)
+    return found

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..batch import Batch
-from ..loss import LossTerm
+from ..loss import LossTerm, clear_step_cache
 from ..outputs import SegOutput
 
 
@@ -34,6 +34,7 @@ class LossSet:
     def __call__(self, output: SegOutput, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total: torch.Tensor | None = None
         parts: dict[str, torch.Tensor] = {}
+        clear_step_cache(batch)  # the terms share one-hot labels within this evaluation, never across them
         for t in self.terms:
             result = t.term(output, batch)
             value = result.total * t.weight
