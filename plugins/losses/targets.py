@@ -35,8 +35,8 @@ def onehot_labels(label: torch.Tensor, num_classes: int, dtype: torch.dtype = to
     """
     if label.dtype.is_floating_point:
         raise ValueError(f"labels must hold integer class indices, got {label.dtype}")
-    classes = torch.arange(num_classes, device=label.device).view(1, num_classes, *([1] * (label.dim() - 1)))
-    return (label.unsqueeze(1) == classes).to(dtype)
+    classes = torch.arange(num_classes, device=label.device, dtype=label.dtype)
+    return (label.unsqueeze(1) == classes.view(1, num_classes, *([1] * (label.dim() - 1)))).to(dtype)
 
 
 def resample_labels(label: torch.Tensor, size: Sequence[int], mode: LabelResample = "maxpool") -> torch.Tensor:
