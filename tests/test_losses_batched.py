@@ -174,9 +174,19 @@ OPTIONS = {"prism": {"gss": True, "preference": True, "separate": True},
            "proto_l2": {"preference": True, "variant": "passion"}}
 
 
-@pytest.mark.parametrize("name", [n for n in list_plugins("loss") if not n.startswith("shaspec")])
+@dataclass
+class WithShaSpec(WithSep):
+    shared: torch.Tensor | None = None
+    domain_logits: torch.Tensor | None = None
+
+
+@pytest.mark.parametrize("name", list_plugins("loss"))
 def test_no_loss_term_synchronises_with_the_host(name):
-    out, batch = make(seed=5)
+    base, batch = make(seed=5)
+    g = torch.Generator().manual_seed(8)
+    out = WithShaSpec(**{n: base.part(n) for n in base.part_names()},
+                      shared=torch.randn(2, 4, 3, 2, 2, 2, generator=g).requires_grad_(),
+                      domain_logits=torch.randn(2, 4, 4, generator=g).requires_grad_())
     term = create_loss(name, MODS, K, **OPTIONS.get(name, {}))
     with SyncCounter() as counter:
         result = term(out, batch)
