@@ -76,7 +76,9 @@ def test_report_values_equal_the_metrics_of_a_per_combination_loop(sites_cache):
         labels = torch.cat([predict_combinations(model, torch.from_numpy(image), masks[i:i + 1], device=CPU,
                                                  combos_per_pass=1) for i in range(15)])
         expected = region_dice(labels, torch.from_numpy(label), BRATS_REGIONS, 4, et_postprocess_voxels=5)
-        np.testing.assert_allclose(report.dice[c], expected.numpy())
+        # equal up to a few near-tie voxels: an untrained model's class scores differ in the last float bits
+        # between a batch of 15 combinations and one at a time (a wrong combination order is off by far more)
+        np.testing.assert_allclose(report.dice[c], expected.numpy(), rtol=0, atol=1e-4)
     assert report.hd95 is None and report.sites == [reader.info(c).site for c in cases]
 
 
