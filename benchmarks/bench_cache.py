@@ -7,10 +7,12 @@ Formats: whole-volume .npy as RFNet/PASSION load it (np.load of the case, then c
 out of a case already in memory: no format can beat it, so it bounds every speed-up), uncompressed HDF5, the
 prism cache through HDF5's filter pipeline (Fletcher32 checked: ``CacheReader(checksums=True)``), the prism
 cache read directly (the default: Blosc2 chunks decoded in a thread pool, 1 thread and the default count), with
-the default compression (LZ4HC clevel 8 + shuffle) and the earlier ones, and an nnU-Net-style blosc2 ``.b2nd``
+the default layout and compression (all modalities in one chunk, one Blosc2 block per chunk, LZ4HC clevel 8 +
+shuffle) and the earlier ones (one modality per chunk), and an nnU-Net-style blosc2 ``.b2nd``
 array per case opened with mmap (LZ4HC clevel 8, 80^3 chunks, 40^3 blocks, one decompression thread).
 Also disk size, the prism default against the .b2nd format (same run), and DataLoader patches/s per worker.
 Usage: python benchmarks/bench_cache.py [--cases 4] [--reads 20] [--shape 140 170 140] [--chunks 32 ...]
+       [--loader-batches 0: no DataLoader table]
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from prism.data.patches import PatchDataset, RankSampler, collate_batch
 from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.modalities import BRATS_MODALITIES
 
-DEFAULT_LABEL = "LZ4HC l8 + shuffle"
+DEFAULT_LABEL = "LZ4HC l8 + shuffle, all modalities/chunk"
+PER_MODALITY_LABEL = "LZ4HC l8 + shuffle, 1 modality/chunk (earlier default)"
 B2ND_NAME = "nnU-Net-style .b2nd (LZ4HC l8, 80^3 chunks, 40^3 blocks, mmap)"
 
 
@@ -66,7 +69,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=4)
     ap.add_argument("--reads", type=int, default=20, help="patch reads per format and size")
     ap.add_argument("--shape", type=int, nargs=3, default=(140, 170, 140))
-    ap.add_argument("--loader-batches", type=int, default=12)
+    ap.add_argument("--loader-batches", type=int, default=12, help="0: skip the DataLoader table")
     ap.add_argument("--chunks", type=int, nargs="+", default=[DEFAULT_CHUNK], help="cache chunk edges to compare")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="prism-bench-"))
@@ -83,7 +86,9 @@ def main() -> None:
             f[f"{cid}/image"], f[f"{cid}/label"] = img, lab
     caches = {}  # (chunk, compression label) -> path
     settings = [(chunk, DEFAULT_LABEL, {}) for chunk in args.chunks]
-    settings.append((args.chunks[0], "LZ4 l5 + shuffle (earlier default)", {"codec": "lz4", "clevel": 5}))
+    settings.append((args.chunks[0], PER_MODALITY_LABEL, {"fused": False}))
+    settings.append((args.chunks[0], "LZ4 l5 + shuffle, 1 modality/chunk (first default)",
+                     {"codec": "lz4", "clevel": 5, "fused": False}))
     settings.append((args.chunks[0], "LZ4 l1, no shuffle", {"codec": "lz4", "clevel": 1, "shuffle": "none"}))
     for chunk, label, compression in settings:
         path = caches[chunk, label] = tmp / f"cache{chunk}-{len(caches)}.h5"
@@ -170,13 +175,15 @@ def main() -> None:
         table.add_row(name, *cells)
     console = Console(width=160)
     console.print(table)
-    default = f"prism {args.chunks[0]}^3 {DEFAULT_LABEL}, direct, " + (
-        f"{threads} threads (default)" if threads > 1 else "1 thread")
-    console.print(f"prism default ({default}) against {B2ND_NAME}, same run: "
-                  + ", ".join(f"{p}^3 read {medians[p][B2ND_NAME] / medians[p][default]:.2f}x as fast"
-                              for p in medians)
-                  + f"; disk {sizes[default] / sizes[B2ND_NAME]:.3f}x (prism: image + label + metadata + foreground "
-                  "points; .b2nd: image + label)", highlight=False)
+    direct = ", direct, " + (f"{threads} threads (default)" if threads > 1 else "1 thread")
+    for what, label in (("prism default", DEFAULT_LABEL), ("earlier layout", PER_MODALITY_LABEL)):
+        name = f"prism {args.chunks[0]}^3 {label}{direct}"
+        console.print(f"{what} ({name}) against {B2ND_NAME}, same run: "
+                      + ", ".join(f"{p}^3 read {medians[p][B2ND_NAME] / medians[p][name]:.2f}x as fast"
+                                  for p in medians)
+                      + f"; disk {sizes[name] / 1e6:.3f} vs {sizes[B2ND_NAME] / 1e6:.3f} MB = "
+                      f"{sizes[name] / sizes[B2ND_NAME]:.3f}x (prism: image + label + metadata + foreground points; "
+                      ".b2nd: image + label)", highlight=False)
     plain_f.close()
     for reader in readers:
         reader.close()
@@ -185,7 +192,7 @@ def main() -> None:
     lt = Table(title=f"DataLoader (PatchDataset, prism {args.chunks[0]}^3 direct, batch 2, flips, 1/3 foreground)")
     for col in ("cache", "patch", "workers", "patches/s", "patches/s per worker"):
         lt.add_column(col, justify="right")
-    for (label, cache), p, workers in product(first, (80, 128), (1, 2)):
+    for (label, cache), p, workers in product(first if args.loader_batches > 0 else [], (80, 128), (1, 2)):
         ds = PatchDataset(CacheReader(cache), ids, (p, p, p), seed=0)
         dl = DataLoader(ds, batch_size=2, sampler=RankSampler(0, 2), collate_fn=collate_batch,
                         num_workers=workers, prefetch_factor=2)
@@ -197,7 +204,8 @@ def main() -> None:
         rate = 2 * args.loader_batches / (time.perf_counter() - t0)
         del it
         lt.add_row(label, f"{p}^3", str(workers), f"{rate:.1f}", f"{rate / workers:.1f}")
-    console.print(lt)
+    if args.loader_batches > 0:
+        console.print(lt)
     console.print(f"torch threads {torch.get_num_threads()}, default decompression threads {threads}")
     shutil.rmtree(tmp, ignore_errors=True)
 

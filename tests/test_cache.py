@@ -44,7 +44,7 @@ def test_roundtrip_and_patch_reads(tmp_path):
     fg = r.foreground("c0")
     assert len(fg) and (data["c0"][1][tuple(fg.T)] > 0).all()
     with h5py.File(path) as f:
-        assert f["cases/c0/image"].chunks == (1, 8, 8, 8) and f["cases/c0/image"].fletcher32
+        assert f["cases/c0/image"].chunks == (4, 8, 8, 8) and f["cases/c0/image"].fletcher32  # all modalities
 
 
 def test_patches_pad_small_volumes_and_zero_missing_modalities(tmp_path):

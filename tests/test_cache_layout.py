@@ -1,19 +1,44 @@
-"""The cache's default compression (LZ4HC clevel 8 + shuffle, compressed foreground points): caches written with it
-and with the earlier default (LZ4 clevel 5) read the same values through every read path; the new one is smaller."""
+"""The cache's default layout and compression (all modalities in one chunk, one Blosc2 block per chunk, LZ4HC
+clevel 8 + shuffle, compressed foreground points): caches written with it, with one modality per chunk, and as the
+earlier writers wrote them (LZ4 clevel 5 or LZ4HC 8, one modality per chunk, Blosc2's own block size) read the same
+values through every read path; the default is the smallest."""
 
 from __future__ import annotations
 
 import h5py
+import hdf5plugin
 import numpy as np
 import pytest
 
+from prism.data import cache_writer
 from prism.data.cache_format import BRATS_LABELS
 from prism.data.cache_reader import CacheReader
-from prism.data.cache_writer import CacheWriter, foreground_points
+from prism.data.cache_writer import SHUFFLES, CacheWriter, foreground_points
+from prism.data.direct_chunks import _DATA, _SPECIAL, _ZERO
 from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.modalities import BRATS_MODALITIES
 
 BLOSC_LZ4, BLOSC_LZ4HC = 1, 2  # Blosc compressor codes (blosc.h)
+LAYOUTS = {  # name: (writer options, written as the writer before the fused layout did: Blosc2 picks the block size)
+    "default": ({}, False),
+    "per_modality": ({"fused": False}, False),
+    "old_lz4hc": ({"fused": False}, True),
+    "old_lz4": ({"codec": "lz4", "clevel": 5, "fused": False}, True),
+}
+
+
+def _old_filters(codec: str, clevel: int, shuffle: str, chunk_bytes: int) -> dict:
+    """The earlier writer's dataset options: no block size in the filter values (Blosc2 chooses it)."""
+    return dict(fletcher32=True, **hdf5plugin.Blosc2(cname=codec, clevel=clevel, filters=SHUFFLES[shuffle]))
+
+
+def _write(path, img, lab, chunk: int, options: dict, old: bool) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        if old:
+            mp.setattr(cache_writer, "_filters", _old_filters)
+        with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, chunk=chunk, **options) as w:
+            w.add_case("c0", img, lab, availability=[True] * 4)
+            w.set_split("train", ["c0"])
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +46,9 @@ def caches(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("layout")
     img, lab, _ = make_case(0, SynthSettings(shape=(40, 48, 40), seed=5))
     paths = {}
-    for name, options in (("default", {}), ("earlier", {"codec": "lz4", "clevel": 5})):
+    for name, (options, old) in LAYOUTS.items():
         paths[name] = tmp / f"{name}.h5"
-        with CacheWriter(paths[name], modalities=BRATS_MODALITIES, labels=BRATS_LABELS, chunk=16, **options) as w:
-            w.add_case("c0", img, lab, availability=[True] * 4)
-            w.set_split("train", ["c0"])
+        _write(paths[name], img, lab, 16, options, old)
     return paths, img, lab
 
 
@@ -41,10 +64,40 @@ def test_default_is_lz4hc_level_8_and_the_earlier_default_lz4(caches):
     paths, _, _ = caches
     assert _blosc_codec(paths["default"], "image") == (BLOSC_LZ4HC, 8)
     assert _blosc_codec(paths["default"], "label") == (BLOSC_LZ4HC, 8)
-    assert _blosc_codec(paths["earlier"], "image") == (BLOSC_LZ4, 5)
+    assert _blosc_codec(paths["old_lz4"], "image") == (BLOSC_LZ4, 5)
 
 
-@pytest.mark.parametrize("which", ["default", "earlier"])
+def test_default_chunks_hold_every_modality_in_one_blosc2_block(caches):
+    paths, _, _ = caches
+    with h5py.File(paths["default"]) as f:
+        image, label = f["cases/c0/image"], f["cases/c0/label"]
+        assert image.chunks == (4, 16, 16, 16) and label.chunks == (16, 16, 16)
+        assert image.id.get_create_plist().get_filter(0)[2][1] == 4 * 4 * 16**3  # cd_values[1]: the block size
+        assert label.id.get_create_plist().get_filter(0)[2][1] == 16**3
+    with h5py.File(paths["per_modality"]) as f:
+        assert f["cases/c0/image"].chunks == (1, 16, 16, 16)
+
+
+def test_one_block_per_chunk_lets_every_chunk_be_decoded_directly(tmp_path):
+    """LZ4 clevel 5 would split a 4 x 32^3 float chunk (512 KiB) into two Blosc2 blocks (b2nd lays those out block
+    by block, so they go through the slow b2nd path); the writer asks for one block per chunk."""
+    img, lab, _ = make_case(1, SynthSettings(shape=(40, 48, 40), seed=5))
+    for name, old in (("new", False), ("old", True)):
+        path = tmp_path / f"{name}.h5"
+        _write(path, img, lab, 32, {"codec": "lz4", "clevel": 5}, old)
+        reader = CacheReader(path, threads=1)
+        try:
+            np.testing.assert_array_equal(reader.read_case("c0")[0], img)
+            kinds = reader._index["c0/image"].kinds
+        finally:
+            reader.close()
+        if old:
+            assert (kinds == _SPECIAL).any()  # what the fixed block size avoids
+        else:
+            assert set(np.unique(kinds).tolist()) <= {_DATA, _ZERO} and (kinds == _DATA).any()
+
+
+@pytest.mark.parametrize("which", list(LAYOUTS))
 @pytest.mark.parametrize("options", [{"threads": 1}, {"threads": 2}, {"checksums": True}])
 def test_every_read_path_returns_the_written_values(caches, which, options):
     paths, img, lab = caches
@@ -67,6 +120,8 @@ def test_every_read_path_returns_the_written_values(caches, which, options):
         reader.close()
 
 
-def test_default_cache_is_smaller_than_the_earlier_default(caches):
+def test_default_cache_is_smaller_than_the_earlier_layouts(caches):
     paths, _, _ = caches
-    assert paths["default"].stat().st_size < 0.97 * paths["earlier"].stat().st_size
+    size = {name: path.stat().st_size for name, path in paths.items()}
+    assert size["default"] < 0.97 * size["old_lz4"]
+    assert size["default"] < 0.99 * size["per_modality"] and size["default"] < 0.99 * size["old_lz4hc"]

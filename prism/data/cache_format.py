@@ -6,8 +6,10 @@ Layout::
                                  labels (JSON), label_map (JSON), preprocessing (JSON), preprocessing_hash,
                                  source_root, created, complete
     /provenance/sources   scalar UTF-8 JSON: [{case, role, path, size, sha256}, ...] (one per source file)
-    /cases/<case_id>/image       float32 [M, D, H, W], chunked (1, c, c, c), Blosc2 (default LZ4 + shuffle), Fletcher32
-    /cases/<case_id>/label       uint8 [D, H, W], same chunking and filters
+    /cases/<case_id>/image       float32 [M, D, H, W], chunked (M, c, c, c) (earlier caches: (1, c, c, c); both read
+                                 the same), Blosc2 (default LZ4HC clevel 8 + shuffle, one block per chunk),
+                                 Fletcher32
+    /cases/<case_id>/label       uint8 [D, H, W], chunked (c, c, c), same filters
     /cases/<case_id>/foreground  int32 [N, 3], a sample of foreground voxel coordinates
                           attrs: availability (uint8 [M]), present (uint8 [M]), spacing [3], affine [4, 4],
                                  crop_box [3, 2], original_shape [3], site
