@@ -81,6 +81,17 @@ def test_unet_with_rfnet_sep_is_refused_before_the_first_step(capsys, tiny_cache
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+def test_options_that_add_parts_are_checked_before_the_first_step(capsys, tiny_cache, tmp_path):
+    """prism with separate=true reads RFNet's 'sep': the check uses the built term's needs, not the class's."""
+    code = train_cli.main(["--data", str(tiny_cache), "-o", str(tmp_path / "r"), "model.name=multi_unet",
+                           "losses=[{name: prism, options: {separate: true}}]", "train.steps=1",
+                           "data.patch_size=[16,16,16]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "loss 'prism' needs SegOutput part(s) ['sep']" in err and "model.name=rfnet" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_rfnet_computes_sep_only_when_a_loss_reads_it():
     from prism.registry import create_backbone
 

@@ -34,10 +34,10 @@ def build_parts(config: Config, modalities: tuple[str, ...], num_classes: int) -
                           f"(got {type(model).__name__})")
     terms = []
     for i, choice in enumerate(config.losses):
-        entry = reg.get("loss", choice.name, field_name=f"losses.{i}.name")
         term = reg.create("loss", choice.name, modalities, num_classes, field_name=f"losses.{i}.name",
                           **choice.options)
-        check_provides_needs(config.model.name, type(model).provides, choice.name, entry.needs)
+        # the built term's needs: options may add parts (prism's separate=true reads RFNet's 'sep')
+        check_provides_needs(config.model.name, type(model).provides, choice.name, term.needs)
         terms.append(WeightedTerm(choice.name, choice.weight, term))
     masking = {"train": reg.create("masking", config.masking.train.name, modalities,
                                    field_name="masking.train.name", **config.masking.train.options)}
