@@ -89,7 +89,8 @@ def main() -> None:
     settings.append((args.chunks[0], PER_MODALITY_LABEL, {"fused": False}))
     settings.append((args.chunks[0], "LZ4 l5 + shuffle, 1 modality/chunk (first default)",
                      {"codec": "lz4", "clevel": 5, "fused": False}))
-    settings.append((args.chunks[0], "LZ4 l1, no shuffle", {"codec": "lz4", "clevel": 1, "shuffle": "none"}))
+    settings.append((args.chunks[0], "LZ4 l1, no shuffle, all modalities/chunk",
+                     {"codec": "lz4", "clevel": 1, "shuffle": "none"}))
     for chunk, label, compression in settings:
         path = caches[chunk, label] = tmp / f"cache{chunk}-{len(caches)}.h5"
         with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, chunk=chunk, **compression) as w:
