@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from plugins.backbones.blocks import ConvBlock, conv_norm_act
-from plugins.backbones.rfnet import RegionAwareFusion
 from prism.config import build_config
 from prism.engine.builder import build_optimizer
 from prism.modalities import BRATS_MODALITIES
+from prism.plugins.backbones.blocks import ConvBlock, conv_norm_act
+from prism.plugins.backbones.rfnet import RegionAwareFusion
 from prism.registry import create_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
