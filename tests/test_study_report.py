@@ -123,15 +123,19 @@ def test_report_flags_collapsed_and_diverged_runs_and_leaves_them_out(tmp_path):
     assert rows[0].startswith("arm,seed,status,region,dice") and len(rows) == 1 + 6 * 3
 
 
-def test_report_flags_a_loss_stuck_near_its_start(tmp_path):
-    _spec(tmp_path, seeds=(0,))
+def test_report_flags_a_loss_stuck_near_its_start_with_nothing_learnt(tmp_path):
+    _spec(tmp_path, seeds=(0, 1))
     rng = np.random.default_rng(2)
-    _fake_run(tmp_path / "runs" / "base" / "seed-0", rng.uniform(0.3, 0.9, (4, 15, 3)), [1.0, 0.7, 0.5, 0.4])
-    _fake_run(tmp_path / "runs" / "new" / "seed-0", rng.uniform(0.3, 0.9, (4, 15, 3)), [1.0, 0.99, 0.98, 0.99])
+    for seed in (0, 1):
+        _fake_run(tmp_path / "runs" / "base" / f"seed-{seed}", rng.uniform(0.3, 0.9, (4, 15, 3)),
+                  [1.0, 0.7, 0.5, 0.4, 0.4, 0.3])
+    stuck = [1.0, 0.99, 0.98, 0.99, 1.0, 0.98]
+    _fake_run(tmp_path / "runs" / "new" / "seed-0", rng.uniform(0.0, 0.16, (4, 15, 3)), stuck)  # mean Dice ~8%
+    _fake_run(tmp_path / "runs" / "new" / "seed-1", rng.uniform(0.3, 0.9, (4, 15, 3)), stuck)  # stuck but learnt
     summary = write_study_report(tmp_path)
-    assert [r["status"] for r in summary["runs"]] == ["ok", "collapsed"]
-    assert "stuck" in summary["runs"][1]["reason"]
-    assert summary["arms"]["new"]["vs_reference"]["dice"] is None
+    assert [r["status"] for r in summary["runs"]] == ["ok", "ok", "collapsed", "ok"]
+    assert "stuck" in summary["runs"][2]["reason"]
+    assert summary["arms"]["new"]["vs_reference"]["dice"]["seeds"] == [1]
 
 
 def test_report_of_a_folder_that_is_not_a_study(tmp_path):

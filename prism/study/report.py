@@ -9,8 +9,11 @@ A run is left out of the means, with a note, when it is
 * ``missing``: no ``eval.json`` (not run yet, or failed: see its ``error.txt``);
 * ``diverged``: a non-finite loss in ``train_log.csv``;
 * ``collapsed``: a (near-)constant prediction, i.e. the median Dice over its (case, combination) pairs is below
-  ``report.collapse_dice`` in every region; or a loss stuck near its start, i.e. the mean loss of the last third of
-  the logged rows is at least ``report.collapse_loss_ratio`` times the first logged loss (3 rows or more).
+  ``report.collapse_dice`` in every region; or a loss stuck near its start while no region's mean Dice reaches
+  ``report.collapse_stuck_dice``. "Stuck": the mean of the last third of the logged rows is at least
+  ``report.collapse_loss_ratio`` times the mean of the first third (3 rows or more), on the fused prediction's
+  loss ``fuse`` when the log has it (comparable from step to step), else on the total ``loss`` (whose per-modality
+  terms grow and shrink with the number of modalities a step's mask keeps, so that alone never flags a run).
 """
 
 from __future__ import annotations
@@ -90,12 +93,16 @@ def flag_run(record: RunRecord, settings: ReportSpec) -> None:
         record.reason = ("near-constant prediction (median Dice " + ", ".join(
             f"{r} {v * 100:.1f}" for r, v in zip(record.eval.regions, median, strict=True)) + ")")
         return
-    loss = record.log.get("loss")
+    column = "fuse" if "fuse" in record.log else "loss"
+    loss = record.log.get(column)
     if loss is not None and loss.size >= 3:
-        late = float(np.mean(loss[-max(1, loss.size // 3):]))
-        if late >= settings.collapse_loss_ratio * float(loss[0]):
+        third = max(1, loss.size // 3)
+        early, late = float(np.mean(loss[:third])), float(np.mean(loss[-third:]))
+        best = float(np.nanmax(run_metric(record.eval.dice)))
+        if late >= settings.collapse_loss_ratio * early and best < settings.collapse_stuck_dice:
             record.status = "collapsed"
-            record.reason = f"loss stuck near its start ({loss[0]:.4f} -> {late:.4f})"
+            record.reason = (f"'{column}' loss stuck near its start ({early:.4f} -> {late:.4f}) and no region above "
+                             f"{settings.collapse_stuck_dice * 100:g}% Dice (best {best * 100:.1f})")
 
 
 def load_runs(spec: StudySpec, study_dir: Path) -> list[RunRecord]:

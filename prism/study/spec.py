@@ -105,8 +105,9 @@ class ReportSpec(_Model):
     bootstrap_samples: int = Field(10000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
-    collapse_loss_ratio: float = Field(0.95, gt=0)  # late loss >= ratio x first logged loss: stuck
-    collapse_dice: float = Field(0.02, ge=0, le=1)  # every region's Dice below this, with no spread: constant
+    collapse_loss_ratio: float = Field(0.95, gt=0)  # late loss >= ratio x early loss: stuck
+    collapse_dice: float = Field(0.02, ge=0, le=1)  # every region's median Dice below this: constant prediction
+    collapse_stuck_dice: float = Field(0.10, ge=0, le=1)  # a stuck loss flags a run only when no region reaches this
 
 
 class StudySpec(_Model):
