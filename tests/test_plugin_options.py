@@ -26,7 +26,7 @@ TEST_CASES = [
     ("strategy", "meta_drop", (), {"meta_lr": -1.0}, PluginError, ["strategy.options.meta_lr", "greater than 0"]),
     ("strategy", "maml", (), {"inner_steps": "x"}, PluginError, ["strategy.options.inner_steps", "valid integer"]),
     ("strategy", "maml", (), {"inner_steps": 0}, PluginError, ["strategy.options.inner_steps", "greater than"]),
-    ("strategy", "maml", (), {"tasks": "sites"}, PluginError, ["strategy.options.tasks", "'combination' or 'site'"]),
+    ("strategy", "maml", (), {"tasks": "sites"}, PluginError, ["strategy.options.tasks", "'combination', 'site'"]),
     ("strategy", "maml", (), {"backend": "jax"}, PluginError, ["strategy.options.backend", "'torch'"]),
     ("strategy", "reptile", (), {"meta_step": 0.2, "meta_step_final": 0.5}, ConfigError,
      ["meta-strategy 'reptile' (prism-seg", "meta_step_final"]),
