@@ -126,8 +126,7 @@ def test_curve_calls_the_rule_once_per_draw_and_k_and_k0_is_the_unadapted_model(
 
 def test_the_strategy_rule_for_standard_training_is_sgd_fine_tuning_on_the_same_batches(site_run):
     from prism.engine.run_model import load_run_model
-    from prism.evaluation.adaptation import load_support
-    from prism.evaluation.adaptation_curve import run_strategy, strategy_rule
+    from prism.evaluation.adaptation import load_support, strategy_rule
 
     cache, run_dir = site_run
     run = load_run_model(run_dir)
@@ -136,11 +135,38 @@ def test_the_strategy_rule_for_standard_training_is_sgd_fine_tuning_on_the_same_
     reader.close()
     settings = AdaptationSettings(site="site2", steps=2, lr=0.05, patch_size=(16, 16, 16), seed=3)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    by_strategy = strategy_rule(run_strategy(run_dir, run.config))(run.model, support, settings,
-                                                                   device=torch.device("cpu"))
+    by_strategy = strategy_rule(run.strategy)(run.model, support, settings, device=torch.device("cpu"))
     by_sgd = adapt_model(run.model, support, settings, device=torch.device("cpu"))
     assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.items())  # the run's model untouched
     a, b = dict(by_strategy.named_parameters()), dict(by_sgd.named_parameters())
     assert any(not torch.allclose(a[n], before[n]) for n in a)  # it did adapt
     for name, value in a.items():
         torch.testing.assert_close(value, b[name], rtol=1e-4, atol=1e-6)
+
+
+def test_fast_adaptation_in_an_evaluation_uses_the_strategys_own_rule(site_run, tmp_path):
+    """eval.adapt_site: MAML adapts with its own rule (inner rate), standard training by fine-tuning."""
+    from prism.config import build_config
+    from prism.evaluation.adaptation import adapt_model, evaluation_rule
+    from prism.registry import get_registry
+
+    assert evaluation_rule(get_registry().create("strategy", "standard")) is adapt_model
+    cache, _ = site_run
+    config = build_config(None, [f"data.cache={cache}", "data.patch_size=[16,16,16]", "data.batch_size=2",
+                                 "train.steps=1", "model.options.width=4", "model.options.depth=3",
+                                 "strategy.name=maml", "strategy.options={inner_lr: 0.07}",
+                                 "eval.split=heldout", "eval.adapt_site=site2", "eval.adapt_steps=2",
+                                 "eval.adapt_lr=0.5", "eval.hd95=false"])
+    trainer = Trainer(config, tmp_path / "maml", cache_path=cache)
+    trainer.fit()
+    calls = []
+    original = trainer.strategy.adapt
+
+    def spy(model, support, loss_fn, *, steps=None, lr=None):
+        calls.append((steps, lr, len(support)))
+        return original(model, support, loss_fn, steps=steps, lr=lr)
+
+    trainer.strategy.adapt = spy
+    report = trainer.evaluate()
+    assert calls == [(2, None, 2)]  # its own step size (0.07), not eval.adapt_lr; one batch per step
+    assert report.adaptation is not None and report.adaptation.steps == 2

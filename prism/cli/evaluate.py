@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..data.cache_reader import CacheReader
-    from ..evaluation.adaptation import AdaptationSettings
+    from ..evaluation.adaptation import AdaptationSettings, evaluation_rule
     from ..evaluation.hausdorff import BRATS_EMPTY_HD95
     from ..evaluation.report import evaluate, evaluate_kwargs
     from ..evaluation.results import mean_over_combinations
@@ -176,7 +176,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         with case_progress(Console(stderr=True), len(cases)) as on_case:  # progress on stderr, table on stdout
             report = evaluate(run.model, reader, cases, device=run.device, amp_dtype=run.amp_dtype,
                               channels_last=config.train.channels_last, on_case=on_case,
-                              **kwargs)  # type: ignore[arg-type]
+                              adapt_rule=evaluation_rule(run.strategy), **kwargs)  # type: ignore[arg-type]
     finally:
         reader.close()
     paths = report.write(args.run_dir, heatmap=not args.no_heatmap)

@@ -19,6 +19,7 @@ from ..config import Config, build_config, config_to_yaml
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
 from ..errors import CheckpointError, ConfigError
+from ..evaluation.adaptation import evaluation_rule
 from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
 from ..registry import blame, get_registry
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
@@ -384,7 +385,8 @@ class Trainer:
         cfg = self.config
         cases = self.eval_cases()
         report = evaluate(self.ctx.model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
-                          channels_last=cfg.train.channels_last, on_case=on_case, **evaluate_kwargs(cfg.eval))
+                          channels_last=cfg.train.channels_last, on_case=on_case,
+                          adapt_rule=evaluation_rule(self.strategy), **evaluate_kwargs(cfg.eval))
         report.write(self.run_dir)
         return report
 

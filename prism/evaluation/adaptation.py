@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..adapt import adapted_copy
 from ..backbone import Backbone
 from ..batch import Batch
 from ..data.cache_reader import CacheReader
 from ..errors import ConfigError, DataError
 from ..outputs import SegOutput
+from ..strategy import Strategy
 
 #: A loss for fine-tuning: the model output and the batch -> a scalar (or ``(scalar, parts)`` as a LossSet gives).
 AdaptLoss = Callable[[SegOutput, Batch], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]"]
@@ -193,3 +195,47 @@ def support_batch(cases: Sequence[SupportCase], patch_size: tuple[int, int, int]
 
 def _pad_to(shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:
     return (0, target[2] - shape[2], 0, target[1] - shape[1], 0, target[0] - shape[0])
+
+
+#: The per-(draw, K) adaptation rule: (model, support, settings with steps = K) -> adapted copy.
+AdaptRule = Callable[..., Backbone]
+
+
+def strategy_rule(strategy: Strategy, *, use_strategy_lr: bool = False) -> AdaptRule:
+    """The run's own adaptation rule (``Strategy.adapt``: MAML's inner loop, Meta-SGD's rates, plain fine-tuning
+    for standard training) as an :data:`AdaptRule`.
+
+    Step ``i`` gets its own batch (:func:`~prism.evaluation.adaptation.support_batch`: every support case, a random
+    patch and modality subset, seeded by ``settings.seed``); ``settings.lr`` is the step size unless
+    ``use_strategy_lr`` (then the strategy's own).
+    """
+    def rule(model: Backbone, support: Sequence[SupportCase], settings: AdaptationSettings, *,
+             device: torch.device, amp_dtype: torch.dtype | None = None, loss_fn: AdaptLoss | None = None
+             ) -> Backbone:
+        gen = torch.Generator().manual_seed(settings.seed)
+        batches = [support_batch(support, settings.patch_size, model.size_divisor, gen).to(device)
+                   for _ in range(settings.steps)]
+        was_training = model.training
+        model.train()
+        try:
+            weights = strategy.adapt(model, batches, loss_fn or dice_ce_loss, steps=settings.steps,
+                                     lr=None if use_strategy_lr else settings.lr)
+        finally:
+            model.train(was_training)
+        return adapted_copy(model, weights).eval()
+
+    return rule
+
+
+def has_own_rule(strategy: Strategy) -> bool:
+    """Whether ``strategy`` adapts by a rule of its own (MAML, Reptile, ...) rather than the base fine-tuning."""
+    return type(strategy).adapt is not Strategy.adapt
+
+
+def evaluation_rule(strategy: Strategy | None) -> AdaptRule:
+    """The rule of fast adaptation in an evaluation (``eval.adapt_site``): the strategy's own, with its own step
+    size, for strategies that have one; otherwise fine-tuning (:func:`adapt_model`, ``eval.adapt_lr`` and
+    ``eval.adapt_optimizer``)."""
+    if strategy is not None and has_own_rule(strategy):
+        return strategy_rule(strategy, use_strategy_lr=True)
+    return adapt_model

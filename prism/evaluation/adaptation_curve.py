@@ -29,11 +29,11 @@ from ..errors import ConfigError, DataError
 from .adaptation import (
     AdaptationSettings,
     AdaptLoss,
+    AdaptRule,
     SupportCase,
     adapt_model,
-    dice_ce_loss,
     load_support,
-    support_batch,
+    strategy_rule,
 )
 from .options import EvalOptions
 from .results import mean_over_combinations
@@ -42,54 +42,7 @@ from .scoring import evaluate_cases
 HELD_OUT_SPLIT = "heldout"
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "adapt.json", "adapt.md", "adapt.png"
 
-#: The per-(draw, K) adaptation rule: (model, support, settings with steps = K) -> adapted copy.
-AdaptRule = Callable[..., Backbone]
 RULES = ("strategy", "fine_tune")
-
-
-def strategy_rule(strategy: Any, *, use_strategy_lr: bool = False) -> AdaptRule:
-    """The run's own adaptation rule (``Strategy.adapt``: MAML's inner loop, Meta-SGD's rates, plain fine-tuning
-    for standard training) as an :data:`AdaptRule`.
-
-    Step ``i`` gets its own batch (:func:`~prism.evaluation.adaptation.support_batch`: every support case, a random
-    patch and modality subset, seeded by ``settings.seed``); ``settings.lr`` is the step size unless
-    ``use_strategy_lr`` (then the strategy's own).
-    """
-    from ..adapt import adapted_copy
-
-    def rule(model: Backbone, support: Sequence[SupportCase], settings: AdaptationSettings, *,
-             device: torch.device, amp_dtype: torch.dtype | None = None, loss_fn: AdaptLoss | None = None
-             ) -> Backbone:
-        gen = torch.Generator().manual_seed(settings.seed)
-        batches = [support_batch(support, settings.patch_size, model.size_divisor, gen).to(device)
-                   for _ in range(settings.steps)]
-        was_training = model.training
-        model.train()
-        try:
-            weights = strategy.adapt(model, batches, loss_fn or dice_ce_loss, steps=settings.steps,
-                                     lr=None if use_strategy_lr else settings.lr)
-        finally:
-            model.train(was_training)
-        return adapted_copy(model, weights).eval()
-
-    return rule
-
-
-def run_strategy(run_dir: Path, config: Any) -> Any:
-    """The run's strategy, built from its config through the registry, with its checkpointed state loaded."""
-    from ..engine.checkpoint import load_checkpoint
-    from ..errors import CheckpointError
-    from ..registry import get_registry
-
-    strategy = get_registry().create("strategy", config.strategy.name, field_name="strategy.name",
-                                     **config.strategy.options)
-    state = load_checkpoint(Path(run_dir) / "last.pt").get("strategy", {})
-    try:
-        strategy.load_state_dict(state)
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{run_dir}: the strategy's checkpointed state does not load ({exc}); "
-                              "use --rule fine_tune") from None
-    return strategy
 
 
 @dataclass
@@ -266,7 +219,7 @@ def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int]
     run = load_run_model(run_dir, cache=cache, device=device)
     chosen: AdaptRule = adapt_model
     if rule == "strategy":
-        chosen = strategy_rule(run_strategy(Path(run_dir), run.config), use_strategy_lr=lr is None)
+        chosen = strategy_rule(run.strategy, use_strategy_lr=lr is None)
     reader = CacheReader(run.cache)
     try:
         if not allow_seen_site:

@@ -12,7 +12,7 @@ import torch
 
 from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
-from .adaptation import AdaptationSettings, AdaptLoss, fine_tune, site_cases
+from .adaptation import AdaptationSettings, AdaptLoss, AdaptRule, adapt_model, load_support, site_cases
 from .options import DEFAULTS, EvalOptions
 from .results import AdaptationResult, EvalReport
 from .scoring import evaluate_cases
@@ -28,12 +28,13 @@ def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, d
              hd95: bool = DEFAULTS.compute_hd95, hd95_empty: float = DEFAULTS.hd95_empty,
              stitch_on_cpu: bool = DEFAULTS.stitch_on_cpu, lesion_metrics: bool = DEFAULTS.lesion_metrics,
              adaptation: AdaptationSettings | None = None, adapt_loss: AdaptLoss | None = None,
-             on_case: Callable[[str], None] | None = None) -> EvalReport:
+             adapt_rule: AdaptRule | None = None, on_case: Callable[[str], None] | None = None) -> EvalReport:
     """Dice and HD95 per case, combination and region for ``case_ids``, every combination of a case batched.
 
     ``window=None`` predicts whole volumes; a window size switches to Gaussian-blended sliding windows with
-    ``overlap``. ``adaptation`` adds a fast-adaptation comparison on a held-out site (fine-tuned with
-    ``adapt_loss``, default cross-entropy + soft Dice) to the same report.
+    ``overlap``. ``adaptation`` adds a fast-adaptation comparison on a held-out site to the same report, adapted
+    by ``adapt_rule`` (default: fine-tuning; :func:`~prism.evaluation.adaptation.evaluation_rule` gives a run's
+    strategy's own rule) on ``adapt_loss`` (default cross-entropy + soft Dice).
     """
     options = EvalOptions(
         window=tuple(int(w) for w in window) if window else None,  # type: ignore[arg-type]
@@ -48,14 +49,14 @@ def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, d
     if adaptation is not None:
         report.adaptation = adapt_and_evaluate(model, reader, cases, adaptation, device=device,
                                                amp_dtype=amp_dtype, options=options, loss_fn=adapt_loss,
-                                               baseline=report)
+                                               baseline=report, rule=adapt_rule)
     return report
 
 
 def adapt_and_evaluate(model: Backbone, reader: CacheReader, candidates: Sequence[str],
                        settings: AdaptationSettings, *, device: torch.device, amp_dtype: torch.dtype | None = None,
                        options: EvalOptions = EvalOptions(), loss_fn: AdaptLoss | None = None,
-                       baseline: EvalReport | None = None) -> AdaptationResult:
+                       baseline: EvalReport | None = None, rule: AdaptRule | None = None) -> AdaptationResult:
     """The site's query cases without adaptation and after ``settings.steps`` steps on its support cases.
 
     ``baseline``: a report that already holds the query cases unadapted (they are not predicted again).
@@ -65,7 +66,8 @@ def adapt_and_evaluate(model: Backbone, reader: CacheReader, candidates: Sequenc
         before = baseline.subset(query)
     else:
         before = evaluate_cases(model, reader, query, device=device, amp_dtype=amp_dtype, options=options)
-    adapted = fine_tune(model, reader, support, settings, device=device, amp_dtype=amp_dtype, loss_fn=loss_fn)
+    adapted = (rule or adapt_model)(model, load_support(reader, support), settings, device=device,
+                                    amp_dtype=amp_dtype, loss_fn=loss_fn)
     after = evaluate_cases(adapted, reader, query, device=device, amp_dtype=amp_dtype, options=options)
     return AdaptationResult(site=settings.site, support_cases=support, query_cases=query, steps=settings.steps,
                             lr=settings.lr, before=before, after=after, settings=settings.settings())
