@@ -163,3 +163,23 @@ def test_bug_in_a_third_party_step_keeps_its_traceback_headed_by_the_plugin(tmp_
     first = done.stderr.strip().splitlines()[0]
     assert "meta-strategy 'broken_step' (prism-half-step 1.2.0)" in first and "running step 1" in first
     assert "Traceback" in done.stderr and "boom in the third party's step" in done.stderr
+
+
+def test_a_failing_run_releases_its_folder_and_cache(tiny_cache, tmp_path, capsys):
+    """close() runs in a finally: after a plugin's exception the run folder's lock is free again."""
+    from prism.cli.train import main as train_main
+    from prism.engine.run_lock import RunLock
+    from prism.strategy import Strategy
+
+    class Exploding(Strategy):
+        """Raises in its first step."""
+
+        def step(self, ctx):
+            raise RuntimeError("boom")
+
+    register("strategy", "exploding", Exploding)
+    run = tmp_path / "run"
+    assert train_main(["--data", str(tiny_cache), "-o", str(run), *FAST, "strategy.name=exploding"]) == 1
+    assert "meta-strategy 'exploding'" in capsys.readouterr().err
+    lock = RunLock(run).acquire()  # would raise if the failed run still held the folder
+    lock.release()

@@ -109,6 +109,7 @@ RESUME_CASES = [
     ("reptile", "{inner_steps: 2}"),
     ("meta_transfer", "{inner_steps: 1, first_order: false}"),
     ("fast_weights", "{tasks_per_step: 1}"),
+    ("maml", "{tasks: class, held_out_classes: [3]}"),
 ]
 
 

@@ -115,41 +115,41 @@ def _run(args: argparse.Namespace, config: Any, run_dir: Path, cache: Path, cons
         console.print(f"run folder: {run_dir}  device: {trainer.device}  strategy: {config.strategy.name}  "
                       f"backbone: {config.model.name}  steps: {trainer.ctx.step}->{config.train.steps}"
                       + (f"  processes: {trainer.dist.world}" if trainer.dist.enabled else ""))
+    clean = False  # the run ended as planned (done or stopped by a signal): ranks leave the group together
     try:
-        trainer.fit(signals=stop)
-    except Preempted as halted:
-        trainer.close()
-        if trainer.dist.is_main:
-            print(f"prism-train: {halted}; checkpoint {halted.checkpoint} written; resume with: "
-                  f"prism-train --resume {shlex.quote(str(Path(run_dir).resolve()))}", file=sys.stderr, flush=True)
-        return halted.exit_code
-    except BaseException:
-        if trainer.lock is not None:  # the folder is free again at once (also for callers of main() in-process)
-            trainer.lock.release()
-        trainer.reader.close()
-        raise
-    report = None
-    if not args.no_eval and trainer.dist.is_main:
-        with case_progress(err_console or console, len(trainer.eval_cases())) as progress:
-            def on_case(case_id: str) -> None:
-                progress(case_id)
-                if stop.received is not None:  # training is complete and saved: only the evaluation stops
-                    raise EvaluationStopped(stop.received)
+        try:
+            trainer.fit(signals=stop)
+        except Preempted as halted:
+            clean = True
+            if trainer.dist.is_main:
+                print(f"prism-train: {halted}; checkpoint {halted.checkpoint} written; resume with: "
+                      f"prism-train --resume {shlex.quote(str(Path(run_dir).resolve()))}", file=sys.stderr,
+                      flush=True)
+            return halted.exit_code
+        report = None
+        if not args.no_eval and trainer.dist.is_main:
+            with case_progress(err_console or console, len(trainer.eval_cases())) as progress:
+                def on_case(case_id: str) -> None:
+                    progress(case_id)
+                    if stop.received is not None:  # training is complete and saved: only the evaluation stops
+                        raise EvaluationStopped(stop.received)
 
-            try:
-                report = trainer.evaluate(on_case=on_case)
-            except EvaluationStopped as halt:
-                trainer.close()
-                print(f"prism-train: stopped by {signal.Signals(halt.signum).name} during the evaluation; training "
-                      f"is complete ({trainer.ctx.step} steps, {Path(run_dir) / 'last.pt'}); evaluate with: "
-                      f"prism-eval {shlex.quote(str(Path(run_dir).resolve()))}", file=sys.stderr, flush=True)
-                return exit_code_for(halt.signum)
-    if report is not None:
-        console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
-        console.print(f"report: {Path(run_dir) / 'eval.json'}, {Path(run_dir) / 'eval.md'}")
-    trainer.close()
-    return 0
-
+                try:
+                    report = trainer.evaluate(on_case=on_case)
+                except EvaluationStopped as halt:
+                    clean = True
+                    print(f"prism-train: stopped by {signal.Signals(halt.signum).name} during the evaluation; "
+                          f"training is complete ({trainer.ctx.step} steps, {Path(run_dir) / 'last.pt'}); evaluate "
+                          f"with: prism-eval {shlex.quote(str(Path(run_dir).resolve()))}", file=sys.stderr,
+                          flush=True)
+                    return exit_code_for(halt.signum)
+        if report is not None:
+            console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
+            console.print(f"report: {Path(run_dir) / 'eval.json'}, {Path(run_dir) / 'eval.md'}")
+        clean = True
+        return 0
+    finally:  # the cache handle and the run folder's lock are released on every path, errors included
+        trainer.close(synchronise=clean)
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

@@ -361,12 +361,15 @@ class Trainer:
             flag = int(t.item())
         return flag or None
 
-    def close(self) -> None:
-        """Leave the process group (under torchrun), release the cache handle and the run folder's lock."""
+    def close(self, *, synchronise: bool = True) -> None:
+        """Leave the process group (under torchrun), release the cache handle and the run folder's lock; safe to
+        call more than once. ``synchronise=False`` (after an error) skips the barrier the other ranks may never
+        reach."""
         import torch.distributed as dist
 
         if self.dist.enabled and dist.is_initialized():
-            dist.barrier()
+            if synchronise:
+                dist.barrier()
             dist.destroy_process_group()
         self.reader.close()
         if self.lock is not None:
