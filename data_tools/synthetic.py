@@ -54,6 +54,10 @@ _INTENSITY: dict[str, dict[str, float | None]] = {
 _OFFSET = {"flair": {}, "t1ce": {"edema": -0.04}, "t1": {"edema": -0.06}, "t2": {}}
 
 
+#: the structure classes ``SynthSettings.extra_classes`` adds to the BraTS labels
+EXTRA_LABELS = {4: "csf", 5: "white-matter hyperintensity"}
+
+
 @dataclass(frozen=True)
 class SynthSettings:
     """What a synthetic dataset is made of (``noise``: Gaussian sd; ``bias``: log-amplitude of the bias field)."""
@@ -64,6 +68,9 @@ class SynthSettings:
     noise: float = 0.07
     bias: float = 0.3
     sites: int = 1
+    #: also label the CSF (4) and the white-matter hyperintensities (5): structure classes to hold out in
+    #: few-shot class tasks (the images are the same)
+    extra_classes: bool = False
 
 
 def _smooth_field(gen: torch.Generator, shape: Sequence[int], coarse: int = 4) -> torch.Tensor:
@@ -228,6 +235,9 @@ def make_raw_case(index: int, settings: SynthSettings, modalities: Sequence[str]
         img[~brain] = 0.0
         images.append(img)
     image = torch.stack(images).numpy().astype(np.float32)
+    if settings.extra_classes:
+        label[(label == 0) & tissue["csf"]] = 4
+        label[(label == 0) & tissue["wmh"] & brain] = 5
     return image, label.numpy(), brain, f"site{site}"
 
 
@@ -262,7 +272,8 @@ def write_synthetic_cache(path: str, settings: SynthSettings, *, test_fraction: 
     preprocessing = {"generator": "prism.data_tools.synthetic", "phantom_version": PHANTOM_VERSION,
                      **settings.__dict__,
                      "hold_out_sites": sorted(hold_out_sites), "missing_rates": missing_rates or ""}
-    with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, preprocessing=preprocessing,
+    labels = {**BRATS_LABELS, **EXTRA_LABELS} if settings.extra_classes else BRATS_LABELS
+    with CacheWriter(path, modalities=BRATS_MODALITIES, labels=labels, preprocessing=preprocessing,
                      seed=settings.seed) as writer:
         for i, case_id in enumerate(ids):
             image, label, site = make_case(i, settings)

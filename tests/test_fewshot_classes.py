@@ -130,3 +130,30 @@ def test_prism_eval_fewshot_writes_its_report(tiny_cache, tmp_path, capsys):
     assert (meta / "fewshot.md").is_file() and not (meta / "eval.json").exists()
     assert eval_main(["fewshot", str(base), "--shots", "1"]) == 2  # a standard run holds out nothing
     assert "--classes: the run holds out no class" in capsys.readouterr().err
+
+
+def test_synthetic_extra_classes_hold_out_on_synthetic_data(tmp_path):
+    """--extra-classes labels CSF (4, dark on FLAIR) and white-matter hyperintensities (5, bright on FLAIR) in
+    the same images; a class-task run holds class 5 out and few-shot evaluation adapts to it."""
+    from prism.data_tools.synthetic import SynthSettings, make_case, write_synthetic_cache
+
+    plain_image, plain_label, _ = make_case(0, SynthSettings(shape=(24, 24, 24), seed=5))
+    image, label, _ = make_case(0, SynthSettings(shape=(24, 24, 24), seed=5, extra_classes=True))
+    np.testing.assert_array_equal(image, plain_image)  # only the labels differ
+    assert ((label <= 3) == (label == plain_label)).all() and {4, 5} <= set(np.unique(label).tolist())
+    flair = image[0]
+    assert flair[label == 4].mean() < flair[label == 0].mean() < flair[label == 5].mean()
+    cache = tmp_path / "extra.h5"
+    write_synthetic_cache(str(cache), SynthSettings(cases=6, shape=(24, 24, 24), seed=5, extra_classes=True),
+                          test_fraction=0.34)
+    cfg = fast_config("strategy.name=maml", "strategy.options={tasks: class, held_out_classes: [5]}",
+                      "train.steps=2", cache=cache)
+    trainer = Trainer(cfg, tmp_path / "run", cache_path=cache)
+    assert trainer.ctx.model.num_classes == 6 and 5 not in trainer.strategy.sampler.classes
+    trainer.fit()
+    report = trainer.evaluate()
+    assert report.regions == ("necrotic core", "edema", "enhancing tumour", "csf", "white-matter hyperintensity")
+    reader = CacheReader(cache)
+    result = fewshot_dice(trainer.ctx.model, trainer.strategy, reader, reader.case_ids, classes=[5], shots=[1],
+                          steps=1, draws=1, exclude=[5])
+    assert result.dice.shape == (1, 1, 1)

@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.0, help="share of cases in the val split")
     s.add_argument("--hold-out-site", action="append", default=[], metavar="SITE",
                    help="keep this site (e.g. site3) out of train/val/test: its cases form split 'heldout'")
+    s.add_argument("--extra-classes", action="store_true",
+                   help="also label CSF (4) and white-matter hyperintensities (5): classes to hold out in few-shot "
+                   "class tasks (caches only)")
     s.add_argument("--nifti", action="store_true",
                    help="write a raw BraTS-layout NIfTI folder at OUTPUT instead of a cache")
     s.add_argument("--layout", choices=("brats2020", "brats2023"), default="brats2020",
@@ -89,7 +92,10 @@ def _run(args: argparse.Namespace) -> int:
             raise DataError("--cases must be at least 2 and every --shape size at least 8")
         if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 - args.test_fraction):
             raise DataError("--test-fraction and --val-fraction must be in [0, 1) and sum below 1")
-        settings = SynthSettings(cases=args.cases, shape=tuple(args.shape), seed=args.seed, sites=args.sites)
+        settings = SynthSettings(cases=args.cases, shape=tuple(args.shape), seed=args.seed, sites=args.sites,
+                                 extra_classes=args.extra_classes)
+        if args.nifti and args.extra_classes:
+            raise DataError("--extra-classes: BraTS NIfTI folders have no label values for them; write a cache")
         if args.nifti:
             from ..data_tools.synthetic import write_synthetic_nifti
 
