@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import time
@@ -367,6 +368,9 @@ class Trainer:
         reach."""
         import torch.distributed as dist
 
+        if self.ctx.ddp:  # the DDP reducer must go before its process group (or gloo aborts at exit)
+            self.ctx.forward_module, self.ctx.ddp = self.ctx.model, False
+            gc.collect()
         if self.dist.enabled and dist.is_initialized():
             if synchronise:
                 dist.barrier()
