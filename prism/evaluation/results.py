@@ -15,8 +15,8 @@ import numpy as np
 from ..errors import DataError
 
 
-def _mean_over_cases(values: np.ndarray) -> np.ndarray:
-    """Mean over axis 0 ignoring NaN (NaN where a column has no value)."""
+def nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN (NaN where a column has no value, and for no rows at all)."""
     if values.shape[0] == 0:
         return np.full(values.shape[1:], np.nan)
     with warnings.catch_warnings():
@@ -26,7 +26,7 @@ def _mean_over_cases(values: np.ndarray) -> np.ndarray:
 
 def mean_over_combinations(per_combination: np.ndarray) -> np.ndarray:
     """``[regions]``: mean of per-combination values ``[combinations, regions]``, NaN rows left out."""
-    return _mean_over_cases(per_combination)
+    return nanmean_rows(per_combination)
 
 
 def _floats(names: tuple[str, ...] | list[str], values: np.ndarray) -> dict[str, float | None]:
@@ -78,11 +78,11 @@ class EvalReport:
 
     def mean_dice(self) -> np.ndarray:
         """``[combinations, regions]``: mean over cases."""
-        return _mean_over_cases(self.dice)
+        return nanmean_rows(self.dice)
 
     def mean_hd95(self) -> np.ndarray | None:
         """``[combinations, regions]``: mean over cases (NaN entries left out), or None without HD95."""
-        return None if self.hd95 is None else _mean_over_cases(self.hd95)
+        return None if self.hd95 is None else nanmean_rows(self.hd95)
 
     def subset(self, case_ids: list[str]) -> EvalReport:
         """The same report restricted to ``case_ids`` (in that order), without the adaptation part."""
@@ -107,13 +107,13 @@ class EvalReport:
             if hd is not None:
                 entry["hd95"] = _floats(self.regions, hd[i])
             for key, values in self.lesion_arrays().items():
-                entry[key] = _floats(self.regions, _mean_over_cases(values)[i])
+                entry[key] = _floats(self.regions, nanmean_rows(values)[i])
             combos.append(entry)
         mean: dict[str, Any] = {"dice": _floats(self.regions, mean_over_combinations(dice))}
         if hd is not None:
             mean["hd95"] = _floats(self.regions, mean_over_combinations(hd))
         for key, values in self.lesion_arrays().items():
-            mean[key] = _floats(self.regions, mean_over_combinations(_mean_over_cases(values)))
+            mean[key] = _floats(self.regions, mean_over_combinations(nanmean_rows(values)))
         cases = {}
         for c, cid in enumerate(self.case_ids):
             per_combo: dict[str, Any] = {}

@@ -123,9 +123,9 @@ def lesion_table(report: EvalReport) -> str:
 
 
 def _nanmean_cases(values: np.ndarray) -> np.ndarray:
-    from .results import _mean_over_cases
+    from .results import nanmean_rows
 
-    return _mean_over_cases(values)
+    return nanmean_rows(values)
 
 
 def report_markdown(report: EvalReport, title: str | None = None) -> str:

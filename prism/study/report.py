@@ -31,7 +31,7 @@ import numpy as np
 
 from ..atomic import write_atomic, write_text_atomic
 from ..errors import ConfigError, DataError
-from ..evaluation.results import EvalReport
+from ..evaluation.results import EvalReport, nanmean_rows
 from .spec import ReportSpec, StudySpec
 from .stats import PairedDifference, paired_difference, run_metric
 
@@ -136,14 +136,6 @@ def _sd(values: np.ndarray) -> np.ndarray:
         return np.nanstd(values, axis=0, ddof=1)
 
 
-def _mean(values: np.ndarray) -> np.ndarray:
-    if values.shape[0] == 0:
-        return np.full(values.shape[1:], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        return np.nanmean(values, axis=0)
-
-
 def _paired(records: list[RunRecord], ref: str, arm: str, metric: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """``[S, N, C, R]`` arrays of the seeds where both arms' runs are ok, on the cases both were scored on."""
     by = {(r.arm, r.seed): r for r in records}
@@ -184,14 +176,14 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
         per_combo = np.array([r.eval.mean_dice() * 100 for r in ok]).reshape(len(ok), len(combinations),
                                                                               len(regions))
         entry: dict[str, Any] = {
-            "seeds_used": [r.seed for r in ok], "dice_mean": _floats(_mean(dice)), "dice_sd": _floats(_sd(dice)),
+            "seeds_used": [r.seed for r in ok], "dice_mean": _floats(nanmean_rows(dice)), "dice_sd": _floats(_sd(dice)),
             "dice_per_seed": {str(r.seed): _floats(d) for r, d in zip(ok, dice, strict=True)},
-            "per_combination_dice_mean": [_floats(v) for v in _mean(per_combo)],
+            "per_combination_dice_mean": [_floats(v) for v in nanmean_rows(per_combo)],
             "per_combination_dice_sd": [_floats(v) for v in _sd(per_combo)],
         }
         if has_hd:
             hd = np.array([run_metric(r.eval.hd95) for r in ok]).reshape(len(ok), len(regions))
-            entry.update({"hd95_mean": _floats(_mean(hd)), "hd95_sd": _floats(_sd(hd))})
+            entry.update({"hd95_mean": _floats(nanmean_rows(hd)), "hd95_sd": _floats(_sd(hd))})
         if arm != ref:
             entry["vs_reference"] = {}
             for metric, scale in (("dice", 100.0), *((("hd95", 1.0),) if has_hd else ())):
@@ -229,7 +221,7 @@ def _adaptation_summary(spec: StudySpec, records: list[RunRecord]) -> dict[str, 
             continue
         means = np.array([c["dice_mean"] for c in curves], dtype=float) * 100  # [runs, K, R]
         out[arm] = {"site": curves[0]["site"], "steps": steps, "runs": len(curves),
-                    "dice_mean": [_floats(v) for v in _mean(means)], "dice_sd": [_floats(v) for v in _sd(means)]}
+                    "dice_mean": [_floats(v) for v in nanmean_rows(means)], "dice_sd": [_floats(v) for v in _sd(means)]}
     return out or None
 
 
