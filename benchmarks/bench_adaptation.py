@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="training steps of every run")
     p.add_argument("--k", default="0,1,5,10", help="adaptation steps K")
     p.add_argument("--draws", type=int, default=2)
+    p.add_argument("--held-out-class", type=int, default=5, help="4 (CSF) or 5 (white-matter hyperintensities)")
+    p.add_argument("--class-steps", type=int, default=None, help="training steps of the class runs (default --steps)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -69,10 +71,13 @@ def main() -> None:
     if not extra.exists():
         write_synthetic_cache(str(extra), SynthSettings(cases=args.cases, shape=(args.shape,) * 3, seed=12,
                                                         extra_classes=True), test_fraction=0.3)
+    held, class_steps = args.held_out_class, args.class_steps or args.steps
     class_arms = {
-        "maml (class tasks, class 5 held out)": ["strategy.name=maml", "strategy.options={tasks: class, "
-                                                 "held_out_classes: [5], inner_steps: 1, inner_lr: 0.05}"],
-        "standard (saw class 5)": ["strategy.name=standard"],
+        f"maml (class tasks, class {held} held out)": [
+            "strategy.name=maml", f"train.steps={class_steps}", f"train.checkpoint_every={class_steps}",
+            f"strategy.options={{tasks: class, held_out_classes: [{held}], inner_steps: 1, inner_lr: 0.05}}"],
+        f"standard (saw class {held})": ["strategy.name=standard", f"train.steps={class_steps}",
+                                         f"train.checkpoint_every={class_steps}"],
     }
     seconds = {}
     jobs = [(name, cache, overrides) for name, overrides in arms.items()]
@@ -105,8 +110,8 @@ def main() -> None:
         results = []
         for name in class_arms:
             run = load_run_model(out / name, device=args.device)
-            results.append(fewshot_dice(run.model, run.strategy, reader, cases, classes=[5], shots=[1, 2],
-                                        steps=max(ks), draws=args.draws, exclude=[5], max_query=4,
+            results.append(fewshot_dice(run.model, run.strategy, reader, cases, classes=[held], shots=[1, 2],
+                                        steps=max(ks), draws=args.draws, exclude=[held], max_query=4,
                                         lr=0.05, device=run.device, run=name, strategy_name=run.config.strategy.name))
     finally:
         reader.close()
