@@ -1,7 +1,8 @@
 """BraTS-like synthetic phantoms, seeded and reproducible, made so that no region is readable off one contrast.
 
 Anatomy: a brain-shaped, slightly irregular ellipsoid with a grey-matter cortex, white matter interleaved with
-deep grey matter, ventricles and sulcal CSF, white-matter hyperintensities (bright on FLAIR only) and thin
+deep grey matter, ventricles and sulcal CSF, white-matter hyperintensities (bright on FLAIR and T2, as on real
+MRI, and patchy over a large part of the white matter) and thin
 enhancing vessels (bright on T1ce only). Tumour: one to three irregular foci (a larger first one), each edema
 (label 2, spreading further along white matter) around a core whose enhancing parts (label 3) are patchy and
 whose necrosis (label 1) looks like CSF in every contrast; a secondary focus may not enhance at all. The labels
@@ -9,7 +10,9 @@ nest as in BraTS: WT = {1, 2, 3} contains TC = {1, 3} contains ET = {3}.
 
 Intensities overlap on purpose (see ``_INTENSITY``): on FLAIR edema is as bright as white-matter hyperintensities
 and enhancing tumour as grey matter; on T2 necrosis is as bright as CSF; on T1ce enhancing tumour is as bright as
-vessels. Each region needs two contrasts or spatial context: edema is FLAIR-bright *and* T2-bright; necrosis is
+vessels; white-matter hyperintensities look like edema in every contrast. Each region needs two contrasts or spatial
+context: edema is FLAIR-bright *and* T2-bright, and only its place around a core tells it from a hyperintensity;
+necrosis is
 CSF-like but inside a lesion; enhancing tumour is T1ce-bright in a blob, not a thin line. Only T1ce shows
 enhancement and only FLAIR and T2 show edema, so a model loses ET without T1ce and WT without FLAIR and T2, as on
 real MRI. One or two edema-like lesions without a core (gliosis, old infarcts: label 0) look like edema in every
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 from prism.modalities import BRATS_MODALITIES
 
 #: Bumped whenever the phantoms change, so that cached demo data made by an older generator is not reused.
-PHANTOM_VERSION = 3
+PHANTOM_VERSION = 4
 
 _CLASSES = ("gm", "wm", "csf", "wmh", "vessel", "necrosis", "edema", "enhancing")
 # intensity per class and modality before bias, texture and noise; None: the underlying tissue's value plus
@@ -48,7 +51,7 @@ _INTENSITY: dict[str, dict[str, float | None]] = {
              "enhancing": 0.95},
     "t1": {"gm": 0.45, "wm": 0.65, "csf": 0.15, "wmh": 0.60, "vessel": None, "necrosis": 0.20, "edema": None,
            "enhancing": 0.40},
-    "t2": {"gm": 0.60, "wm": 0.45, "csf": 1.10, "wmh": 0.62, "vessel": None, "necrosis": 1.02, "edema": 0.88,
+    "t2": {"gm": 0.60, "wm": 0.45, "csf": 1.10, "wmh": 0.86, "vessel": None, "necrosis": 1.02, "edema": 0.88,
            "enhancing": 0.80},
 }
 _OFFSET = {"flair": {}, "t1ce": {"edema": -0.04}, "t1": {"edema": -0.06}, "t2": {}}
@@ -148,7 +151,7 @@ def _anatomy(gen: torch.Generator, shape: Sequence[int], z: torch.Tensor, y: tor
     ventricles = brain & (((z / 0.22) ** 2 + ((y - shift) / 0.12) ** 2 + ((x - 0.12) / 0.1) ** 2 < 1)
                           | ((z / 0.22) ** 2 + ((y - shift) / 0.12) ** 2 + ((x + 0.12) / 0.1) ** 2 < 1))
     csf = sulci | ventricles
-    wmh = wm & ~csf & (_smooth_field(gen, shape, coarse=10) > 0.6)
+    wmh = wm & ~csf & (_smooth_field(gen, shape, coarse=10) > 0.25)
     f1, f2 = _smooth_field(gen, shape, coarse=7), _smooth_field(gen, shape, coarse=7)
     vessel = brain & ~csf & (f1.abs() < 0.05) & (f2.abs() < 0.12)  # thin lines where two surfaces cross
     gm = brain & ~wm & ~csf

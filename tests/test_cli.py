@@ -81,7 +81,12 @@ def test_train_then_eval_end_to_end(capsys, tiny_cache, tmp_path):
         assert (run / name).is_file(), name
     (run / "eval.json").unlink()
     assert eval_cli.main([str(run)]) == 0
-    assert json.loads((run / "eval.json").read_text())["combinations"] == report["combinations"]
+    again = json.loads((run / "eval.json").read_text())["combinations"]
+    # the same figures up to near-tie voxels: the reloaded model runs in another memory format than the trained one
+    assert [(c["index"], c["name"], c["num_cases"]) for c in again] == [
+        (c["index"], c["name"], c["num_cases"]) for c in report["combinations"]]
+    for a, b in zip(again, report["combinations"], strict=True):
+        assert a["dice"] == pytest.approx(b["dice"], abs=1e-3)
     # continue the same run for two more steps
     assert train_cli.main(["--resume", str(run), "train.steps=4", "--no-eval"]) == 0
 
