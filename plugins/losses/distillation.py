@@ -41,17 +41,7 @@ def kl_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temper
         raise ValueError(f"temperature must be positive, got {temperature}")
     log_s = (student_logits.float() / temperature).log_softmax(class_dim)
     log_t = (teacher_logits.float() / temperature).log_softmax(class_dim)
-    if direction == "student_teacher":
-        kl = log_s.exp() * (log_s - log_t)
-    elif direction == "teacher_student":
-        kl = log_t.exp() * (log_t - log_s)
-    else:
-        raise ValueError(f"direction must be 'student_teacher' or 'teacher_student', got {direction!r}")
-    if class_reduction == "sum":
-        return kl.sum(class_dim)
-    if class_reduction == "mean":
-        return kl.mean(class_dim)
-    raise ValueError(f"class_reduction must be 'sum' or 'mean', got {class_reduction!r}")
+    return _directed_kl(log_s, log_t, None, None, direction, class_reduction, class_dim)
 
 
 def kl_probs(p_s: torch.Tensor, p_t: torch.Tensor, *, floor: float, direction: Direction = "student_teacher",
@@ -67,10 +57,17 @@ def kl_probs(p_s: torch.Tensor, p_t: torch.Tensor, *, floor: float, direction: D
         ValueError: an unknown direction or class reduction.
     """
     log_s, log_t = p_s.clamp_min(floor).log(), p_t.clamp_min(floor).log()
+    return _directed_kl(log_s, log_t, p_s, p_t, direction, class_reduction, class_dim)
+
+
+def _directed_kl(log_s: torch.Tensor, log_t: torch.Tensor, p_s: torch.Tensor | None, p_t: torch.Tensor | None,
+                 direction: str, class_reduction: str, class_dim: int) -> torch.Tensor:
+    """The KL of ``kl_map`` and ``kl_probs``: ``p (log p - log q)`` in the chosen direction, reduced over classes.
+    A missing probability is ``exp`` of its log (computed only for the direction that needs it)."""
     if direction == "student_teacher":
-        kl = p_s * (log_s - log_t)
+        kl = (log_s.exp() if p_s is None else p_s) * (log_s - log_t)
     elif direction == "teacher_student":
-        kl = p_t * (log_t - log_s)
+        kl = (log_t.exp() if p_t is None else p_t) * (log_t - log_s)
     else:
         raise ValueError(f"direction must be 'student_teacher' or 'teacher_student', got {direction!r}")
     if class_reduction == "sum":
