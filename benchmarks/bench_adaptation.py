@@ -1,4 +1,4 @@
-"""Adaptation results of the meta-strategies on synthetic data (issue 12): a held-out site and a held-out class.
+"""Adaptation results of the meta-strategies on synthetic data: a held-out site and a held-out class.
 
     python benchmarks/bench_adaptation.py                    # CPU-sized: a few minutes on 2 cores
     python benchmarks/bench_adaptation.py --steps 400 --shape 48 --cases 60 --device cuda

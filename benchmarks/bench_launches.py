@@ -9,8 +9,8 @@ step is also split into model forward, losses, loss backward, model backward and
     python benchmarks/bench_launches.py            # table + one JSON line
     python benchmarks/bench_launches.py --only rfnet
 
-Reference (ANCHORS.md): PASSION's step (its RFNet width 8, full losses, AdamW) = 12,193 ops and 214 host syncs.
-Target (issue 13): the rfnet step at most 1,000 ops and 0 syncs.
+Reference: PASSION's step (Jun-Jie-Shi/PASSION, code/train.py: its RFNet width 8, full losses, AdamW) counted by the
+same rule. Target: the rfnet step at most 1,000 ops and 0 syncs.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
     python benchmarks/bench_strategies.py                 # CPU-sized defaults
     python benchmarks/bench_strategies.py --device cuda --patch 80 --width 8 --steps 20
 
-Target (issue 6): Meta-Drop at most 2.1x a standard step (it does two forward/backward passes). The
-adaptation-centred strategies (issue 12) are listed too: meta_transfer runs MAML's episodes on scale/shift and
+Target: Meta-Drop at most 2.1x a standard step (it does two forward/backward passes). The
+adaptation-centred strategies are listed too: meta_transfer runs MAML's episodes on scale/shift and
 head only (the frozen weights need no gradient), fast_weights two forward passes per task plus the generator.
 Prints steps/s, the ratio to standard and, on CUDA, peak memory.
 """

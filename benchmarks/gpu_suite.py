@@ -1,4 +1,4 @@
-"""The GPU suite: every speed figure of issue 13 in one command (about 5 minutes on an H100), one JSON line + a table.
+"""The GPU suite: every GPU speed figure in one command (about 5 minutes on an H100), one JSON line + a table.
 
     python benchmarks/gpu_suite.py              # CUDA: P1 sizes (80^3, batch 1)
     python benchmarks/gpu_suite.py --smoke      # the same code on a CPU at tiny sizes (CI keeps it from rotting)

@@ -10,7 +10,9 @@ from prism.config import build_config
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 from prism.registry import reset_registry
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: public files vendored for the tests (each folder's README names its source and licence)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PASSION_FIXTURES = FIXTURES / "passion"
 
 FAST = [
     "model.options.width=4", "model.options.depth=3", "data.patch_size=[16,16,16]", "data.batch_size=2",

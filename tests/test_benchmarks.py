@@ -1,5 +1,5 @@
 """The benchmark scripts keep running: gpu_suite --smoke (same code as on the GPU, tiny CPU sizes) and the launch
-counter, whose model and optimizer phases must stay launch-lean (issue 13)."""
+counter, whose model and optimizer phases must stay launch-lean."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PASSION_FIXTURES as PASSION
 from prism.data.availability import read_passion_csv
 from prism.data.cache_reader import CacheReader
 from prism.data_tools.layouts import BRATS2020
@@ -15,9 +16,9 @@ from prism.data_tools.preprocess import PreprocessSettings, build_cache
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_nifti
 from prism.errors import DataError
 
-PASSION = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "passion"
 HEADER = "data_name,mask_id,mask,pos_mask_ids\n"
-# The 15 combinations in PASSION's report order, written out from ../shared/ANCHORS.md ("0 T2, 1 T1ce, ...")
+# The 15 combinations in PASSION's report order (the result tables of Shi et al., ACM MM 2024, and the
+# pos_mask_ids of the PASSION repository's datasets/BraTS CSVs)
 ORDER = ["T2", "T1ce", "T1", "FLAIR", "T1ce+T2", "T1ce+T1", "FLAIR+T1", "T1+T2", "FLAIR+T2", "FLAIR+T1ce",
          "FLAIR+T1ce+T1", "FLAIR+T1+T2", "FLAIR+T1ce+T2", "T1ce+T1+T2", "FLAIR+T1ce+T1+T2"]
 MASK_NAMES = ("FLAIR", "T1ce", "T1", "T2")  # a PASSION mask's order
@@ -27,8 +28,7 @@ def _members(text: str) -> frozenset[str]:
     return frozenset(text.split("+"))
 
 
-@pytest.mark.skipif(not PASSION.is_dir(), reason="PASSION fixtures not present")
-@pytest.mark.parametrize("name", sorted(p.name for p in PASSION.glob("*.csv")) if PASSION.is_dir() else [])
+@pytest.mark.parametrize("name", sorted(p.name for p in PASSION.glob("*.csv")))
 def test_real_passion_csvs_agree_with_an_independent_reading(name):
     rows = list(csv.DictReader(open(PASSION / name, newline="")))
     table = read_passion_csv(PASSION / name)  # raises on any disagreement

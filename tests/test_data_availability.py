@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from conftest import PASSION_FIXTURES as PASSION
 from prism.data.availability import (
     draw_availability,
     missing_rates_from_name,
@@ -17,7 +16,6 @@ from prism.data.availability import (
 from prism.data.splits import read_case_list, resolve_case_names, splits_from_lists
 from prism.errors import DataError
 
-PASSION = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "passion"
 MODS = ("flair", "t1ce", "t1", "t2")
 
 
@@ -28,7 +26,6 @@ def test_mr_name_gives_rates_in_passion_order():
         missing_rates_from_name("split.csv")
 
 
-@pytest.mark.skipif(not PASSION.is_dir(), reason="PASSION fixtures not present")
 @pytest.mark.parametrize("name", ["Brats2020_imb_split_mr2468.csv", "Brats2020_imb_split_mr1379.csv"])
 def test_passion_csv_masks_match_their_file_name(name):
     table = read_passion_csv(PASSION / name, MODS)
@@ -40,7 +37,6 @@ def test_passion_csv_masks_match_their_file_name(name):
         assert abs(rate - expected[m]) < 0.08, (m, rate, expected[m])
 
 
-@pytest.mark.skipif(not PASSION.is_dir(), reason="PASSION fixtures not present")
 def test_passion_csv_reorders_to_dataset_channels():
     other = ("t1", "t2", "flair", "t1ce")
     table = read_passion_csv(PASSION / "Brats2020_imb_split_mr2468.csv", other)

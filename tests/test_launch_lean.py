@@ -1,4 +1,4 @@
-"""The launch-lean step (issue 13): same results as the reference formulations, fewer kernel-level ops.
+"""The launch-lean step: same results as the reference formulations, fewer kernel-level ops.
 
 Reference formulations are written here from their definitions (InstanceNorm3d units, RFNet's two separate fusion
 stacks, per-parameter optimizers) and compared with the lean ones on fixed seeds, in float64.

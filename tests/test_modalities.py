@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import PASSION_FIXTURES
 from prism.modalities import BRATS_MODALITIES, combination_index, combination_masks, enumerate_combinations
 
 PASSION_NAMES = [
@@ -13,7 +13,7 @@ PASSION_NAMES = [
 ]
 
 
-def test_brats_report_order_matches_anchors():
+def test_brats_report_order_matches_passion_reports():
     combos = enumerate_combinations(BRATS_MODALITIES)
     assert [c.name for c in combos] == PASSION_NAMES
     assert [c.index for c in combos] == list(range(15))
@@ -46,9 +46,7 @@ def test_masks_tensor_and_index_roundtrip():
 @pytest.mark.parametrize("name", ["Brats2020_imb_split_mr2468.csv", "Brats2018_imb_split_mr2468.csv"])
 def test_indices_agree_with_passion_split_csvs(name):
     """PASSION's pos_mask_ids are the combinations whose modalities the case has: same indices as ours."""
-    path = SHARED / "fixtures" / "passion" / name
-    if not path.exists():
-        pytest.skip("shared fixtures not beside the repository")
+    path = PASSION_FIXTURES / name
     masks = combination_masks(BRATS_MODALITIES)  # [FLAIR, T1ce, T1, T2], PASSION's CSV order
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
