@@ -1,10 +1,9 @@
 """Known-value tables (MONAI TEST_CASES style) for pixel_kl, proto_l2 and gss.
 
-Each case fixes the inputs (seeded), the options and the mask; the expected value comes from an independent
-float64 implementation written below from the papers' formulas (RFNet, Ding et al., ICCV 2021; PASSION, Shi et al., ACM MM 2024;
-the GSS and prototype terms as PASSION's code defines them), with explicit loops
-over samples, modalities, classes and voxels (numpy), sharing no code with prism.
-"""
+Each case fixes the inputs (seeded), the options and the mask; the expected value comes from an independent float64
+implementation written below from the papers' formulas (RFNet, Ding et al., ICCV 2021; PASSION, Shi et al., ACM MM
+2024; the GSS and prototype terms as PASSION's code defines them), with explicit loops over samples, modalities,
+classes and voxels (numpy), sharing no code with prism. """
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """PASSION's objective as options of the existing terms: one known-value test per documented difference.
 
 Each expected value is computed here from PASSION's code as read (the PASSION repository, Jun-Jie-Shi/PASSION:
-`code/utils/criterions.py`, `code/models/rfnet.py`, `code/train.py`), with numpy float64 loops (trilinear upsampling written out separably), sharing no code with prism.
+`code/utils/criterions.py`, `code/models/rfnet.py`, `code/train.py`), with numpy float64 loops (trilinear upsampling
+written out separably), sharing no code with prism.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ def test_the_pattern_catches_what_it_should():
     for bad in ("see ../shared/ANCHORS.md", "as issue 13 asked", "measured in stop 8", "built in this session",
                 "(issue #4)", "the ANCHORS file"):
         assert offending_lines(bad), bad
-    for fine in ('@pytest.fixture(scope="session")', "the preemption tutorial", "stop signals", "tissue 3", "validation: anchors: warn"):
+    for fine in ('@pytest.fixture(scope="session")', "the preemption tutorial", "stop signals", "tissue 3",
+                 "validation: anchors: warn"):
         assert not offending_lines(fine), fine
 
 
