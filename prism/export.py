@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -156,8 +157,16 @@ def _save(program: torch.export.ExportedProgram, fmt: str, path: Path) -> None:
         torch.export.save(program, path)
         return
     # one self-contained file (weights inside; prism's backbones are far below ONNX's 2 GB limit)
-    onnx_program = torch.onnx.export(program, dynamo=True, input_names=["image"], output_names=["logits"],
-                                     external_data=False, verbose=False)
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" etc.
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)  # torch-internal
+            onnx_program = torch.onnx.export(program, dynamo=True, input_names=["image"], output_names=["logits"],
+                                             external_data=False, verbose=False)
+    finally:
+        registration.setLevel(level)
     onnx_program.save(str(path), external_data=False)
 
 
