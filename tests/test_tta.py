@@ -170,3 +170,21 @@ def test_evaluation_scores_the_mirrored_prediction_and_records_it(tiny_cache):
     finally:
         reader.close()
     assert report.settings["tta"] == "mirror"
+
+
+@pytest.mark.slow
+def test_the_config_field_reaches_the_evaluation_after_training_and_the_flag_overrides_it(tiny_cache, tmp_path):
+    """eval.tta=mirror (as a study arm's override would set it): the evaluation after training mirrors; prism-eval
+    --tta none -o DIR evaluates the same run without, into another folder."""
+    from conftest import FAST
+    from prism.cli.evaluate import main as eval_main
+    from prism.cli.train import main as train_main
+    from prism.evaluation.compare import load_report
+
+    run = tmp_path / "run"
+    assert train_main([*FAST, f"data.cache={tiny_cache}", "train.steps=1", "eval.tta=mirror", "eval.hd95=false",
+                       "eval.max_cases=1", "-o", str(run)]) == 0
+    assert load_report(run).settings["tta"] == "mirror"
+    assert eval_main([str(run), "--tta", "none", "-o", str(tmp_path / "plain"), "--no-heatmap"]) == 0
+    assert load_report(tmp_path / "plain").settings["tta"] == "none"
+    assert load_report(run).settings["tta"] == "mirror"  # the run's own report is left as it was
