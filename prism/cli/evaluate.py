@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN",
                    help="evaluate these runs as one model, their softmax probabilities averaged (instead of RUN_DIR; "
-                   "needs -o)")
+                   "needs -o; no fast adaptation)")
     p.add_argument("-o", "--output", type=Path, metavar="DIR",
                    help="where eval.* go (default: RUN_DIR; required with --ensemble)")
     p.add_argument("--split", help="cache split to evaluate (default: the run's eval.split)")
