@@ -177,3 +177,34 @@ def write_label_map(path: str | os.PathLike[str], prediction: np.ndarray, case: 
     img = label_map_image(prediction, case, inverse)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     return write_atomic(path, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)
+
+
+def write_probabilities(path: str | os.PathLike[str], probabilities: np.ndarray, case: PreprocessedImage,
+                        inverse: Mapping[int, int], modalities: Sequence[str]) -> Path:
+    """Write class probabilities in the original space of ``case`` as a compressed NumPy file, atomically.
+
+    The file (``numpy.load``, no pickle needed) holds:
+
+    - ``probabilities``: float32 ``[K, X, Y, Z]``, class first, then the voxel axes of the case's NIfTI files (the
+      shape of the label map); the crop is undone and every voxel outside it is background (probability 1 for
+      class 0). The argmax over the first axis, mapped through ``labels``, is the label map prism-predict writes.
+    - ``labels``: int64 ``[K]``, the dataset's raw label value of each class (BraTS 2018-2021: 0, 1, 2, 4).
+    - ``modalities``: str ``[M_used]``, the modalities the prediction was made from (the case's combination).
+    - ``affine``: float64 ``[4, 4]``, the voxel-to-world affine of the case's first modality file.
+
+    Args:
+        probabilities: float ``[K, d, h, w]`` on the crop (stored classes ``0..K-1``).
+        case: the preprocessed case (crop box, original shape, affine).
+        inverse: stored class -> raw label value (:func:`inverse_label_map`).
+        modalities: the modalities used.
+
+    Raises:
+        StorageError: the disk is full or the folder read-only (no partial file is left).
+    """
+    probs = np.asarray(probabilities, dtype=np.float32)
+    inside = uncrop(np.ones(probs.shape[1:], np.float32), case.crop_box, case.original_shape)
+    full = np.stack([uncrop(p, case.crop_box, case.original_shape) for p in probs])
+    full[0] += 1 - inside  # background outside the crop, exactly as the label map's zeros there
+    arrays = {"probabilities": full, "labels": np.array([inverse[k] for k in range(len(probs))], np.int64),
+              "modalities": np.array(list(modalities), dtype=str), "affine": np.asarray(case.affine, np.float64)}
+    return write_atomic(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")

@@ -116,6 +116,7 @@ class EvalConfig(_Model):
     hd95_empty: float | None = EVAL.hd95_empty  # HD95 when exactly one set is empty (BraTS diagonal); None: left out
     stitch_on_cpu: bool = EVAL.stitch_on_cpu  # blend sliding-window logits in host memory (large volumes)
     lesion_metrics: bool = EVAL.lesion_metrics  # also BraTS 2023+ lesion-wise Dice and HD95 (prism.evaluation.lesion)
+    tta: Literal["none", "mirror"] = EVAL.tta  # test-time augmentation: mirror = mean probabilities of the 8 flips
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
     adapt_cases: int = Field(1, ge=1)  # support cases of the site (N)
     adapt_steps: int = Field(10, ge=0)  # fine-tuning steps (K)

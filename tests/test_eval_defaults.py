@@ -13,7 +13,7 @@ from prism.evaluation.report import evaluate, evaluate_kwargs
 # config field -> EvalOptions field
 FIELDS = {"et_postprocess_voxels": "et_postprocess_voxels", "window": "window", "overlap": "overlap",
           "sw_batch_size": "sw_batch_size", "combos_per_pass": "combos_per_pass", "hd95": "compute_hd95",
-          "hd95_empty": "hd95_empty", "stitch_on_cpu": "stitch_on_cpu"}
+          "hd95_empty": "hd95_empty", "stitch_on_cpu": "stitch_on_cpu", "tta": "tta"}
 
 
 def test_empty_set_hd95_is_the_brats_diagonal_everywhere():

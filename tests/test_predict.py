@@ -317,3 +317,49 @@ def test_adapt_to_support_cases_first_with_the_runs_rule(world, tmp_path, capsys
     assert main([str(world["run"]), str(world["raw"]), "-o", str(tmp_path / "x"), "--adapt-steps", "1"]) == 2
     assert "--adapt-steps: needs --adapt" in _one_line_error(capsys)
     assert not (tmp_path / "x").exists()
+
+
+# ---- probabilities and test-time mirroring ---------------------------------------------------------------------
+def test_saved_probabilities_match_the_label_map_in_the_original_space(world, tmp_path, capsys):
+    """<case>.npz: float32 [K, *original shape]; labels[argmax] is the written label map voxel for voxel; a
+    distribution per voxel; background outside the crop; the modalities used and the affine recorded."""
+    out = tmp_path / "pred"
+    assert main([str(world["run"]), str(world["raw"]), "-o", str(out), "--save-probabilities"]) == 0
+    assert "and class probabilities (.npz)" in capsys.readouterr().out
+    cases = sorted(p.name for p in world["raw"].iterdir() if p.is_dir())
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{c}.nii.gz" for c in cases] + [f"{c}.npz" for c in cases])
+    for c in cases:
+        saved = np.load(out / f"{c}.npz")  # no pickle needed
+        probs, labels = saved["probabilities"], saved["labels"]
+        src = nib.load(world["raw"] / c / f"{c}_flair.nii.gz")
+        label_map = np.asarray(nib.load(out / f"{c}.nii.gz").dataobj)
+        assert probs.dtype == np.float32 and probs.shape == (4, *src.shape)
+        assert labels.tolist() == [0, 1, 2, 4]
+        np.testing.assert_array_equal(labels[probs.argmax(0)], label_map)
+        np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+        assert (probs >= 0).all()
+        crop = preprocess_image(discover_input_cases(world["raw"] / c, BRATS2020)[0], BRATS2020.modalities,
+                                SETTINGS).crop_box
+        outside = np.ones(src.shape, bool)
+        outside[tuple(slice(int(a), int(b)) for a, b in crop)] = False
+        assert (probs[0][outside] == 1).all() and (probs[1:][:, outside] == 0).all()
+        expected = ["flair", "t1", "t2"] if c == MISSING else ["flair", "t1ce", "t1", "t2"]
+        assert saved["modalities"].tolist() == expected
+        np.testing.assert_array_equal(saved["affine"], src.affine)
+
+
+def test_tta_flag_reaches_the_predictor_and_defaults_to_the_runs_setting(world, tmp_path, monkeypatch):
+    import prism.evaluation.inference as inference
+
+    seen = []
+    original = inference.predict_logits
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["tta"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_logits", spy)
+    case = world["raw"] / MISSING
+    assert main([str(world["run"]), str(case), "-o", str(tmp_path / "a"), "--tta", "mirror"]) == 0
+    assert main([str(world["run"]), str(case), "-o", str(tmp_path / "b")]) == 0
+    assert seen == ["mirror", "none"]

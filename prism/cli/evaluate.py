@@ -17,13 +17,17 @@ EPILOG = """\
 examples:
   prism-eval runs/standard-20261122-101500
   prism-eval RUN --window 128 128 128 --overlap 0.5 --et-postprocess 500
+  prism-eval RUN --tta mirror                 test-time mirroring: mean probabilities of the 8 flips
+  prism-eval --ensemble runs/fold0 runs/fold1 runs/fold2 -o ens   the runs' mean probabilities, report in ens/
   prism-eval RUN --adapt-site site2 --adapt-cases 3 --adapt-steps 20
   prism-eval compare RUN_A RUN_B              differences B - A with bootstrap 95% intervals over cases
   prism-eval adapt RUN --site site3 --steps 0,1,5,20 --support 2 --draws 5   adaptation curve (adapt.*)
   prism-eval fewshot RUN --shots 1,5 --steps 10 --baseline STANDARD_RUN        few-shot Dice (fewshot.*)
 
 Writes eval.json (summary and per-case values), eval_cases.csv, eval.md (the table papers use) and
-eval_dice.png into the run folder. Options left out come from the run's eval config section.
+eval_dice.png into the run folder (or -o DIR). Options left out come from the run's eval config section; for an
+ensemble, from the first run's (the runs must share modalities, classes and label map; the cases are the first
+run's eval.split of the first run's cache, or --data).
 """
 
 
@@ -32,7 +36,14 @@ def parser() -> argparse.ArgumentParser:
         prog="prism-eval", description="Evaluate a run folder's last checkpoint: Dice and HD95 per region for each "
         "of the 15 modality combinations, or 'prism-eval compare RUN_A RUN_B'.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
+    from ..evaluation.tta import TTA_MODES
+
+    p.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="a folder written by prism-train")
+    p.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN",
+                   help="evaluate these runs as one model, their softmax probabilities averaged (instead of RUN_DIR; "
+                   "needs -o; no fast adaptation)")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR",
+                   help="where eval.* go (default: RUN_DIR; required with --ensemble)")
     p.add_argument("--split", help="cache split to evaluate (default: the run's eval.split)")
     p.add_argument("--data", type=Path, help="evaluate on this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
@@ -41,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
                    help="sliding-window size (default: the whole volume at once)")
     p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass, each run for every combination")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation: mirror = mean probabilities of the 8 flips (default: eval.tta)")
     p.add_argument("--et-postprocess", type=int, metavar="VOXELS",
                    help="fewer predicted ET voxels count as none (BraTS: 500; 0 = off)")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (Dice only)")
@@ -141,17 +154,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.hausdorff import BRATS_EMPTY_HD95
     from ..evaluation.report import evaluate, evaluate_kwargs
     from ..evaluation.results import mean_over_combinations
-    from .predict import load_run_model
+    from .predict import load_runs
 
+    run_dirs, out_dir = _evaluated_runs(args)
     overrides = []
     for flag, field in ((args.split, "eval.split"), (args.max_cases, "eval.max_cases")):
         if flag is not None:
             overrides.append(f"{field}={flag}")
-    run = load_run_model(args.run_dir, cache=args.data, device=args.device, overrides=overrides)
+    run = load_runs(run_dirs, cache=args.data, device=args.device, overrides=overrides)
     config = run.config
     kwargs = evaluate_kwargs(config.eval)
+    if args.ensemble:
+        kwargs.pop("adaptation", None)  # fast adaptation adapts one run
     for flag, key in ((args.window, "window"), (args.overlap, "overlap"), (args.sw_batch_size, "sw_batch_size"),
-                      (args.et_postprocess, "et_postprocess_voxels")):
+                      (args.et_postprocess, "et_postprocess_voxels"), (args.tta, "tta")):
         if flag is not None:
             kwargs[key] = flag
     if args.no_hd95:
@@ -179,7 +195,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                               adapt_rule=evaluation_rule(run.strategy), **kwargs)  # type: ignore[arg-type]
     finally:
         reader.close()
-    paths = report.write(args.run_dir, heatmap=not args.no_heatmap)
+    if args.ensemble:
+        report.settings["ensemble"] = [str(d) for d in run_dirs]
+    paths = report.write(out_dir, heatmap=not args.no_heatmap)
     console = stdout_console()
     console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
     if report.adaptation is not None:
@@ -191,6 +209,25 @@ def _evaluate(args: argparse.Namespace) -> int:
                       f"{len(a.query_cases)} evaluated): mean Dice {change}")
     console.print("report: " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _evaluated_runs(args: argparse.Namespace) -> tuple[list[Path], Path]:
+    """(the run folders to evaluate, the report folder) from RUN_DIR or --ensemble and -o; one-line errors."""
+    from ..errors import ConfigError
+
+    if args.ensemble is None:
+        if args.run_dir is None:
+            raise ConfigError("RUN_DIR: give a run folder (or --ensemble RUN RUN ... -o DIR)")
+        return [args.run_dir], args.output or args.run_dir
+    if args.run_dir is not None:
+        raise ConfigError(f"--ensemble: give the runs after --ensemble only, not also RUN_DIR {args.run_dir}")
+    if len(args.ensemble) < 2:
+        raise ConfigError("--ensemble: at least two runs")
+    if args.output is None:
+        raise ConfigError("--ensemble: needs -o DIR for the report (no run folder is written into)")
+    if args.adapt_site is not None:
+        raise ConfigError("--adapt-site: fast adaptation adapts one run, not an ensemble")
+    return list(args.ensemble), args.output
 
 
 def _adapt(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""prism-predict: label maps for new cases, with whatever modalities each case has, in the inputs' original space."""
+"""prism-predict: label maps for new cases, with whatever modalities each case has, in the inputs' original space;
+optionally class probabilities, test-time mirroring, and an ensemble of several runs."""
 
 from __future__ import annotations
 
@@ -16,12 +17,22 @@ EPILOG = """\
 examples:
   prism-predict runs/standard-20261122-101500 BraTS2021_Validation -o predictions
   prism-predict RUN one_case_folder -o out --window 128 128 128 --device cuda
+  prism-predict RUN INPUT -o out --tta mirror --save-probabilities
+  prism-predict runs/fold0 runs/fold1 runs/fold2 runs/fold3 runs/fold4 INPUT -o out    5-fold ensemble
 
 INPUT_DIR holds one folder per case (or is itself one case folder) named like the training data (BraTS
 2018-2021, 2023+, or a prism-dataset.yaml description); missing modality files are fine. Each case gives
 OUT_DIR/<case>.nii.gz: the crop undone, the dataset's label values restored (BraTS 2018-2021: ET = 4), and the
 affine and header of the case's first modality file. Modalities and the label map come from the run's cache
 (data.cache in RUN/config.yaml; --data points elsewhere if it moved).
+
+Several MODEL folders make an ensemble: the runs' softmax probabilities are averaged before the argmax (the runs
+must share modalities, classes and label map); window, overlap, test-time mirroring and precision are the first
+run's unless given here. --tta mirror averages the probabilities of the 8 flips of each window (nnU-Net's
+test-time mirroring). --save-probabilities also writes OUT_DIR/<case>.npz (numpy.load): 'probabilities' float32
+[K, X, Y, Z] in the label map's voxel grid (crop undone, background outside it), 'labels' the raw label value of
+each class, 'modalities' the modalities used, 'affine' the 4x4 voxel-to-world matrix; its argmax over the first
+axis, mapped through 'labels', is the label map.
 """
 
 
@@ -41,6 +52,33 @@ def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, devi
     return load(run_dir, cache=cache, device=device, overrides=overrides, default_cache=demo_cache)
 
 
+def load_runs(run_dirs: Sequence[str | Path], *, cache: str | Path | None = None, device: str | None = None,
+              overrides: Sequence[str] = ()) -> RunModel:
+    """One run (:func:`load_run_model`), or several as an ensemble: the first run's RunModel (its config, strategy,
+    precision and inference settings) holding an :class:`~prism.evaluation.ensemble.Ensemble` of every run's model.
+
+    Raises:
+        DataError: a run whose modalities, classes or label map differ from the first run's (names both runs).
+    """
+    import dataclasses
+
+    from ..errors import DataError
+    from ..evaluation.ensemble import Ensemble
+
+    runs = [load_run_model(d, cache=cache, device=device, overrides=overrides) for d in run_dirs]
+    first = runs[0]
+    for folder, run in zip(run_dirs[1:], runs[1:], strict=True):
+        for what, ours, theirs in (("modalities", first.modalities, run.modalities),
+                                   ("classes", first.labels, run.labels),
+                                   ("label map", first.label_map, run.label_map)):
+            if ours != theirs:
+                raise DataError(f"{folder}: its {what} {theirs} differ from {run_dirs[0]}'s {ours}; an ensemble's "
+                                "runs must share modalities, classes and label map")
+    if len(runs) == 1:
+        return first
+    return dataclasses.replace(first, model=Ensemble([r.model for r in runs]).eval())
+
+
 def recorded_layout(run: RunModel) -> Any:
     """The DatasetLayout the run's cache was built from (None for synthetic caches)."""
     from ..data_tools.predict_io import layout_from_record
@@ -58,18 +96,24 @@ def input_settings(run: RunModel) -> Any:
                               margin=int(run.preprocessing.get("margin", defaults.margin)))
 
 
-def predict_image(run: RunModel, case: Any) -> Any:
-    """Stored-class label map uint8 ``[d, h, w]`` (numpy, on the crop) of a PreprocessedImage, using exactly the
-    modalities present in the case."""
+def predict_probabilities(run: RunModel, case: Any) -> Any:
+    """Class probabilities float32 ``[K, d, h, w]`` (numpy, on the crop) of a PreprocessedImage, using exactly the
+    modalities present in the case, with the run's window, overlap and test-time augmentation (``eval.tta``)."""
     import torch
 
-    from ..evaluation.inference import predict_combinations
+    from ..evaluation.inference import predict_logits
 
     mask = torch.tensor([case.present], dtype=torch.bool)
-    pred = predict_combinations(run.model, torch.from_numpy(case.image), mask, device=run.device,
-                                amp_dtype=run.amp_dtype, combos_per_pass=1, window=run.window, overlap=run.overlap,
-                                sw_batch_size=run.sw_batch_size)
-    return pred[0].numpy()
+    logits = predict_logits(run.model, torch.from_numpy(case.image), mask, device=run.device, amp_dtype=run.amp_dtype,
+                            window=run.window, overlap=run.overlap, sw_batch_size=run.sw_batch_size,
+                            tta=run.config.eval.tta)
+    return torch.softmax(logits[0], dim=0).cpu().numpy()
+
+
+def predict_image(run: RunModel, case: Any) -> Any:
+    """Stored-class label map uint8 ``[d, h, w]`` (numpy, on the crop): the argmax of
+    :func:`predict_probabilities`."""
+    return predict_probabilities(run, case).argmax(0).astype("uint8")
 
 
 def plan_cases(run: RunModel, input_dir: str | Path, layout: str = "auto") -> tuple[Any, list[Any], dict[int, int]]:
@@ -147,13 +191,15 @@ def adapt_run(run: RunModel, support_dir: str | Path, *, layout: str = "auto", s
 
 
 def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *, layout: str = "auto",
-                   on_case: Callable[[str, Path, Sequence[str]], None] | None = None) -> list[Path]:
+                   on_case: Callable[[str, Path, Sequence[str]], None] | None = None,
+                   save_probabilities: bool = False) -> list[Path]:
     """Predict every case under ``input_dir`` into ``out_dir/<case>.nii.gz`` (original space, raw labels).
 
     All cases are found and their headers checked before ``out_dir`` is created. ``on_case(case_id, path,
-    modalities_used)`` is called after each file is written.
+    modalities_used)`` is called after each file is written. ``save_probabilities`` also writes
+    ``out_dir/<case>.npz`` (:func:`prism.data_tools.predict_io.write_probabilities`; the label map is its argmax).
     """
-    from ..data_tools.predict_io import write_label_map
+    from ..data_tools.predict_io import write_label_map, write_probabilities
     from ..data_tools.preprocess import preprocess_image
     from ..errors import DataError
 
@@ -168,19 +214,27 @@ def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *,
     written = []
     for raw in cases:
         case = preprocess_image(raw, run.modalities, settings)
-        path = write_label_map(out_dir / f"{raw.case_id}.nii.gz", predict_image(run, case), case, inverse)
+        used = [m for m, p in zip(run.modalities, case.present, strict=True) if p]
+        probabilities = predict_probabilities(run, case)
+        if save_probabilities:
+            write_probabilities(out_dir / f"{raw.case_id}.npz", probabilities, case, inverse, used)
+        path = write_label_map(out_dir / f"{raw.case_id}.nii.gz", probabilities.argmax(0).astype("uint8"), case,
+                               inverse)
         written.append(path)
         if on_case is not None:
-            on_case(raw.case_id, path, [m for m, p in zip(run.modalities, case.present, strict=True) if p])
+            on_case(raw.case_id, path, used)
     return written
 
 
 def parser() -> argparse.ArgumentParser:
+    from ..evaluation.tta import TTA_MODES
+
     p = OneLineParser(
-        prog="prism-predict", description="Segment new cases with a trained run: one NIfTI label map per case, "
-        "aligned with its inputs, from whatever modalities the case has.", epilog=EPILOG,
+        prog="prism-predict", description="Segment new cases with a trained run (or an ensemble of runs): one NIfTI "
+        "label map per case, aligned with its inputs, from whatever modalities the case has.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, metavar="MODEL", help="a run folder written by prism-train")
+    p.add_argument("models", type=Path, nargs="+", metavar="MODEL",
+                   help="a run folder written by prism-train; several: an ensemble (mean probabilities)")
     p.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="case folders (or one case folder)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="folder for <case>.nii.gz")
     p.add_argument("--layout", default="auto",
@@ -191,6 +245,10 @@ def parser() -> argparse.ArgumentParser:
                    help="sliding-window size (default: the run's eval.window; none = whole volume)")
     p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: eval.overlap)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: eval.sw_batch_size)")
+    p.add_argument("--tta", choices=TTA_MODES,
+                   help="test-time augmentation: mirror = mean probabilities of the 8 flips (default: eval.tta)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write OUT_DIR/<case>.npz: class probabilities in the original space (see below)")
     p.add_argument("--adapt", type=Path, metavar="SUPPORT_DIR",
                    help="first adapt the model to these labelled cases (case folders with a label file) with the "
                    "run's own adaptation rule (MAML: its inner loop; Meta-SGD: its learned rates; standard: "
@@ -212,7 +270,10 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--overlap: must be in [0, 1), got {args.overlap}")
     if args.sw_batch_size is not None and args.sw_batch_size < 1:
         raise ConfigError(f"--sw-batch-size: must be >= 1, got {args.sw_batch_size}")
-    run = load_run_model(args.model, cache=args.data, device=args.device)
+    if args.adapt is not None and len(args.models) > 1:
+        raise ConfigError("--adapt: adapts one run; give a single MODEL")
+    run = load_runs(args.models, cache=args.data, device=args.device,
+                    overrides=[f"eval.tta={args.tta}"] if args.tta else [])
     if args.window is not None:
         from ..evaluation.inference import check_window
 
@@ -232,8 +293,12 @@ def _predict(args: argparse.Namespace) -> int:
     def report(case_id: str, path: Path, used: Sequence[str]) -> None:
         console.print(f"{case_id}: {path}  ({', '.join(used)})")
 
-    written = predict_folder(run, args.input_dir, args.output, layout=args.layout, on_case=report)
-    console.print(f"wrote {len(written)} label maps to {args.output}")
+    if len(args.models) > 1:
+        console.print(f"ensemble of {len(args.models)} runs (mean probabilities)")
+    written = predict_folder(run, args.input_dir, args.output, layout=args.layout, on_case=report,
+                             save_probabilities=args.save_probabilities)
+    extra = " and class probabilities (.npz)" if args.save_probabilities else ""
+    console.print(f"wrote {len(written)} label maps{extra} to {args.output}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 The combinations run as the batch dimension. With sliding windows (MONAI's ``sliding_window_inference``,
 Gaussian blending), each window is cut once and expanded to every combination inside the predictor, so one
-sweep over the volume serves ``combos_per_pass`` combinations; logits are blended, then arg-maxed.
+sweep over the volume serves ``combos_per_pass`` combinations; logits are blended, then arg-maxed. Test-time
+mirroring (``tta='mirror'``, :mod:`prism.evaluation.tta`) wraps that window predictor.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from ..backbone import Backbone
 from ..errors import ConfigError
+from .tta import Predictor, with_tta
 
 
 def _forward(model: Backbone, x: torch.Tensor, masks: torch.Tensor, amp_dtype: torch.dtype | None,
@@ -40,27 +42,24 @@ def check_window(model: Backbone, window: Sequence[int]) -> tuple[int, int, int]
     return win  # type: ignore[return-value]
 
 
-def _whole_volume_logits(model: Backbone, x: torch.Tensor, masks: torch.Tensor, amp_dtype: torch.dtype | None,
-                         channels_last: bool) -> torch.Tensor:
+def _whole_volume_logits(model: Backbone, x: torch.Tensor, forward: Predictor) -> torch.Tensor:
     """Logits ``[C, K, D, H, W]``: the volume zero-padded to the backbone's size divisor, padding cropped."""
     spatial = x.shape[1:]
     pad = [(-s) % model.size_divisor for s in spatial]
     if any(pad):
         x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
-    logits = _forward(model, x.unsqueeze(0), masks, amp_dtype, channels_last)[0]
+    logits = forward(x.unsqueeze(0))[0]
     return logits[:, :, : spatial[0], : spatial[1], : spatial[2]]
 
 
-def _sliding_window_logits(model: Backbone, x: torch.Tensor, masks: torch.Tensor, amp_dtype: torch.dtype | None,
-                           channels_last: bool, window: tuple[int, int, int], overlap: float, sw_batch_size: int,
-                           sigma_scale: float, output_device: torch.device | None) -> torch.Tensor:
+def _sliding_window_logits(x: torch.Tensor, c: int, forward: Predictor, window: tuple[int, int, int], overlap: float,
+                           sw_batch_size: int, sigma_scale: float, output_device: torch.device | None
+                           ) -> torch.Tensor:
     """Gaussian-blended logits ``[C, K, D, H, W]``; every window is run under all ``C`` masks at once."""
     from monai.inferers import sliding_window_inference
 
-    c = masks.shape[0]
-
     def predictor(windows: torch.Tensor) -> torch.Tensor:  # [n, M, *window] -> [n, C * K, *window]
-        return _forward(model, windows, masks, amp_dtype, channels_last).flatten(1, 2)
+        return forward(windows).flatten(1, 2)
 
     blended = sliding_window_inference(
         x.unsqueeze(0), roi_size=window, sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
@@ -74,22 +73,26 @@ def _sliding_window_logits(model: Backbone, x: torch.Tensor, masks: torch.Tensor
 def predict_logits(model: Backbone, image: torch.Tensor, masks: torch.Tensor, *, device: torch.device,
                    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
                    window: Sequence[int] | None = None, overlap: float = 0.5, sw_batch_size: int = 1,
-                   sigma_scale: float = 0.125, output_device: torch.device | None = None) -> torch.Tensor:
+                   sigma_scale: float = 0.125, output_device: torch.device | None = None,
+                   tta: str = "none") -> torch.Tensor:
     """Float32 logits ``[C, K, D, H, W]`` for image ``[M, D, H, W]`` under every mask of ``masks [C, M]``, in one pass.
 
     ``window=None``: the whole volume at once. Otherwise sliding windows of that size, ``overlap`` in [0, 1),
     ``sw_batch_size`` windows per forward (each expanded to the C combinations), Gaussian blending with
     ``sigma_scale``; ``output_device`` keeps the blended volume elsewhere (e.g. the CPU) to save GPU memory.
+    ``tta='mirror'``: each window (or the whole volume) predicted on its 8 mirrorings, probabilities averaged; the
+    logits are then the log of those mean probabilities (:func:`prism.evaluation.tta.mirrored`).
     """
     if not 0 <= overlap < 1:
         raise ConfigError(f"eval.overlap: must be in [0, 1), got {overlap}")
     model.eval()
     x = image.to(device, non_blocking=True)
     m = masks.to(device)
+    forward = with_tta(lambda windows: _forward(model, windows, m, amp_dtype, channels_last), tta)
     if window is None:
-        return _whole_volume_logits(model, x, m, amp_dtype, channels_last)
-    return _sliding_window_logits(model, x, m, amp_dtype, channels_last, check_window(model, window), overlap,
-                                  sw_batch_size, sigma_scale, output_device)
+        return _whole_volume_logits(model, x, forward)
+    return _sliding_window_logits(x, m.shape[0], forward, check_window(model, window), overlap, sw_batch_size,
+                                  sigma_scale, output_device)
 
 
 @torch.no_grad()
@@ -97,7 +100,7 @@ def predict_combinations(model: Backbone, image: torch.Tensor, masks: torch.Tens
                          amp_dtype: torch.dtype | None = None, combos_per_pass: int = 15,
                          channels_last: bool = False, window: Sequence[int] | None = None, overlap: float = 0.5,
                          sw_batch_size: int = 1, sigma_scale: float = 0.125,
-                         output_device: torch.device | None = None) -> torch.Tensor:
+                         output_device: torch.device | None = None, tta: str = "none") -> torch.Tensor:
     """Label maps uint8 ``[C, D, H, W]`` (on the CPU) for image ``[M, D, H, W]`` under each mask of ``masks [C, M]``.
 
     ``combos_per_pass`` combinations share one pass (``1`` = one loop per combination); the other options are
@@ -109,6 +112,7 @@ def predict_combinations(model: Backbone, image: torch.Tensor, masks: torch.Tens
     for start in range(0, masks.shape[0], combos_per_pass):
         logits = predict_logits(model, image, masks[start:start + combos_per_pass], device=device,
                                 amp_dtype=amp_dtype, channels_last=channels_last, window=window, overlap=overlap,
-                                sw_batch_size=sw_batch_size, sigma_scale=sigma_scale, output_device=output_device)
+                                sw_batch_size=sw_batch_size, sigma_scale=sigma_scale, output_device=output_device,
+                                tta=tta)
         out.append(logits.argmax(1).to(torch.uint8).cpu())
     return torch.cat(out)

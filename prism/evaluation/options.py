@@ -28,6 +28,7 @@ class EvalOptions:
     channels_last: bool = False
     stitch_on_cpu: bool = False  # blend sliding-window logits in host memory (large volumes, small GPUs)
     lesion_metrics: bool = False  # also lesion-wise Dice and HD95 as BraTS 2023+ rank them (prism.evaluation.lesion)
+    tta: str = "none"  # test-time augmentation: none or mirror (prism.evaluation.tta)
 
     def settings(self) -> dict[str, object]:
         """For the report: JSON-safe (NaN as None)."""

@@ -27,13 +27,15 @@ def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, d
              sw_batch_size: int = DEFAULTS.sw_batch_size, sigma_scale: float = DEFAULTS.sigma_scale,
              hd95: bool = DEFAULTS.compute_hd95, hd95_empty: float = DEFAULTS.hd95_empty,
              stitch_on_cpu: bool = DEFAULTS.stitch_on_cpu, lesion_metrics: bool = DEFAULTS.lesion_metrics,
+             tta: str = DEFAULTS.tta,
              adaptation: AdaptationSettings | None = None, adapt_loss: AdaptLoss | None = None,
              adapt_rule: AdaptRule | None = None, on_case: Callable[[str], None] | None = None) -> EvalReport:
     """Dice and HD95 per case, combination and region for ``case_ids``, every combination of a case batched.
 
     ``window=None`` predicts whole volumes; a window size switches to Gaussian-blended sliding windows with
-    ``overlap``. ``adaptation`` adds a fast-adaptation comparison on a held-out site to the same report, adapted
-    by ``adapt_rule`` (default: fine-tuning; :func:`~prism.evaluation.adaptation.evaluation_rule` gives a run's
+    ``overlap``; ``tta='mirror'`` averages the probabilities of the 8 mirrorings (:mod:`prism.evaluation.tta`).
+    ``adaptation`` adds a fast-adaptation comparison on a held-out site to the same report, adapted by
+    ``adapt_rule`` (default: fine-tuning; :func:`~prism.evaluation.adaptation.evaluation_rule` gives a run's
     strategy's own rule) on ``adapt_loss`` (default cross-entropy + soft Dice).
     """
     options = EvalOptions(
@@ -41,7 +43,7 @@ def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, d
         overlap=float(overlap), sw_batch_size=int(sw_batch_size), sigma_scale=float(sigma_scale),
         combos_per_pass=int(combos_per_pass), et_postprocess_voxels=int(et_postprocess_voxels),
         compute_hd95=bool(hd95), hd95_empty=float(hd95_empty), channels_last=bool(channels_last),
-        stitch_on_cpu=bool(stitch_on_cpu), lesion_metrics=bool(lesion_metrics),
+        stitch_on_cpu=bool(stitch_on_cpu), lesion_metrics=bool(lesion_metrics), tta=str(tta),
     )
     cases = list(case_ids)
     report = evaluate_cases(model, reader, cases, device=device, amp_dtype=amp_dtype, options=options,
@@ -77,8 +79,9 @@ def evaluate_kwargs(eval_config: object) -> dict[str, object]:
     """Keyword arguments of :func:`evaluate` from a config's ``eval`` section (fields it lacks keep defaults).
 
     Fields read: et_postprocess_voxels, window, overlap, sw_batch_size, combos_per_pass, hd95, hd95_empty
-    (None = leave one-empty pairs out), stitch_on_cpu, and adapt_site, adapt_cases, adapt_steps, adapt_lr,
-    adapt_optimizer, adapt_patch_size, adapt_split, adapt_seed for fast adaptation (off while adapt_site is None).
+    (None = leave one-empty pairs out), stitch_on_cpu, lesion_metrics, tta, and adapt_site, adapt_cases,
+    adapt_steps, adapt_lr, adapt_optimizer, adapt_patch_size, adapt_split, adapt_seed for fast adaptation (off
+    while adapt_site is None).
     """
     def get(name: str, default: object) -> object:
         value = getattr(eval_config, name, default)
@@ -96,6 +99,7 @@ def evaluate_kwargs(eval_config: object) -> dict[str, object]:
         "hd95_empty": float("nan") if hd95_empty is None else float(hd95_empty),
         "stitch_on_cpu": get("stitch_on_cpu", d.stitch_on_cpu),
         "lesion_metrics": get("lesion_metrics", d.lesion_metrics),
+        "tta": get("tta", d.tta),
     }
     site = getattr(eval_config, "adapt_site", None)
     if site:

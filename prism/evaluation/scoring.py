@@ -74,7 +74,7 @@ def evaluate_cases(model: Backbone, reader: CacheReader, case_ids: Sequence[str]
                 model, torch.from_numpy(image), all_masks[scored], device=device, amp_dtype=amp_dtype,
                 combos_per_pass=options.combos_per_pass, channels_last=options.channels_last, window=options.window,
                 overlap=options.overlap, sw_batch_size=options.sw_batch_size, sigma_scale=options.sigma_scale,
-                output_device=torch.device("cpu") if options.stitch_on_cpu else None,
+                output_device=torch.device("cpu") if options.stitch_on_cpu else None, tta=options.tta,
             )
             p, g = region_masks(pred.to(device), torch.from_numpy(label).to(device), regions, num_classes,
                                 et_postprocess_voxels=options.et_postprocess_voxels)
