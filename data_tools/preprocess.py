@@ -22,7 +22,7 @@ import numpy as np
 
 from prism.atomic import remove_stale_temporaries
 from prism.data.availability import draw_availability, file_sha256, parse_missing_rates, read_passion_csv
-from prism.data.cache_format import FOREGROUND_SAMPLES, settings_hash
+from prism.data.cache_format import DEFAULT_CHUNK, FOREGROUND_SAMPLES, settings_hash
 from prism.data.cache_writer import CacheWriter
 from prism.data.splits import make_splits, resolve_case_names, splits_from_lists
 from prism.data.verify import file_digest
@@ -38,7 +38,7 @@ class PreprocessSettings:
     min_size: int = 128  # crop box at least this many voxels per axis (RFNet), clipped to the volume
     margin: int = 0  # voxels added around the brain bounding box
     seed: int = 0  # foreground samples, random splits, drawn availability
-    chunk: int = 32
+    chunk: int | tuple[int, int, int] = DEFAULT_CHUNK  # one edge, or three (0: the whole axis, in parts <= 192)
     test_fraction: float = 0.2
     val_fraction: float = 0.0
     split_lists: dict[str, str] = field(default_factory=dict)  # split name -> case list file

@@ -186,11 +186,12 @@ class CacheReader:
                                  f"{_first_line(exc)}); rebuild the cache") from None
         return self._index[key]
 
-    def _read_box(self, case_id: str, name: str, lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
+    def _read_box(self, case_id: str, name: str, lo: tuple[int, ...], hi: tuple[int, ...],
+                  out: np.ndarray | None = None) -> np.ndarray:
         index = self._direct_index(case_id, name)
         if index is not None:
             try:
-                return self._direct.read(index, lo, hi)
+                return self._direct.read(index, lo, hi, out)
             except (ValueError, RuntimeError) as exc:
                 raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {name} chunk: {exc}") from None
         return self._case(case_id)[name][tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
@@ -253,15 +254,18 @@ class CacheReader:
         except OSError as exc:
             raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {exc}") from None
 
-    def read_patch(self, case_id: str, start: tuple[int, int, int], size: tuple[int, int, int]
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        """The patch at ``start`` of ``size`` (clipped to the volume): only the chunks it touches are read."""
+    def read_patch(self, case_id: str, start: tuple[int, int, int], size: tuple[int, int, int],
+                   out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The patch at ``start`` of ``size`` (clipped to the volume): only the chunks it touches are read.
+        ``out``: (image, label) arrays to write into, of the clipped patch's shapes (``float32 [M, d, h, w]``,
+        ``uint8 [d, h, w]``, C-contiguous), e.g. buffers reused from read to read; new arrays when None."""
         shape = self.info(case_id).shape
         lo = tuple(min(max(s, 0), d) for s, d in zip(start, shape, strict=True))
         hi = tuple(min(a + max(n, 0), d) for a, n, d in zip(lo, size, shape, strict=True))
+        image_out, label_out = out if out is not None else (None, None)
         try:
-            return (self._read_box(case_id, "image", (0, *lo), (self.num_modalities, *hi)),
-                    self._read_box(case_id, "label", lo, hi))
+            return (self._read_box(case_id, "image", (0, *lo), (self.num_modalities, *hi), image_out),
+                    self._read_box(case_id, "label", lo, hi, label_out))
         except OSError as exc:
             raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {exc}") from None
 

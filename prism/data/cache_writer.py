@@ -33,6 +33,7 @@ from .cache_format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     SOURCES_PATH,
+    chunk_shape,
     settings_hash,
 )
 
@@ -78,10 +79,10 @@ class CacheWriter:
         preprocessing: Mapping[str, Any] | None = None,
         sources: Sequence[Mapping[str, Any]] = (),
         source_root: str = "",
-        chunk: int = DEFAULT_CHUNK,
+        chunk: int | Sequence[int] = DEFAULT_CHUNK,
         seed: int = 0,
         codec: str = "lz4hc",
-        clevel: int = 8,
+        clevel: int = 9,
         shuffle: str = "byte",
         fused: bool = True,
     ) -> None:
@@ -108,7 +109,11 @@ class CacheWriter:
         self.preprocessing = dict(preprocessing or {})
         self.sources = [dict(s) for s in sources]
         self.source_root = str(source_root)
-        self.chunk = int(chunk)
+        try:
+            chunk_shape(chunk, (1, 1, 1))
+        except (TypeError, ValueError):
+            raise CacheError(f"chunk: one edge or three (0: the whole axis), each >= 0; got {chunk!r}") from None
+        self.chunk = chunk
         self._rng = np.random.default_rng(seed)
         self._file: h5py.File | None = None
         self._case_ids: list[str] = []
@@ -204,7 +209,7 @@ class CacheWriter:
             raise CacheError(f"case {case_id}: label values {unknown} are not in the label map {sorted(self.labels)}")
         self._check_space(case_id, image.size * 4 + label.size)
         spatial = image.shape[1:]
-        chunk = tuple(min(self.chunk, s) for s in spatial)
+        chunk = chunk_shape(self.chunk, spatial)
         image_chunk = (m if self.fused else 1, *chunk)
         voxels = int(np.prod(chunk))
         group = self.file["cases"].create_group(case_id)

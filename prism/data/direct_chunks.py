@@ -162,18 +162,30 @@ class DirectChunkReader:
             return _UNKNOWN
         return _DATA
 
-    def read(self, index: ChunkIndex, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-        """The box ``[lo, hi)`` (inside the dataset) as a new array."""
-        out = np.zeros(tuple(b - a for a, b in zip(lo, hi, strict=True)), index.dtype)
+    def read(self, index: ChunkIndex, lo: Sequence[int], hi: Sequence[int], out: np.ndarray | None = None
+             ) -> np.ndarray:
+        """The box ``[lo, hi)`` (inside the dataset), written into ``out`` when given (C-contiguous, of the box's
+        shape and the dataset's dtype; e.g. a reused or pinned buffer), else into a new array.
+
+        The output is never zero-filled first: every chunk's part is written, all-zero and never-written chunks
+        by a fill, so a new array costs no extra pass over memory.
+        """
+        shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
+        if out is None:
+            out = np.empty(shape, index.dtype)
+        elif out.shape != shape or out.dtype != index.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous {index.dtype} of shape {shape}, got {out.dtype} {out.shape}")
         pieces = [_axis_pieces(a, b, c) for a, b, c in zip(lo, hi, index.chunks, strict=True)]
         jobs = list(product(*pieces))
 
         def run(part: list[tuple[tuple[int, slice, slice], ...]]) -> None:
             for job in part:
-                idx = tuple(p[0] for p in job)
-                chunk = self._decode(index, idx)
-                if chunk is not None:
-                    out[tuple(p[2] for p in job)] = chunk[tuple(p[1] for p in job)]
+                chunk = self._decode(index, tuple(p[0] for p in job))
+                dst = tuple(p[2] for p in job)
+                if chunk is None:
+                    out[dst] = 0
+                else:
+                    out[dst] = chunk[tuple(p[1] for p in job)]
 
         if self._pool is None or len(jobs) < 2 * self.threads:
             run(jobs)
