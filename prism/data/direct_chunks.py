@@ -38,6 +38,16 @@ blosc2.set_releasegil(True)
 blosc2.set_nthreads(1)  # parallelism comes from decompressing several chunks at once
 
 
+class NonFiniteChunk(ValueError):
+    """A floating-point chunk holds NaN or Inf; ``first_axis`` lists the indices along the dataset's first axis
+    (an image's modalities) where they are. Each chunk is checked the first time a reader decodes it."""
+
+    def __init__(self, chunk: tuple[int, ...], first_axis: tuple[int, ...]) -> None:
+        super().__init__(f"chunk {list(chunk)} holds NaN or Inf")
+        self.chunk = chunk
+        self.first_axis = first_axis
+
+
 @dataclass
 class ChunkIndex:
     """Where every chunk of one dataset lies in the file, and what kind of Blosc2 frame holds it."""
@@ -132,18 +142,24 @@ class DirectChunkReader:
             blosc2.decompress2(self._view[off + int(index.heads[idx]):end], dst=out)
             return out.view(index.dtype).reshape(index.chunks)
         frame = self._view[off:end]
-        if kind == _UNKNOWN:
+        first = kind == _UNKNOWN
+        if first:
             kind = self._classify(frame, nbytes)
         if kind == _DATA:
             head = int.from_bytes(frame[11:15], "big")
-            index.heads[idx] = head
             blosc2.decompress2(frame[head:], dst=out)
         else:  # special values or several blocks (then the chunk is stored block by block): let b2nd lay it out
             decoded = np.asarray(blosc2.ndarray_from_cframe(bytes(frame))[()]).reshape(index.chunks)
             np.copyto(out.view(index.dtype).reshape(index.chunks), decoded.view(index.dtype))
             kind = _SPECIAL if out.any() else _ZERO
-        index.kinds[idx] = kind
-        return None if kind == _ZERO else out.view(index.dtype).reshape(index.chunks)
+        chunk = out.view(index.dtype).reshape(index.chunks)
+        if first and index.dtype.kind == "f" and kind != _ZERO and not np.isfinite(chunk).all():
+            rows = np.flatnonzero(~np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(axis=1))
+            raise NonFiniteChunk(idx, tuple(int(idx[0] * index.chunks[0] + r) for r in rows))
+        if kind == _DATA:
+            index.heads[idx] = int.from_bytes(frame[11:15], "big")
+        index.kinds[idx] = kind  # checked once: later reads of this chunk skip the check
+        return None if kind == _ZERO else chunk
 
     @staticmethod
     def _classify(frame: memoryview, nbytes: int) -> int:
