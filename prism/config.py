@@ -169,6 +169,15 @@ class Config(_Model):
             raise ValueError("at least one loss term is needed")
         return v
 
+    def training_splits(self) -> tuple[str, str]:
+        """(training split, validation split) of the run: ``fold<k>_train`` and ``fold<k>_val`` when ``data.fold``
+        is set (``prism-data split --folds``), else ``data.train_split`` and ``train.val_split``."""
+        if self.data.fold is None:
+            return self.data.train_split, self.train.val_split
+        from .data.splits import fold_split_names
+
+        return fold_split_names(self.data.fold)
+
     @model_validator(mode="after")
     def _fold_validation_split(self) -> Config:
         if self.data.fold is not None and self.train.val_split != "val":

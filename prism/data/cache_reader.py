@@ -326,3 +326,10 @@ class CacheReader:
             image[(slice(None), *dst)] = img
             label[dst] = lab
         return image, label
+
+
+def dataset_changed_message(checkpoint: Path, recorded: str, reader: CacheReader) -> str:
+    """One line for a resume whose checkpoint was trained on another dataset than ``reader``'s cache holds now."""
+    return (f"{checkpoint}: the run was trained on another dataset than {reader.path} holds now (dataset "
+            f"fingerprint {recorded}, the cache's {reader.fingerprint}): the cache was rebuilt or replaced; resume "
+            "with the cache the run was trained on, or start a new run")
