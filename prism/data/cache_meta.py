@@ -110,6 +110,29 @@ def is_complete(attrs: Any) -> bool:
     return bool(raw)
 
 
+def check_groups(f: h5py.File) -> None:
+    """``/cases`` and ``/splits``, when present, are groups (their absence means an unfinished build)."""
+    for name in ("cases", "splits"):
+        if name in f and not isinstance(f[name], h5py.Group):
+            raise Corrupt(f"'/{name}' is not a group")
+
+
+def read_sources(f: h5py.File, path: str) -> list[dict[str, Any]]:
+    """The provenance record at ``path``: a JSON list of source-file dicts (empty when absent)."""
+    if path not in f:
+        return []
+    raw = f[path][()] if isinstance(f[path], h5py.Dataset) else None
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    try:
+        sources = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        sources = None
+    if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+        raise Corrupt(f"'/{path}' is not a JSON list of source files")
+    return sources
+
+
 def read_splits(f: h5py.File) -> dict[str, tuple[str, ...]]:
     """Every ``/splits/<name>``: a one-dimensional dataset of case-id strings."""
     out = {}
@@ -157,6 +180,9 @@ def case_info(case_id: str, g: Any, num_modalities: int) -> CaseInfo:
         raise Corrupt(f"{where}: label must be uint8 {image.shape[1:]}, is {label.dtype} {label.shape}")
     if foreground.ndim != 2 or foreground.shape[1] != 3 or foreground.dtype.kind not in "iu":
         raise Corrupt(f"{where}: foreground must be integer [N, 3], is {foreground.dtype} {foreground.shape}")
+    points = foreground[()]
+    if len(points) and ((points < 0).any() or (points >= np.asarray(image.shape[1:])).any()):
+        raise Corrupt(f"{where}: foreground points outside the volume {list(image.shape[1:])}")
     a = g.attrs
     m = num_modalities
     availability = _attr(a, "availability", (m,), "biu", where)

@@ -19,7 +19,17 @@ import numpy as np
 
 from ..errors import CacheError
 from .cache_format import FORMAT_NAME, READABLE_VERSIONS, SOURCES_PATH
-from .cache_meta import CaseInfo, Corrupt, case_info, format_version, is_complete, read_splits, root_info
+from .cache_meta import (
+    CaseInfo,
+    Corrupt,
+    case_info,
+    check_groups,
+    format_version,
+    is_complete,
+    read_sources,
+    read_splits,
+    root_info,
+)
 from .direct_chunks import ChunkIndex, DirectChunkReader, NonFiniteChunk, chunk_index
 from .splits import FOLD_SPLIT
 
@@ -75,6 +85,7 @@ class CacheReader:
             self.created: str = str(attrs.get("created", ""))
             self.case_ids: tuple[str, ...] = tuple(sorted(f["cases"].keys()))
             self.splits: dict[str, tuple[str, ...]] = read_splits(f)
+            self._sources = read_sources(f, SOURCES_PATH)
         except Corrupt as exc:
             self.close()
             raise CacheError(f"{self.path}: the cache's metadata is corrupted: {exc}; rebuild the cache") from None
@@ -101,23 +112,8 @@ class CacheReader:
 
     @property
     def sources(self) -> list[dict[str, Any]]:
-        """Provenance: one dict (case, role, path, size, sha256) per source file; empty for synthetic caches.
-
-        Raises:
-            CacheError: the provenance record is not a JSON list of such dicts.
-        """
-        f = self._open()
-        if SOURCES_PATH not in f:
-            return []
-        try:
-            raw = f[SOURCES_PATH][()]
-            sources = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-            if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
-                raise ValueError("not a list of source records")
-        except (*_CORRUPT, AttributeError) as exc:
-            raise CacheError(f"{self.path}: the cache's metadata is corrupted: {SOURCES_PATH} ({_first_line(exc)}); "
-                             "rebuild the cache") from None
-        return sources
+        """Provenance: one dict (case, role, path, size, sha256) per source file; empty for synthetic caches."""
+        return [dict(s) for s in self._sources]
 
     @property
     def fingerprint(self) -> str:
@@ -158,8 +154,8 @@ class CacheReader:
                 f.close()
                 raise CacheError(f"{self.path}: not a prism cache (no prism_format attribute)")
             version = format_version(attrs)
-            complete = is_complete(attrs) and isinstance(f.get("cases"), h5py.Group) and isinstance(
-                f.get("splits"), h5py.Group)
+            check_groups(f)
+            complete = is_complete(attrs) and "cases" in f and "splits" in f
         except Corrupt as exc:
             f.close()
             raise CacheError(f"{self.path}: the cache's metadata is corrupted: {exc}; rebuild the cache") from None
@@ -273,17 +269,9 @@ class CacheReader:
         return self._info[case_id]
 
     def foreground(self, case_id: str) -> np.ndarray:
-        """Stored foreground voxel coordinates ``int [N, 3]`` of the case (inside its volume)."""
-        shape = self.info(case_id).shape
-        try:
-            points = self._case(case_id)["foreground"][()]
-        except _CORRUPT as exc:
-            raise CacheError(f"{self.path}: case '{case_id}' is corrupted: foreground ({_first_line(exc)}); "
-                             "rebuild the cache") from None
-        if len(points) and ((points < 0).any() or (points >= np.asarray(shape)).any()):
-            raise CacheError(f"{self.path}: case '{case_id}' is corrupted: foreground points outside its volume "
-                             f"{list(shape)}; rebuild the cache")
-        return points
+        """Stored foreground voxel coordinates ``int [N, 3]`` of the case (checked inside its volume on open)."""
+        self.info(case_id)
+        return self._case(case_id)["foreground"][()]
 
     def read_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Whole case: image float32 ``[M, D, H, W]`` and label uint8 ``[D, H, W]``."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,16 @@ from .cache_format import (
     SOURCES_PATH,
     settings_hash,
 )
-from .cache_meta import Corrupt, case_info, format_version, is_complete, read_splits, root_info
+from .cache_meta import (
+    Corrupt,
+    case_info,
+    check_groups,
+    format_version,
+    is_complete,
+    read_sources,
+    read_splits,
+    root_info,
+)
 
 
 @dataclass
@@ -71,7 +79,7 @@ def _check_case(f: h5py.File, case: str, m: int, labels: set[int], check_chunks:
     where = f"case '{case}'"
     problems = report.problems
     try:
-        info = case_info(case, f["cases"][case], m)  # datasets, dtypes, shapes, attributes, crop box
+        case_info(case, f["cases"][case], m)  # datasets, dtypes, shapes, attributes, crop box
     except Corrupt as exc:
         problems.append(str(exc))
         return
@@ -80,10 +88,7 @@ def _check_case(f: h5py.File, case: str, m: int, labels: set[int], check_chunks:
     for ds in (image, label):
         if not ds.fletcher32 or ds.chunks is None:
             problems.append(f"{where}: {ds.name.rsplit('/', 1)[-1]} lacks chunking or Fletcher32 checksums")
-    fg = g["foreground"][()]
-    if len(fg) and ((fg < 0).any() or (fg >= np.asarray(info.shape)).any()):
-        problems.append(f"{where}: foreground coordinates outside the volume")
-        return
+    fg = g["foreground"][()]  # inside the volume (case_info)
     if not check_chunks:
         return
     try:
@@ -159,8 +164,8 @@ def _verify_open(f: h5py.File, path: Path, report: VerifyReport, check_chunks: b
     missing = [a for a in ROOT_ATTRS if a not in attrs]
     if missing:
         raise CacheError(f"{path}: root attributes missing: {missing}")
-    if not is_complete(attrs) or not isinstance(f.get("cases"), h5py.Group) or not isinstance(
-            f.get("splits"), h5py.Group):
+    check_groups(f)
+    if not is_complete(attrs) or "cases" not in f or "splits" not in f:
         raise CacheError(f"{path}: cache is incomplete (its build was interrupted); rebuild it")
     try:
         root = root_info(attrs)
@@ -168,11 +173,9 @@ def _verify_open(f: h5py.File, path: Path, report: VerifyReport, check_chunks: b
         raise CacheError(f"{path}: provenance is not valid JSON of the cache format: {exc}") from None
     modalities, labels, preprocessing = root.modalities, set(root.labels), root.preprocessing
     try:
-        sources = json.loads(f[SOURCES_PATH][()]) if SOURCES_PATH in f else []
-        if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
-            raise ValueError("not a list of source records")
-    except (ValueError, TypeError) as exc:
-        raise CacheError(f"{path}: provenance is not valid JSON: {SOURCES_PATH}: {exc}") from None
+        sources = read_sources(f, SOURCES_PATH)
+    except Corrupt as exc:
+        raise CacheError(f"{path}: provenance is not valid JSON of the cache format: {exc}") from None
     if settings_hash(preprocessing) != str(attrs["preprocessing_hash"]):
         report.problems.append("preprocessing_hash does not match the stored preprocessing settings")
     cases = sorted(f["cases"].keys())
