@@ -143,19 +143,19 @@ def read_splits(f: h5py.File) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _attr(a: Any, name: str, shape: tuple[int, ...], kind: str, where: str) -> np.ndarray:
+def _attr(a: Any, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
     if name not in a:
-        raise Corrupt(f"{where}: attribute '{name}' is missing")
+        raise Corrupt(f"attribute '{name}' is missing")
     value = np.asarray(a[name])
     if value.shape != shape or value.dtype.kind not in kind:
-        raise Corrupt(f"{where}: attribute '{name}' must be {'x'.join(map(str, shape))} numbers, is "
+        raise Corrupt(f"attribute '{name}' must be {'x'.join(map(str, shape))} numbers, is "
                       f"{value.dtype} {value.shape}")
     return value
 
 
-def _spacing(value: np.ndarray, name: str, where: str) -> tuple[float, float, float]:
+def _spacing(value: np.ndarray, name: str) -> tuple[float, float, float]:
     if not (np.isfinite(value).all() and (value > 0).all()):
-        raise Corrupt(f"{where}: attribute '{name}' must be three positive sizes, is {value.tolist()}")
+        raise Corrupt(f"attribute '{name}' must be three positive sizes, is {value.tolist()}")
     return tuple(float(v) for v in value)
 
 
@@ -167,48 +167,47 @@ def case_info(case_id: str, g: Any, num_modalities: int) -> CaseInfo:
             missing or of the wrong shape; no modality available; a non-positive spacing; a non-finite affine; a
             crop box outside the original volume or not of the stored size (unless the case was resampled).
     """
-    where = f"case '{case_id}'"
     if not isinstance(g, h5py.Group):
-        raise Corrupt(f"{where} is not a group")
+        raise Corrupt("not a group")
     for name in ("image", "label", "foreground"):
         if not isinstance(g.get(name), h5py.Dataset):
-            raise Corrupt(f"{where}: dataset '{name}' is missing")
+            raise Corrupt(f"dataset '{name}' is missing")
     image, label, foreground = g["image"], g["label"], g["foreground"]
     if image.ndim != 4 or image.shape[0] != num_modalities or image.dtype != np.float32:
-        raise Corrupt(f"{where}: image must be float32 [{num_modalities}, D, H, W], is {image.dtype} {image.shape}")
+        raise Corrupt(f"image must be float32 [{num_modalities}, D, H, W], is {image.dtype} {image.shape}")
     if label.shape != image.shape[1:] or label.dtype != np.uint8:
-        raise Corrupt(f"{where}: label must be uint8 {image.shape[1:]}, is {label.dtype} {label.shape}")
+        raise Corrupt(f"label must be uint8 {image.shape[1:]}, is {label.dtype} {label.shape}")
     if foreground.ndim != 2 or foreground.shape[1] != 3 or foreground.dtype.kind not in "iu":
-        raise Corrupt(f"{where}: foreground must be integer [N, 3], is {foreground.dtype} {foreground.shape}")
+        raise Corrupt(f"foreground must be integer [N, 3], is {foreground.dtype} {foreground.shape}")
     points = foreground[()]
     if len(points) and ((points < 0).any() or (points >= np.asarray(image.shape[1:])).any()):
-        raise Corrupt(f"{where}: foreground points outside the volume {list(image.shape[1:])}")
+        raise Corrupt(f"foreground points outside the volume {list(image.shape[1:])}")
     a = g.attrs
     m = num_modalities
-    availability = _attr(a, "availability", (m,), "biu", where)
-    present = _attr(a, "present", (m,), "biu", where) if "present" in a else availability
+    availability = _attr(a, "availability", (m,), "biu")
+    present = _attr(a, "present", (m,), "biu") if "present" in a else availability
     if not availability.any():
-        raise Corrupt(f"{where}: no modality is available")
-    spacing = _spacing(_attr(a, "spacing", (3,), "fiu", where), "spacing", where)
-    affine = _attr(a, "affine", (4, 4), "fiu", where)
+        raise Corrupt("no modality is available")
+    spacing = _spacing(_attr(a, "spacing", (3,), "fiu"), "spacing")
+    affine = _attr(a, "affine", (4, 4), "fiu")
     if not np.isfinite(affine).all():
-        raise Corrupt(f"{where}: attribute 'affine' is not finite")
-    box = _attr(a, "crop_box", (3, 2), "iu", where).astype(np.int64)
-    original_shape = _attr(a, "original_shape", (3,), "iu", where).astype(np.int64)
+        raise Corrupt("attribute 'affine' is not finite")
+    box = _attr(a, "crop_box", (3, 2), "iu").astype(np.int64)
+    original_shape = _attr(a, "original_shape", (3,), "iu").astype(np.int64)
     original_spacing = None
     if "original_spacing" in a:
-        original_spacing = _spacing(_attr(a, "original_spacing", (3,), "fiu", where), "original_spacing", where)
+        original_spacing = _spacing(_attr(a, "original_spacing", (3,), "fiu"), "original_spacing")
     shape = tuple(int(s) for s in label.shape)
     inside = (box[:, 0] >= 0).all() and (box[:, 0] < box[:, 1]).all() and (box[:, 1] <= original_shape).all()
     sized = original_spacing is not None or tuple(int(v) for v in box[:, 1] - box[:, 0]) == shape
     if not (inside and sized):
-        raise Corrupt(f"{where}: crop_box {box.tolist()} does not fit the stored shape {list(shape)} inside "
+        raise Corrupt(f"crop_box {box.tolist()} does not fit the stored shape {list(shape)} inside "
                       f"original_shape {original_shape.tolist()}")
     site = a.get("site", "")
     if isinstance(site, bytes):
         site = site.decode()
     if not isinstance(site, str):
-        raise Corrupt(f"{where}: attribute 'site' is not text")
+        raise Corrupt("attribute 'site' is not text")
     return CaseInfo(case_id=case_id, shape=shape, availability=tuple(bool(v) for v in availability),
                     spacing=spacing, affine=affine.astype(np.float64), crop_box=box,
                     original_shape=tuple(int(v) for v in original_shape), site=site,

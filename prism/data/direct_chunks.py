@@ -117,9 +117,12 @@ class DirectChunkReader:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        self._view.release()
-        self._map.close()
         self._fh.close()
+        try:
+            self._view.release()
+            self._map.close()
+        except BufferError:  # a slice is still referenced (e.g. by a traceback): the map closes when it goes
+            pass
 
     def _buffer(self, nbytes: int) -> np.ndarray:
         buf = getattr(self._local, "buf", None)

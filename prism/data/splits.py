@@ -76,8 +76,8 @@ def resolve_case_names(names: Iterable[str], known: Iterable[str], *, source: st
             unknown.append(name)
             continue
         if case in given:
-            also = "" if given[case] == name else f" (also as {given[case]})"
-            raise DataError(f"{source}: case {case} is named twice{also}")
+            spellings = "" if given[case] == name else f" (as {given[case]} and {name})"
+            raise DataError(f"{source}: case {case} is named twice{spellings}")
         given[case] = name
         out.append(case)
     if unknown:

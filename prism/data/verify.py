@@ -81,7 +81,7 @@ def _check_case(f: h5py.File, case: str, m: int, labels: set[int], check_chunks:
     try:
         case_info(case, f["cases"][case], m)  # datasets, dtypes, shapes, attributes, crop box
     except Corrupt as exc:
-        problems.append(str(exc))
+        problems.append(f"{where}: {exc}")
         return
     g = f["cases"][case]
     image, label = g["image"], g["label"]
