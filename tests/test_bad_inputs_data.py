@@ -543,3 +543,34 @@ def test_mistake_is_one_line_exit_2_names_the_culprit_and_changes_nothing(mistak
     else:
         assert {k: v for k, v in after.items() if k in before} == before
         assert not list(cwd.rglob("*.pt"))  # no checkpoint of a run that met bad data
+
+
+def _float_fields(model, prefix: str = "") -> list[str]:
+    """Dotted names of every float field of a config section and the sections below it."""
+    import typing
+
+    from pydantic import BaseModel
+
+    out = []
+    for name, info in model.model_fields.items():
+        args = typing.get_args(info.annotation) or (info.annotation,)
+        nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested:  # a list of sections: its first item
+            item = "0." if typing.get_origin(info.annotation) is list else ""
+            out += _float_fields(nested[0], f"{prefix}{name}.{item}")
+        elif float in args:
+            out.append(prefix + name)
+    return out
+
+
+def test_every_float_field_of_the_config_refuses_nan_and_infinities():
+    from prism.config import Config, build_config
+    from prism.errors import ConfigError
+
+    fields = _float_fields(Config)
+    assert {"optim.lr", "data.foreground_fraction", "eval.overlap", "eval.hd95_empty"} <= set(fields)
+    assert "losses.0.weight" in fields
+    for dotted in fields:
+        for value in (".nan", ".inf", "-.inf"):
+            with pytest.raises(ConfigError, match=re.escape(dotted) + ": Input should be a finite number"):
+                build_config(None, [f"{dotted}={value}"])

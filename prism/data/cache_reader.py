@@ -210,6 +210,12 @@ class CacheReader:
 
     def _read_box(self, case_id: str, name: str, lo: tuple[int, ...], hi: tuple[int, ...],
                   out: np.ndarray | None = None) -> np.ndarray:
+        if out is not None:
+            want = (tuple(b - a for a, b in zip(lo, hi, strict=True)), np.dtype(np.float32 if name == "image" else
+                                                                             np.uint8))
+            if (out.shape, out.dtype) != want or not out.flags.c_contiguous:
+                raise ValueError(f"out must be C-contiguous {want[1]} of shape {want[0]}, got {out.dtype} "
+                                 f"{out.shape}")
         index = self._direct_index(case_id, name)
         if index is not None:
             try:
