@@ -130,14 +130,19 @@ class CacheWriter:
     ) -> None:
         """``codec`` / ``clevel`` / ``shuffle`` ("byte", "bit", "none") choose the Blosc2 compression of image and
         label chunks (any choice is format v1: the HDF5 filter records it, and caches written with any of them
-        read the same way). The default, LZ4HC clevel 8 + byte shuffle (nnU-Net's codec), writes ~3x slower than
-        LZ4 clevel 5 (the earlier default) but is ~10% smaller on the synthetic phantoms and decodes at least
-        as fast (LZ4HC streams are LZ4 streams with longer matches); see benchmarks/bench_cache.py.
-        ``fused``: image chunks hold every modality, ``(M, c, c, c)`` (default), instead of one each,
-        ``(1, c, c, c)`` (the earlier layout; both are format v1 and read the same way). Every read takes all
-        modalities, so fusing costs no extra decoding; it stores M times fewer chunks (each Blosc2 frame costs
-        ~280 bytes, each HDF5 chunk index entry ~60) and the zero background of all modalities compresses as one
-        run: the phantoms' cache is ~2% smaller and patch reads decode M times fewer chunks."""
+        read the same way). The default, LZ4HC clevel 9 + byte shuffle, decodes at LZ4's speed (LZ4HC streams are
+        LZ4 streams with longer matches) and is the smallest LZ4 setting; ZSTD is ~5% smaller and decodes 3-6x
+        slower (benchmarks/bench_cache.py compares with nnU-Net's ZSTD default).
+        ``chunk``: the spatial chunk edges, one for every axis or three, where 0 takes the whole axis in equal
+        parts of at most 192 voxels (:func:`~prism.data.cache_format.chunk_shape`). The default, 16 x 16 voxels
+        by whole rows of the last axis, makes a patch copy move rows as long as the patch instead of 32-voxel
+        pieces (numpy copies a 4 x 128^3 patch out of 32^3 chunks ~5x slower than out of such rows: the per-row
+        cost dominates) and decodes less outside a 128^3 patch (1.4x its volume instead of 1.9x for 32^3 cubes);
+        measured in benchmarks/bench_cache.py. An int is a cube edge (the earlier default was 32).
+        ``fused``: image chunks hold every modality, ``(M, ...)`` (default), instead of one each, ``(1, ...)``
+        (the earlier layout; both are format v1 and read the same way). Every read takes all modalities, so fusing
+        costs no extra decoding; it stores M times fewer chunks (each Blosc2 frame costs ~280 bytes, each HDF5 chunk
+        index entry ~60) and the zero background of all modalities compresses as one run."""
         if codec not in CODECS or shuffle not in SHUFFLES or not 0 <= int(clevel) <= 9:
             raise CacheError(f"compression: codec must be one of {list(CODECS)}, shuffle one of {list(SHUFFLES)}, "
                              f"clevel 0..9 (got {codec!r}, {shuffle!r}, {clevel!r})")

@@ -11,8 +11,12 @@ are read this way; anything else (and a file this code does not understand) goes
 trailer is NOT checked on this path: checksums are checked by ``prism-data verify`` (which reads through HDF5)
 and by ``CacheReader(..., checksums=True)``. A chunk whose Blosc2 frame holds a special value (an all-zero
 chunk is stored without data) or whose chunk is split into several Blosc2 blocks (stored block by block, not in
-C order) is decoded through ``blosc2.ndarray_from_cframe``; all-zero chunks are remembered and skipped afterwards
-(the output starts zeroed).
+C order) is decoded through ``blosc2.ndarray_from_cframe``; all-zero chunks are remembered and their part of the
+output is filled with zeros instead (the output is never zeroed first: every part of it is written once).
+
+The first time a reader decodes a floating-point chunk it checks that every value is finite (NaN or Inf raise
+:class:`NonFiniteChunk`, naming the rows of the first axis, an image's modalities); the chunk is then remembered as
+checked, so the check costs one pass per chunk and process, not one per read.
 """
 
 from __future__ import annotations
