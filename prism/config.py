@@ -26,7 +26,8 @@ def _sizes_in(low: int, high: int, what: str) -> Any:
     """A validator for a tuple of voxel sizes: each in ``[low, high]``."""
     def check(v: tuple[int, ...] | None) -> tuple[int, ...] | None:
         if v is not None and any(not low <= s <= high for s in v):
-            raise ValueError(f"every {what} must be in [{low}, {high}]")
+            bound = "positive" if low == 1 else f"at least {low}"
+            raise ValueError(f"every {what} must be {bound} and at most {high}")
         return v
     return check
 
