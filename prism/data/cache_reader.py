@@ -107,8 +107,12 @@ class CacheReader:
                 self.close()
                 raise CacheError(f"{self.path}: corrupted: split '{name}' names case '{lost[0]}' that the cache does "
                                  f"not hold ({len(lost)} such); rebuild it")
-        for case_id in self.case_ids:
-            self.info(case_id)
+        try:
+            for case_id in self.case_ids:
+                self.info(case_id)
+        except CacheError:
+            self.close()
+            raise
 
     @property
     def sources(self) -> list[dict[str, Any]]:
