@@ -21,7 +21,7 @@ opened with ``mmap_mode="r"`` and one decompression thread, as nnU-Net reads the
 channel per chunk, 80^3 chunks of 40^3 blocks: the fast-decoding variant the cache is held to) and ".b2nd nnU-Net
 defaults" (what nnU-Net writes: ZSTD clevel 8 + shuffle, image float32 and segmentation int16, blocks and chunks by
 its rule for its 128^3 BraTS patch, see :func:`nnunet_layout`).
-``--all`` adds the earlier cache layouts (32^3 chunks, LZ4HC 8, fused or one modality per chunk), the cache read
+``--all`` adds cubic cache chunks (32^3, LZ4HC 8, every modality or one per chunk), the cache read
 through HDF5's filters (Fletcher32 checked), uncompressed HDF5, whole-volume ``.npy`` loads (RFNet/PASSION) and a
 floor (a patch copied out of a case already in memory).
 
@@ -59,9 +59,9 @@ from prism.modalities import BRATS_MODALITIES
 PRISM = "prism cache (default)"
 B2ND = ".b2nd LZ4HC 8, 80^3/40^3"  # chunks / blocks
 NNUNET = ".b2nd nnU-Net defaults"  # ZSTD 8, blocks and chunks by nnunet_layout for 128^3 patches
-EARLIER = {  # --all: the cache's earlier layouts (label: writer options)
-    "prism, 32^3 chunks, LZ4HC 8 (earlier default)": {"chunk": 32, "clevel": 8},
-    "prism, 32^3 chunks, 1 modality per chunk": {"chunk": 32, "clevel": 8, "fused": False},
+CUBES = {  # --all: cubic chunks (prism-data preprocess --chunk 32), label: writer options
+    "prism, 32^3 chunks, LZ4HC 8": {"chunk": 32, "clevel": 8},
+    "prism, 32^3 chunks, LZ4HC 8, 1 modality per chunk": {"chunk": 32, "clevel": 8, "fused": False},
 }
 Reader = Callable[[str, tuple[int, ...], int], object]
 
@@ -197,11 +197,11 @@ def ratio(reference: np.ndarray, times: np.ndarray) -> tuple[float, float, float
 
 def extra_formats(tmp: Path, ids: list[str], cases: list, default_path: Path) -> tuple[dict[str, Reader],
                                                                                          dict[str, int], list]:
-    """--all: earlier layouts, the HDF5 filter path, uncompressed HDF5, whole-volume .npy loads and the floor."""
+    """--all: cubic chunks, the HDF5 filter path, uncompressed HDF5, whole-volume .npy loads and the floor."""
     fns: dict[str, Reader] = {}
     sizes: dict[str, int] = {}
     closers: list = []
-    for name, options in EARLIER.items():
+    for name, options in CUBES.items():
         path = write_cache(tmp / f"{len(sizes)}.h5", ids, cases, **options)
         reader = CacheReader(path)
         fns[name], sizes[name] = (lambda cid, s, p, r=reader: r.read_patch(cid, s, (p, p, p))), path.stat().st_size
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5, help="repeats, each with new positions (default 5)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[80, 128], help="patch edges (default 80 128)")
     ap.add_argument("--shape", type=int, nargs=3, default=(140, 170, 140))
-    ap.add_argument("--all", action="store_true", help="also the earlier layouts and the other formats")
+    ap.add_argument("--all", action="store_true", help="also cubic chunks and the other formats")
     ap.add_argument("--loader-batches", type=int, default=0, help="DataLoader patches/s over N batches (0: skip)")
     args = ap.parse_args(argv)
     console = Console(width=180, highlight=False)
