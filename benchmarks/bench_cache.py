@@ -1,26 +1,42 @@
-"""Patch reads from the prism cache vs whole-volume .npy loading (RFNet/PASSION) vs uncompressed HDF5.
+"""Patch reads: the prism cache against an nnU-Net-style blosc2 ``.b2nd`` array per case, interleaved and repeated.
 
-Same BraTS-sized phantoms (4 x 140 x 170 x 140, the brain box of a 4 x 155 x 240 x 240 case) and the same random
-patch positions for every format, in one run, warm page cache (every format reads the whole plan once before it
-is timed). The formats take turns patch by patch, so a busy machine slows them alike; the median is reported.
-Formats: whole-volume .npy as RFNet/PASSION load it (np.load of the case, then crop), the floor (the patch copied
-out of a case already in memory: no format can beat it, so it bounds every speed-up), uncompressed HDF5, the
-prism cache through HDF5's filter pipeline (Fletcher32 checked: ``CacheReader(checksums=True)``), the prism
-cache read directly (the default: Blosc2 chunks decoded in a thread pool, 1 thread and the default count), with
-the default layout and compression (all modalities in one chunk, one Blosc2 block per chunk, LZ4HC clevel 8 +
-shuffle) and the earlier ones (one modality per chunk), and an nnU-Net-style blosc2 ``.b2nd``
-array per case opened with mmap (LZ4HC clevel 8, 80^3 chunks, 40^3 blocks, one decompression thread).
-Also disk size, the prism default against the .b2nd format (same run), and DataLoader patches/s per worker.
-Usage: python benchmarks/bench_cache.py [--cases 4] [--reads 20] [--shape 140 170 140] [--chunks 32 ...]
-       [--loader-batches 0: no DataLoader table]
+Same BraTS-sized phantoms (4 x 140 x 170 x 140, the brain box of a 4 x 155 x 240 x 240 case) in every format, same
+random patch positions, in one process. Every format reads every case whole once before timing (page cache, chunk
+indexes and each chunk's first-decode check warm). Then, for each repeat, a fresh set of positions is drawn and the
+formats take turns patch by patch, the order rotating from patch to patch, so a busy machine slows them alike. Each
+row reports the median time per patch over all repeats and, in brackets, the range of the per-repeat medians; each
+ratio against ``.b2nd`` is the median over patches of (``.b2nd`` time / this format's time) for the same position
+read back to back, with its interquartile range.
+
+Two ways of reading, each compared with ``.b2nd`` read the same way:
+- new arrays: each read returns a new array (nnU-Net slices its arrays this way);
+- into buffers: each read writes into arrays reused from read to read (``CacheReader.read_patch(out=...)``,
+  ``blosc2.NDArray.read_into``), as a loader filling preallocated or pinned batch buffers would.
+
+Formats (the names in the tables): "prism cache (default)", as written by default (chunks of every modality, 16 x 16
+voxels by whole rows of the last axis, one Blosc2 block per chunk, LZ4HC clevel 9 + shuffle, read directly with the
+default decompression threads), and two blosc2 ``.b2nd`` layouts, each case's image and segmentation an NDArray
+opened with ``mmap_mode="r"`` and one decompression thread, as nnU-Net reads them
+(``nnunetv2/training/dataloading/nnunet_dataset.py``): ".b2nd LZ4HC 8, 80^3/40^3" (LZ4HC clevel 8 + shuffle, one
+channel per chunk, 80^3 chunks of 40^3 blocks: the fast-decoding variant the cache is held to) and ".b2nd nnU-Net
+defaults" (what nnU-Net writes: ZSTD clevel 8 + shuffle, image float32 and segmentation int16, blocks and chunks by
+its rule for its 128^3 BraTS patch, see :func:`nnunet_layout`).
+``--all`` adds cubic cache chunks (32^3, LZ4HC 8, every modality or one per chunk), the cache read
+through HDF5's filters (Fletcher32 checked), uncompressed HDF5, whole-volume ``.npy`` loads (RFNet/PASSION) and a
+floor (a patch copied out of a case already in memory).
+
+Usage: python benchmarks/bench_cache.py [--cases 4] [--patches 20] [--repeats 5] [--sizes 80 128]
+       [--shape 140 170 140] [--all] [--loader-batches 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from itertools import product
 from pathlib import Path
 
@@ -29,28 +45,38 @@ import h5py
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from prism.data.cache_format import BRATS_LABELS, DEFAULT_CHUNK
+from prism.data.cache_format import BRATS_LABELS
 from prism.data.cache_reader import CacheReader, default_threads
 from prism.data.cache_writer import CacheWriter
 from prism.data.patches import PatchDataset, RankSampler, collate_batch
 from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.modalities import BRATS_MODALITIES
 
-DEFAULT_LABEL = "LZ4HC l8 + shuffle, all modalities/chunk"
-PER_MODALITY_LABEL = "LZ4HC l8 + shuffle, 1 modality/chunk (earlier default)"
-B2ND_NAME = "nnU-Net-style .b2nd (LZ4HC l8, 80^3 chunks, 40^3 blocks, mmap)"
+PRISM = "prism cache (default)"
+B2ND = ".b2nd LZ4HC 8, 80^3/40^3"  # chunks / blocks
+NNUNET = ".b2nd nnU-Net defaults"  # ZSTD 8, blocks and chunks by nnunet_layout for 128^3 patches
+CUBES = {  # --all: cubic chunks (prism-data preprocess --chunk 32), label: writer options
+    "prism, 32^3 chunks, LZ4HC 8": {"chunk": 32, "clevel": 8},
+    "prism, 32^3 chunks, LZ4HC 8, 1 modality per chunk": {"chunk": 32, "clevel": 8, "fused": False},
+}
+Reader = Callable[[str, tuple[int, ...], int], object]
 
 
-def dir_size(paths: list[Path]) -> int:
-    return sum(p.stat().st_size for p in paths)
+def write_cache(path: Path, ids: list[str], cases: list, **options) -> Path:
+    with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, **options) as w:
+        for cid, (img, lab, _) in zip(ids, cases, strict=True):
+            w.add_case(cid, img, lab, availability=[True] * 4)
+        w.set_split("train", ids)
+    return path
 
 
 def write_b2nd(tmp: Path, ids: list[str], cases: list) -> tuple[list[Path], dict[str, tuple]]:
-    """Each case as nnU-Net stores it: image ``[M, D, H, W]`` and label as blosc2 NDArrays (LZ4HC clevel 8, chunks
-    80^3, blocks 40^3 per channel), reopened with ``mmap_mode="r"`` and one decompression thread."""
+    """Each case as nnU-Net stores it: image ``[M, D, H, W]`` and segmentation as blosc2 NDArrays (LZ4HC clevel 8,
+    chunks 80^3, blocks 40^3 per channel), reopened with ``mmap_mode="r"`` and one decompression thread."""
     files, arrays = [], {}
     cparams = {"codec": blosc2.Codec.LZ4HC, "clevel": 8}
     for cid, (img, lab, _) in zip(ids, cases, strict=True):
@@ -64,151 +90,255 @@ def write_b2nd(tmp: Path, ids: list[str], cases: list) -> tuple[list[Path], dict
     return files, arrays
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--cases", type=int, default=4)
-    ap.add_argument("--reads", type=int, default=20, help="patch reads per format and size")
-    ap.add_argument("--shape", type=int, nargs=3, default=(140, 170, 140))
-    ap.add_argument("--loader-batches", type=int, default=12, help="0: skip the DataLoader table")
-    ap.add_argument("--chunks", type=int, nargs="+", default=[DEFAULT_CHUNK], help="cache chunk edges to compare")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="prism-bench-"))
-    cases = [make_case(i, SynthSettings(shape=tuple(args.shape), seed=7)) for i in range(args.cases)]
-    ids = [f"case{i}" for i in range(args.cases)]
-    npy_files = []
-    for cid, (img, lab, _) in zip(ids, cases, strict=True):  # RFNet stores x [H, W, D, M] float32 and y uint8
-        np.save(tmp / f"{cid}_x.npy", np.ascontiguousarray(img.transpose(1, 2, 3, 0)))
-        np.save(tmp / f"{cid}_y.npy", lab)
-        npy_files += [tmp / f"{cid}_x.npy", tmp / f"{cid}_y.npy"]
+def nnunet_layout(image_shape: tuple[int, ...], patch: tuple[int, ...], itemsize: int) -> tuple[tuple[int, ...],
+                                                                                                 tuple[int, ...]]:
+    """(blocks, chunks) of a ``[C, D, H, W]`` array as nnU-Net's ``nnUNetDatasetBlosc2.comp_blosc2_params``
+    (``nnunetv2/training/dataloading/nnunet_dataset.py``) describes them, written here from that description: a
+    block holds every channel and, per axis, the power of two at or above the patch edge, halved (the axis whose
+    block is largest relative to the patch first, the last such axis on ties) until it fits 80% of a 32 KiB L1
+    cache; a chunk tiles blocks (the axis with the fewest blocks first) until it fills 80% of 1.375 MiB of L3 cache,
+    reaches the image, or would average more than 1.5 patches per axis."""
+    block = [image_shape[0], *[2 ** max(0, math.ceil(math.log2(p))) for p in patch]]
+    while math.prod(block) * itemsize > 0.8 * 32768:
+        ratios = [block[i + 1] / patch[i] for i in range(len(patch))]
+        axis = max((i for i in range(len(patch)) if block[i + 1] > 1), key=lambda i: (ratios[i], i))
+        block[axis + 1] = min(2 ** max(0, math.floor(math.log2(block[axis + 1] - 1))), image_shape[axis + 1])
+    block = [min(b, n) for b, n in zip(block, image_shape, strict=True)]
+    chunk = list(block)
+    while math.prod(chunk) * itemsize < 0.8 * 1441792 and chunk != list(image_shape):
+        free = [i for i in range(len(patch)) if chunk[i + 1] < image_shape[i + 1]]
+        axis = min(free, key=lambda i: (chunk[i + 1] / block[i + 1], i))
+        chunk[axis + 1] = min(chunk[axis + 1] + block[axis + 1], image_shape[axis + 1])
+        if np.mean([c / p for c, p in zip(chunk[1:], patch, strict=True)]) > 1.5:
+            chunk[axis + 1] -= block[axis + 1]
+            break
+    return tuple(block), tuple(min(c, n) for c, n in zip(chunk, image_shape, strict=True))
+
+
+def write_nnunet(tmp: Path, ids: list[str], cases: list, patch: int) -> tuple[list[Path], dict[str, tuple]]:
+    """Each case with nnU-Net's own defaults: image float32 ``[C, D, H, W]`` and segmentation int16 ``[1, D, H, W]``,
+    blocks and chunks by :func:`nnunet_layout` for its patch size, ZSTD clevel 8 (``save_case``'s default codec)."""
+    files, arrays = [], {}
+    cparams = {"codec": blosc2.Codec.ZSTD, "clevel": 8}
+    for cid, (img, lab, _) in zip(ids, cases, strict=True):
+        x, y = tmp / f"{cid}.nnunet.b2nd", tmp / f"{cid}_seg.nnunet.b2nd"
+        seg = lab[None].astype(np.int16)
+        for path, array in ((x, img), (y, seg)):
+            blocks, chunks = nnunet_layout(array.shape, (patch,) * 3, array.itemsize)
+            blosc2.asarray(np.ascontiguousarray(array), urlpath=str(path), mode="w", chunks=chunks, blocks=blocks,
+                           cparams=cparams)
+        files += [x, y]
+        arrays[cid] = tuple(blosc2.open(str(f), mode="r", mmap_mode="r", dparams={"nthreads": 1}) for f in (x, y))
+    return files, arrays
+
+
+def readers_for(p: int, b2nd: dict[str, dict], caches: dict[str, CacheReader]) -> dict[str, tuple[Reader, Reader]]:
+    """Per format: (read into a new array, read into reused buffers) of a ``p``^3 patch at a start. ``b2nd``: per
+    format, case id -> (image, label) NDArrays (a label with a leading channel axis is read with it)."""
+    image_buf = np.empty((len(BRATS_MODALITIES), p, p, p), np.float32)
+    label_bufs = {1: np.empty((p, p, p), np.uint8), 2: np.empty((1, p, p, p), np.int16)}
+
+    def b2nd_pair(arrays: dict) -> tuple[Reader, Reader]:
+        def box(label, s: tuple[int, ...], p: int) -> tuple:
+            sl = tuple(slice(a, a + p) for a in s)
+            return (slice(None), *sl), ((slice(None), *sl) if label.ndim == 4 else sl)
+
+        def new(cid: str, s: tuple[int, ...], p: int) -> object:
+            image, label = arrays[cid]
+            at_image, at_label = box(label, s, p)
+            return image[at_image], label[at_label]
+
+        def into(cid: str, s: tuple[int, ...], p: int) -> object:
+            image, label = arrays[cid]
+            at_image, at_label = box(label, s, p)
+            return image.read_into(image_buf, at_image), label.read_into(label_bufs[label.dtype.itemsize], at_label)
+
+        return new, into
+
+    out = {name: b2nd_pair(arrays) for name, arrays in b2nd.items()}
+    label_buf = label_bufs[1]
+    for name, reader in caches.items():
+        out[name] = (lambda cid, s, p, r=reader: r.read_patch(cid, s, (p, p, p)),
+                     lambda cid, s, p, r=reader: r.read_patch(cid, s, (p, p, p), out=(image_buf, label_buf)))
+    return out
+
+
+def interleaved(fns: dict[str, Reader], ids: list[str], shape: tuple[int, ...], p: int, patches: int, repeats: int
+                ) -> dict[str, np.ndarray]:
+    """Times ``[repeats, patches]`` per format: positions drawn per repeat, formats in turn patch by patch."""
+    names = list(fns)
+    times = {name: np.zeros((repeats, patches)) for name in names}
+    for r in range(repeats):
+        rng = np.random.default_rng((p, r))
+        plan = [(ids[int(rng.integers(len(ids)))], tuple(int(rng.integers(0, s - p + 1)) for s in shape))
+                for _ in range(patches)]
+        for j, (cid, start) in enumerate(plan):
+            k = (r * patches + j) % len(names)
+            for name in names[k:] + names[:k]:  # the order rotates: no format always reads first
+                t0 = time.perf_counter()
+                fns[name](cid, start, p)
+                times[name][r, j] = time.perf_counter() - t0
+    return times
+
+
+def spread(times: np.ndarray) -> str:
+    """``median [min-max of the per-repeat medians]`` in ms."""
+    per_repeat = np.median(times, axis=1) * 1e3
+    return f"{np.median(times) * 1e3:.1f} [{per_repeat.min():.1f}-{per_repeat.max():.1f}]"
+
+
+def ratio(reference: np.ndarray, times: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(median, first and third quartile of the per-patch ratios, min and max of the per-repeat median ratios)."""
+    r = reference / times
+    q1, med, q3 = np.percentile(r, [25, 50, 75])
+    per_repeat = np.median(r, axis=1)
+    return float(med), float(q1), float(q3), float(per_repeat.min()), float(per_repeat.max())
+
+
+def extra_formats(tmp: Path, ids: list[str], cases: list, default_path: Path) -> tuple[dict[str, Reader],
+                                                                                         dict[str, int], list]:
+    """--all: cubic chunks, the HDF5 filter path, uncompressed HDF5, whole-volume .npy loads and the floor."""
+    fns: dict[str, Reader] = {}
+    sizes: dict[str, int] = {}
+    closers: list = []
+    for name, options in CUBES.items():
+        path = write_cache(tmp / f"{len(sizes)}.h5", ids, cases, **options)
+        reader = CacheReader(path)
+        fns[name], sizes[name] = (lambda cid, s, p, r=reader: r.read_patch(cid, s, (p, p, p))), path.stat().st_size
+        closers.append(reader)
+    checked = CacheReader(default_path, checksums=True)
+    fns["prism default through HDF5's filters (Fletcher32 checked)"] = (
+        lambda cid, s, p: checked.read_patch(cid, s, (p, p, p)))
+    sizes["prism default through HDF5's filters (Fletcher32 checked)"] = default_path.stat().st_size
+    closers.append(checked)
     plain = tmp / "plain.h5"
     with h5py.File(plain, "w") as f:
         for cid, (img, lab, _) in zip(ids, cases, strict=True):
             f[f"{cid}/image"], f[f"{cid}/label"] = img, lab
-    caches = {}  # (chunk, compression label) -> path
-    settings = [(chunk, DEFAULT_LABEL, {}) for chunk in args.chunks]
-    settings.append((args.chunks[0], PER_MODALITY_LABEL, {"fused": False}))
-    settings.append((args.chunks[0], "LZ4 l5 + shuffle, 1 modality/chunk (first default)",
-                     {"codec": "lz4", "clevel": 5, "fused": False}))
-    settings.append((args.chunks[0], "LZ4 l1, no shuffle, all modalities/chunk",
-                     {"codec": "lz4", "clevel": 1, "shuffle": "none"}))
-    for chunk, label, compression in settings:
-        path = caches[chunk, label] = tmp / f"cache{chunk}-{len(caches)}.h5"
-        with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, chunk=chunk, **compression) as w:
-            for cid, (img, lab, _) in zip(ids, cases, strict=True):
-                w.add_case(cid, img, lab, availability=[True] * 4)
-            w.set_split("train", ids)
     plain_f = h5py.File(plain, "r")
+    closers.append(plain_f)
 
-    def npy_patch(cid: str, s: tuple[int, ...], p: int) -> None:
-        x, y = np.load(tmp / f"{cid}_x.npy"), np.load(tmp / f"{cid}_y.npy")
-        np.ascontiguousarray(x[s[0]:s[0] + p, s[1]:s[1] + p, s[2]:s[2] + p].transpose(3, 0, 1, 2))
-        np.ascontiguousarray(y[s[0]:s[0] + p, s[1]:s[1] + p, s[2]:s[2] + p])
-
-    def plain_patch(cid: str, s: tuple[int, ...], p: int) -> None:
+    def plain_patch(cid: str, s: tuple[int, ...], p: int) -> object:
         sl = tuple(slice(a, a + p) for a in s)
-        plain_f[f"{cid}/image"][(slice(None), *sl)], plain_f[f"{cid}/label"][sl]
+        return plain_f[f"{cid}/image"][(slice(None), *sl)], plain_f[f"{cid}/label"][sl]
 
-    def reader_patch(reader: CacheReader):
-        return lambda cid, s, p: reader.read_patch(cid, s, (p, p, p))
+    fns["HDF5 uncompressed"], sizes["HDF5 uncompressed"] = plain_patch, plain.stat().st_size
+    npy = 0
+    for cid, (img, lab, _) in zip(ids, cases, strict=True):  # RFNet stores x [H, W, D, M] float32 and y uint8
+        np.save(tmp / f"{cid}_x.npy", np.ascontiguousarray(img.transpose(1, 2, 3, 0)))
+        np.save(tmp / f"{cid}_y.npy", lab)
+        npy += (tmp / f"{cid}_x.npy").stat().st_size + (tmp / f"{cid}_y.npy").stat().st_size
 
+    def npy_patch(cid: str, s: tuple[int, ...], p: int) -> object:
+        x, y = np.load(tmp / f"{cid}_x.npy"), np.load(tmp / f"{cid}_y.npy")
+        sl = tuple(slice(a, a + p) for a in s)
+        return np.ascontiguousarray(x[sl].transpose(3, 0, 1, 2)), np.ascontiguousarray(y[sl])
+
+    fns["npy whole volume (RFNet/PASSION)"], sizes["npy whole volume (RFNet/PASSION)"] = npy_patch, npy
     in_ram = {cid: (img, lab) for cid, (img, lab, _) in zip(ids, cases, strict=True)}
 
-    def ram_patch(cid: str, s: tuple[int, ...], p: int) -> None:
+    def ram_patch(cid: str, s: tuple[int, ...], p: int) -> object:
         sl = tuple(slice(a, a + p) for a in s)
-        np.ascontiguousarray(in_ram[cid][0][(slice(None), *sl)]), np.ascontiguousarray(in_ram[cid][1][sl])
+        return np.ascontiguousarray(in_ram[cid][0][(slice(None), *sl)]), np.ascontiguousarray(in_ram[cid][1][sl])
 
-    b2nd_files, b2nd = write_b2nd(tmp, ids, cases)
+    fns["floor: copy out of an in-RAM array"], sizes["floor: copy out of an in-RAM array"] = ram_patch, 0
+    return fns, sizes, closers
 
-    def b2nd_patch(cid: str, s: tuple[int, ...], p: int) -> None:
-        sl = tuple(slice(a, a + p) for a in s)
-        image, label = b2nd[cid]
-        image[(slice(None), *sl)], label[sl]
 
-    npy_name = "npy whole volume (RFNet/PASSION)"
-    ram_name = "floor: copy out of an in-RAM array"
-    loaders = {npy_name: npy_patch, ram_name: ram_patch, "HDF5 uncompressed": plain_patch, B2ND_NAME: b2nd_patch}
-    sizes = {npy_name: dir_size(npy_files), ram_name: 0, "HDF5 uncompressed": plain.stat().st_size,
-             B2ND_NAME: dir_size(b2nd_files)}
-    readers = []
-    threads = default_threads()
-    for (chunk, label), path in caches.items():
-        tag = f"prism {chunk}^3 {label}"
-        variants = {f"{tag}, HDF5 filters + Fletcher32": CacheReader(path, checksums=True),
-                    f"{tag}, direct, 1 thread": CacheReader(path, threads=1)}
-        if threads > 1:
-            variants[f"{tag}, direct, {threads} threads (default)"] = CacheReader(path)
-        for name, reader in variants.items():
-            loaders[name], sizes[name] = reader_patch(reader), path.stat().st_size
-            readers.append(reader)
-        snapped = CacheReader(path)  # PatchDataset(snap=chunk): other (chunk-aligned) positions, same reader
-        loaders[f"{tag}, direct, chunk-aligned starts"] = (
-            lambda cid, s, p, r=snapped, c=chunk: r.read_patch(cid, tuple(a - a % c for a in s), (p, p, p)))
-        sizes[f"{tag}, direct, chunk-aligned starts"] = path.stat().st_size
-        readers.append(snapped)
-    rng = np.random.default_rng(0)
-    table = Table(title=f"patch reads, {args.cases} cases of 4 x {' x '.join(map(str, args.shape))}, "
-                        f"median of {args.reads}")
-    table.add_column("format")
-    table.add_column("disk MB", justify="right")
-    table.add_column("size vs npy", justify="right")
-    for p in (80, 128):
-        table.add_column(f"{p}^3 ms/patch", justify="right")
-        table.add_column(f"{p}^3 speed-up", justify="right")
-    rows = {name: [f"{sizes[name] / 1e6:.1f}", f"{sizes[name] / sizes[npy_name]:.2f}"] for name in loaders}
-    medians: dict[int, dict[str, float]] = {}
-    for p in (80, 128):
-        plan = [(ids[rng.integers(len(ids))], tuple(int(rng.integers(0, s - p + 1)) for s in args.shape))
-                for _ in range(args.reads)]
-        times: dict[str, list[float]] = {name: [] for name in loaders}
-        for fn in loaders.values():  # warm: page cache, chunk indexes, thread pools
-            for cid, s in plan:
-                fn(cid, s, p)
-        for cid, s in plan:
-            for name, fn in loaders.items():
-                t0 = time.perf_counter()
-                fn(cid, s, p)
-                times[name].append(time.perf_counter() - t0)
-        med = {name: float(np.median(t)) for name, t in times.items()}
-        medians[p] = med
-        for name in loaders:
-            rows[name] += [f"{med[name] * 1e3:.1f}", f"{med[npy_name] / med[name]:.1f}x"]
-    for name, cells in rows.items():
-        table.add_row(name, *cells)
-    console = Console(width=160)
-    console.print(table)
-    direct = ", direct, " + (f"{threads} threads (default)" if threads > 1 else "1 thread")
-    for what, label in (("prism default", DEFAULT_LABEL), ("earlier layout", PER_MODALITY_LABEL)):
-        name = f"prism {args.chunks[0]}^3 {label}{direct}"
-        console.print(f"{what} ({name}) against {B2ND_NAME}, same run: "
-                      + ", ".join(f"{p}^3 read {medians[p][B2ND_NAME] / medians[p][name]:.2f}x as fast"
-                                  for p in medians)
-                      + f"; disk {sizes[name] / 1e6:.3f} vs {sizes[B2ND_NAME] / 1e6:.3f} MB = "
-                      f"{sizes[name] / sizes[B2ND_NAME]:.3f}x (prism: image + label + metadata + foreground points; "
-                      ".b2nd: image + label)", highlight=False)
-    plain_f.close()
-    for reader in readers:
-        reader.close()
-    first = [(label, path) for (chunk, label), path in caches.items() if chunk == args.chunks[0]]
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=4)
+    ap.add_argument("--patches", type=int, default=20, help="patch positions per repeat (default 20)")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats, each with new positions (default 5)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[80, 128], help="patch edges (default 80 128)")
+    ap.add_argument("--shape", type=int, nargs=3, default=(140, 170, 140))
+    ap.add_argument("--all", action="store_true", help="also cubic chunks and the other formats")
+    ap.add_argument("--loader-batches", type=int, default=0, help="DataLoader patches/s over N batches (0: skip)")
+    args = ap.parse_args(argv)
+    console = Console(width=180, highlight=False)
+    tmp = Path(tempfile.mkdtemp(prefix="prism-bench-"))
+    try:
+        shape = tuple(args.shape)
+        cases = [make_case(i, SynthSettings(shape=shape, seed=7)) for i in range(args.cases)]
+        ids = [f"case{i}" for i in range(args.cases)]
+        default_path = write_cache(tmp / "default.h5", ids, cases)
+        b2nd_files, b2nd = write_b2nd(tmp, ids, cases)
+        nnunet_files, nnunet = write_nnunet(tmp, ids, cases, 128)
+        sizes = {PRISM: default_path.stat().st_size, B2ND: sum(f.stat().st_size for f in b2nd_files),
+                 NNUNET: sum(f.stat().st_size for f in nnunet_files)}
+        prism_reader = CacheReader(default_path)
+        extra, extra_sizes, closers = extra_formats(tmp, ids, cases, default_path) if args.all else ({}, {}, [])
+        sizes.update(extra_sizes)
+        for reader in [prism_reader, *[c for c in closers if isinstance(c, CacheReader)]]:
+            for cid in ids:  # warm: page cache, chunk indexes, every chunk's first-decode check
+                reader.read_case(cid)
+        for arrays in (b2nd, nnunet):
+            for cid in ids:
+                arrays[cid][0][()], arrays[cid][1][()]
+        threads = default_threads()
+        console.print(f"{args.cases} cases of 4 x {' x '.join(map(str, shape))}, {args.repeats} repeats x "
+                      f"{args.patches} positions per patch size; decompression threads: prism {threads} (default), "
+                      f".b2nd 1; torch threads {torch.get_num_threads()}")
+        headline = []
+        for p in args.sizes:
+            both = readers_for(p, {B2ND: b2nd, NNUNET: nnunet}, {PRISM: prism_reader})
+            fns = {f"{name} | new arrays": pair[0] for name, pair in both.items()}
+            fns.update({f"{name} | into buffers": pair[1] for name, pair in both.items()})
+            fns.update({f"{name} | new arrays": fn for name, fn in extra.items()})
+            times = interleaved(fns, ids, shape, p, args.patches, args.repeats)
+            table = Table(title=escape(f"{p}^3 patches: ms per patch, median [range of per-repeat medians]; ratios = "
+                                       "the .b2nd's time / this time, same position read the same way, median "
+                                       "[quartiles]"))
+            for col in ("format", "read", "disk MB", "ms per patch", "vs LZ4HC .b2nd", "vs nnU-Net defaults"):
+                table.add_column(col, justify="left" if col in ("format", "read") else "right")
+            for name, t in times.items():
+                fmt, how = name.split(" | ")
+                cells = []
+                for ref_name in (B2ND, NNUNET):
+                    ref = times.get(f"{ref_name} | {how}")
+                    if ref is None:  # --all formats are read into new arrays only
+                        ref = times[f"{ref_name} | new arrays"]
+                    med, q1, q3, lo, hi = ratio(ref, t)
+                    cells.append(f"{med:.2f}x [{q1:.2f}-{q3:.2f}]")
+                    if fmt == PRISM:
+                        headline.append(f"{p}^3 {how} vs {'LZ4HC .b2nd' if ref_name == B2ND else 'nnU-Net defaults'}"
+                                        f": {med:.2f}x (per-repeat medians {lo:.2f}-{hi:.2f}, patch quartiles "
+                                        f"{q1:.2f}-{q3:.2f})")
+                table.add_row(fmt, how, f"{sizes[fmt] / 1e6:.2f}", spread(t), *cells)
+            console.print(table)
+        console.print("prism default, same run, speed relative to (>1: prism faster):")
+        for line in headline:
+            console.print("  " + line)
+        console.print(f"disk: prism {sizes[PRISM] / 1e6:.2f} MB vs .b2nd {sizes[B2ND] / 1e6:.2f} MB = "
+                      f"{sizes[PRISM] / sizes[B2ND]:.3f}x, vs nnU-Net's defaults {sizes[NNUNET] / 1e6:.2f} MB = "
+                      f"{sizes[PRISM] / sizes[NNUNET]:.3f}x (prism: image + label + metadata + foreground points; "
+                      ".b2nd: image + label)")
+        if args.loader_batches > 0:
+            loader_table(console, default_path, ids, args.sizes, args.loader_batches)
+        prism_reader.close()
+        for c in closers:
+            c.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
-    lt = Table(title=f"DataLoader (PatchDataset, prism {args.chunks[0]}^3 direct, batch 2, flips, 1/3 foreground)")
-    for col in ("cache", "patch", "workers", "patches/s", "patches/s per worker"):
-        lt.add_column(col, justify="right")
-    for (label, cache), p, workers in product(first if args.loader_batches > 0 else [], (80, 128), (1, 2)):
+
+def loader_table(console: Console, cache: Path, ids: list[str], sizes: list[int], batches: int) -> None:
+    table = Table(title="DataLoader (PatchDataset, prism default, batch 2, flips, 1/3 foreground)")
+    for col in ("patch", "workers", "patches/s", "patches/s per worker"):
+        table.add_column(col, justify="right")
+    for p, workers in product(sizes, (1, 2)):
         ds = PatchDataset(CacheReader(cache), ids, (p, p, p), seed=0)
         dl = DataLoader(ds, batch_size=2, sampler=RankSampler(0, 2), collate_fn=collate_batch,
                         num_workers=workers, prefetch_factor=2)
         it = iter(dl)
         next(it)
         t0 = time.perf_counter()
-        for _ in range(args.loader_batches):
+        for _ in range(batches):
             next(it)
-        rate = 2 * args.loader_batches / (time.perf_counter() - t0)
+        rate = 2 * batches / (time.perf_counter() - t0)
         del it
-        lt.add_row(label, f"{p}^3", str(workers), f"{rate:.1f}", f"{rate / workers:.1f}")
-    if args.loader_batches > 0:
-        console.print(lt)
-    console.print(f"torch threads {torch.get_num_threads()}, default decompression threads {threads}")
-    shutil.rmtree(tmp, ignore_errors=True)
+        table.add_row(f"{p}^3", str(workers), f"{rate:.1f}", f"{rate / workers:.1f}")
+    console.print(table)
 
 
 if __name__ == "__main__":

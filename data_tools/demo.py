@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prism.atomic import StorageError, os_error_cause
 from prism.config import SynthConfig
 from prism.data.cache_format import settings_hash
 from prism.data.cache_reader import CacheReader
@@ -27,14 +28,24 @@ def demo_cache_path(config: SynthConfig) -> Path:
 
 
 def ensure_demo_cache(config: SynthConfig) -> tuple[Path, bool]:
-    """The demo cache for ``config``, generated if absent or unreadable. Returns (path, generated)."""
+    """The demo cache for ``config``, generated if absent or unreadable. Returns (path, generated).
+
+    Raises:
+        StorageError: the user cache folder cannot be written (read-only, full, no permission): one line naming
+            the folder and saying how to choose another.
+    """
     path = demo_cache_path(config)
-    if path.exists():
-        try:
-            CacheReader(path).close()
-            return path, False
-        except CacheError:
-            path.unlink()
-    settings = SynthSettings(cases=config.cases, shape=tuple(config.shape), seed=config.seed)
-    write_synthetic_cache(str(path), settings, test_fraction=config.test_fraction)
+    try:
+        if path.exists():
+            try:
+                CacheReader(path).close()
+                return path, False
+            except CacheError:
+                path.unlink()
+        settings = SynthSettings(cases=config.cases, shape=tuple(config.shape), seed=config.seed)
+        write_synthetic_cache(str(path), settings, test_fraction=config.test_fraction)
+    except (StorageError, OSError) as exc:
+        cause = os_error_cause(exc) if isinstance(exc, OSError) else str(exc).rsplit(": ", 1)[-1]
+        raise StorageError(f"{path.parent}: cannot write the built-in demo data there: {cause}; set "
+                           "PRISM_CACHE_DIR to a writable folder, or pass --data CACHE") from None
     return path, True

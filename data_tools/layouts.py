@@ -12,13 +12,17 @@ Built in: ``brats2020`` (2018-2021: ``<case>_{flair,t1ce,t1,t2,seg}.nii.gz``) an
 
 from __future__ import annotations
 
+import difflib
+import errno
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from prism.data.cache_format import BRATS_LABELS
 from prism.errors import DataError
@@ -72,37 +76,72 @@ BRATS2023 = DatasetLayout(
 BUILTIN_LAYOUTS = {"brats2020": BRATS2020, "brats2023": BRATS2023}
 
 
-def _as_patterns(value: Any, where: str) -> tuple[str, ...]:
+def _as_patterns(value: str | list[str], where: str) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(v, str) and "{case}" in v for v in items):
+    if not items or not all("{case}" in v for v in items):
         raise DataError(f"{where}: expected a file pattern (or list of them) containing '{{case}}'")
     return tuple(items)
 
 
+class DatasetDescription(BaseModel):
+    """A dataset description file, validated like a config: unknown keys are errors (with the closest match)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None  # default: the file's name without suffix
+    modalities: dict[str, str | list[str]]  # modality -> file pattern(s); declared order = channel order
+    label: str | list[str]  # the label file pattern(s)
+    labels: dict[int, str] | None = None  # stored label values 0..K-1 and their names (default: background, fg)
+    label_map: dict[int, int] | None = None  # raw label value -> stored value (default: identity)
+    site_file: str = "sites.csv"  # optional CSV in the raw root: case,site
+
+
+def _description_error(path: Path, exc: ValidationError) -> DataError:
+    """The first problem of a description file in one line, naming the key (and the closest allowed one)."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"] if p not in ("str", "list[str]", "[key]"))  # not union tags
+    if err["type"] == "extra_forbidden":
+        allowed = list(DatasetDescription.model_fields)
+        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return DataError(f"{path}: {where}: unknown key; {hint}allowed: {', '.join(allowed)}")
+    if err["type"] == "missing":
+        return DataError(f"{path}: '{where}' is required")
+    return DataError(f"{path}: {where}: {err['msg']}")
+
+
 def layout_from_description(path: str | Path) -> DatasetLayout:
-    """Read a dataset description (YAML or JSON; see the module docstring)."""
+    """Read a dataset description (YAML or JSON; see the module docstring).
+
+    Raises:
+        DataError: one line: unreadable or not UTF-8, invalid YAML/JSON, an unknown or missing key, a pattern
+            without ``{case}``, labels that are not 0..K-1 or a label map pointing outside them.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: cannot read dataset description: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("modalities"), dict) or not data["modalities"]:
-        raise DataError(f"{path}: 'modalities' must map modality names to file patterns")
-    files = {str(m): _as_patterns(p, f"{path}: modalities.{m}") for m, p in data["modalities"].items()}
-    if "label" not in data:
-        raise DataError(f"{path}: 'label' (the label file pattern) is required")
+        text = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:160]
+        raise DataError(f"{path}: cannot read dataset description: {text}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: a dataset description must be a mapping of keys (modalities, label, ...)")
     try:
-        labels = {int(k): str(v) for k, v in (data.get("labels") or {0: "background", 1: "foreground"}).items()}
-        label_map = {int(k): int(v) for k, v in (data.get("label_map") or {k: k for k in labels}).items()}
-    except (TypeError, ValueError, AttributeError):
-        raise DataError(f"{path}: 'labels' and 'label_map' must map integers to names / integers") from None
+        desc = DatasetDescription.model_validate(data)
+    except ValidationError as exc:
+        raise _description_error(path, exc) from None
+    if not desc.modalities:
+        raise DataError(f"{path}: 'modalities' must map modality names to file patterns")
+    files = {m: _as_patterns(p, f"{path}: modalities.{m}") for m, p in desc.modalities.items()}
+    labels = desc.labels or {0: "background", 1: "foreground"}
+    label_map = desc.label_map or {k: k for k in labels}
     bad = sorted(set(label_map.values()) - set(labels))
     if bad or sorted(labels) != list(range(len(labels))):
         raise DataError(f"{path}: labels must be 0..K-1 and label_map must map into them (bad targets {bad})")
-    return DatasetLayout(name=str(data.get("name", path.stem)), files=files,
-                         label=_as_patterns(data["label"], f"{path}: label"), labels=labels, label_map=label_map,
-                         site_file=str(data.get("site_file", "sites.csv")))
+    return DatasetLayout(name=desc.name or path.stem, files=files, label=_as_patterns(desc.label, f"{path}: label"),
+                         labels=labels, label_map=label_map, site_file=desc.site_file)
 
 
 def resolve_layout(spec: str, raw_root: Path) -> DatasetLayout:
@@ -155,11 +194,26 @@ class RawCase:
 
 
 def find_file(folder: Path, case_id: str, patterns: tuple[str, ...]) -> Path | None:
-    """The first of ``patterns`` (``{case}`` replaced by ``case_id``) that exists in ``folder``, else None."""
+    """The first of ``patterns`` (``{case}`` replaced by ``case_id``) that exists in ``folder``, else None.
+
+    Raises:
+        DataError: a candidate is a broken symbolic link (dangling, or a loop): a file meant to be there that
+            cannot be read is an error, not a missing modality.
+    """
     for pattern in patterns:
         candidate = folder / pattern.format(case=case_id)
-        if candidate.exists():
-            return candidate
+        try:
+            os.stat(candidate)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataError(f"case {case_id}: {candidate} is a symbolic link loop") from None
+            if os.path.islink(candidate):
+                raise DataError(f"case {case_id}: {candidate} is a symbolic link to a missing file "
+                                f"({os.readlink(candidate)})") from None
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                continue
+            raise DataError(f"case {case_id}: cannot read {candidate}: {exc.strerror}") from None
+        return candidate
     return None
 
 

@@ -1,9 +1,10 @@
 """NIfTI in and out for prediction: find the cases to predict (no label file needed), check their geometry before
 anything is written, and put a predicted label map back into the original space of its inputs.
 
-"Original space" means: the prediction, made on the brain crop, is pasted into a zero volume of the original
-shape at the crop box (in the original NIfTI voxel axes), stored labels are mapped back to the dataset's raw
-values (BraTS 2018-2021: 3 -> 4), and the file carries the affine and header of the case's first modality file,
+"Original space" means: the prediction, made on the brain crop (resampled back to the source spacing when the
+model's data was resampled to a common one), is pasted into a zero volume of the original shape at the crop box
+(in the original NIfTI voxel axes), stored labels are mapped back to the dataset's raw values (BraTS 2018-2021:
+3 -> 4), and the file carries the affine and header of the case's first modality file,
 so viewers (nibabel, ITK-SNAP, 3D Slicer) overlay it on the inputs.
 """
 
@@ -31,6 +32,7 @@ from .layouts import (
     resolve_layout,
 )
 from .preprocess import PreprocessedImage
+from .resample import resample_to_shape
 
 _NIFTI = (".nii.gz", ".nii")
 
@@ -149,12 +151,23 @@ def uncrop(cropped: np.ndarray, crop_box: np.ndarray, original_shape: Sequence[i
     return out
 
 
+def to_crop_grid(volume: np.ndarray, case: PreprocessedImage, *, order: int = 0) -> np.ndarray:
+    """A prediction made on ``case.image`` (``[..., d, h, w]``) on the voxel grid of the original crop box: when the
+    case was resampled to a common spacing (``prism-data preprocess --spacing``), resampled back (``order`` 0,
+    nearest neighbour, for label maps; 1 for probabilities), else returned as it is."""
+    crop_shape = tuple(int(b - a) for a, b in np.asarray(case.crop_box))
+    if case.image_spacing is None or tuple(volume.shape[-3:]) == crop_shape:
+        return volume
+    return resample_to_shape(volume, crop_shape, order=order)
+
+
 def label_map_image(prediction: np.ndarray, case: PreprocessedImage, inverse: Mapping[int, int]) -> Any:
-    """A nibabel image of ``prediction`` (stored classes on the crop) in the original space of ``case``: original
-    shape, raw label values, the reference file's affine and header (data type set to the labels', no scaling)."""
+    """A nibabel image of ``prediction`` (stored classes on the model's input grid) in the original space of
+    ``case``: resampled back to the source spacing when the case was resampled, original shape, raw label values,
+    the reference file's affine and header (data type set to the labels', no scaling)."""
     import nibabel as nib
 
-    data = uncrop(restore_labels(prediction, inverse), case.crop_box, case.original_shape)
+    data = uncrop(restore_labels(to_crop_grid(prediction, case), inverse), case.crop_box, case.original_shape)
     header = case.header.copy()
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     if not isinstance(header, nib.Nifti1Header):  # e.g. an Analyze header: keep only the geometry

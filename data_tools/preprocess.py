@@ -9,7 +9,6 @@ settings and the same source files (size and SHA-256), ``build_cache`` returns w
 from __future__ import annotations
 
 import concurrent.futures as cf
-import csv
 import multiprocessing
 import os
 import zlib
@@ -21,14 +20,21 @@ from typing import Any
 import numpy as np
 
 from prism.atomic import remove_stale_temporaries
-from prism.data.availability import draw_availability, file_sha256, parse_missing_rates, read_passion_csv
-from prism.data.cache_format import FOREGROUND_SAMPLES, settings_hash
+from prism.data.availability import (
+    draw_availability,
+    file_sha256,
+    parse_missing_rates,
+    read_csv_rows,
+    read_passion_csv,
+)
+from prism.data.cache_format import DEFAULT_CHUNK, FOREGROUND_SAMPLES, settings_hash
 from prism.data.cache_writer import CacheWriter
 from prism.data.splits import make_splits, resolve_case_names, splits_from_lists
 from prism.data.verify import file_digest
 from prism.errors import CacheError, DataError
 
 from .layouts import DatasetLayout, RawCase, discover_cases
+from .resample import resample_image, resample_labels, resampled_shape
 
 
 @dataclass(frozen=True)
@@ -38,13 +44,14 @@ class PreprocessSettings:
     min_size: int = 128  # crop box at least this many voxels per axis (RFNet), clipped to the volume
     margin: int = 0  # voxels added around the brain bounding box
     seed: int = 0  # foreground samples, random splits, drawn availability
-    chunk: int = 32
+    chunk: int | tuple[int, int, int] = DEFAULT_CHUNK  # one edge, or three (0: the whole axis, in parts <= 192)
     test_fraction: float = 0.2
     val_fraction: float = 0.0
     split_lists: dict[str, str] = field(default_factory=dict)  # split name -> case list file
     availability_csv: str = ""  # PASSION split CSV (applies to the cases it names)
     missing_rates: str = ""  # "mr2468" or "flair=0.6,..." (applies to the train split)
     unlisted: str = "error"  # train cases absent from availability_csv: "error", or "full" (every file they have)
+    spacing: tuple[float, float, float] | None = None  # resample to this voxel size (mm); None: keep each case's
 
 
 @dataclass
@@ -59,10 +66,12 @@ class PreprocessedCase:
     original_shape: tuple[int, int, int]
     foreground: np.ndarray
     sources: list[dict[str, Any]]
+    original_spacing: tuple[float, float, float] | None = None  # the source spacing when resampled to ``spacing``
 
 
-def _load(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], Any]:
-    """(data float32 [D, H, W], affine, voxel sizes, nibabel header) of one NIfTI file; one-line errors."""
+def _load(path: Path, case_id: str, role: str = "") -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], Any]:
+    """(data float32 [D, H, W], affine, voxel sizes, nibabel header) of one NIfTI file (``role``: its modality or
+    "label", named in errors); one-line errors."""
     import nibabel as nib
 
     try:
@@ -74,20 +83,29 @@ def _load(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(f"case {case_id}: {path} is not a 3D volume (shape {data.shape})")
+    what = f"{role} file {path}" if role else str(path)
     if not np.isfinite(data).all():
-        raise DataError(f"case {case_id}: {path} contains NaN or Inf voxels")
+        raise DataError(f"case {case_id}: {what} contains NaN or Inf voxels")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, np.asarray(img.affine, dtype=np.float64), zooms, img.header
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise DataError(f"case {case_id}: {what} has voxel spacing {list(zooms)}; every spacing must be positive "
+                        "(fix the NIfTI header's pixdim)")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise DataError(f"case {case_id}: {what} has a non-finite affine")
+    return data, affine, zooms, img.header
 
 
-def brain_box(brain: np.ndarray, min_size: int, margin: int) -> np.ndarray:
-    """``[3, 2]`` start/stop of the brain's bounding box, grown by ``margin`` and to ``min_size``, inside the volume."""
+def brain_box(brain: np.ndarray, min_size: int | Sequence[int], margin: int) -> np.ndarray:
+    """``[3, 2]`` start/stop of the brain's bounding box, grown by ``margin`` and to ``min_size`` (one size, or one
+    per axis), inside the volume."""
     coords = np.argwhere(brain)
     box = np.zeros((3, 2), np.int64)
+    sizes = (min_size,) * 3 if isinstance(min_size, int | np.integer) else tuple(min_size)
     for ax, n in enumerate(brain.shape):
         lo, hi = int(coords[:, ax].min()) - margin, int(coords[:, ax].max()) + 1 + margin
         lo, hi = max(lo, 0), min(hi, n)
-        want = min(min_size, n)
+        want = min(int(sizes[ax]), n)
         if hi - lo < want:
             extra = want - (hi - lo)
             lo = max(0, lo - extra // 2)
@@ -116,7 +134,7 @@ def _load_volumes(case_id: str, files: Sequence[tuple[str, Path | None]]) -> tup
     for role, path in files:
         if path is None:
             continue
-        data, affine, zooms, header = _load(path, case_id)
+        data, affine, zooms, header = _load(path, case_id, role)
         if ref is None:
             ref = _Reference(path, data.shape, affine, zooms, header)
         elif data.shape != ref.shape:
@@ -130,17 +148,24 @@ def _load_volumes(case_id: str, files: Sequence[tuple[str, Path | None]]) -> tup
 
 
 def _crop_and_normalise(case_id: str, volumes: Mapping[str, np.ndarray], modalities: Sequence[str],
-                        shape: tuple[int, ...], settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
+                        ref: _Reference, settings: PreprocessSettings
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crop the modalities to the brain box and z-score each over brain voxels (any modality non-zero).
 
-    Returns (image float32 ``[M, d, h, w]`` in ``modalities`` order, zeros for absent ones; crop box ``[3, 2]``).
+    With ``settings.spacing`` the crop is at least ``min_size`` voxels of the target spacing per axis.
+
+    Returns (image float32 ``[M, d, h, w]`` in ``modalities`` order, zeros for absent ones; crop box ``[3, 2]``;
+    the brain mask ``[d, h, w]`` of the crop).
     """
-    brain = np.zeros(shape, bool)
+    brain = np.zeros(ref.shape, bool)
     for data in volumes.values():
         brain |= data != 0
     if not brain.any():
         raise DataError(f"case {case_id}: every modality is all zero (no brain voxels)")
-    box = brain_box(brain, settings.min_size, settings.margin)
+    min_size: int | list[int] = settings.min_size
+    if settings.spacing is not None:  # min_size counts voxels of the target spacing
+        min_size = [int(np.ceil(settings.min_size * t / z)) for t, z in zip(settings.spacing, ref.zooms, strict=True)]
+    box = brain_box(brain, min_size, settings.margin)
     crop = tuple(slice(int(a), int(b)) for a, b in box)
     brain_c = brain[crop]
     image = np.zeros((len(modalities), *brain_c.shape), np.float32)
@@ -151,7 +176,7 @@ def _crop_and_normalise(case_id: str, volumes: Mapping[str, np.ndarray], modalit
         vals = vol[brain_c].astype(np.float64)
         std = vals.std()
         image[c][brain_c] = ((vals - vals.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
-    return image, box
+    return image, box, brain_c
 
 
 def preprocess_case(raw: RawCase, layout: DatasetLayout, settings: PreprocessSettings,
@@ -173,9 +198,14 @@ def preprocess_case(raw: RawCase, layout: DatasetLayout, settings: PreprocessSet
     for k, v in layout.label_map.items():
         lut[k] = v
     label = lut[label_raw.astype(np.int64)]
-    image, box = _crop_and_normalise(case_id, volumes, layout.modalities, shape, settings)
+    image, box, brain = _crop_and_normalise(case_id, volumes, layout.modalities, ref, settings)
     crop = tuple(slice(int(a), int(b)) for a, b in box)
     label = np.ascontiguousarray(label[crop])
+    spacing = ref.zooms
+    if settings.spacing is not None:
+        target = resampled_shape(label.shape, ref.zooms, settings.spacing)
+        image, label = resample_image(image, target, brain), resample_labels(label, target)
+        spacing = tuple(float(s) for s in settings.spacing)
     rng = np.random.default_rng((settings.seed, zlib.crc32(case_id.encode())))
     coords = np.argwhere(label > 0)
     if len(coords) > FOREGROUND_SAMPLES:
@@ -188,8 +218,9 @@ def preprocess_case(raw: RawCase, layout: DatasetLayout, settings: PreprocessSet
             sources.append({"case": case_id, "role": role, "path": rel, "size": size, "sha256": sha})
     return PreprocessedCase(
         case_id=case_id, image=image, label=label, present=tuple(m in volumes for m in layout.modalities),
-        spacing=ref.zooms, affine=ref.affine, crop_box=box, original_shape=tuple(int(s) for s in shape),
-        foreground=coords.astype(np.int32), sources=sources)
+        spacing=spacing, affine=ref.affine, crop_box=box, original_shape=tuple(int(s) for s in shape),
+        foreground=coords.astype(np.int32), sources=sources,
+        original_spacing=ref.zooms if settings.spacing is not None else None)
 
 
 @dataclass
@@ -197,14 +228,15 @@ class PreprocessedImage:
     """A case prepared for prediction (no label needed): the model input and what puts a prediction back."""
 
     case_id: str
-    image: np.ndarray  # float32 [M, d, h, w], cropped and z-scored; zeros for absent modalities
+    image: np.ndarray  # float32 [M, d, h, w], cropped, z-scored (and resampled); zeros for absent modalities
     present: tuple[bool, ...]  # per modality (the order given), True = its file was read
-    spacing: tuple[float, float, float]
+    spacing: tuple[float, float, float]  # of the original files
     affine: np.ndarray  # of the original files
     header: Any  # nibabel header of the reference file (the first present modality)
     crop_box: np.ndarray  # [3, 2] start/stop in the original voxel axes
     original_shape: tuple[int, int, int]
     reference: Path  # the file whose header and affine were kept
+    image_spacing: tuple[float, float, float] | None = None  # the spacing ``image`` was resampled to (None: not)
 
 
 def preprocess_image(raw: RawCase, modalities: Sequence[str], settings: PreprocessSettings) -> PreprocessedImage:
@@ -214,20 +246,38 @@ def preprocess_image(raw: RawCase, modalities: Sequence[str], settings: Preproce
     if extra:
         raise DataError(f"case {raw.case_id}: modalities {extra} are not among {list(modalities)}")
     volumes, ref = _load_volumes(raw.case_id, list(raw.files.items()))
-    image, box = _crop_and_normalise(raw.case_id, volumes, modalities, ref.shape, settings)
+    image, box, brain = _crop_and_normalise(raw.case_id, volumes, modalities, ref, settings)
+    image_spacing = None
+    if settings.spacing is not None:
+        image = resample_image(image, resampled_shape(brain.shape, ref.zooms, settings.spacing), brain)
+        image_spacing = tuple(float(s) for s in settings.spacing)
     return PreprocessedImage(
         case_id=raw.case_id, image=image, present=tuple(m in volumes for m in modalities), spacing=ref.zooms,
         affine=ref.affine, header=ref.header, crop_box=box, original_shape=tuple(int(s) for s in ref.shape),
-        reference=ref.path)
+        reference=ref.path, image_spacing=image_spacing)
+
+
+def settings_for_inputs(record: Mapping[str, Any]) -> PreprocessSettings:
+    """The settings that prepare new cases (no label) as a cache was prepared, from its recorded preprocessing
+    (``CacheReader.preprocessing``): crop size, margin and the common spacing, if any. Older records lack keys:
+    the defaults apply (no resampling)."""
+    defaults = PreprocessSettings()
+    spacing = record.get("spacing")
+    try:
+        return PreprocessSettings(min_size=int(record.get("min_size", defaults.min_size)),
+                                  margin=int(record.get("margin", defaults.margin)),
+                                  spacing=None if spacing is None else tuple(float(v) for v in spacing))
+    except (TypeError, ValueError):
+        raise DataError("the cache's recorded preprocessing settings are malformed (min_size, margin, spacing)") \
+            from None
 
 
 def read_sites(path: Path, case_ids: Sequence[str]) -> dict[str, str]:
     """``case,site`` rows from a CSV (header optional); names must be known cases."""
     if not path.is_file():
         return {}
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and r[0].strip()]
-    if rows and rows[0][0].strip().lower() in ("case", "case_id"):
+    rows = [r for r in read_csv_rows(path) if r and r[0]]
+    if rows and rows[0][0].lower() in ("case", "case_id"):
         rows = rows[1:]
     if any(len(r) < 2 for r in rows):
         raise DataError(f"{path}: every row needs 'case,site'")
@@ -275,6 +325,8 @@ def describe_settings(layout: DatasetLayout, settings: PreprocessSettings) -> di
         described["availability_csv_sha256"] = file_sha256(settings.availability_csv)
     else:
         del described["unlisted"]  # caches built without a CSV keep the hash they had
+    if settings.spacing is None:
+        del described["spacing"]  # nor does a cache that keeps each case's spacing
     return described
 
 
@@ -335,7 +387,7 @@ def build_cache(raw_root: str | Path, output: str | Path, layout: DatasetLayout,
             writer.add_case(case.case_id, case.image, case.label, availability=avail, present=case.present,
                             spacing=case.spacing, affine=case.affine, crop_box=case.crop_box,
                             original_shape=case.original_shape, site=sites.get(case.case_id, ""),
-                            foreground=case.foreground)
+                            foreground=case.foreground, original_spacing=case.original_spacing)
             writer.add_sources(case.sources)
 
         done = 0

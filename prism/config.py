@@ -7,46 +7,68 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .evaluation.options import DEFAULTS as EVAL
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field of every section refuses NaN and infinities (optim.lr=.inf, ...)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+#: the largest seed: ``seed + 1`` still fits the 64-bit seeds of torch generators
+MAX_SEED = 2**63 - 2
+
+
+def _sizes_in(low: int, high: int, what: str) -> Any:
+    """A validator for a tuple of voxel sizes: each in ``[low, high]``."""
+    def check(v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and any(not low <= s <= high for s in v):
+            bound = "positive" if low == 1 else f"at least {low}"
+            raise ValueError(f"every {what} must be {bound} and at most {high}")
+        return v
+    return check
 
 
 class SynthConfig(_Model):
     """The built-in synthetic dataset used when no cache is given."""
 
-    cases: int = Field(20, ge=2)  # number of phantom cases
-    shape: tuple[int, int, int] = (48, 48, 48)  # volume size D H W
-    seed: int = 0  # generation seed
+    cases: int = Field(20, ge=2, le=100_000)  # number of phantom cases
+    shape: tuple[int, int, int] = (48, 48, 48)  # volume size D H W (each 8 to 512)
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # generation seed
     test_fraction: float = Field(0.25, gt=0, lt=1)  # share of the cases in the test split
+
+    _shape = field_validator("shape")(_sizes_in(8, 512, "synthetic volume size"))
 
 
 class DataConfig(_Model):
     cache: Path | None = None  # None: the built-in synthetic dataset (generated once in the user cache folder)
     synthetic: SynthConfig = SynthConfig()
     train_split: str = "train"  # cache split that training patches come from
+    # cross-validation fold k (prism-data split CACHE --folds K writes them): training patches come from split
+    # fold<k>_train and validation (train.val_every) uses fold<k>_val, instead of train_split and train.val_split
+    fold: int | None = Field(None, ge=0, le=999)
     test_split: str = "test"  # not read by the engine: eval.split chooses what is evaluated
     patch_size: tuple[int, int, int] = (32, 32, 32)  # training patch D H W (multiples of the backbone's size_divisor)
-    batch_size: int = Field(2, ge=1)  # global batch (split over the processes under torchrun)
+    batch_size: int = Field(2, ge=1, le=65_536)  # global batch (split over the processes under torchrun)
     foreground_fraction: float = Field(1 / 3, ge=0, le=1)  # share of patches centred on a label > 0 voxel
     flip: bool = True  # random flips along each spatial axis
     rotate_degrees: float = Field(0.0, ge=0, le=45)  # random rotation per axis in [-r, r] (0: off)
     rotate_probability: float = Field(0.2, ge=0, le=1)  # chance that a sample is rotated (rotate_degrees > 0)
     intensity_scale: float = Field(0.0, ge=0, lt=1)  # each channel x * U(1 - s, 1 + s) + U(-t, t)
     intensity_shift: float = Field(0.0, ge=0)  # t of the intensity change above (0: off)
-    num_workers: int | None = Field(None, ge=0)  # None: 0 on CPU, 4 on CUDA
+    num_workers: int | None = Field(None, ge=0, le=256)  # None: 0 on CPU, 4 on CUDA
 
-    @field_validator("patch_size")
-    @classmethod
-    def _positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        if any(s < 1 for s in v):
-            raise ValueError("every patch size must be positive")
-        return v
+    _patch = field_validator("patch_size")(_sizes_in(1, 4096, "patch size"))
+
+    @model_validator(mode="after")
+    def _fold_or_split(self) -> DataConfig:
+        if self.fold is not None and self.train_split != "train":
+            raise ValueError(f"data.fold chooses the training split (fold{self.fold}_train): leave data.train_split "
+                             f"unset (it is '{self.train_split}')")
+        return self
 
 
 class PluginChoice(_Model):
@@ -83,7 +105,7 @@ class OptimConfig(_Model):
 class TrainConfig(_Model):
     steps: int = Field(200, ge=1)  # optimisation steps
     epoch_length: int = Field(250, ge=1)  # steps per "epoch": stateful losses update once per epoch
-    seed: int = 0  # seed of the weights, patch positions and masks
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # seed of the weights, patch positions and masks
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     amp: Literal["bf16", "fp16", "none"] = "bf16"  # used on CUDA only
     deterministic: bool = False  # deterministic algorithms where torch has them (slower)
@@ -95,7 +117,7 @@ class TrainConfig(_Model):
     tensorboard: bool = True  # also log to TensorBoard when the tensorboard package is installed
     checkpoint_every: int = Field(100, ge=1)  # write last.pt every N steps
     log_every: int = Field(25, ge=1)  # log the losses every N steps
-    threads: int | None = Field(None, ge=1)  # CPU threads (torch.set_num_threads)
+    threads: int | None = Field(None, ge=1, le=4096)  # CPU threads (torch.set_num_threads)
     # validation during training: mean Dice on val_cases cases of val_split, single modalities and all of them,
     # every val_every steps (None: off); best.pt keeps the best-scoring weights beside last.pt
     val_every: int | None = Field(None, ge=1)
@@ -113,7 +135,7 @@ class EvalConfig(_Model):
     sw_batch_size: int = Field(EVAL.sw_batch_size, ge=1)  # windows per forward pass
     combos_per_pass: int = Field(EVAL.combos_per_pass, ge=1)  # modality combinations per forward pass
     hd95: bool = EVAL.compute_hd95  # also HD95 (mm), besides Dice
-    hd95_empty: float | None = EVAL.hd95_empty  # HD95 when exactly one set is empty (BraTS diagonal); None: left out
+    hd95_empty: float | None = Field(EVAL.hd95_empty, ge=0)  # HD95 if one set is empty (BraTS diagonal); None: left out
     stitch_on_cpu: bool = EVAL.stitch_on_cpu  # blend sliding-window logits in host memory (large volumes)
     lesion_metrics: bool = EVAL.lesion_metrics  # also BraTS 2023+ lesion-wise Dice and HD95 (prism.evaluation.lesion)
     tta: Literal["none", "mirror"] = EVAL.tta  # test-time augmentation: mirror = mean probabilities of the 8 flips
@@ -124,7 +146,9 @@ class EvalConfig(_Model):
     adapt_optimizer: Literal["sgd", "adam"] = "sgd"  # fine-tuning optimizer
     adapt_patch_size: tuple[int, int, int] | None = None  # fine-tuning patch (None: whole volumes)
     adapt_split: str | None = None  # split the site's cases come from (None: the evaluated cases)
-    adapt_seed: int = 0  # seed of the support draw and fine-tuning
+    adapt_seed: int = Field(0, ge=0, le=MAX_SEED)  # seed of the support draw and fine-tuning
+
+    _window = field_validator("window", "adapt_patch_size")(_sizes_in(1, 4096, "window or patch size"))
 
 
 class Config(_Model):
@@ -146,6 +170,22 @@ class Config(_Model):
         if not v:  # a field validator, so the message names the field
             raise ValueError("at least one loss term is needed")
         return v
+
+    def training_splits(self) -> tuple[str, str]:
+        """(training split, validation split) of the run: ``fold<k>_train`` and ``fold<k>_val`` when ``data.fold``
+        is set (``prism-data split --folds``), else ``data.train_split`` and ``train.val_split``."""
+        if self.data.fold is None:
+            return self.data.train_split, self.train.val_split
+        from .data.splits import fold_split_names
+
+        return fold_split_names(self.data.fold)
+
+    @model_validator(mode="after")
+    def _fold_validation_split(self) -> Config:
+        if self.data.fold is not None and self.train.val_split != "val":
+            raise ValueError(f"data.fold chooses the validation split (fold{self.data.fold}_val): leave "
+                             f"train.val_split unset (it is '{self.train.val_split}')")
+        return self
 
 
 # ---- loading and overrides -----------------------------------------------------------------------------------
@@ -186,8 +226,8 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
             lines.append(f"{source}: {field}: unknown field; {hint}allowed: {', '.join(allowed)}")
         else:
             got = err.get("input")
-            got_txt = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-            lines.append(f"{source}: {field}: {err['msg']}{got_txt}")
+            got_txt = f" (got {got!r})" if not isinstance(got, dict | list) and field else ""
+            lines.append(f"{source}: {field + ': ' if field else ''}{err['msg']}{got_txt}")
     return "; ".join(lines)
 
 
@@ -240,9 +280,12 @@ def _set_dotted(data: dict[str, Any], path: list[str], value: Any, text: str) ->
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save the config as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

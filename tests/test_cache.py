@@ -212,3 +212,50 @@ def test_writer_compression_options(tmp_path):
     np.testing.assert_array_equal(CacheReader(path, checksums=True).read_case("c0")[0], img)
     with pytest.raises(CacheError, match="compression: codec must be one of"):
         CacheWriter(tmp_path / "x.h5", modalities=MODS, labels=BRATS_LABELS, shuffle="sideways")
+
+
+def test_chunk_shapes_take_whole_rows_in_even_parts():
+    from prism.data.cache_format import MAX_ROW, chunk_shape
+
+    assert chunk_shape((16, 16, 0), (140, 170, 155)) == (16, 16, 155)  # a BraTS brain box: whole rows
+    assert chunk_shape((16, 16, 0), (140, 170, 400)) == (16, 16, 134)  # 400 in 3 even parts of at most 192
+    assert chunk_shape((16, 16, 0), (10, 170, MAX_ROW + 1)) == (10, 16, 97)
+    assert chunk_shape(32, (40, 20, 50)) == (32, 20, 32)  # one edge for every axis, clipped to the volume
+    with pytest.raises(ValueError):
+        chunk_shape((16, 16), (40, 40, 40))
+
+
+def test_patches_read_into_given_buffers_equal_new_arrays(tmp_path):
+    path = tmp_path / "c.h5"
+    data = write(path, shape=(19, 22, 13))
+    for options in ({"threads": 1}, {"threads": 3}, {"checksums": True}):
+        reader = CacheReader(path, **options)
+        image = np.full((4, 7, 9, 5), np.nan, np.float32)  # garbage in the buffer must not survive
+        label = np.full((7, 9, 5), 255, np.uint8)
+        got = reader.read_patch("c0", (3, 4, 6), (7, 9, 5), out=(image, label))
+        assert got[0] is image and got[1] is label
+        np.testing.assert_array_equal(image, data["c0"][0][:, 3:10, 4:13, 6:11])
+        np.testing.assert_array_equal(label, data["c0"][1][3:10, 4:13, 6:11])
+        with pytest.raises(ValueError, match="out must be C-contiguous float32"):
+            reader.read_patch("c0", (0, 0, 0), (4, 4, 4), out=(np.zeros((4, 4, 4, 5), np.float32),
+                                                                 np.zeros((4, 4, 4), np.uint8)))
+        reader.close()
+
+
+def test_nan_in_a_chunk_is_refused_naming_the_case_and_modality_on_every_read_path(tmp_path):
+    path = tmp_path / "c.h5"
+    write(path, n=2, shape=(16, 16, 16))
+    with h5py.File(path, "r+") as f:
+        image = f["cases/c1/image"]
+        block = image[2]
+        block[12, 3, 9] = np.inf
+        image[2] = block
+    for options in ({"threads": 1}, {"checksums": True}):
+        reader = CacheReader(path, **options)
+        reader.read_patch("c0", (0, 0, 0), (16, 16, 16))  # the sound case reads
+        reader.read_patch("c1", (0, 0, 0), (8, 8, 8))  # and so do the sound chunks of the other
+        for _ in range(2):  # refused again: a failed check is not remembered as passed
+            with pytest.raises(CacheError, match=r"c\.h5: case 'c1' is corrupted: image, modality t1 holds NaN or "
+                                                 r"Inf voxels"):
+                reader.read_patch("c1", (8, 0, 8), (8, 8, 8))
+        reader.close()

@@ -1,7 +1,8 @@
-"""The cache's default layout and compression (all modalities in one chunk, one Blosc2 block per chunk, LZ4HC
-clevel 8 + shuffle, compressed foreground points): caches written with it, with one modality per chunk, and as the
-earlier writers wrote them (LZ4 clevel 5 or LZ4HC 8, one modality per chunk, Blosc2's own block size) read the same
-values through every read path; the default is the smallest."""
+"""The cache's default layout and compression (all modalities in one chunk of 16 x 16 voxels by whole rows of the
+last axis, one Blosc2 block per chunk, LZ4HC clevel 9 + shuffle, compressed foreground points): caches written
+with it, with cubic chunks (the earlier default), with one modality per chunk, and as the earlier writers wrote
+them (LZ4 clevel 5 or LZ4HC 8, one modality per chunk, Blosc2's own block size) read the same values through every
+read path; the default is the smallest."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.modalities import BRATS_MODALITIES
 
 BLOSC_LZ4, BLOSC_LZ4HC = 1, 2  # Blosc compressor codes (blosc.h)
+CUBE = {"chunk": 16, "clevel": 8}  # the earlier default chunks (cubes; here of 16 voxels for a small volume)
 LAYOUTS = {  # name: (writer options, written as the writer before the fused layout did: Blosc2 picks the block size)
     "default": ({}, False),
-    "per_modality": ({"fused": False}, False),
-    "old_lz4hc": ({"fused": False}, True),
-    "old_lz4": ({"codec": "lz4", "clevel": 5, "fused": False}, True),
+    "cubic": (CUBE, False),
+    "per_modality": ({**CUBE, "fused": False}, False),
+    "old_lz4hc": ({**CUBE, "fused": False}, True),
+    "old_lz4": ({"chunk": 16, "codec": "lz4", "clevel": 5, "fused": False}, True),
 }
 
 
@@ -32,11 +35,11 @@ def _old_filters(codec: str, clevel: int, shuffle: str, chunk_bytes: int) -> dic
     return dict(fletcher32=True, **hdf5plugin.Blosc2(cname=codec, clevel=clevel, filters=SHUFFLES[shuffle]))
 
 
-def _write(path, img, lab, chunk: int, options: dict, old: bool) -> None:
+def _write(path, img, lab, options: dict, old: bool) -> None:
     with pytest.MonkeyPatch.context() as mp:
         if old:
             mp.setattr(cache_writer, "_filters", _old_filters)
-        with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, chunk=chunk, **options) as w:
+        with CacheWriter(path, modalities=BRATS_MODALITIES, labels=BRATS_LABELS, **options) as w:
             w.add_case("c0", img, lab, availability=[True] * 4)
             w.set_split("train", ["c0"])
 
@@ -48,7 +51,7 @@ def caches(tmp_path_factory):
     paths = {}
     for name, (options, old) in LAYOUTS.items():
         paths[name] = tmp / f"{name}.h5"
-        _write(paths[name], img, lab, 16, options, old)
+        _write(paths[name], img, lab, options, old)
     return paths, img, lab
 
 
@@ -60,20 +63,23 @@ def _blosc_codec(path, name: str) -> tuple[int, int]:
     return int(cd[6]), int(cd[4])
 
 
-def test_default_is_lz4hc_level_8_and_the_earlier_default_lz4(caches):
+def test_default_is_lz4hc_level_9_and_the_earlier_defaults_lz4hc_8_and_lz4(caches):
     paths, _, _ = caches
-    assert _blosc_codec(paths["default"], "image") == (BLOSC_LZ4HC, 8)
-    assert _blosc_codec(paths["default"], "label") == (BLOSC_LZ4HC, 8)
+    assert _blosc_codec(paths["default"], "image") == (BLOSC_LZ4HC, 9)
+    assert _blosc_codec(paths["default"], "label") == (BLOSC_LZ4HC, 9)
+    assert _blosc_codec(paths["cubic"], "image") == (BLOSC_LZ4HC, 8)
     assert _blosc_codec(paths["old_lz4"], "image") == (BLOSC_LZ4, 5)
 
 
-def test_default_chunks_hold_every_modality_in_one_blosc2_block(caches):
+def test_default_chunks_hold_every_modality_and_whole_rows_in_one_blosc2_block(caches):
     paths, _, _ = caches
-    with h5py.File(paths["default"]) as f:
+    with h5py.File(paths["default"]) as f:  # the volume is 40 x 48 x 40: rows of 40 voxels
         image, label = f["cases/c0/image"], f["cases/c0/label"]
-        assert image.chunks == (4, 16, 16, 16) and label.chunks == (16, 16, 16)
-        assert image.id.get_create_plist().get_filter(0)[2][1] == 4 * 4 * 16**3  # cd_values[1]: the block size
-        assert label.id.get_create_plist().get_filter(0)[2][1] == 16**3
+        assert image.chunks == (4, 16, 16, 40) and label.chunks == (16, 16, 40)
+        assert image.id.get_create_plist().get_filter(0)[2][1] == 4 * 4 * 16 * 16 * 40  # cd_values[1]: block size
+        assert label.id.get_create_plist().get_filter(0)[2][1] == 16 * 16 * 40
+    with h5py.File(paths["cubic"]) as f:
+        assert f["cases/c0/image"].chunks == (4, 16, 16, 16)
     with h5py.File(paths["per_modality"]) as f:
         assert f["cases/c0/image"].chunks == (1, 16, 16, 16)
 
@@ -84,7 +90,7 @@ def test_one_block_per_chunk_lets_every_chunk_be_decoded_directly(tmp_path):
     img, lab, _ = make_case(1, SynthSettings(shape=(40, 48, 40), seed=5))
     for name, old in (("new", False), ("old", True)):
         path = tmp_path / f"{name}.h5"
-        _write(path, img, lab, 32, {"codec": "lz4", "clevel": 5}, old)
+        _write(path, img, lab, {"chunk": 32, "codec": "lz4", "clevel": 5}, old)
         reader = CacheReader(path, threads=1)
         try:
             np.testing.assert_array_equal(reader.read_case("c0")[0], img)
@@ -125,3 +131,4 @@ def test_default_cache_is_smaller_than_the_earlier_layouts(caches):
     size = {name: path.stat().st_size for name, path in paths.items()}
     assert size["default"] < 0.97 * size["old_lz4"]
     assert size["default"] < 0.99 * size["per_modality"] and size["default"] < 0.99 * size["old_lz4hc"]
+    assert size["default"] < size["cubic"]

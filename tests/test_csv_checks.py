@@ -57,10 +57,38 @@ def test_disagreeing_ids_name_the_row(tmp_path, row, message):
         read_passion_csv(bad)
 
 
+@pytest.mark.parametrize("variant", ["spaces", "bom", "crlf", "prefixless"])
+def test_spaces_a_byte_order_mark_and_line_ends_read_like_the_clean_file(tmp_path, variant):
+    clean = HEADER + 'HG_c1,3,"[True, False, False, False]",[3]\nLG_c2,8,"[True, False, False, True]","[0, 3, 8]"\n'
+    text = {"spaces": clean.replace(",", ", ").replace(",  ", ", "), "bom": "\ufeff" + clean,
+            "crlf": clean.replace("\n", "\r\n"), "prefixless": clean.replace("HG_", "").replace("LG_", "")}[variant]
+    (tmp_path / "clean.csv").write_text(clean)
+    (tmp_path / "x.csv").write_text(text, encoding="utf-8")
+    want = read_passion_csv(tmp_path / "clean.csv")
+    got = read_passion_csv(tmp_path / "x.csv")
+    if variant == "prefixless":
+        want = {k[3:]: v for k, v in want.items()}
+    assert got == want and got[next(iter(got))] == (True, False, False, False)
+
+
+def test_spaces_after_commas_still_check_mask_ids(tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text('data_name, mask_id, mask, pos_mask_ids\nc1, 3, "[False, True, False, False]", [1]\n')
+    with pytest.raises(DataError, match=r"x\.csv:2: case c1: mask_id 3 \(flair\) disagrees"):
+        read_passion_csv(bad)
+
+
+def test_one_case_under_two_spellings_is_an_error(tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text(HEADER + 'HG_c1,0,"[False, False, False, True]",[0]\nc1,0,"[False, False, False, True]",[0]\n')
+    with pytest.raises(DataError, match=r"x\.csv:3: case c1 is listed twice: also on line 2 \(as HG_c1\)"):
+        read_passion_csv(bad)
+
+
 def test_a_case_listed_twice_is_an_error(tmp_path):
     bad = tmp_path / "x.csv"
     bad.write_text(HEADER + 'c1,0,"[False, False, False, True]",[0]\nc1,0,"[False, False, False, True]",[0]\n')
-    with pytest.raises(DataError, match=r"x\.csv:3: case c1 is listed twice"):
+    with pytest.raises(DataError, match=r"x\.csv:3: case c1 is listed twice: also on line 2$"):
         read_passion_csv(bad)
 
 

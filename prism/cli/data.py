@@ -4,10 +4,50 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
+from ..atomic import storage_error
+from ..data.cache_format import DEFAULT_CHUNK
 from ..errors import DataError
 from .common import OneLineParser, run_command, stdout_console
+
+MAX_SEED = 2**32 - 1
+
+
+def _int_in(low: int, high: int):
+    """An argparse type: an integer in ``[low, high]`` (a one-line error naming the flag otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def _float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite number in the interval (NaN and infinities are refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if not math.isfinite(value) or below or above:
+            raise argparse.ArgumentTypeError(f"must be a finite number in {'(' if low_open else '['}{low:g}, "
+                                             f"{high:g}{')' if high_open else ']'}, got {text}")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
+SEED = _int_in(0, MAX_SEED)
+FRACTION = _float_in(0, 1, high_open=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,13 +80,20 @@ def parser() -> argparse.ArgumentParser:
     pp.add_argument("-o", "--output", type=Path, required=True, help="cache file to write (.h5)")
     pp.add_argument("--layout", default="auto",
                     help="brats2020, brats2023, a dataset description file (YAML/JSON), or auto (default)")
-    pp.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
-    pp.add_argument("--min-size", type=int, default=128, help="minimum crop size per axis (default 128)")
-    pp.add_argument("--margin", type=int, default=0, help="voxels kept around the brain box (default 0)")
-    pp.add_argument("--chunk", type=int, default=32, help="chunk edge in voxels (default 32)")
-    pp.add_argument("--seed", type=int, default=0, help="seed for splits, drawn availability, samples")
-    pp.add_argument("--test-fraction", type=float, default=0.2, help="random test share (default 0.2)")
-    pp.add_argument("--val-fraction", type=float, default=0.0, help="random val share (default 0)")
+    pp.add_argument("--workers", type=_int_in(1, 256), default=1, help="parallel worker processes (default 1)")
+    pp.add_argument("--min-size", type=_int_in(1, 4096), default=128,
+                    help="minimum crop size per axis, in voxels of the cache (default 128)")
+    pp.add_argument("--margin", type=_int_in(0, 4096), default=0, help="voxels kept around the brain box (default 0)")
+    pp.add_argument("--chunk", type=_int_in(0, 1024), nargs="+", default=list(DEFAULT_CHUNK), metavar="EDGE",
+                    help="chunk edges in voxels: one for all axes or three (D H W), 0 = the whole axis in parts of "
+                    "at most 192, each other edge at least 4 (default 16 16 0: rows of the last axis)")
+    pp.add_argument("--spacing", type=_float_in(0, 100, low_open=True), nargs=3, metavar=("X", "Y", "Z"),
+                    help="resample every case to this voxel size in mm (along the NIfTI voxel axes i, j, k): "
+                    "images by cubic spline, labels by nearest neighbour; predictions are resampled back "
+                    "(default: keep each case's spacing)")
+    pp.add_argument("--seed", type=SEED, default=0, help="seed for splits, drawn availability, samples")
+    pp.add_argument("--test-fraction", type=FRACTION, default=0.2, help="random test share (default 0.2)")
+    pp.add_argument("--val-fraction", type=FRACTION, default=0.0, help="random val share (default 0)")
     pp.add_argument("--split", action="append", default=[], metavar="NAME=FILE",
                     help="split from a case list file (repeatable); replaces the random split")
     pp.add_argument("--availability-csv", type=Path, help="PASSION split CSV giving each case's modalities")
@@ -56,15 +103,21 @@ def parser() -> argparse.ArgumentParser:
     pp.add_argument("--missing-rates", default="",
                     help="draw train availability: 'mr2468' (PASSION) or 'flair=0.6,t1=0.2'")
     pp.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
-    sp = sub.add_parser("split", help="write train/val/test splits that keep whole sites out",
-                        description="Cut a cache's cases into train/val/test from every site but the held-out ones, "
-                        "whose cases form split 'heldout'; written into the cache atomically (other splits kept).")
+    sp = sub.add_parser("split", help="write site hold-out splits, or k-fold cross-validation splits",
+                        description="--hold-out-site: cut a cache's cases into train/val/test from every site but "
+                        "the held-out ones, whose cases form split 'heldout'. --folds K: cut the 'train' split "
+                        "into K disjoint validation folds, writing splits fold<k>_train and fold<k>_val for k = 0 "
+                        "to K-1 (train with prism-train data.fold=k). Written into the cache atomically and under "
+                        "a lock (other splits kept).")
     sp.add_argument("cache", type=Path, help="cache file (.h5)")
-    sp.add_argument("--hold-out-site", action="append", required=True, metavar="SITE",
-                    help="site to keep out of training (repeatable)")
-    sp.add_argument("--test-fraction", type=float, default=0.2, help="test share of the other sites' cases")
-    sp.add_argument("--val-fraction", type=float, default=0.0, help="val share of the other sites' cases")
-    sp.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    what = sp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--hold-out-site", action="append", metavar="SITE",
+                      help="site to keep out of training (repeatable)")
+    what.add_argument("--folds", type=_int_in(2, 100), metavar="K",
+                      help="number of cross-validation folds of the 'train' split (nnU-Net uses 5)")
+    sp.add_argument("--test-fraction", type=FRACTION, default=0.2, help="test share of the other sites' cases")
+    sp.add_argument("--val-fraction", type=FRACTION, default=0.0, help="val share of the other sites' cases")
+    sp.add_argument("--seed", type=SEED, default=0, help="shuffle seed (default 0)")
     v = sub.add_parser("verify", help="check a cache completely",
                        description="Check format, provenance, every chunk's checksum and each case's attributes.")
     v.add_argument("cache", type=Path, help="cache file (.h5)")
@@ -90,6 +143,10 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.cases < 2 or min(args.shape) < 8:
             raise DataError("--cases must be at least 2 and every --shape size at least 8")
+        if args.cases > 100_000 or max(args.shape) > 512:
+            raise DataError("--cases must be at most 100000 and every --shape size at most 512")
+        if not (0 <= args.seed <= MAX_SEED and 1 <= args.sites <= args.cases):
+            raise DataError(f"--seed must be in [0, {MAX_SEED}] and --sites in [1, --cases]")
         if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 - args.test_fraction):
             raise DataError("--test-fraction and --val-fraction must be in [0, 1) and sum below 1")
         settings = SynthSettings(cases=args.cases, shape=tuple(args.shape), seed=args.seed, sites=args.sites,
@@ -99,7 +156,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.nifti:
             from ..data_tools.synthetic import write_synthetic_nifti
 
-            write_synthetic_nifti(args.output, settings, layout=args.layout)
+            try:
+                write_synthetic_nifti(args.output, settings, layout=args.layout)
+            except OSError as exc:
+                raise storage_error(args.output, exc, "cannot write the NIfTI folder") from None
             console.print(f"wrote {args.cases} synthetic NIfTI cases to {args.output}")
             return 0
         write_synthetic_cache(str(args.output), settings, test_fraction=args.test_fraction,
@@ -144,17 +204,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace, console) -> int:
-    from ..data.cache_reader import CacheReader
-    from ..data.splits import SITE_SPLITS, hold_out_site_splits, write_splits
+    from ..data.splits import FOLD_SPLIT, SITE_SPLITS, fold_splits, hold_out_site_splits, update_splits
 
+    if args.folds is not None:
+        splits = update_splits(args.cache, lambda reader: fold_splits(reader.split("train"), args.folds,
+                                                                        seed=args.seed),
+                               replace=lambda name: FOLD_SPLIT.match(name) is not None)
+        sizes = [len(splits[f"fold{k}_val"]) for k in range(args.folds)]
+        console.print(f"{args.cache}: {args.folds} folds of the train split ({sum(sizes)} cases; validation folds "
+                      f"of {min(sizes)}-{max(sizes)}): splits fold0_train/fold0_val ... "
+                      f"fold{args.folds - 1}_train/fold{args.folds - 1}_val")
+        return 0
     if not (0 < args.test_fraction < 1 and 0 <= args.val_fraction < 1 - args.test_fraction):
         raise DataError("--test-fraction and --val-fraction must be in [0, 1) and sum below 1")
-    reader = CacheReader(args.cache)
-    sites = {c: reader.info(c).site for c in reader.case_ids}
-    reader.close()
-    splits = hold_out_site_splits(sites, args.hold_out_site, seed=args.seed, test_fraction=args.test_fraction,
-                                  val_fraction=args.val_fraction)
-    write_splits(args.cache, splits, replace=SITE_SPLITS)
+
+    def make(reader):
+        sites = {c: reader.info(c).site for c in reader.case_ids}
+        return hold_out_site_splits(sites, args.hold_out_site, seed=args.seed, test_fraction=args.test_fraction,
+                                    val_fraction=args.val_fraction)
+
+    splits = update_splits(args.cache, make, replace=lambda name: name in SITE_SPLITS)
     console.print(f"{args.cache}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + " cases")
     return 0
 
@@ -165,8 +234,9 @@ def _preprocess(args: argparse.Namespace, console) -> int:
     from ..data_tools.layouts import resolve_layout
     from ..data_tools.preprocess import PreprocessSettings, build_cache
 
-    if args.workers < 1 or args.min_size < 1 or args.chunk < 4 or args.margin < 0:
-        raise DataError("--workers and --min-size must be >= 1, --chunk >= 4, --margin >= 0")
+    if len(args.chunk) not in (1, 3) or any(0 < c < 4 for c in args.chunk) or args.chunk == [0]:
+        raise DataError(f"--chunk: one edge or three (D H W), each 0 (the whole axis) or at least 4; got "
+                        f"{' '.join(map(str, args.chunk))}")
     lists = {}
     for item in args.split:
         name, sep, file = item.partition("=")
@@ -176,7 +246,9 @@ def _preprocess(args: argparse.Namespace, console) -> int:
     if args.availability_csv is not None and not args.availability_csv.is_file():
         raise DataError(f"--availability-csv: {args.availability_csv} not found")
     settings = PreprocessSettings(
-        min_size=args.min_size, margin=args.margin, seed=args.seed, chunk=args.chunk,
+        min_size=args.min_size, margin=args.margin, seed=args.seed,
+        chunk=args.chunk[0] if len(args.chunk) == 1 else tuple(args.chunk),
+        spacing=tuple(args.spacing) if args.spacing else None,
         test_fraction=args.test_fraction, val_fraction=args.val_fraction, split_lists=lists,
         availability_csv=str(args.availability_csv or ""), missing_rates=args.missing_rates, unlisted=args.unlisted)
     layout = resolve_layout(args.layout, args.raw)

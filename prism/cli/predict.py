@@ -88,12 +88,10 @@ def recorded_layout(run: RunModel) -> Any:
 
 
 def input_settings(run: RunModel) -> Any:
-    """PreprocessSettings (crop size and margin) the run's cache was built with, for preprocessing new cases."""
-    from ..data_tools.preprocess import PreprocessSettings
+    """PreprocessSettings (crop size, margin, spacing) the run's cache was built with, for preprocessing new cases."""
+    from ..data_tools.preprocess import settings_for_inputs
 
-    defaults = PreprocessSettings()
-    return PreprocessSettings(min_size=int(run.preprocessing.get("min_size", defaults.min_size)),
-                              margin=int(run.preprocessing.get("margin", defaults.margin)))
+    return settings_for_inputs(run.preprocessing)
 
 
 def predict_probabilities(run: RunModel, case: Any) -> Any:

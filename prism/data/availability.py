@@ -22,6 +22,8 @@ PASSION_MASK_ORDER: tuple[str, ...] = ("flair", "t1ce", "t1", "t2")
 #: modality order of the digits in a PASSION ``mrABCD`` file name
 PASSION_RATE_ORDER: tuple[str, ...] = ("t1", "t1ce", "flair", "t2")
 
+#: a BraTS grade prefix on a case name (PASSION's CSVs and BraTS 2018's HGG/LGG folders)
+GRADE_PREFIX = re.compile(r"^(?:HGG|LGG|HG|LG)_")
 _MR_NAME = re.compile(r"(?:^|[_\-.])mr(\d{4})(?=$|[_\-.])")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
@@ -99,34 +101,80 @@ def draw_availability(case_ids: Sequence[str], rates: Mapping[str, float], modal
     return out
 
 
+def case_key(name: str) -> str:
+    """The case a name in a list or CSV stands for: surrounding whitespace and a BraTS grade prefix (``HG_``,
+    ``LG_``, ``HGG_``, ``LGG_``; PASSION writes ``HG_BraTS20_Training_001`` for ``BraTS20_Training_001``) dropped,
+    so two spellings of one case are recognised as one."""
+    return GRADE_PREFIX.sub("", name.strip())
+
+
+def read_csv_rows(path: str | Path) -> list[list[str]]:
+    """The rows of a UTF-8 CSV file (a byte-order mark is dropped, spaces after commas ignored, so quoted fields
+    may follow ``", "``); errors are one line.
+
+    Raises:
+        DataError: the file cannot be read, is not UTF-8 text, or is not valid CSV (e.g. a field over the csv
+            module's limit of 131,072 characters), naming the file and line.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh, skipinitialspace=True)
+            try:
+                return [[field.strip() for field in row] for row in reader]
+            except csv.Error as exc:
+                raise DataError(f"{path}:{reader.line_num}: not a valid CSV row: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "save it as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+
+
 def read_passion_csv(path: str | Path, modalities: Sequence[str] = BRATS_MODALITIES
                      ) -> dict[str, tuple[bool, ...]]:
-    """Availability per case name from a PASSION split CSV, reordered to ``modalities``."""
+    """Availability per case name from a PASSION split CSV, reordered to ``modalities``.
+
+    Column names and values are read without surrounding spaces and a UTF-8 byte-order mark; a case listed twice,
+    also under two spellings (with and without a grade prefix, see :func:`case_key`), is an error. The
+    ``mask_id`` and ``pos_mask_ids`` columns, when present, must agree with ``mask``.
+
+    Raises:
+        DataError: one line naming the file (and line) of any problem.
+    """
     path = Path(path)
     missing = sorted(set(PASSION_MASK_ORDER) - set(modalities))
     if missing:
         raise DataError(f"{path}: PASSION masks need modalities {list(PASSION_MASK_ORDER)}, dataset lacks {missing}")
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
-    if not rows or "data_name" not in rows[0] or "mask" not in rows[0]:
-        raise DataError(f"{path}: not a PASSION split CSV (needs columns data_name and mask)")
+    rows = read_csv_rows(path)
+    header = rows[0] if rows else []
+    if "data_name" not in header or "mask" not in header:
+        raise DataError(f"{path}: not a PASSION split CSV (needs columns data_name and mask; the header is "
+                        f"{', '.join(header) or 'empty'})")
     out: dict[str, tuple[bool, ...]] = {}
-    for line, row in enumerate(rows, start=2):
+    seen: dict[str, tuple[int, str]] = {}  # case key -> (line, name as written)
+    for line, values in enumerate(rows[1:], start=2):
+        if not any(values):
+            continue
+        row = dict(zip(header, values, strict=False))
         where = f"{path}:{line}"
-        name = (row.get("data_name") or "").strip()
+        name = row.get("data_name", "")
         if not name:
             raise DataError(f"{where}: empty data_name")
-        if name in out:
-            raise DataError(f"{where}: case {name} is listed twice")
-        mask = parse_bool_list(row.get("mask") or "", where=where)
+        key = case_key(name)
+        if key in seen:
+            first_line, first_name = seen[key]
+            also = "" if first_name == name else f" (as {first_name})"
+            raise DataError(f"{where}: case {name} is listed twice: also on line {first_line}{also}")
+        seen[key] = (line, name)
+        mask = parse_bool_list(row.get("mask", ""), where=where)
         if len(mask) != len(PASSION_MASK_ORDER) or not any(mask):
             raise DataError(f"{where}: case {name}: mask must have 4 entries, at least one True")
         by_name = dict(zip(PASSION_MASK_ORDER, mask, strict=True))
         _check_mask_ids(row, {m for m, v in by_name.items() if v}, where=f"{where}: case {name}")
         out[name] = tuple(by_name.get(m, False) for m in modalities)
+    if not out:
+        raise DataError(f"{path}: the PASSION split CSV lists no case")
     return out
 
 

@@ -7,9 +7,9 @@ instead, which checks every chunk's Fletcher32 sum (as ``prism-data verify`` doe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,19 @@ import numpy as np
 
 from ..errors import CacheError
 from .cache_format import FORMAT_NAME, READABLE_VERSIONS, SOURCES_PATH
-from .direct_chunks import ChunkIndex, DirectChunkReader, chunk_index
+from .cache_meta import (
+    CaseInfo,
+    Corrupt,
+    case_info,
+    check_groups,
+    format_version,
+    is_complete,
+    read_sources,
+    read_splits,
+    root_info,
+)
+from .direct_chunks import ChunkIndex, DirectChunkReader, NonFiniteChunk, chunk_index
+from .splits import FOLD_SPLIT
 
 
 def default_threads() -> int:
@@ -42,21 +54,6 @@ def _first_line(exc: BaseException) -> str:
     return text[:160]
 
 
-@dataclass(frozen=True)
-class CaseInfo:
-    """Per-case metadata stored in the cache."""
-
-    case_id: str
-    shape: tuple[int, int, int]
-    availability: tuple[bool, ...]
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-    crop_box: np.ndarray
-    original_shape: tuple[int, int, int]
-    site: str
-    present: tuple[bool, ...] = ()  # modality files that existed in the raw data (availability may be narrower)
-
-
 class CacheReader:
     """Reads cases, patches and splits from a cache file. Safe to pass to DataLoader workers.
 
@@ -76,26 +73,28 @@ class CacheReader:
         f = self._open()
         try:
             attrs = dict(f.attrs)
-            self.modalities: tuple[str, ...] = tuple(json.loads(attrs["modalities"]))
-            self.labels: dict[int, str] = {int(k): v for k, v in json.loads(attrs["labels"]).items()}
-            self.label_map: dict[int, int] = {int(k): int(v)
-                                              for k, v in json.loads(attrs.get("label_map", "{}")).items()}
-            self.preprocessing: dict[str, Any] = json.loads(attrs.get("preprocessing", "{}"))
+            root = root_info(attrs)
+            self.modalities: tuple[str, ...] = root.modalities
+            self.labels: dict[int, str] = root.labels
+            self.label_map: dict[int, int] = root.label_map
+            self.preprocessing: dict[str, Any] = root.preprocessing
             self.preprocessing_hash: str = str(attrs.get("preprocessing_hash", ""))
-            self.format_version = int(attrs["format_version"])
+            self.format_version = format_version(attrs)
             self.prism_version = str(attrs.get("prism_version", ""))
             self.source_root: str = str(attrs.get("source_root", ""))
             self.created: str = str(attrs.get("created", ""))
             self.case_ids: tuple[str, ...] = tuple(sorted(f["cases"].keys()))
-            self.splits: dict[str, tuple[str, ...]] = {
-                name: tuple(s.decode() if isinstance(s, bytes) else str(s) for s in ds[()])
-                for name, ds in f["splits"].items()
-            }
+            self.splits: dict[str, tuple[str, ...]] = read_splits(f)
+            self._sources = read_sources(f, SOURCES_PATH)
+        except Corrupt as exc:
+            self.close()
+            raise CacheError(f"{self.path}: the cache's metadata is corrupted: {exc}; rebuild the cache") from None
         except _CORRUPT as exc:
             self.close()
             raise CacheError(f"{self.path}: the cache's metadata is corrupted ({_first_line(exc)}); "
                              "rebuild it (prism-data verify shows more)") from None
         self._info: dict[str, CaseInfo] = {}
+        self._fingerprint: str | None = None
         self._check_metadata()
 
     def _check_metadata(self) -> None:
@@ -108,17 +107,40 @@ class CacheReader:
                 self.close()
                 raise CacheError(f"{self.path}: corrupted: split '{name}' names case '{lost[0]}' that the cache does "
                                  f"not hold ({len(lost)} such); rebuild it")
-        for case_id in self.case_ids:
-            self.info(case_id)
+        try:
+            for case_id in self.case_ids:
+                self.info(case_id)
+        except CacheError:
+            self.close()
+            raise
 
     @property
     def sources(self) -> list[dict[str, Any]]:
         """Provenance: one dict (case, role, path, size, sha256) per source file; empty for synthetic caches."""
-        f = self._open()
-        if SOURCES_PATH not in f:
-            return []
-        raw = f[SOURCES_PATH][()]
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        return [dict(s) for s in self._sources]
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits naming the dataset the cache holds, whatever its layout or compression: modalities,
+        labels, label map, and per case its id, shape, availability, geometry, site, foreground samples and the
+        centre voxels of its image and label; the source files' hashes when recorded. Splits are not part of it
+        (``prism-data split`` keeps it); a cache rebuilt from other data, or preprocessed differently, changes it.
+        A run records it in its checkpoints and ``--resume`` refuses a cache whose fingerprint changed."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(json.dumps([self.modalities, sorted(self.labels.items()), sorted(self.label_map.items())]
+                                ).encode())
+            for case_id in self.case_ids:
+                info = self.info(case_id)
+                centre = tuple(max(0, s // 2 - 2) for s in info.shape)
+                image, label = self.read_patch(case_id, centre, (4, 4, 4))
+                h.update(json.dumps([case_id, info.shape, info.availability, info.spacing, info.crop_box.tolist(),
+                                     info.original_shape, info.site, info.affine.round(6).tolist()]).encode())
+                h.update(np.ascontiguousarray(self.foreground(case_id)).tobytes())
+                h.update(image.tobytes() + label.tobytes())
+            h.update(json.dumps(sorted(s.get("sha256", "") for s in self.sources)).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def _open(self) -> h5py.File:
         if self._file is not None and self._pid == os.getpid():
@@ -132,15 +154,19 @@ class CacheReader:
             raise CacheError(f"{self.path}: not a readable HDF5 file (truncated or corrupted?): {exc}") from None
         try:
             attrs = dict(f.attrs)
-            complete = bool(attrs.get("complete", False)) and "cases" in f and "splits" in f
+            if attrs.get("prism_format") != FORMAT_NAME:
+                f.close()
+                raise CacheError(f"{self.path}: not a prism cache (no prism_format attribute)")
+            version = format_version(attrs)
+            check_groups(f)
+            complete = is_complete(attrs) and "cases" in f and "splits" in f
+        except Corrupt as exc:
+            f.close()
+            raise CacheError(f"{self.path}: the cache's metadata is corrupted: {exc}; rebuild the cache") from None
         except _CORRUPT as exc:
             f.close()
             raise CacheError(f"{self.path}: the cache's metadata is corrupted ({_first_line(exc)}); "
                              "rebuild it") from None
-        if attrs.get("prism_format") != FORMAT_NAME:
-            f.close()
-            raise CacheError(f"{self.path}: not a prism cache (no prism_format attribute)")
-        version = int(attrs.get("format_version", -1))
         if version not in READABLE_VERSIONS:
             f.close()
             raise CacheError(
@@ -186,22 +212,48 @@ class CacheReader:
                                  f"{_first_line(exc)}); rebuild the cache") from None
         return self._index[key]
 
-    def _read_box(self, case_id: str, name: str, lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
+    def _read_box(self, case_id: str, name: str, lo: tuple[int, ...], hi: tuple[int, ...],
+                  out: np.ndarray | None = None) -> np.ndarray:
+        if out is not None:
+            want = (tuple(b - a for a, b in zip(lo, hi, strict=True)), np.dtype(np.float32 if name == "image" else
+                                                                             np.uint8))
+            if (out.shape, out.dtype) != want or not out.flags.c_contiguous:
+                raise ValueError(f"out must be C-contiguous {want[1]} of shape {want[0]}, got {out.dtype} "
+                                 f"{out.shape}")
         index = self._direct_index(case_id, name)
         if index is not None:
             try:
-                return self._direct.read(index, lo, hi)
+                return self._direct.read(index, lo, hi, out)
+            except NonFiniteChunk as exc:
+                raise self._non_finite(case_id, name, exc.first_axis) from None
             except (ValueError, RuntimeError) as exc:
                 raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {name} chunk: {exc}") from None
-        return self._case(case_id)[name][tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+        data = self._case(case_id)[name][tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+        if data.dtype.kind == "f" and not np.isfinite(data).all():  # HDF5 path: every read is checked
+            rows = np.flatnonzero(~np.isfinite(data.reshape(data.shape[0], -1)).all(axis=1))
+            raise self._non_finite(case_id, name, tuple(int(lo[0] + r) for r in rows))
+        if out is not None:
+            np.copyto(out, data)
+            return out
+        return data
+
+    def _non_finite(self, case_id: str, name: str, first_axis: tuple[int, ...]) -> CacheError:
+        what = name
+        if name == "image":
+            what = "image, modality " + ", ".join(self.modalities[i] for i in first_axis if i < len(self.modalities))
+        return CacheError(f"{self.path}: case '{case_id}' is corrupted: {what} holds NaN or Inf voxels; rebuild "
+                          "the cache (prism-data verify names every such case)")
 
     @property
     def num_modalities(self) -> int:
         return len(self.modalities)
 
     def split(self, name: str) -> tuple[str, ...]:
+        """The case ids of split ``name``; a CacheError listing the splits there are when it does not exist."""
         if name not in self.splits:
-            raise CacheError(f"{self.path}: no split '{name}' (has {sorted(self.splits) or 'none'})")
+            hint = "; make cross-validation folds with prism-data split CACHE --folds K" if FOLD_SPLIT.match(
+                name) else ""
+            raise CacheError(f"{self.path}: no split '{name}' (has {sorted(self.splits) or 'none'}){hint}")
         return self.splits[name]
 
     def _case(self, case_id: str) -> h5py.Group:
@@ -218,30 +270,17 @@ class CacheReader:
         if case_id not in self._info:
             g = self._case(case_id)
             try:
-                a = g.attrs
-                info = CaseInfo(
-                    case_id=case_id,
-                    shape=tuple(int(s) for s in g["label"].shape),
-                    availability=tuple(bool(v) for v in a["availability"]),
-                    spacing=tuple(float(v) for v in a["spacing"]),
-                    affine=np.asarray(a["affine"]),
-                    crop_box=np.asarray(a["crop_box"]),
-                    original_shape=tuple(int(v) for v in a["original_shape"]),
-                    site=str(a.get("site", "")),
-                    present=tuple(bool(v) for v in a.get("present", a["availability"])),
-                )
-                image = g["image"]
-                if image.ndim != 4 or image.shape[0] != len(self.modalities) or image.shape[1:] != info.shape or (
-                        len(info.availability) != len(self.modalities)):
-                    raise ValueError(f"image {image.shape} / label {info.shape} / availability "
-                                     f"{len(info.availability)} do not fit {len(self.modalities)} modalities")
+                self._info[case_id] = case_info(case_id, g, len(self.modalities))
+            except Corrupt as exc:
+                raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {exc}; rebuild the cache") from None
             except _CORRUPT as exc:
                 raise CacheError(f"{self.path}: case '{case_id}' is corrupted ({_first_line(exc)}); "
                                  "rebuild the cache") from None
-            self._info[case_id] = info
         return self._info[case_id]
 
     def foreground(self, case_id: str) -> np.ndarray:
+        """Stored foreground voxel coordinates ``int [N, 3]`` of the case (checked inside its volume on open)."""
+        self.info(case_id)
         return self._case(case_id)["foreground"][()]
 
     def read_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -253,15 +292,18 @@ class CacheReader:
         except OSError as exc:
             raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {exc}") from None
 
-    def read_patch(self, case_id: str, start: tuple[int, int, int], size: tuple[int, int, int]
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        """The patch at ``start`` of ``size`` (clipped to the volume): only the chunks it touches are read."""
+    def read_patch(self, case_id: str, start: tuple[int, int, int], size: tuple[int, int, int],
+                   out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The patch at ``start`` of ``size`` (clipped to the volume): only the chunks it touches are read.
+        ``out``: (image, label) arrays to write into, of the clipped patch's shapes (``float32 [M, d, h, w]``,
+        ``uint8 [d, h, w]``, C-contiguous), e.g. buffers reused from read to read; new arrays when None."""
         shape = self.info(case_id).shape
         lo = tuple(min(max(s, 0), d) for s, d in zip(start, shape, strict=True))
         hi = tuple(min(a + max(n, 0), d) for a, n, d in zip(lo, size, shape, strict=True))
+        image_out, label_out = out if out is not None else (None, None)
         try:
-            return (self._read_box(case_id, "image", (0, *lo), (self.num_modalities, *hi)),
-                    self._read_box(case_id, "label", lo, hi))
+            return (self._read_box(case_id, "image", (0, *lo), (self.num_modalities, *hi), image_out),
+                    self._read_box(case_id, "label", lo, hi, label_out))
         except OSError as exc:
             raise CacheError(f"{self.path}: case '{case_id}' is corrupted: {exc}") from None
 
@@ -282,3 +324,10 @@ class CacheReader:
             image[(slice(None), *dst)] = img
             label[dst] = lab
         return image, label
+
+
+def dataset_changed_message(checkpoint: Path, recorded: str, reader: CacheReader) -> str:
+    """One line for a resume whose checkpoint was trained on another dataset than ``reader``'s cache holds now."""
+    return (f"{checkpoint}: the run was trained on another dataset than {reader.path} holds now (dataset "
+            f"fingerprint {recorded}, the cache's {reader.fingerprint}): the cache was rebuilt or replaced; resume "
+            "with the cache the run was trained on, or start a new run")

@@ -11,8 +11,12 @@ are read this way; anything else (and a file this code does not understand) goes
 trailer is NOT checked on this path: checksums are checked by ``prism-data verify`` (which reads through HDF5)
 and by ``CacheReader(..., checksums=True)``. A chunk whose Blosc2 frame holds a special value (an all-zero
 chunk is stored without data) or whose chunk is split into several Blosc2 blocks (stored block by block, not in
-C order) is decoded through ``blosc2.ndarray_from_cframe``; all-zero chunks are remembered and skipped afterwards
-(the output starts zeroed).
+C order) is decoded through ``blosc2.ndarray_from_cframe``; all-zero chunks are remembered and their part of the
+output is filled with zeros instead (the output is never zeroed first: every part of it is written once).
+
+The first time a reader decodes a floating-point chunk it checks that every value is finite (NaN or Inf raise
+:class:`NonFiniteChunk`, naming the rows of the first axis, an image's modalities); the chunk is then remembered as
+checked, so the check costs one pass per chunk and process, not one per read.
 """
 
 from __future__ import annotations
@@ -36,6 +40,16 @@ _UNKNOWN, _DATA, _ZERO, _SPECIAL = 0, 1, 2, 3
 
 blosc2.set_releasegil(True)
 blosc2.set_nthreads(1)  # parallelism comes from decompressing several chunks at once
+
+
+class NonFiniteChunk(ValueError):
+    """A floating-point chunk holds NaN or Inf; ``first_axis`` lists the indices along the dataset's first axis
+    (an image's modalities) where they are. Each chunk is checked the first time a reader decodes it."""
+
+    def __init__(self, chunk: tuple[int, ...], first_axis: tuple[int, ...]) -> None:
+        super().__init__(f"chunk {list(chunk)} holds NaN or Inf")
+        self.chunk = chunk
+        self.first_axis = first_axis
 
 
 @dataclass
@@ -107,9 +121,12 @@ class DirectChunkReader:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        self._view.release()
-        self._map.close()
         self._fh.close()
+        try:
+            self._view.release()
+            self._map.close()
+        except BufferError:  # a slice is still referenced (e.g. by a traceback): the map closes when it goes
+            pass
 
     def _buffer(self, nbytes: int) -> np.ndarray:
         buf = getattr(self._local, "buf", None)
@@ -132,18 +149,24 @@ class DirectChunkReader:
             blosc2.decompress2(self._view[off + int(index.heads[idx]):end], dst=out)
             return out.view(index.dtype).reshape(index.chunks)
         frame = self._view[off:end]
-        if kind == _UNKNOWN:
+        first = kind == _UNKNOWN
+        if first:
             kind = self._classify(frame, nbytes)
         if kind == _DATA:
             head = int.from_bytes(frame[11:15], "big")
-            index.heads[idx] = head
             blosc2.decompress2(frame[head:], dst=out)
         else:  # special values or several blocks (then the chunk is stored block by block): let b2nd lay it out
             decoded = np.asarray(blosc2.ndarray_from_cframe(bytes(frame))[()]).reshape(index.chunks)
             np.copyto(out.view(index.dtype).reshape(index.chunks), decoded.view(index.dtype))
             kind = _SPECIAL if out.any() else _ZERO
-        index.kinds[idx] = kind
-        return None if kind == _ZERO else out.view(index.dtype).reshape(index.chunks)
+        chunk = out.view(index.dtype).reshape(index.chunks)
+        if first and index.dtype.kind == "f" and kind != _ZERO and not np.isfinite(chunk).all():
+            rows = np.flatnonzero(~np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(axis=1))
+            raise NonFiniteChunk(idx, tuple(int(idx[0] * index.chunks[0] + r) for r in rows))
+        if kind == _DATA:
+            index.heads[idx] = int.from_bytes(frame[11:15], "big")
+        index.kinds[idx] = kind  # checked once: later reads of this chunk skip the check
+        return None if kind == _ZERO else chunk
 
     @staticmethod
     def _classify(frame: memoryview, nbytes: int) -> int:
@@ -162,18 +185,30 @@ class DirectChunkReader:
             return _UNKNOWN
         return _DATA
 
-    def read(self, index: ChunkIndex, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-        """The box ``[lo, hi)`` (inside the dataset) as a new array."""
-        out = np.zeros(tuple(b - a for a, b in zip(lo, hi, strict=True)), index.dtype)
+    def read(self, index: ChunkIndex, lo: Sequence[int], hi: Sequence[int], out: np.ndarray | None = None
+             ) -> np.ndarray:
+        """The box ``[lo, hi)`` (inside the dataset), written into ``out`` when given (C-contiguous, of the box's
+        shape and the dataset's dtype; e.g. a reused or pinned buffer), else into a new array.
+
+        The output is never zero-filled first: every chunk's part is written, all-zero and never-written chunks
+        by a fill, so a new array costs no extra pass over memory.
+        """
+        shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
+        if out is None:
+            out = np.empty(shape, index.dtype)
+        elif out.shape != shape or out.dtype != index.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous {index.dtype} of shape {shape}, got {out.dtype} {out.shape}")
         pieces = [_axis_pieces(a, b, c) for a, b, c in zip(lo, hi, index.chunks, strict=True)]
         jobs = list(product(*pieces))
 
         def run(part: list[tuple[tuple[int, slice, slice], ...]]) -> None:
             for job in part:
-                idx = tuple(p[0] for p in job)
-                chunk = self._decode(index, idx)
-                if chunk is not None:
-                    out[tuple(p[2] for p in job)] = chunk[tuple(p[1] for p in job)]
+                chunk = self._decode(index, tuple(p[0] for p in job))
+                dst = tuple(p[2] for p in job)
+                if chunk is None:
+                    out[dst] = 0
+                else:
+                    out[dst] = chunk[tuple(p[1] for p in job)]
 
         if self._pool is None or len(jobs) < 2 * self.threads:
             run(jobs)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import CacheError, DataError
+from .availability import case_key
 
-_GRADE_PREFIX = re.compile(r"^(?:HGG|LGG|HG|LG)_")
 _SUFFIXES = (".nii.gz", ".nii", ".npy", ".h5")
 
 
@@ -53,19 +57,29 @@ def read_case_list(path: str | Path) -> list[str]:
 
 def resolve_case_names(names: Iterable[str], known: Iterable[str], *, source: str) -> list[str]:
     """Map names from a list or CSV to known case ids: exact match, else without a grade prefix
-    (PASSION writes ``HG_BraTS20_Training_001`` for folder ``BraTS20_Training_001``). Unknown -> DataError."""
+    (PASSION writes ``HG_BraTS20_Training_001`` for folder ``BraTS20_Training_001``; see
+    :func:`~prism.data.availability.case_key`).
+
+    Raises:
+        DataError: a name matches no case, or two names (e.g. two spellings) name the same case.
+    """
     known_set = set(known)
     out = []
     unknown = []
+    given: dict[str, str] = {}  # case id -> the name that named it
     for name in names:
         if name in known_set:
-            out.append(name)
-            continue
-        stripped = _GRADE_PREFIX.sub("", name)
-        if stripped in known_set:
-            out.append(stripped)
+            case = name
+        elif case_key(name) in known_set:
+            case = case_key(name)
         else:
             unknown.append(name)
+            continue
+        if case in given:
+            spellings = "" if given[case] == name else f" (as {given[case]} and {name})"
+            raise DataError(f"{source}: case {case} is named twice{spellings}")
+        given[case] = name
+        out.append(case)
     if unknown:
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         raise DataError(f"{source}: names unknown cases: {', '.join(unknown[:3])}{more}")
@@ -118,12 +132,87 @@ def hold_out_site_splits(case_sites: Mapping[str, str], hold_out: Sequence[str],
 SITE_SPLITS = ("train", "val", "test", HELD_OUT_SPLIT)
 
 
-def write_splits(cache: str | Path, splits: Mapping[str, Sequence[str]], *, replace: Sequence[str] = ()) -> None:
-    """Store named splits in an existing cache, atomically: a copy is changed and renamed over the cache, so a
-    crash leaves the old file whole. Splits named in ``replace`` are removed first; other splits are kept.
+FOLD_SPLIT = re.compile(r"^fold(\d+)_(train|val)$")
+
+
+def fold_split_names(fold: int) -> tuple[str, str]:
+    """The (training, validation) split names of cross-validation fold ``fold``: ``fold<k>_train``, ``fold<k>_val``."""
+    return f"fold{int(fold)}_train", f"fold{int(fold)}_val"
+
+
+def fold_splits(case_ids: Sequence[str], folds: int, *, seed: int = 0) -> dict[str, list[str]]:
+    """k-fold cross-validation splits of ``case_ids`` (nnU-Net's five folds are ``folds=5``).
+
+    The cases are shuffled with ``seed`` and dealt in turn into ``folds`` disjoint validation parts (sizes differ
+    by at most one), so every case is validated exactly once; fold ``k`` trains on all the other parts.
+
+    Args:
+        case_ids: the cases to cut (usually the ``train`` split).
+        folds: number of folds, 2 to ``len(case_ids)``.
+        seed: shuffle seed.
+
+    Returns:
+        ``{"fold0_train": [...], "fold0_val": [...], ...}``, each list sorted.
+
+    Raises:
+        DataError: fewer than 2 folds, or more folds than cases.
+    """
+    ids = sorted(set(case_ids))
+    if not 2 <= folds <= len(ids):
+        raise DataError(f"--folds: {folds} folds of {len(ids)} training cases; need 2 to {len(ids)}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    parts = [sorted(ids[i] for i in order[k::folds]) for k in range(folds)]
+    out: dict[str, list[str]] = {}
+    for k in range(folds):
+        train, val = fold_split_names(k)
+        out[train] = sorted(c for j, part in enumerate(parts) if j != k for c in part)
+        out[val] = parts[k]
+    return out
+
+
+@contextmanager
+def cache_lock(cache: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock while a cache's splits are read, changed and written back.
+
+    The lock is ``flock`` on the cache's folder: nothing is written for it, HDF5's own lock on the file is not
+    touched, and it holds across the rename that replaces the file. Updates of other caches in the same folder
+    wait too (they take a moment).
+
+    Raises:
+        CacheError: the cache file does not exist.
+    """
+    cache = Path(cache)
+    if not cache.is_file():
+        raise CacheError(f"{cache}: cache file not found")
+    try:
+        fd = os.open(cache.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise CacheError(f"{cache.parent}: cannot open the cache's folder: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def update_splits(cache: str | Path, make: Callable[[Any], Mapping[str, Sequence[str]]], *,
+                  replace: Callable[[str], bool] = lambda name: False) -> dict[str, list[str]]:
+    """Read the cache, compute splits with ``make(reader)`` and store them, all under :func:`cache_lock`, so two
+    concurrent updates both land. The cache is rewritten atomically: a copy is changed and renamed over it, a
+    crash leaves the old file whole. Existing splits for which ``replace(name)`` is true are removed first; other
+    splits are kept.
+
+    Args:
+        cache: the cache file.
+        make: gets the open :class:`~prism.data.cache_reader.CacheReader`, returns the splits to store.
+        replace: which existing splits to drop.
+
+    Returns:
+        The stored splits.
 
     Raises:
         DataError: a split names a case the cache does not hold.
+        CacheError: the cache is missing or corrupted.
         StorageError: the copy cannot be written (see :mod:`prism.atomic`).
     """
     import shutil
@@ -134,22 +223,39 @@ def write_splits(cache: str | Path, splits: Mapping[str, Sequence[str]], *, repl
     from .cache_reader import CacheReader
 
     cache = Path(cache)
-    reader = CacheReader(cache)
-    known = set(reader.case_ids)
-    reader.close()
-    for name, members in splits.items():
-        unknown = sorted(set(members) - known)
-        if unknown:
-            raise DataError(f"{cache}: split '{name}' names cases not in the cache: {unknown[:3]}")
+    with cache_lock(cache):
+        reader = CacheReader(cache)
+        try:
+            splits = {name: sorted(members) for name, members in make(reader).items()}
+            known, existing = set(reader.case_ids), set(reader.splits)
+        finally:
+            reader.close()
+        for name, members in splits.items():
+            unknown = sorted(set(members) - known)
+            if unknown:
+                raise DataError(f"{cache}: split '{name}' names cases not in the cache: {unknown[:3]}")
+        dropped = {name for name in existing if replace(name)}
 
-    def write(tmp: Path) -> None:
-        shutil.copyfile(cache, tmp)
-        with h5py.File(tmp, "r+") as f:
-            group = f["splits"]
-            for name in {*replace, *splits}:
-                if name in group:
-                    del group[name]
-            for name, members in splits.items():
-                group.create_dataset(name, data=np.array(sorted(members), dtype=h5py.string_dtype()))
+        def write(tmp: Path) -> None:
+            shutil.copyfile(cache, tmp)
+            with h5py.File(tmp, "r+") as f:
+                group = f["splits"]
+                for name in dropped | set(splits):
+                    if name in group:
+                        del group[name]
+                for name, members in splits.items():
+                    group.create_dataset(name, data=np.array(members, dtype=h5py.string_dtype()))
 
-    write_atomic(cache, write)
+        write_atomic(cache, write)
+    return splits
+
+
+def write_splits(cache: str | Path, splits: Mapping[str, Sequence[str]], *, replace: Sequence[str] = ()) -> None:
+    """Store named splits in an existing cache (see :func:`update_splits`); splits named in ``replace`` are removed
+    first, other splits are kept.
+
+    Raises:
+        DataError: a split names a case the cache does not hold.
+        StorageError: the copy cannot be written (see :mod:`prism.atomic`).
+    """
+    update_splits(cache, lambda reader: splits, replace=lambda name: name in set(replace))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +14,21 @@ import numpy as np
 from ..atomic import is_temporary
 from ..errors import CacheError
 from .cache_format import (
-    CASE_ATTRS,
     FORMAT_NAME,
     READABLE_VERSIONS,
     ROOT_ATTRS,
     SOURCES_PATH,
     settings_hash,
+)
+from .cache_meta import (
+    Corrupt,
+    case_info,
+    check_groups,
+    format_version,
+    is_complete,
+    read_sources,
+    read_splits,
+    root_info,
 )
 
 
@@ -66,49 +74,21 @@ def _read_all(ds: h5py.Dataset) -> tuple[np.ndarray, int]:
     return out, count
 
 
-def _check_case(f: h5py.File, case: str, m: int, labels: set[int], check_chunks: bool, report: VerifyReport) -> None:
+def _check_case(f: h5py.File, case: str, m: int, labels: set[int], check_chunks: bool, report: VerifyReport,
+                modalities: tuple[str, ...]) -> None:
     where = f"case '{case}'"
-    g = f["cases"][case]
     problems = report.problems
-    for name in ("image", "label", "foreground"):
-        if name not in g:
-            problems.append(f"{where}: dataset '{name}' missing")
-            return
+    try:
+        case_info(case, f["cases"][case], m)  # datasets, dtypes, shapes, attributes, crop box
+    except Corrupt as exc:
+        problems.append(f"{where}: {exc}")
+        return
+    g = f["cases"][case]
     image, label = g["image"], g["label"]
-    if image.ndim != 4 or image.shape[0] != m or image.dtype != np.float32:
-        problems.append(f"{where}: image must be float32 [{m}, D, H, W], is {image.dtype} {image.shape}")
-        return
-    if label.shape != image.shape[1:] or label.dtype != np.uint8:
-        problems.append(f"{where}: label must be uint8 {image.shape[1:]}, is {label.dtype} {label.shape}")
-        return
     for ds in (image, label):
         if not ds.fletcher32 or ds.chunks is None:
             problems.append(f"{where}: {ds.name.rsplit('/', 1)[-1]} lacks chunking or Fletcher32 checksums")
-    missing = [a for a in CASE_ATTRS if a not in g.attrs]
-    if missing:
-        problems.append(f"{where}: attributes missing: {missing}")
-        return
-    a = g.attrs
-    shapes = {"availability": (m,), "spacing": (3,), "affine": (4, 4), "crop_box": (3, 2), "original_shape": (3,)}
-    for key, shape in shapes.items():
-        if np.shape(a[key]) != shape:
-            problems.append(f"{where}: attribute {key} has shape {np.shape(a[key])}, expected {shape}")
-    if problems:
-        return
-    if not np.asarray(a["availability"]).any():
-        problems.append(f"{where}: no modality available")
-    box = np.asarray(a["crop_box"])
-    if not (np.asarray(box[:, 1] - box[:, 0]) == np.asarray(label.shape)).all() or (
-            box[:, 1] > np.asarray(a["original_shape"])).any():
-        problems.append(f"{where}: crop_box {box.tolist()} does not match shape {label.shape} inside "
-                        f"original_shape {np.asarray(a['original_shape']).tolist()}")
-    fg = g["foreground"][()]
-    if fg.ndim != 2 or (len(fg) and fg.shape[1] != 3):
-        problems.append(f"{where}: foreground must be [N, 3]")
-        return
-    if len(fg) and ((fg < 0).any() or (fg >= np.asarray(label.shape)).any()):
-        problems.append(f"{where}: foreground coordinates outside the volume")
-        return
+    fg = g["foreground"][()]  # inside the volume (case_info)
     if not check_chunks:
         return
     try:
@@ -118,11 +98,12 @@ def _check_case(f: h5py.File, case: str, m: int, labels: set[int], check_chunks:
         problems.append(f"{where}: corrupted chunk ({' '.join(str(exc).split())[:160]})")
         return
     report.chunks_read += n_img + n_lab
-    if not np.isfinite(img).all():
-        problems.append(f"{where}: image holds NaN or Inf")
-    bad = sorted(set(np.unique(lab).tolist()) - labels)
+    bad = [modalities[c] for c in range(m) if not np.isfinite(img[c]).all()]
     if bad:
-        problems.append(f"{where}: label values {bad} outside the label map")
+        problems.append(f"{where}: image holds NaN or Inf voxels in modality {', '.join(bad)}")
+    wrong = sorted(set(np.unique(lab).tolist()) - labels)
+    if wrong:
+        problems.append(f"{where}: label values {wrong} outside the label map")
     if len(fg) and not (lab[tuple(fg.T)] > 0).all():
         problems.append(f"{where}: foreground samples are not on foreground voxels")
 
@@ -147,6 +128,8 @@ def verify_cache(path: str | os.PathLike[str], *, check_chunks: bool = True, che
     try:
         with f:
             sources, root = _verify_open(f, path, report, check_chunks, source_root)
+    except Corrupt as exc:
+        raise CacheError(f"{path}: the cache's metadata is corrupted: {exc}; rebuild it") from None
     except _CORRUPT as exc:
         raise CacheError(f"{path}: the cache's metadata is corrupted ({' '.join(str(exc).split())[:160]}); "
                          "rebuild it") from None
@@ -174,37 +157,38 @@ def _verify_open(f: h5py.File, path: Path, report: VerifyReport, check_chunks: b
     attrs = f.attrs
     if attrs.get("prism_format") != FORMAT_NAME:
         raise CacheError(f"{path}: not a prism cache (no prism_format attribute)")
-    version = int(attrs.get("format_version", -1))
+    version = format_version(attrs)
     if version not in READABLE_VERSIONS:
         raise CacheError(f"{path}: cache format version {version} cannot be read by this prism "
                          f"(reads {sorted(READABLE_VERSIONS)}); rebuild it with prism-data")
     missing = [a for a in ROOT_ATTRS if a not in attrs]
     if missing:
         raise CacheError(f"{path}: root attributes missing: {missing}")
-    if not bool(attrs["complete"]) or "cases" not in f or "splits" not in f:
+    check_groups(f)
+    if not is_complete(attrs) or "cases" not in f or "splits" not in f:
         raise CacheError(f"{path}: cache is incomplete (its build was interrupted); rebuild it")
     try:
-        modalities = json.loads(attrs["modalities"])
-        labels = {int(k) for k in json.loads(attrs["labels"])}
-        preprocessing = json.loads(attrs["preprocessing"])
-        json.loads(attrs["label_map"])
-        sources = json.loads(f[SOURCES_PATH][()]) if SOURCES_PATH in f else []
-    except (ValueError, TypeError) as exc:
-        raise CacheError(f"{path}: provenance is not valid JSON: {exc}") from None
+        root = root_info(attrs)
+    except Corrupt as exc:
+        raise CacheError(f"{path}: provenance is not valid JSON of the cache format: {exc}") from None
+    modalities, labels, preprocessing = root.modalities, set(root.labels), root.preprocessing
+    try:
+        sources = read_sources(f, SOURCES_PATH)
+    except Corrupt as exc:
+        raise CacheError(f"{path}: provenance is not valid JSON of the cache format: {exc}") from None
     if settings_hash(preprocessing) != str(attrs["preprocessing_hash"]):
         report.problems.append("preprocessing_hash does not match the stored preprocessing settings")
     cases = sorted(f["cases"].keys())
     report.cases = len(cases)
     for case in cases:
         try:
-            _check_case(f, case, len(modalities), labels, check_chunks, report)
+            _check_case(f, case, len(modalities), labels, check_chunks, report, modalities)
         except _CORRUPT as exc:
             report.problems.append(f"case '{case}': metadata is corrupted ({' '.join(str(exc).split())[:160]})")
     known = set(cases)
-    for name, ds in f["splits"].items():
-        members = {s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]}
-        if members - known:
-            report.problems.append(f"split '{name}' names unknown cases {sorted(members - known)[:3]}")
+    for name, members in read_splits(f).items():
+        if set(members) - known:
+            report.problems.append(f"split '{name}' names unknown cases {sorted(set(members) - known)[:3]}")
     source_cases = {s.get("case") for s in sources}
     if sources and source_cases - known:
         report.problems.append(f"provenance lists sources of unknown cases {sorted(source_cases - known)[:3]}")

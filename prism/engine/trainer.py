@@ -18,7 +18,7 @@ from .. import __version__
 from ..atomic import ensure_folder, remove_stale_temporaries, write_text_atomic
 from ..config import Config, build_config, config_to_yaml
 from ..data.augment import Augmentation
-from ..data.cache_reader import CacheReader
+from ..data.cache_reader import CacheReader, dataset_changed_message
 from ..errors import CheckpointError, ConfigError
 from ..evaluation.adaptation import evaluation_rule
 from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
@@ -128,16 +128,17 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not config.train.deterministic
         self.reader = CacheReader(cache_path)
-        self.train_cases = self.reader.split(config.data.train_split)
+        train_split, val_split = config.training_splits()  # data.fold chooses a cross-validation fold's pair
+        self.train_cases = self.reader.split(train_split)
         for name in check_splits:  # e.g. eval.split, checked before anything is trained or written
             self.reader.split(name)
         self.val_cases: tuple[str, ...] = ()
         if config.train.val_every:
-            if config.train.val_split not in self.reader.splits:
-                raise ConfigError(f"train.val_split: no split '{config.train.val_split}' in {cache_path} (has "
+            if val_split not in self.reader.splits:
+                raise ConfigError(f"train.val_split: no split '{val_split}' in {cache_path} (has "
                                   f"{sorted(self.reader.splits)}); make one (prism-data --val-fraction) or name "
                                   "another split")
-            self.val_cases = self.reader.split(config.train.val_split)[: config.train.val_cases]
+            self.val_cases = self.reader.split(val_split)[: config.train.val_cases]
         self.best_val = float("-inf")  # best validation mean Dice so far (best.pt holds its weights)
         largest = [max(self.reader.info(c).shape[i] for c in self.train_cases) for i in range(3)]
         if any(p > s for p, s in zip(config.data.patch_size, largest, strict=True)):
@@ -200,6 +201,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         state = checkpoint_state(self.ctx, self.strategy.state_dict(), self.config)
+        state["dataset"] = self.reader.fingerprint  # --resume refuses a cache that now holds other data
         return save_checkpoint(self.run_dir / name, {**state, "best_val": self.best_val, **extra})
 
     def validate(self) -> float | None:
@@ -217,6 +219,8 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)
+        if state.get("dataset", self.reader.fingerprint) != self.reader.fingerprint:
+            raise CheckpointError(dataset_changed_message(path, state["dataset"], self.reader))
         ctx = self.ctx
         part = "model"  # the part being loaded, named in the error
         try:

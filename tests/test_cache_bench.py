@@ -1,0 +1,33 @@
+"""benchmarks/bench_cache.py runs end to end at a tiny size (no timing is asserted) and nnU-Net's blosc2 layout
+rule gives the blocks and chunks worked out by hand from its description."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_cache  # noqa: E402
+
+
+def test_nnunet_layout_follows_its_cache_rule():
+    # 4 x float32, 128^3 patch: blocks halve (last axis first on ties) from 128^3 until 4 * 4 * prod <= 0.8 * 32 KiB
+    # -> 16 x 8 x 8; chunks add blocks (fewest blocks first, first axis on ties) until >= 0.8 * 1.375 MiB
+    assert bench_cache.nnunet_layout((4, 140, 170, 140), (128, 128, 128), 4) == ((4, 16, 8, 8), (4, 80, 32, 32))
+    # int16 segmentation with one channel: 2 * prod <= 26214 -> 32 x 16 x 16 blocks
+    blocks, chunks = bench_cache.nnunet_layout((1, 140, 170, 140), (128, 128, 128), 2)
+    assert blocks == (1, 32, 16, 16) and 2 * 140 * 80 * 64 >= 0.8 * 1441792 > 2 * 140 * 80 * 48
+    assert chunks == (1, 140, 80, 64)
+
+
+@pytest.mark.slow
+def test_bench_cache_prints_both_ways_of_reading_for_every_size(capsys):
+    bench_cache.main(["--cases", "2", "--patches", "2", "--repeats", "2", "--shape", "40", "44", "40",
+                      "--sizes", "16", "24"])
+    out = capsys.readouterr().out
+    for size in (16, 24):
+        for how in ("new arrays", "into buffers"):
+            assert f"{size}^3 {how} vs LZ4HC .b2nd:" in out and f"{size}^3 {how} vs nnU-Net defaults:" in out
+    assert "disk: prism" in out
