@@ -200,7 +200,9 @@ def write_probabilities(path: str | os.PathLike[str], probabilities: np.ndarray,
 
     - ``probabilities``: float32 ``[K, X, Y, Z]``, class first, then the voxel axes of the case's NIfTI files (the
       shape of the label map); the crop is undone and every voxel outside it is background (probability 1 for
-      class 0). The argmax over the first axis, mapped through ``labels``, is the label map prism-predict writes.
+      class 0). The argmax over the first axis, mapped through ``labels``, is the label map prism-predict writes
+      (for a case resampled to a common spacing the label map is resampled back by nearest neighbour and these
+      probabilities linearly, so the two may differ by a voxel at boundaries).
     - ``labels``: int64 ``[K]``, the dataset's raw label value of each class (BraTS 2018-2021: 0, 1, 2, 4).
     - ``modalities``: str ``[M_used]``, the modalities the prediction was made from (the case's combination).
     - ``affine``: float64 ``[4, 4]``, the voxel-to-world affine of the case's first modality file.
@@ -214,7 +216,8 @@ def write_probabilities(path: str | os.PathLike[str], probabilities: np.ndarray,
     Raises:
         StorageError: the disk is full or the folder read-only (no partial file is left).
     """
-    probs = np.asarray(probabilities, dtype=np.float32)
+    # a case resampled to a common spacing goes back to its own grid (linear, as nnU-Net resamples probabilities)
+    probs = to_crop_grid(np.asarray(probabilities, dtype=np.float32), case, order=1)
     inside = uncrop(np.ones(probs.shape[1:], np.float32), case.crop_box, case.original_shape)
     full = np.stack([uncrop(p, case.crop_box, case.original_shape) for p in probs])
     full[0] += 1 - inside  # background outside the crop, exactly as the label map's zeros there
