@@ -13,7 +13,7 @@ from prism.cli.data import main as data_main
 from prism.data.cache_reader import CacheReader
 from prism.data.verify import verify_cache
 from prism.data_tools.layouts import BRATS2020, discover_cases
-from prism.data_tools.predict_io import inverse_label_map, label_map_image
+from prism.data_tools.predict_io import inverse_label_map, label_map_image, write_probabilities
 from prism.data_tools.preprocess import PreprocessSettings, preprocess_image, settings_for_inputs
 from prism.data_tools.resample import resample_image, resample_labels, resample_to_shape, resampled_shape
 
@@ -110,6 +110,12 @@ def test_preprocess_spacing_resamples_and_predictions_go_back_to_the_original_sp
     np.testing.assert_allclose(written.affine, _affine())
     assert tuple(float(z) for z in written.header.get_zooms()[:3]) == SPACING
     np.testing.assert_array_equal(np.asarray(written.dataobj), seg)  # labels 1, 2, 4 back where they were
+    # --save-probabilities: one-hot probabilities of the same prediction come back on the original grid too
+    onehot = np.eye(4, dtype=np.float32)[label].transpose(3, 0, 1, 2)
+    saved = np.load(write_probabilities(tmp_path / "p.npz", onehot, prepared, inverse_label_map(BRATS2020.label_map, 4),
+                                        BRATS2020.modalities))
+    assert saved["probabilities"].shape == (4, *SHAPE)
+    np.testing.assert_array_equal(saved["labels"][saved["probabilities"].argmax(0)], seg)
 
 
 def test_without_spacing_the_settings_hash_and_shape_are_unchanged(raw, tmp_path):
