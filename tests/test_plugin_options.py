@@ -55,7 +55,7 @@ def test_options_are_coerced_and_defaults_left_to_the_factory():
 
 def test_config_field_names_the_options_field():
     with pytest.raises(PluginError, match=r"^losses\.0\.options\.wieght: unknown option"):
-        get_registry().create("loss", "fuse", MODS, 2, field_name="losses.0.name", wieght=1)
+        get_registry().build("loss", "fuse", (MODS, 2), {"wieght": 1}, field="losses.0.name")
 
 
 def test_exception_inside_a_plugin_is_a_plugin_bug_with_its_traceback():

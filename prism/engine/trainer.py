@@ -26,7 +26,7 @@ from ..registry import blame, get_registry
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
 from .checkpoint import load_checkpoint, load_initial_weights, mismatch_message, save_checkpoint
 from .compiled import install as install_compilation
-from .context import TrainContext
+from .context import TrainContext, run_strategy_step
 from .distributed import DistInfo, init_from_env, wrap_ddp
 from .metrics_log import CsvLog, TensorBoardLog
 from .run_lock import RunLock
@@ -292,8 +292,7 @@ class Trainer:
                 self.save()
                 raise Preempted(signum, ctx.step, total, self.run_dir / CHECKPOINT_NAME)
             while ctx.step < end:
-                with blame(self.strategy_entry, f"running step {ctx.step + 1}"):
-                    parts = self.strategy.step(ctx)
+                parts = run_strategy_step(self.strategy, self.strategy_entry, ctx)
                 if self.strategy.uses_optimizer:
                     ctx.scheduler.step()
                 ctx.step += 1
