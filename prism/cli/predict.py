@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .common import OneLineParser, run_command, stdout_console
 
 if TYPE_CHECKING:
-    from ..engine.run_model import RunModel
+    from ..runs import TrainedRun
 
 EPILOG = """\
 examples:
@@ -25,23 +25,7 @@ affine and header of the case's first modality file. Modalities and the label ma
 """
 
 
-def demo_cache(config: Any) -> Path:
-    """The synthetic demo cache of a run trained without ``data.cache`` (generated if it is not there yet)."""
-    from ..data_tools.demo import ensure_demo_cache
-
-    path, _ = ensure_demo_cache(config.data.synthetic)
-    return Path(path)
-
-
-def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, device: str | None = None,
-                   overrides: Sequence[str] = ()) -> RunModel:
-    """:func:`prism.engine.run_model.load_run_model`, with the demo cache for runs trained without a cache."""
-    from ..engine.run_model import load_run_model as load
-
-    return load(run_dir, cache=cache, device=device, overrides=overrides, default_cache=demo_cache)
-
-
-def recorded_layout(run: RunModel) -> Any:
+def recorded_layout(run: TrainedRun) -> Any:
     """The DatasetLayout the run's cache was built from (None for synthetic caches)."""
     from ..data_tools.predict_io import layout_from_record
 
@@ -49,7 +33,7 @@ def recorded_layout(run: RunModel) -> Any:
     return layout_from_record(record, run.label_map) if isinstance(record, dict) else None
 
 
-def input_settings(run: RunModel) -> Any:
+def input_settings(run: TrainedRun) -> Any:
     """PreprocessSettings (crop size and margin) the run's cache was built with, for preprocessing new cases."""
     from ..data_tools.preprocess import PreprocessSettings
 
@@ -58,7 +42,7 @@ def input_settings(run: RunModel) -> Any:
                               margin=int(run.preprocessing.get("margin", defaults.margin)))
 
 
-def predict_image(run: RunModel, case: Any) -> Any:
+def predict_image(run: TrainedRun, case: Any) -> Any:
     """Stored-class label map uint8 ``[d, h, w]`` (numpy, on the crop) of a PreprocessedImage, using exactly the
     modalities present in the case."""
     import torch
@@ -72,7 +56,7 @@ def predict_image(run: RunModel, case: Any) -> Any:
     return pred[0].numpy()
 
 
-def plan_cases(run: RunModel, input_dir: str | Path, layout: str = "auto") -> tuple[Any, list[Any], dict[int, int]]:
+def plan_cases(run: TrainedRun, input_dir: str | Path, layout: str = "auto") -> tuple[Any, list[Any], dict[int, int]]:
     """(input layout, cases, stored -> raw label map) after checking every case's files; nothing is written."""
     from ..data_tools.predict_io import (
         check_input_geometry,
@@ -98,7 +82,7 @@ def plan_cases(run: RunModel, input_dir: str | Path, layout: str = "auto") -> tu
     return spec, cases, inverse_label_map(spec.label_map, run.num_classes)
 
 
-def adapt_run(run: RunModel, support_dir: str | Path, *, layout: str = "auto", steps: int | None = None) -> int:
+def adapt_run(run: TrainedRun, support_dir: str | Path, *, layout: str = "auto", steps: int | None = None) -> int:
     """Adapt ``run.model`` to labelled support cases (BraTS-style folders with a label file) with the run's own
     rule (``Strategy.adapt``: MAML's inner loop, Meta-SGD's rates, fine-tuning for standard runs), in place of the
     model held by ``run``; the run folder is not touched. Returns the number of support cases.
@@ -146,7 +130,7 @@ def adapt_run(run: RunModel, support_dir: str | Path, *, layout: str = "auto", s
     return len(batches)
 
 
-def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *, layout: str = "auto",
+def predict_folder(run: TrainedRun, input_dir: str | Path, out_dir: str | Path, *, layout: str = "auto",
                    on_case: Callable[[str, Path, Sequence[str]], None] | None = None) -> list[Path]:
     """Predict every case under ``input_dir`` into ``out_dir/<case>.nii.gz`` (original space, raw labels).
 
@@ -212,7 +196,9 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--overlap: must be in [0, 1), got {args.overlap}")
     if args.sw_batch_size is not None and args.sw_batch_size < 1:
         raise ConfigError(f"--sw-batch-size: must be >= 1, got {args.sw_batch_size}")
-    run = load_run_model(args.model, cache=args.data, device=args.device)
+    from ..runs import load_run
+
+    run = load_run(args.model, cache=args.data, device=args.device)
     if args.window is not None:
         from ..evaluation.inference import check_window
 

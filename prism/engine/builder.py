@@ -12,9 +12,13 @@ from ..config import Config
 from ..errors import ConfigError, PluginError
 from ..masking import MaskingPolicy
 from ..registry import describe, get_registry
+from ..runs import amp_dtype_for, select_device
 from ..seams import check_provides_needs
 from ..strategy import Strategy
 from .losses import LossSet, WeightedTerm
+
+#: the building functions (device and autocast choice come from prism.runs, which loading a run shares)
+__all__ = ["Parts", "build_parts", "build_optimizer", "poly_schedule", "select_device", "amp_dtype_for"]
 
 
 @dataclass
@@ -104,17 +108,3 @@ def poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int, power: flo
                   ) -> torch.optim.lr_scheduler.PolynomialLR:
     """lr = base * (1 - step / total) ** power (torch's PolynomialLR; 0 after ``total_steps``)."""
     return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(total_steps, 1), power=power)
-
-
-def select_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def amp_dtype_for(config: Config, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or config.train.amp == "none":
-        return None
-    return torch.bfloat16 if config.train.amp == "bf16" else torch.float16

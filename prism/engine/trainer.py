@@ -16,13 +16,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import __version__
 from ..atomic import ensure_folder, remove_stale_temporaries, write_text_atomic
-from ..config import Config, build_config, config_to_yaml
+from ..config import Config, config_to_yaml
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
 from ..errors import CheckpointError, ConfigError
 from ..evaluation.adaptation import evaluation_rule
 from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
 from ..registry import blame, get_registry
+from ..runs import BEST_NAME, CHECKPOINT_NAME
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
 from .checkpoint import load_checkpoint, load_initial_weights, mismatch_message, save_checkpoint
 from .compiled import install as install_compilation
@@ -33,9 +34,6 @@ from .run_lock import RunLock
 from .signals import Preempted, StopSignals
 from .streams import BatchStreams
 from .validation import validation_dice
-
-CHECKPOINT_NAME = "last.pt"
-BEST_NAME = "best.pt"  # the weights with the best validation mean Dice (train.val_every)
 
 
 def run_info(config: Config) -> dict[str, Any]:
@@ -395,13 +393,3 @@ class Trainer:
                           adapt_rule=evaluation_rule(self.strategy), **evaluate_kwargs(cfg.eval))
         report.write(self.run_dir)
         return report
-
-
-def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config a run was started with (``run_dir/config.yaml``), with ``overrides`` applied."""
-    from ..config import load_yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a prism run folder (no config.yaml)")
-    return build_config(load_yaml(path), overrides, source=str(path))
