@@ -12,6 +12,7 @@ arguments of prism's own functions.
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import functools
 import inspect
@@ -107,20 +108,25 @@ def _field_infos(annotation: Any) -> list[Any]:
 
 
 def limits_text(annotation: Any) -> str:
-    """The limits written into an annotation (``Annotated[float, Field(ge=0, lt=1)]`` -> ``>= 0, < 1``); the
-    limits of ``X | None`` are those of ``X``."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return ", ".join(t for t in (limits_text(a) for a in typing.get_args(annotation)) if t)
-    found = []
-    metadata = [m for info in _field_infos(annotation) for m in info.metadata]
-    if typing.get_origin(annotation) is typing.Annotated:
-        metadata += [m for m in typing.get_args(annotation)[1:] if not isinstance(m, pydantic.fields.FieldInfo)]
-    for meta in metadata:
-        for attr, sym in _LIMITS.items():
-            value = getattr(meta, attr, None)
-            if value is not None:
-                found.append(f"{sym} {value:g}" if isinstance(value, float) else f"{sym} {value}")
-    return ", ".join(found)
+    """The limits written into an annotation (``Annotated[float, Field(ge=0, lt=1)]`` -> ``>= 0, < 1``): those of
+    ``X | None`` are ``X``'s, those of a list's items read ``each >= 1``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        found = []
+        for meta in args[1:]:
+            for m in (meta.metadata if isinstance(meta, pydantic.fields.FieldInfo) else [meta]):
+                for attr, sym in _LIMITS.items():
+                    value = getattr(m, attr, None)
+                    if value is not None:
+                        found.append(f"{sym} {value:g}" if isinstance(value, float) else f"{sym} {value}")
+        inner = limits_text(args[0])
+        return ", ".join([*found, inner] if inner else found)
+    if origin in (typing.Union, types.UnionType):
+        return ", ".join(dict.fromkeys(t for t in (limits_text(a) for a in args) if t))
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args:
+        inner = limits_text(args[0])
+        return f"each {inner}" if inner else ""
+    return ""
 
 
 _ARGS_HEADER = re.compile(r"^(Args|Arguments|Options|Parameters):\s*$")
