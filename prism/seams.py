@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -294,6 +295,15 @@ def weights_only_copy(state: Any) -> Any:
     return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
+def _refusal(exc: BaseException) -> str:
+    """The line of a (weights-only) pickling error that names what was refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"WeightsUnpickler error: (.*)", text)
+    if found:
+        return f"it holds {found.group(1)}" if found.re.pattern.startswith("Unsupported") else found.group(1).strip()
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
 def check_state_storable(obj: Any, owner: Owner) -> dict[str, Any]:
     """``obj.state_dict()`` is a dict that a weights-only checkpoint stores and gives back equal (tensors, numbers,
     text, lists and dicts of them; never Python objects, NumPy arrays or callables).
@@ -318,9 +328,8 @@ def check_state_storable(obj: Any, owner: Owner) -> dict[str, Any]:
     try:
         again = weights_only_copy(state)
     except (pickle.PicklingError, pickle.UnpicklingError, TypeError, AttributeError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise bug(owner, f"returned a state_dict() that a weights-only checkpoint cannot store ({first}); expected "
-                         "tensors, numbers, text, lists and dicts only") from exc
+        raise bug(owner, f"returned a state_dict() that a weights-only checkpoint cannot store ({_refusal(exc)}); "
+                         "expected tensors, numbers, text, lists and dicts only") from exc
     diff = first_difference(state, again)
     if diff:
         raise bug(owner, f"returned a state_dict() that changes when stored in a checkpoint ({diff})")

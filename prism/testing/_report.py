@@ -131,18 +131,20 @@ class Checks:
 
 @contextlib.contextmanager
 def registered(kind: str, plugin: str | Callable[..., Any]) -> Iterator[tuple[str, str]]:
-    """``(name, subject)`` of ``plugin``: a registered name as it is, or a factory registered in this process under
-    a temporary name for the duration of the check."""
+    """``(name, subject)`` of ``plugin``: a registered name as it is, or a factory registered in this process for
+    the duration of the check, under its own name (``TinyNet``, suffixed if taken)."""
     registry = get_registry()
     if isinstance(plugin, str):
         yield plugin, describe(registry.get(kind, plugin))
         return
     if not callable(plugin):
         raise TypeError(f"expected a registered {KINDS[kind][1]} name or its factory, got {plugin!r}")
-    name = f"_conformance_{kind}_{id(plugin):x}"
-    registry.register(kind, name, plugin, override=True)
+    base = "".join(c if c.isalnum() or c == "_" else "_" for c in getattr(plugin, "__name__", "plugin"))
+    base = base if base.isidentifier() else f"plugin_{base}"
+    taken = set(registry.names(kind))
+    name = next(n for n in (base, *(f"{base}_{i}" for i in range(2, 1000))) if n not in taken)
+    entry = registry.register(kind, name, plugin)
     try:
-        label = getattr(plugin, "__qualname__", type(plugin).__name__)
-        yield name, f"{KINDS[kind][1]} {label} (module {getattr(plugin, '__module__', '?')})"
+        yield name, describe(entry)
     finally:
         registry.unregister(kind, name)
