@@ -235,6 +235,21 @@ def _validate_one(annotation: Any, value: Any) -> Any:
     return adapter.validate_python(value)
 
 
+def _validation_text(key: str, exc: pydantic.ValidationError) -> tuple[str, str]:
+    """``(where, message)`` of a validation error (``key.sub``); a union's failed branches are joined with 'or'
+    (their type tags left out of the location)."""
+    errors = exc.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    common = locs[0]
+    for loc in locs[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(common, loc, strict=False)) if a != b), min(len(common), len(loc)))
+        common = common[:n]
+    if len(errors) == 1:
+        common = locs[0]
+    messages = list(dict.fromkeys(e["msg"] for e in errors))
+    return ".".join(str(x) for x in (key, *common)), " or ".join(messages)
+
+
 def validate_options(factory: Callable[..., Any], n_positional: int, options: Mapping[str, Any], *,
                      owner: str, field: str) -> dict[str, Any]:
     """Check ``options`` against ``factory``'s keyword parameters; return them validated (coerced).
@@ -275,9 +290,8 @@ def validate_options(factory: Callable[..., Any], n_positional: int, options: Ma
         try:
             out[key] = _validate_one(spec.annotation, value)
         except pydantic.ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in (key, *err["loc"]))
-            raise PluginError(f"{field}.{loc}: {owner}: {err['msg']} (got {err.get('input')!r})") from None
+            where, message = _validation_text(key, exc)
+            raise PluginError(f"{field}.{where}: {owner}: {message} (got {value!r})") from None
         except pydantic.PydanticUserError:  # an annotation pydantic cannot check: passed as given
             out[key] = value
     return out
