@@ -38,6 +38,9 @@ API_PAGES: dict[str, tuple[str, str]] = {
     "adapt": ("prism.adapt", "adapting a model to a task, functionally (what every strategy's adapt uses)"),
     "errors": ("prism.errors", "the errors a user can meet"),
     "registry": ("prism.registry", "the plugin registry"),
+    "seams": ("prism.seams", "the checks at every seam between prism and a plugin"),
+    "testing": ("prism.testing", "the conformance kit: prism's own plugin test suites, for any plugin"),
+    "runs": ("prism.runs", "a run folder read back: load_run, the config and the checkpoints"),
     "losses": ("prism.plugins.losses", "every built-in loss as a plain function, and the registered terms"),
 }
 
