@@ -59,7 +59,7 @@ class GoodNet(Backbone):
         feats = self.conv(image.reshape(b * m, 1, *image.shape[2:])).reshape(b, m, -1, *image.shape[2:])
         w = mask.to(feats.dtype)[:, :, None, None, None, None]
         out = SegOutput(logits=self.head((feats * w).sum(1) / w.sum(1).clamp(min=1)))
-        if self.mode == "raises":
+        if self.mode == "raises" or (self.mode == "raises_in_eval" and not self.training):
             raise RuntimeError("planted failure inside the backbone's forward")
         if self.mode == "tensor":
             return out.logits
@@ -170,7 +170,7 @@ def _factory(cls, **fixed):
 @hookimpl
 def register_backbones(register):
     register("planted_net", GoodNet)
-    for mode in ("raises", "tensor", "wrong_shape", "nan", "no_uni"):
+    for mode in ("raises", "raises_in_eval", "tensor", "wrong_shape", "nan", "no_uni"):
         register(f"planted_net_{mode}", _factory(GoodNet, mode=mode))
 
 

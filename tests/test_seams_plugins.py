@@ -56,7 +56,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("prism-train: error:")]
+    return [line for line in stderr.splitlines() if line.startswith(("prism-train: error:", "prism-eval: error:"))]
 
 
 def run_files(run: Path) -> dict[str, bytes]:
@@ -188,3 +188,18 @@ def test_option_names_like_prisms_own_words_are_plain_options(planted, cache, tm
     line = check_failure(capsys.readouterr().err, bad, 2, f"model.options.field_name: backbone 'planted_net' {PLANTED}",
                          "Input should be greater than or equal to 1 (got 0)")
     assert "\n" not in line and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_a_backbone_raising_while_a_run_is_evaluated_is_named(planted, cache, tmp_path, capsys):
+    from prism.cli.evaluate import main as eval_main
+
+    run = tmp_path / "run"
+    assert train_main(["--data", str(cache), "-o", str(run), "--no-eval", *SMALL, "train.steps=1",
+                       "model.name=planted_net_raises_in_eval", "losses=[{name: planted_loss}]"]) == 0
+    capsys.readouterr()
+    assert eval_main([str(run), "--max-cases", "1"]) == 1
+    err = capsys.readouterr().err
+    assert error_lines(err) == [f"prism-eval: error: backbone 'planted_net_raises_in_eval' {PLANTED} from plugin "
+                                "'planted_backbones' raised RuntimeError; its traceback follows"]
+    assert "planted failure inside the backbone's forward" in err

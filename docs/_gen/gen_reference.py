@@ -338,18 +338,6 @@ def cli_page() -> str:
 PARTS_COLUMN = {"backbone": "provides", "loss": "needs"}
 
 
-def bare_type_name(ann: Any) -> str:
-    """``type_name`` without the limits written into ``Annotated`` (the options table has a column for them)."""
-    origin, args = typing.get_origin(ann), typing.get_args(ann)
-    if origin is typing.Annotated:
-        return bare_type_name(args[0])
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(bare_type_name(a) for a in args)
-    if origin in (list, tuple, dict, set) and args:
-        return f"{origin.__name__}[{', '.join(bare_type_name(a) for a in args)}]"
-    return type_name(ann)
-
-
 def options_table(entry: Any) -> str:
     """A plugin's options as a table (type, default, limits, description), read by the registry from its factory's
     signature (``prism.registry.PluginEntry.options``)."""
@@ -360,7 +348,7 @@ def options_table(entry: Any) -> str:
         return "No options.\n\n"
     out = ["| option | type | default | limits | description |\n|---|---|---|---|---|\n"]
     for o in specs:
-        typ = bare_type_name(o.annotation) if o.annotated else "any"
+        typ = o.type_text
         default = "required" if o.default is _inspect.Parameter.empty else repr(o.default)
         out.append(f"| {code(o.name)} | {code(typ)} | {code(default)} | {md_escape(o.limits)} | "
                    f"{md_escape(o.description)} |\n")

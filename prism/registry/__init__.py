@@ -1,4 +1,9 @@
-"""The plugin registry: ``list_plugins``, ``create_backbone`` & co., and in-process ``register``."""
+"""The plugin registry: ``list_plugins``, ``create_backbone`` & co., and in-process ``register``.
+
+Building through the registry checks a plugin's options against its factory's signature first (any option name
+works), and remembers which plugin built each object, so that an exception raised inside it, or a value of it
+that breaks a contract, is reported under that plugin's name (``blame``, ``origin``).
+"""
 
 from __future__ import annotations
 

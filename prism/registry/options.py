@@ -57,6 +57,11 @@ class OptionSpec:
     def annotated(self) -> bool:
         return self.annotation is not Any
 
+    @property
+    def type_text(self) -> str:
+        """The type in words, without the limits (``int``, ``'sgd' | 'adam'``, ``list[int] | None``)."""
+        return type_text(self.annotation) if self.annotated else "any"
+
 
 def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
     try:
@@ -105,6 +110,25 @@ def _field_infos(annotation: Any) -> list[Any]:
     if typing.get_origin(annotation) is not typing.Annotated:
         return []
     return [m for m in typing.get_args(annotation)[1:] if isinstance(m, pydantic.fields.FieldInfo)]
+
+
+def type_text(annotation: Any) -> str:
+    """A readable type: ``Annotated`` metadata left out, ``Literal`` values quoted, unions joined by ``|``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "None"
+    if origin is typing.Annotated:
+        return type_text(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_text(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin).replace("typing.", ""))
+        return f"{name}[{', '.join(type_text(a) for a in args)}]" if args else name
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 def limits_text(annotation: Any) -> str:
