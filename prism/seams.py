@@ -191,8 +191,8 @@ def seg_output_problems(output: SegOutput, *, batch: int, spatial: tuple[int, ..
         levels = output.part(name)
         if levels is None:
             continue
-        if not isinstance(levels, list | tuple) or not levels:
-            problems.append(f"returned part '{name}' as {_what(levels)}; expected a non-empty list ({PARTS[name]})")
+        if not isinstance(levels, list | tuple):  # empty when the architecture has no coarser level
+            problems.append(f"returned part '{name}' as {_what(levels)}; expected a list ({PARTS[name]})")
             continue
         for i, t in enumerate(levels):
             lead = [batch, m, k] if per_modality else [batch, k]
@@ -263,6 +263,8 @@ def first_difference(a: Any, b: Any, path: str = "state") -> str | None:
             return f"{path}: {_what(a)} vs {_what(b)}"
         if a.dtype != b.dtype or a.shape != b.shape:
             return f"{path}: {_what(a)} vs {_what(b)}"
+        if a.device != b.device:  # a checkpoint's copy is on the CPU
+            a, b = a.cpu(), b.cpu()
         return None if torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
                                              and torch.equal(a.nan_to_num(), b.nan_to_num())) else \
             f"{path}: values differ"

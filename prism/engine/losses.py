@@ -73,8 +73,7 @@ class LossSet:
         assert total is not None
         parts["loss"] = total.detach()
         if check:
-            self._check_finite(output, batch, results)
-            self.checked = True
+            self.checked = self._check_finite(output, batch, results)
         return total, parts
 
     def _owner(self, t: WeightedTerm) -> PluginEntry | str:
@@ -87,14 +86,17 @@ class LossSet:
                          num_classes=self.num_classes, num_modalities=self.num_modalities,
                          required=self.needs | {"logits"}, device=batch.image.device)
 
-    def _check_finite(self, output: SegOutput, batch: Batch, results: list[LossResult]) -> None:
+    def _check_finite(self, output: SegOutput, batch: Batch, results: list[LossResult]) -> bool:
         """One host read for every term's total; on a non-finite one, find whom to blame: nobody when the input
-        is not finite, the backbone when its logits are not, else the term."""
+        is not finite, the backbone when its logits are not, else the term. Returns whether it could read: not
+        while CUDA refuses host reads (the warm-up step a CUDA graph capture checks), so a later call does it."""
         totals = torch.stack([r.total.detach().float().reshape(()) for r in results])
+        if totals.is_cuda and torch.cuda.get_sync_debug_mode() != 0:
+            return False
         if bool(torch.isfinite(totals).all()):
-            return
+            return True
         if not bool(torch.isfinite(batch.image).all()):
-            return  # not a plugin's doing: the input holds NaN or inf
+            return True  # not a plugin's doing: the input holds NaN or inf
         if self.backbone is not None and not bool(torch.isfinite(output.logits.detach()).all()):
             raise bug(self.backbone, "returned non-finite logits for a finite input")
         bad = next(i for i, v in enumerate(totals.tolist()) if not torch.isfinite(torch.tensor(v)))
