@@ -142,6 +142,7 @@ def test_planted_mistake_in_a_resumed_run_is_named_and_changes_no_run_file(
     assert run_files(run) == before  # the checkpoint and the log are what they were
 
 
+@pytest.mark.slow
 def test_a_plugins_own_frames_stay_in_the_traceback(planted, trained, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
