@@ -146,6 +146,7 @@ def _train(tmp_path: Path, cache: Path, *extra: str) -> subprocess.CompletedProc
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_third_party_strategy_trains_with_prism_train(tmp_path, tiny_cache):
     (tmp_path / "site").mkdir()
     _distribution(tmp_path / "site")
@@ -160,6 +161,7 @@ def test_third_party_strategy_trains_with_prism_train(tmp_path, tiny_cache):
     assert len(line) == 1 and "strategy.options.factr" in line[0] and "prism-half-step 1.2.0" in line[0]
 
 
+@pytest.mark.slow
 def test_bug_in_a_third_party_step_keeps_its_traceback_headed_by_the_plugin(tmp_path, tiny_cache):
     (tmp_path / "site").mkdir()
     _distribution(tmp_path / "site")
@@ -170,6 +172,7 @@ def test_bug_in_a_third_party_step_keeps_its_traceback_headed_by_the_plugin(tmp_
     assert "Traceback" in done.stderr and "boom in the third party's step" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_run_releases_its_folder_and_cache(tiny_cache, tmp_path, capsys):
     """close() runs in a finally: after a plugin's exception the run folder's lock is free again."""
     from prism.cli.train import main as train_main

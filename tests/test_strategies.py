@@ -29,6 +29,7 @@ def set_params(ctx, vector):
         torch.nn.utils.vector_to_parameters(vector, ctx.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_meta_drop_update_matches_the_seeds_formula(tiny_cache, tmp_path, alpha):
     cfg = fast_config("strategy.name=meta_drop", f"strategy.options={{alpha: {alpha}, meta_lr: 0.2}}",
@@ -56,6 +57,7 @@ def test_meta_drop_meta_batch_uses_its_own_policy(tiny_cache, tmp_path):
     assert ctx.next_batch("meta", policy="meta").mask.all()  # default meta policy: full
 
 
+@pytest.mark.slow
 def test_reptile_interpolates_towards_adapted_weights(tiny_cache, tmp_path):
     opts = "{inner_steps: 2, inner_lr: 0.05, inner_optimizer: sgd, meta_step: 0.5, meta_step_final: 0.5}"
     cfg = fast_config("strategy.name=reptile", f"strategy.options={opts}", "train.steps=1", *SGD,
@@ -131,6 +133,7 @@ def test_strategy_passes_the_conformance_suite(tiny_cache, strategy, options):
     assert set(report.skipped) <= {"device_move"}  # only without CUDA
 
 
+@pytest.mark.slow
 def test_meta_sgd_rates_are_learned_and_resumed(tiny_cache, tmp_path):
     cfg = fast_config("strategy.name=maml", "strategy.options={learn_inner_lr: true}", "train.steps=4",
                       "train.checkpoint_every=2", cache=tiny_cache)
