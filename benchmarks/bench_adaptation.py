@@ -29,10 +29,10 @@ def main() -> None:
     from prism.config import build_config
     from prism.data.cache_reader import CacheReader
     from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
-    from prism.engine.run_model import load_run_model
     from prism.engine.trainer import Trainer
     from prism.evaluation.adaptation_curve import run_adaptation_curve
     from prism.evaluation.fewshot import fewshot_dice, fewshot_markdown
+    from prism.runs import load_run
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=40)
@@ -109,7 +109,7 @@ def main() -> None:
         cases = list(reader.split("test"))
         results = []
         for name in class_arms:
-            run = load_run_model(out / name, device=args.device)
+            run = load_run(out / name, device=args.device)
             results.append(fewshot_dice(run.model, run.strategy, reader, cases, classes=[held], shots=[1, 2],
                                         steps=max(ks), draws=args.draws, exclude=[held], max_query=4,
                                         lr=0.05, device=run.device, run=name, strategy_name=run.config.strategy.name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +11,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .evaluation.options import DEFAULTS as EVAL
+
+#: HD95 when exactly one of prediction and reference is empty: the diagonal of the 240 x 240 x 155 mm BraTS image
+BRATS_EMPTY_HD95 = math.sqrt(240**2 + 240**2 + 155**2)  # 373.128...
 
 
 class _Model(BaseModel):
@@ -128,17 +131,18 @@ class TrainConfig(_Model):
 class EvalConfig(_Model):
     split: str = "test"  # cache split to evaluate
     max_cases: int | None = Field(None, ge=1)  # evaluate only the first N cases (None: all)
-    # defaults: prism.evaluation.options.EvalOptions, the one source
-    et_postprocess_voxels: int = Field(EVAL.et_postprocess_voxels, ge=0)  # fewer ET voxels count as none (BraTS 500)
-    window: tuple[int, int, int] | None = EVAL.window  # None: whole volumes; else Gaussian sliding windows
-    overlap: float = Field(EVAL.overlap, ge=0, lt=1)  # sliding-window overlap
-    sw_batch_size: int = Field(EVAL.sw_batch_size, ge=1)  # windows per forward pass
-    combos_per_pass: int = Field(EVAL.combos_per_pass, ge=1)  # modality combinations per forward pass
-    hd95: bool = EVAL.compute_hd95  # also HD95 (mm), besides Dice
-    hd95_empty: float | None = Field(EVAL.hd95_empty, ge=0)  # HD95 if one set is empty (BraTS diagonal); None: left out
-    stitch_on_cpu: bool = EVAL.stitch_on_cpu  # blend sliding-window logits in host memory (large volumes)
-    lesion_metrics: bool = EVAL.lesion_metrics  # also BraTS 2023+ lesion-wise Dice and HD95 (prism.evaluation.lesion)
-    tta: Literal["none", "mirror"] = EVAL.tta  # test-time augmentation: mirror = mean probabilities of the 8 flips
+    # the one source of these defaults: prism.evaluation.options.EvalOptions reads them from here
+    et_postprocess_voxels: int = Field(0, ge=0)  # fewer ET voxels count as none (BraTS 500)
+    window: tuple[int, int, int] | None = None  # None: whole volumes; else Gaussian sliding windows
+    overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap
+    sw_batch_size: int = Field(1, ge=1)  # windows per forward pass
+    combos_per_pass: int = Field(15, ge=1)  # modality combinations per forward pass
+    hd95: bool = True  # also HD95 (mm), besides Dice
+    # HD95 when exactly one set is empty (BraTS diagonal); None: left out
+    hd95_empty: float | None = Field(BRATS_EMPTY_HD95, ge=0)
+    stitch_on_cpu: bool = False  # blend sliding-window logits in host memory (large volumes)
+    lesion_metrics: bool = False  # also BraTS 2023+ lesion-wise Dice and HD95 (prism.evaluation.lesion)
+    tta: Literal["none", "mirror"] = "none"  # test-time augmentation: mirror = mean probabilities of the 8 flips
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
     adapt_cases: int = Field(1, ge=1)  # support cases of the site (N)
     adapt_steps: int = Field(10, ge=0)  # fine-tuning steps (K)

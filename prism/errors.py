@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PrismError(Exception):
-    """A mistake in the user's input (config, data, plugin name): reported in one line, no traceback."""
+    """A mistake in the user's input (config, data, plugin name): reported in one line, no traceback.
+
+    A plugin reports a user mistake (a bad option value, an option combination it cannot honour, input it
+    cannot take) by raising one of these, usually ``ConfigError``, with a one-line message naming the option:
+    prism puts the plugin's name in front. Any other exception a plugin raises is a :class:`PluginBug`.
+    """
 
     exit_code = 2
+    #: the registry entry of the plugin the message was attributed to (set by ``prism.registry.blame``)
+    plugin_entry: Any = None
 
 
 class ConfigError(PrismError):
@@ -30,8 +39,14 @@ class CheckpointError(PrismError):
 
 
 class PluginBug(Exception):
-    """An exception raised inside a plugin after its options were validated: a bug, not a user mistake.
+    """A bug in a plugin, not a user mistake: an exception raised inside it after its options were validated, or a
+    value it returned that breaks its contract (``prism.seams``).
 
-    The CLI prints ``str(self)`` (which names the plugin, its distribution and what it was doing) and then the
-    plugin's own traceback (``__cause__``), and exits with code 1.
+    ``str(self)`` names the plugin that broke (kind, name, distribution and version) and what it was doing or
+    what was expected and what came; ``__cause__`` is the plugin's own exception, with its frames. The CLI prints
+    the line, then that traceback, and exits with code 1. Report it to the plugin's authors (its distribution).
     """
+
+    exit_code = 1
+    #: the registry entry of the plugin at fault (None when it could not be told)
+    plugin_entry: Any = None

@@ -3,7 +3,7 @@
 Parts are named. Six *core* parts (``PARTS``) are fields of every SegOutput; a backbone may return *extra* parts
 (RFNet's separate-decoder logits ``sep``, ShaSpec's ``shared`` features ...) as the fields of a SegOutput
 subclass. A backbone declares every part it returns in ``provides`` and a loss term every part it reads in
-``needs``, by the same names; ``check_provides_needs`` compares them before the first step.
+``needs``, by the same names; ``prism.seams.check_provides_needs`` compares them before the first step.
 """
 
 from __future__ import annotations
@@ -94,32 +94,3 @@ def providers(needs: Iterable[str], candidates: Mapping[str, Iterable[str]]) -> 
     """Names of the ``candidates`` (backbone name -> provides) that provide every part of ``needs``, sorted."""
     needs = frozenset(needs)
     return sorted(name for name, provides in candidates.items() if needs <= frozenset(provides))
-
-
-def check_provides_needs(backbone: str, provides: Iterable[str], loss: str, needs: Iterable[str], *,
-                         candidates: Mapping[str, Iterable[str]] | None = None) -> None:
-    """Raise a one-line PluginError when the backbone does not provide every part the loss needs.
-
-    Args:
-        backbone, provides: the backbone's registered name and its ``provides``.
-        loss, needs: the loss term's registered name and its ``needs``.
-        candidates: backbone name -> provides, searched for a backbone to suggest; the registered backbones
-            by default.
-    Raises:
-        PluginError: naming the missing parts and suggesting a backbone that provides them.
-    """
-    provides, needs = frozenset(provides), frozenset(needs)
-    missing = sorted(needs - provides)
-    if not missing:
-        return
-    if candidates is None:
-        from .registry import get_registry  # the registry imports this module
-
-        candidates = {e.name: e.provides for e in get_registry().entries("backbone")}
-    fits = [n for n in providers(needs, candidates) if n != backbone]
-    hint = (f"; backbone(s) providing them: {', '.join(fits)} (model.name={fits[0]})" if fits
-            else "; no registered backbone provides them")
-    raise PluginError(
-        f"loss '{loss}' needs SegOutput part(s) {missing} that backbone '{backbone}' does not provide "
-        f"(it provides {sorted(provides)}){hint}"
-    )

@@ -98,10 +98,10 @@ def test_adapt_cli_writes_its_own_files_and_leaves_eval_json_alone(site_run):
 
 
 def test_curve_calls_the_rule_once_per_draw_and_k_and_k0_is_the_unadapted_model(site_run):
-    from prism.engine.run_model import load_run_model
+    from prism.runs import load_run
 
     cache, run_dir = site_run
-    run = load_run_model(run_dir)
+    run = load_run(run_dir)
     reader = CacheReader(cache)
     members = list(reader.split("heldout"))
     calls = []
@@ -125,11 +125,11 @@ def test_curve_calls_the_rule_once_per_draw_and_k_and_k0_is_the_unadapted_model(
 
 
 def test_the_strategy_rule_for_standard_training_is_sgd_fine_tuning_on_the_same_batches(site_run):
-    from prism.engine.run_model import load_run_model
     from prism.evaluation.adaptation import load_support, strategy_rule
+    from prism.runs import load_run
 
     cache, run_dir = site_run
-    run = load_run_model(run_dir)
+    run = load_run(run_dir)
     reader = CacheReader(cache)
     support = load_support(reader, list(reader.split("heldout"))[:2])
     reader.close()

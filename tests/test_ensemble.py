@@ -12,7 +12,7 @@ import torch
 
 from conftest import FAST
 from prism.cli.evaluate import main as eval_main
-from prism.cli.predict import load_run_model, load_runs
+from prism.cli.predict import load_runs
 from prism.cli.predict import main as predict_main
 from prism.cli.train import main as train_main
 from prism.data.cache_reader import CacheReader
@@ -24,6 +24,7 @@ from prism.evaluation.ensemble import Ensemble
 from prism.evaluation.inference import predict_logits
 from prism.modalities import BRATS_MODALITIES, combination_masks
 from prism.registry import get_registry
+from prism.runs import load_run
 
 CPU = torch.device("cpu")
 
@@ -118,7 +119,7 @@ def test_eval_ensemble_writes_its_report_elsewhere(runs, tmp_path):
     assert {n: sorted(p.name for p in runs[n].iterdir()) for n in ("a", "b")} == before
     report = load_report(out)
     assert report.settings["ensemble"] == [str(runs["a"]), str(runs["b"])]
-    members = [load_run_model(runs[n]).model for n in ("a", "b")]
+    members = [load_run(runs[n]).model for n in ("a", "b")]
     reader = CacheReader(runs["cache"])
     try:
         case = report.case_ids[0]

@@ -9,8 +9,9 @@ import torch
 
 from prism.cli import train as train_cli
 from prism.errors import PluginError
-from prism.outputs import SegOutput, check_provides_needs, split_parts, validate_parts
+from prism.outputs import SegOutput, split_parts, validate_parts
 from prism.registry import get_registry, register
+from prism.seams import check_provides_needs
 
 EXTRA_NEEDS = {"rfnet_sep": {"sep"}, "shaspec_domain": {"domain_logits"}, "shaspec_consistency": {"shared"}}
 

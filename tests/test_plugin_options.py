@@ -32,7 +32,12 @@ TEST_CASES = [
      ["meta-strategy 'reptile' (prism-seg", "meta_step_final"]),
     ("backbone", "multi_unet", (MODS, 2), {"colour": "red"}, PluginError,
      ["backbone.options.colour", "unknown option of backbone 'multi_unet'", "width"]),
-    ("backbone", "multi_unet", (MODS, 2), {"width": 0}, ConfigError, ["backbone 'multi_unet' (prism-seg", "width"]),
+    ("backbone", "multi_unet", (MODS, 2), {"width": 0}, PluginError,
+     ["backbone.options.width", "backbone 'multi_unet' (prism-seg", "greater than or equal to 1"]),
+    ("backbone", "mmformer", (MODS, 2), {"width": 1, "dim": 30, "heads": 8}, ConfigError,
+     ["backbone 'mmformer' (prism-seg", "model.options.dim: the token width 30 must be a multiple of heads=8"]),
+    ("masking", "fixed", (MODS,), {"combination": -1}, PluginError,
+     ["masking.options.combination: masking policy 'fixed'", "greater than or equal to 0 (got -1)"]),
     ("backbone", "rfnet", (MODS, 2), {"width": "wide"}, PluginError, ["backbone.options.width", "valid integer"]),
 ]
 
@@ -40,7 +45,7 @@ TEST_CASES = [
 @pytest.mark.parametrize("kind, name, args, options, error, fragments", TEST_CASES)
 def test_bad_options_are_one_line_errors_naming_plugin_and_option(kind, name, args, options, error, fragments):
     with pytest.raises(error) as exc:
-        get_registry().create(kind, name, *args, **options)
+        get_registry().build(kind, name, args, options)
     msg = str(exc.value)
     assert "\n" not in msg
     for fragment in fragments:
@@ -55,7 +60,7 @@ def test_options_are_coerced_and_defaults_left_to_the_factory():
 
 def test_config_field_names_the_options_field():
     with pytest.raises(PluginError, match=r"^losses\.0\.options\.wieght: unknown option"):
-        get_registry().create("loss", "fuse", MODS, 2, field_name="losses.0.name", wieght=1)
+        get_registry().build("loss", "fuse", (MODS, 2), {"wieght": 1}, field="losses.0.name")
 
 
 def test_exception_inside_a_plugin_is_a_plugin_bug_with_its_traceback():
@@ -141,6 +146,7 @@ def _train(tmp_path: Path, cache: Path, *extra: str) -> subprocess.CompletedProc
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_third_party_strategy_trains_with_prism_train(tmp_path, tiny_cache):
     (tmp_path / "site").mkdir()
     _distribution(tmp_path / "site")
@@ -155,6 +161,7 @@ def test_third_party_strategy_trains_with_prism_train(tmp_path, tiny_cache):
     assert len(line) == 1 and "strategy.options.factr" in line[0] and "prism-half-step 1.2.0" in line[0]
 
 
+@pytest.mark.slow
 def test_bug_in_a_third_party_step_keeps_its_traceback_headed_by_the_plugin(tmp_path, tiny_cache):
     (tmp_path / "site").mkdir()
     _distribution(tmp_path / "site")
@@ -165,6 +172,7 @@ def test_bug_in_a_third_party_step_keeps_its_traceback_headed_by_the_plugin(tmp_
     assert "Traceback" in done.stderr and "boom in the third party's step" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_run_releases_its_folder_and_cache(tiny_cache, tmp_path, capsys):
     """close() runs in a finally: after a plugin's exception the run folder's lock is free again."""
     from prism.cli.train import main as train_main
@@ -183,3 +191,73 @@ def test_a_failing_run_releases_its_folder_and_cache(tiny_cache, tmp_path, capsy
     assert "meta-strategy 'exploding'" in capsys.readouterr().err
     lock = RunLock(run).acquire()  # would raise if the failed run still held the folder
     lock.release()
+
+
+# ---- every option of the built-in backbones, masking policies and strategies is documented and limited --------------
+
+#: the kinds whose built-in factories are covered here (loss terms: tests/test_losses_*.py)
+KINDS_CHECKED = ("backbone", "masking", "strategy")
+BUILTIN = [(kind, e.name) for kind in KINDS_CHECKED for e in get_registry().entries(kind)
+           if e.distribution == "prism-seg"]
+
+
+def _numeric(annotation) -> bool:
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _numeric(args[0])
+    if args and origin is not typing.Literal:
+        return any(_numeric(a) for a in args if a is not type(None))
+    return annotation in (int, float)
+
+
+@pytest.mark.parametrize("kind, name", BUILTIN, ids=[f"{k}-{n}" for k, n in BUILTIN])
+def test_builtin_options_have_a_type_a_description_and_limits(kind, name):
+    import inspect
+
+    entry = get_registry().get(kind, name)
+    params = inspect.signature(entry.factory).parameters.values()
+    assert not any(p.kind is p.VAR_KEYWORD for p in params), "options through **kwargs escape validation"
+    for option in entry.options():
+        assert option.annotated, f"{option.name}: no type"
+        assert option.description, f"{option.name}: no description"
+        if _numeric(option.annotation):
+            assert option.limits, f"{option.name}: a number without limits"
+
+
+def test_builtin_options_are_in_the_generated_reference():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_reference", root / "docs" / "_gen" / "gen_reference.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    page = gen.plugins_page()
+    for kind, name in BUILTIN:
+        section = page.split(f"{{ #{kind}-{name} }}", 1)[1].split("\n### ", 1)[0]
+        for option in get_registry().get(kind, name).options():
+            row = next((line for line in section.splitlines() if line.startswith(f"| `{option.name}` |")), None)
+            assert row is not None, (name, option.name)
+            assert option.description.split()[0] in row
+            assert option.limits.replace(">", "&gt;").replace("<", "&lt;") in row
+
+
+def test_option_names_like_the_registrys_own_arguments_are_plain_options():
+    class Named:
+        """Takes options named like prism's own parameters."""
+
+        def __init__(self, modalities, *, kind: str = "k", name: str = "n", field_name: str = "f",
+                     field: str = "x", options: int = 0):
+            self.values = (kind, name, field_name, field, options)
+
+    register("masking", "named_options", Named)
+    from prism.registry import create_masking_policy
+
+    built = create_masking_policy("named_options", MODS, kind="a", name="b", field_name="c", field="d", options=1)
+    assert built.values == ("a", "b", "c", "d", 1)
+    built = get_registry().create("masking", "named_options", MODS, kind="a", name="b")
+    assert built.values[:2] == ("a", "b")
+    with pytest.raises(PluginError, match=r"^masking\.train\.options\.options: masking policy 'named_options'.*valid "
+                                          r"integer"):
+        get_registry().build("masking", "named_options", (MODS,), {"options": "many"}, field="masking.train.name")

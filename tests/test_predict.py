@@ -15,7 +15,7 @@ import torch
 
 from conftest import FAST
 from prism.backbone import Backbone
-from prism.cli.predict import input_settings, load_run_model, main, predict_folder
+from prism.cli.predict import input_settings, main, predict_folder
 from prism.cli.train import main as train_main
 from prism.data.cache_reader import CacheReader
 from prism.data_tools.layouts import BRATS2020, BRATS2023, discover_cases
@@ -29,6 +29,7 @@ from prism.data_tools.predict_io import (
 from prism.data_tools.preprocess import PreprocessSettings, build_cache, preprocess_image
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_nifti
 from prism.outputs import SegOutput
+from prism.runs import load_run
 
 SYNTH = SynthSettings(cases=3, shape=(14, 16, 12), seed=1)
 SETTINGS = PreprocessSettings(min_size=8, chunk=8, test_fraction=0.34)
@@ -130,7 +131,7 @@ def test_label_map_inversion_and_dtype():
 def test_oracle_prediction_equals_the_source_label(world, case_id):
     """Through predict_folder (one case folder as INPUT_DIR): an oracle model's output written to original space
     is the raw segmentation; the model saw exactly the case's modalities (missing T1ce masked and zero)."""
-    run = load_run_model(world["run"])
+    run = load_run(world["run"])
     folder = world["raw"] / case_id
     raw = discover_input_cases(folder, BRATS2020)[0]
     case = preprocess_image(raw, run.modalities, input_settings(run))
@@ -152,7 +153,7 @@ def test_brats2023_naming_keeps_et_as_3(world, tmp_path):
     raw23 = tmp_path / "raw23"
     write_synthetic_nifti(raw23, SynthSettings(cases=1, shape=SYNTH.shape, seed=SYNTH.seed), layout="brats2023")
     folder = next(p for p in raw23.iterdir() if p.is_dir())
-    run = load_run_model(world["run"])
+    run = load_run(world["run"])
     case = preprocess_image(discover_input_cases(raw23, BRATS2023)[0], run.modalities, input_settings(run))
     seg = raw_seg(folder, BRATS2023)
     run.model = Oracle(seg[tuple(slice(int(a), int(b)) for a, b in case.crop_box)], run.modalities)
@@ -287,7 +288,7 @@ def test_writer_keeps_oblique_geometry_and_codes(tmp_path):
 def test_adapt_to_support_cases_first_with_the_runs_rule(world, tmp_path, capsys):
     from prism.cli.predict import adapt_run
 
-    run = load_run_model(world["run"])
+    run = load_run(world["run"])
     before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
     seen = []
     original = run.strategy.adapt

@@ -93,6 +93,7 @@ def test_third_party_backbone_is_found_and_broken_plugin_reported(plugin_path):
     assert "multi_unet" in reg.names("backbone")  # the others keep working
 
 
+@pytest.mark.slow
 def test_third_party_backbone_trains_one_step(plugin_path, tiny_cache, tmp_path):
     config = fast_config("model.name=tiny_thirdparty", "model.options={channels: 3}", "train.steps=1",
                          cache=tiny_cache)
@@ -106,6 +107,7 @@ def test_third_party_backbone_trains_one_step(plugin_path, tiny_cache, tmp_path)
             "version": "0.3.1"} in info["plugins"]
 
 
+@pytest.mark.slow
 def test_prism_plugins_cli_lists_third_party_and_failure(plugin_path):
     env = {**os.environ, "PYTHONPATH": str(plugin_path), "COLUMNS": "200"}
     out = subprocess.run([sys.executable, "-m", "prism.cli.plugins"], capture_output=True, text=True, env=env,

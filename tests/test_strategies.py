@@ -8,6 +8,7 @@ import torch
 from conftest import fast_config
 from prism.engine.trainer import Trainer
 from prism.registry import create_masking_policy
+from prism.testing import STRATEGY_CHECKS, check_strategy
 
 SGD = ["optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0", "optim.grad_clip=null", "optim.lr=0.05"]
 
@@ -28,6 +29,7 @@ def set_params(ctx, vector):
         torch.nn.utils.vector_to_parameters(vector, ctx.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_meta_drop_update_matches_the_seeds_formula(tiny_cache, tmp_path, alpha):
     cfg = fast_config("strategy.name=meta_drop", f"strategy.options={{alpha: {alpha}, meta_lr: 0.2}}",
@@ -55,6 +57,7 @@ def test_meta_drop_meta_batch_uses_its_own_policy(tiny_cache, tmp_path):
     assert ctx.next_batch("meta", policy="meta").mask.all()  # default meta policy: full
 
 
+@pytest.mark.slow
 def test_reptile_interpolates_towards_adapted_weights(tiny_cache, tmp_path):
     opts = "{inner_steps: 2, inner_lr: 0.05, inner_optimizer: sgd, meta_step: 0.5, meta_step_final: 0.5}"
     cfg = fast_config("strategy.name=reptile", f"strategy.options={opts}", "train.steps=1", *SGD,
@@ -101,41 +104,49 @@ def test_site_tasks_need_two_sites(tiny_cache, tmp_path):
         Trainer(cfg, tmp_path, cache_path=tiny_cache)
 
 
-RESUME_CASES = [
-    ("standard", "{}"),
-    ("meta_drop", "{}"),
-    ("maml", "{inner_steps: 2, first_order: false}"),
-    ("maml", "{learn_inner_lr: true}"),
-    ("reptile", "{inner_steps: 2}"),
-    ("meta_transfer", "{inner_steps: 1, first_order: false}"),
-    ("fast_weights", "{tasks_per_step: 1}"),
-    ("maml", "{tasks: class, held_out_classes: [3]}"),
+#: every registered strategy, with options exercising its state (learned rates, second order, class tasks)
+CONFORMANCE_CASES = [
+    ("standard", {}),
+    ("meta_drop", {}),
+    ("maml", {"inner_steps": 2, "first_order": False}),
+    ("maml", {"learn_inner_lr": True}),
+    ("reptile", {"inner_steps": 2}),
+    ("meta_transfer", {"inner_steps": 1, "first_order": False}),
+    ("fast_weights", {"tasks_per_step": 1}),
+    ("maml", {"tasks": "class", "held_out_classes": [3]}),
 ]
 
 
-def test_resume_cases_cover_every_registered_strategy():
+def test_conformance_cases_cover_every_registered_strategy():
     from prism.registry import list_plugins
 
-    assert set(list_plugins("strategy")) <= {name for name, _ in RESUME_CASES}
+    assert set(list_plugins("strategy")) <= {name for name, _ in CONFORMANCE_CASES}
 
 
-@pytest.mark.parametrize("strategy, options", RESUME_CASES)
-def test_every_strategy_resumes_exactly(tiny_cache, tmp_path, strategy, options):
-    cfg = fast_config(f"strategy.name={strategy}", f"strategy.options={options}", "train.steps=4",
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy, options", CONFORMANCE_CASES)
+def test_strategy_passes_the_conformance_suite(tiny_cache, strategy, options):
+    """Steps through the contract, progress, adapt, determinism, state round trip and exact resume
+    (``prism.testing.check_strategy``)."""
+    report = check_strategy(strategy, options=options, cache=tiny_cache)
+    assert set(report.passed) | set(report.skipped) == set(STRATEGY_CHECKS)
+    assert set(report.skipped) <= {"device_move"}  # only without CUDA
+
+
+@pytest.mark.slow
+def test_meta_sgd_rates_are_learned_and_resumed(tiny_cache, tmp_path):
+    cfg = fast_config("strategy.name=maml", "strategy.options={learn_inner_lr: true}", "train.steps=4",
                       "train.checkpoint_every=2", cache=tiny_cache)
     straight = Trainer(cfg, tmp_path / "a", cache_path=tiny_cache)
     straight.fit()
     Trainer(cfg, tmp_path / "b", cache_path=tiny_cache).fit(stop_at=2)
     resumed = Trainer(cfg, tmp_path / "b", cache_path=tiny_cache, resume=True)
     resumed.fit()
-    a, b = straight.ctx, resumed.ctx
-    torch.testing.assert_close(flat(a.parameters()), flat(b.parameters()), rtol=0, atol=0)
-    if options == "{learn_inner_lr: true}":
-        lrs_a = list(straight.strategy.inner.extra_parameters())
-        lrs_b = list(resumed.strategy.inner.extra_parameters())
-        assert lrs_a and not torch.equal(lrs_a[0], torch.full_like(lrs_a[0], 0.01))  # learned
-        for x, y in zip(lrs_a, lrs_b, strict=True):
-            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    lrs_a = list(straight.strategy.inner.extra_parameters())
+    lrs_b = list(resumed.strategy.inner.extra_parameters())
+    assert lrs_a and not torch.equal(lrs_a[0], torch.full_like(lrs_a[0], 0.01))  # learned
+    for x, y in zip(lrs_a, lrs_b, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
 def test_masking_policies_registered_and_fixed_names():

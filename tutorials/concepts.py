@@ -36,8 +36,9 @@ print(masked.image[:, 1].abs().max())                     # tensor(0.): T1ce zer
 assert masked.image[:, 1].abs().max() == 0 and masked.image[:, 0].equal(image[:, 0])
 
 # --8<-- [start:backbone]
-from prism.outputs import PARTS, check_provides_needs
+from prism.outputs import PARTS
 from prism.registry import create_backbone, get_registry, list_plugins
+from prism.seams import check_provides_needs
 
 print(list_plugins("backbone"))                           # ['m2ftrans', 'mmformer', 'multi_unet', ...]
 model = create_backbone("multi_unet", BRATS_MODALITIES, num_classes=4, width=4)

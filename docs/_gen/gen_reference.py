@@ -38,6 +38,9 @@ API_PAGES: dict[str, tuple[str, str]] = {
     "adapt": ("prism.adapt", "adapting a model to a task, functionally (what every strategy's adapt uses)"),
     "errors": ("prism.errors", "the errors a user can meet"),
     "registry": ("prism.registry", "the plugin registry"),
+    "seams": ("prism.seams", "the checks at every seam between prism and a plugin"),
+    "testing": ("prism.testing", "the conformance kit: prism's own plugin test suites, for any plugin"),
+    "runs": ("prism.runs", "a run folder read back: load_run, the config and the checkpoints"),
     "losses": ("prism.plugins.losses", "every built-in loss as a plain function, and the registered terms"),
 }
 
@@ -332,31 +335,24 @@ def cli_page() -> str:
 
 # ---- plugins ---------------------------------------------------------------------------------------------------
 
-POSITIONAL = {"backbone": 2, "loss": 2, "masking": 1, "strategy": 0}
 PARTS_COLUMN = {"backbone": "provides", "loss": "needs"}
 
 
-def options_of(factory: Any, skip: int) -> list[str]:
-    """The keyword options of a plugin factory, as ``name: type = default``."""
-    try:
-        sig = inspect.signature(factory, eval_str=True)  # annotations as types, not strings
-    except (TypeError, ValueError):
-        return []
-    except Exception:  # an annotation that cannot be evaluated here: show it as written
-        sig = inspect.signature(factory)
-    out = []
-    params = [p for p in sig.parameters.values() if p.name != "self"][skip:]
-    for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        text = p.name
-        if p.annotation is not inspect.Parameter.empty:
-            ann = p.annotation if isinstance(p.annotation, str) else type_name(p.annotation)
-            text += f": {ann}"
-        if p.default is not inspect.Parameter.empty:
-            text += f" = {p.default!r}"
-        out.append(text)
-    return out
+def options_table(entry: Any) -> str:
+    """A plugin's options as a table (type, default, limits, description), read by the registry from its factory's
+    signature (``prism.registry.PluginEntry.options``)."""
+    import inspect as _inspect
+
+    specs = entry.options()
+    if not specs:
+        return "No options.\n\n"
+    out = ["| option | type | default | limits | description |\n|---|---|---|---|---|\n"]
+    for o in specs:
+        typ = o.type_text
+        default = "required" if o.default is _inspect.Parameter.empty else repr(o.default)
+        out.append(f"| {code(o.name)} | {code(typ)} | {code(default)} | {md_escape(o.limits)} | "
+                   f"{md_escape(o.description)} |\n")
+    return "".join(out) + "\n"
 
 
 def plugins_page() -> str:
@@ -402,11 +398,7 @@ def plugins_page() -> str:
             doc = inspect.getdoc(factory) or ""
             if doc:
                 out.append(indent_doc(doc) + "\n\n")
-            opts = options_of(factory, POSITIONAL[kind])
-            if opts:
-                out.append("Options:\n\n" + "".join(f"- `{o}`\n" for o in opts) + "\n")
-            else:
-                out.append("No options.\n\n")
+            out.append(options_table(e))
     return "".join(out)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from .blocks import conv_norm_act
+from .options import Depth, Heads, PositionGrid, TokenDim, UniInEval, Width
 from .transformer import AttentionLayer, GridEmbedding, TransformerFusionNet, grid_of, tokens_of
 
 
@@ -49,9 +53,11 @@ class M2FTrans(TransformerFusionNet):
     ``layers`` (2), ``pos_grid`` (8).
     """
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 5,
-                 dim: int | None = None, heads: int = 8, layers: int = 2, pos_grid: int = 8,
-                 uni_in_eval: bool = False) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: Width = 8, depth: Depth = 5,
+                 dim: TokenDim = None, heads: Heads = 8,
+                 layers: Annotated[int, Field(ge=0, description="transformer layers over the modality and fusion "
+                                                                "tokens")] = 2,
+                 pos_grid: PositionGrid = 8, uni_in_eval: UniInEval = False) -> None:
         super().__init__(modalities, num_classes, width=width, depth=depth, dim=dim, heads=heads,
                          uni_in_eval=uni_in_eval)
         m, c, d = self.num_modalities, self.channels[-1], self.dim

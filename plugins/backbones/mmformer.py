@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from .options import Depth, Heads, PositionGrid, TokenDim, UniInEval, Width
 from .transformer import AttentionLayer, GridEmbedding, MaskedConcatFusion, TransformerFusionNet, grid_of, tokens_of
 
 
@@ -20,9 +24,11 @@ class MMFormer(TransformerFusionNet):
     ``intra_layers`` / ``inter_layers`` (1 / 1), ``pos_grid`` (8: the token grid of a 128^3 patch).
     """
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 5,
-                 dim: int | None = None, heads: int = 8, intra_layers: int = 1, inter_layers: int = 1,
-                 pos_grid: int = 8, uni_in_eval: bool = False) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: Width = 8, depth: Depth = 5,
+                 dim: TokenDim = None, heads: Heads = 8,
+                 intra_layers: Annotated[int, Field(ge=0, description="intra-modal transformer layers")] = 1,
+                 inter_layers: Annotated[int, Field(ge=0, description="inter-modal transformer layers")] = 1,
+                 pos_grid: PositionGrid = 8, uni_in_eval: UniInEval = False) -> None:
         super().__init__(modalities, num_classes, width=width, depth=depth, dim=dim, heads=heads,
                          uni_in_eval=uni_in_eval)
         m, c, d = self.num_modalities, self.channels[-1], self.dim

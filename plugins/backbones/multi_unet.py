@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from prism.backbone import Backbone
-from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import ConvBlock, masked_mean
+from .options import Depth, UniInEval, Width
 
 
 class MultiEncoderUNet(Backbone):
@@ -24,11 +24,9 @@ class MultiEncoderUNet(Backbone):
 
     provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4,
-                 uni_in_eval: bool = False) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: Width = 8, depth: Depth = 4,
+                 uni_in_eval: UniInEval = False) -> None:
         super().__init__(modalities, num_classes)
-        if width < 1 or depth < 2:
-            raise ConfigError(f"width must be >= 1 and depth >= 2, got width={width}, depth={depth}")
         m = self.num_modalities
         self.width, self.depth, self.uni_in_eval = width, depth, uni_in_eval
         self.size_divisor = 2 ** (depth - 1)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from prism.backbone import Backbone
-from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import (
@@ -20,6 +21,7 @@ from .blocks import (
     up2,
     zero_missing,
 )
+from .options import Depth, UniInEval
 
 UNI_PARTS = frozenset({"uni", "uni_deep", "uni_features"})
 
@@ -124,11 +126,13 @@ class RFNet(Backbone):
     provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features", "sep", "region0"})
     head_patterns = ("seg.*", "separate.heads.*", "region_maps.*.head.1.*")
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4,
-                 uni_in_eval: bool = False, separate_decoder: bool = True) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *,
+                 width: Annotated[int, Field(ge=2, description="channels of the first encoder level, doubled at "
+                                                               "each level below (the peers use 8 and 16)")] = 8,
+                 depth: Depth = 4, uni_in_eval: UniInEval = False,
+                 separate_decoder: Annotated[bool, Field(description="also run RFNet's shared per-modality "
+                                                                     "decoder, output sep")] = True) -> None:
         super().__init__(modalities, num_classes)
-        if width < 2 or depth < 2:
-            raise ConfigError(f"rfnet needs width >= 2 and depth >= 2, got width={width}, depth={depth}")
         m, k = self.num_modalities, num_classes
         self.size_divisor = 2 ** (depth - 1)
         self.uni_in_eval = uni_in_eval

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from prism.backbone import Backbone
-from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import GroupedResidualEncoder, SharedDecoder, conv_norm_act, masked_mean, zero_missing
+from .options import Depth, Width
 
 
 def substitute_missing(per_modality: torch.Tensor, substitute: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -80,10 +80,8 @@ class ShaSpec(Backbone):
     provides = frozenset({"logits", "deep", "features", "shared", "fused", "domain_logits"})
     head_patterns = ("decoder.heads.*",)
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 8, depth: int = 4) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: Width = 8, depth: Depth = 4) -> None:
         super().__init__(modalities, num_classes)
-        if width < 1 or depth < 2:
-            raise ConfigError(f"shaspec needs width >= 1 and depth >= 2, got width={width}, depth={depth}")
         m = self.num_modalities
         self.size_divisor = 2 ** (depth - 1)
         self.shared_encoder = GroupedResidualEncoder(1, width, depth)

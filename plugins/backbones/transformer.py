@@ -11,6 +11,7 @@ from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import GroupedResidualEncoder, SharedDecoder, conv_norm_act, stack_modalities, unstack_modalities
+from .options import Depth, Heads, TokenDim, UniInEval, Width
 
 UNI_PARTS = frozenset({"uni", "uni_deep", "uni_features"})
 
@@ -73,16 +74,16 @@ class TransformerFusionNet(Backbone):
     provides = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features"})
     head_patterns = ("fused_decoder.heads.*", "separate_decoder.heads.*")
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int, depth: int,
-                 dim: int | None, heads: int, uni_in_eval: bool) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: Width, depth: Depth,
+                 dim: TokenDim, heads: Heads, uni_in_eval: UniInEval) -> None:
         super().__init__(modalities, num_classes)
-        if width < 1 or depth < 2:
-            raise ConfigError(f"width must be >= 1 and depth >= 2, got width={width}, depth={depth}")
+        self.dim = dim or 64 * width
+        if self.dim % heads:
+            raise ConfigError(f"model.options.dim: the token width {self.dim} must be a multiple of heads={heads}")
         self.size_divisor = 2 ** (depth - 1)
         self.uni_in_eval = uni_in_eval
         self.encoder = GroupedResidualEncoder(self.num_modalities, width, depth)
         self.channels = self.encoder.channels
-        self.dim = dim or 64 * width
         self.heads = heads
         self.fused_decoder = SharedDecoder(self.channels, num_classes)
         self.separate_decoder = SharedDecoder(self.channels, num_classes)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from prism.backbone import Backbone
-from prism.errors import ConfigError
 from prism.outputs import SegOutput
 
 from .blocks import ConvBlock, zero_missing
+from .options import Depth, Width
 
 
 class EarlyFusionUNet(Backbone):
@@ -22,11 +25,10 @@ class EarlyFusionUNet(Backbone):
 
     provides = frozenset({"logits", "deep", "features"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: int = 16, depth: int = 5,
-                 max_width: int = 320) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, width: Width = 16, depth: Depth = 5,
+                 max_width: Annotated[int, Field(ge=1, description="cap on the channels of any level")] = 320,
+                 ) -> None:
         super().__init__(modalities, num_classes)
-        if width < 1 or depth < 2:
-            raise ConfigError(f"unet needs width >= 1 and depth >= 2, got width={width}, depth={depth}")
         self.size_divisor = 2 ** (depth - 1)
         chans = [min(width * 2**lv, max_width) for lv in range(depth)]
         c_in = 2 * self.num_modalities

@@ -6,7 +6,10 @@ draws all randomness from the generator the engine passes in (checkpointed with 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 from prism.errors import ConfigError
 from prism.masking import MaskingPolicy
@@ -58,7 +61,9 @@ class UtdDrop(MaskingPolicy):
     per sample to its own availability where the batch shares none).
     """
 
-    def __init__(self, modalities: tuple[str, ...], *, per_batch: bool = False) -> None:
+    def __init__(self, modalities: tuple[str, ...], *, per_batch: Annotated[bool, Field(
+            description="one combination for the whole batch (among those every sample has) instead of one per "
+                        "sample")] = False) -> None:
         super().__init__(modalities)
         self.per_batch = per_batch
         self.combinations = combination_masks(modalities)
@@ -78,7 +83,9 @@ class UtdDrop(MaskingPolicy):
 class FixedCombination(MaskingPolicy):
     """One named combination for every sample, e.g. ``combination="flair+t1ce"`` (or its report index)."""
 
-    def __init__(self, modalities: tuple[str, ...], *, combination: str | int) -> None:
+    def __init__(self, modalities: tuple[str, ...], *, combination: Annotated[str | Annotated[int, Field(ge=0)], Field(
+            description="the modalities joined by '+' (e.g. 'flair+t1ce', display names accepted) or the "
+                        "combination's index in the report order")]) -> None:
         super().__init__(modalities)
         combos = enumerate_combinations(modalities)
         if isinstance(combination, int):
@@ -101,5 +108,6 @@ class FixedCombination(MaskingPolicy):
         availability = _check_available(availability)
         mask = self.mask[None, :] & availability
         if not bool(mask.any(-1).all()):
-            raise ValueError(f"a case has none of the modalities of the fixed combination {self.combination.name}")
+            raise ConfigError(f"fixed masking: a case has none of the modalities of the combination "
+                              f"{self.combination.name}; choose a combination every training case has a part of")
         return mask

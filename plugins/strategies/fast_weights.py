@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from prism.outputs import SegOutput
 from prism.strategy import StepContext, Strategy
 
 from .channel_affine import add_film
+from .options import SiteOrCombination, TasksPerStep
 from .tasks import TaskSampler
 
 GENERATOR = "fast_weight_generator"
@@ -66,22 +67,17 @@ class FastWeights(Strategy):
     trains the backbone on the support batch with identity FiLM and the backbone and g_phi on the query batch
     with the generated rho: loss = L_support + L_query(rho). Adapting to a new task is one forward of g_phi on
     its support set, then ``refine_steps`` optional gradient steps on rho alone.
-
-    Args:
-        hidden: width of g_phi's hidden layers.
-        tasks_per_step: episodes per step.
-        tasks: ``combination`` or ``site`` tasks (see ``maml``).
-        refine_steps: gradient steps on the generated rho in ``adapt`` (0: generation only).
-        refine_lr: their step size.
     """
 
     compile_refusal = "the query pass is a functional call with generated weights (see maml)"
 
-    def __init__(self, *, hidden: Annotated[int, Field(ge=1)] = 64,
-                 tasks_per_step: Annotated[int, Field(ge=1)] = 2,
-                 tasks: Literal["combination", "site"] = "combination",
-                 refine_steps: Annotated[int, Field(ge=0)] = 0,
-                 refine_lr: Annotated[float, Field(gt=0.0)] = 0.01) -> None:
+    def __init__(
+        self, *, hidden: Annotated[int, Field(ge=1, description="width of g_phi's hidden layers")] = 64,
+        tasks_per_step: TasksPerStep = 2, tasks: SiteOrCombination = "combination",
+        refine_steps: Annotated[int, Field(ge=0, description="gradient steps on the generated rho in adapt "
+                                                             "(0: generation only)")] = 0,
+        refine_lr: Annotated[float, Field(gt=0, description="the step size of those steps")] = 0.01,
+    ) -> None:
         self.hidden = int(hidden)
         self.tasks_per_step = int(tasks_per_step)
         self.task_kind = tasks

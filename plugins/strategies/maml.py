@@ -15,6 +15,7 @@ from prism.errors import ConfigError
 from prism.strategy import StepContext, Strategy
 
 from .maml_backends import InnerLoop, make_inner_loop
+from .options import AdaptParams, InnerSteps, TasksPerStep
 from .tasks import TaskSampler
 
 
@@ -30,21 +31,6 @@ class MAML(Strategy):
     every backend: the inner loop runs in train mode on batch statistics and leaves the model's buffers as they
     were. (The built-in backbones use instance normalisation, which keeps none.)
 
-    Args:
-        inner_steps: K, support steps per task (>= 1).
-        inner_lr: a, the inner step size (> 0); Meta-SGD's initial per-parameter rate.
-        learn_inner_lr: Meta-SGD: learn one inner rate per parameter entry with the outer optimizer.
-        first_order: drop second derivatives (FOMAML).
-        tasks_per_step: tasks per outer step (>= 1).
-        tasks: ``combination`` (one modality combination per task, support and query from disjoint cases),
-            ``site`` (one acquisition site per task) or ``class`` (one foreground class against the rest, scored
-            by ``prism.adapt.class_task_loss`` instead of the configured losses).
-        held_out_classes: with ``tasks: class``, classes never used as a task and left out of every task's
-            "rest", so that meta-training gives their logits no gradient (few-shot evaluation adapts to them).
-        backend: ``torch`` (torch.func, default), ``higher`` or ``learn2learn``.
-        adapt_params: which parameters the inner loop (and ``adapt``) updates: ``all``, ``head`` (ANIL),
-            ``body`` (BOIL) or a list of glob patterns over parameter names. The outer step trains all of them.
-
     Adaptation to a new task (``adapt``) takes ``inner_steps`` steps of size ``inner_lr`` (Meta-SGD: its learned
     rates, clamped at 0) on ``adapt_params``, exactly as the inner loop does in training.
     """
@@ -52,13 +38,26 @@ class MAML(Strategy):
     compile_refusal = ("torch.compile around a functional_call inner loop silently uses the original weights, so "
                        "the adapted parameters would be ignored")
 
-    def __init__(self, *, inner_steps: Annotated[int, Field(ge=1)] = 1,
-                 inner_lr: Annotated[float, Field(gt=0.0)] = 0.01, learn_inner_lr: bool = False,
-                 first_order: bool = True, tasks_per_step: Annotated[int, Field(ge=1)] = 2,
-                 tasks: Literal["combination", "site", "class"] = "combination",
-                 held_out_classes: list[int] = [],  # noqa: B006  (validated and copied)
-                 backend: Literal["torch", "higher", "learn2learn"] = "torch",
-                 adapt_params: str | list[str] = "all") -> None:
+    def __init__(
+        self, *, inner_steps: InnerSteps = 1,
+        inner_lr: Annotated[float, Field(gt=0, description="a: the inner step size (also that of adapt); "
+                                                           "Meta-SGD's initial per-parameter rate")] = 0.01,
+        learn_inner_lr: Annotated[bool, Field(description="Meta-SGD: learn one inner rate per parameter entry "
+                                                          "with the outer optimizer")] = False,
+        first_order: Annotated[bool, Field(description="drop second derivatives (first-order MAML)")] = True,
+        tasks_per_step: TasksPerStep = 2,
+        tasks: Annotated[Literal["combination", "site", "class"], Field(
+            description="what a task is: one modality combination (support and query from disjoint cases), one "
+                        "acquisition site, or one foreground class against the rest (scored by "
+                        "prism.adapt.class_task_loss instead of the configured losses)")] = "combination",
+        held_out_classes: Annotated[list[Annotated[int, Field(ge=1)]], Field(
+            description="with tasks: class, classes never used as a task and left out of every task's rest, so "
+                        "that meta-training gives their logits no gradient (few-shot evaluation adapts to "
+                        "them)")] = [],  # noqa: B006  (validated and copied)
+        backend: Annotated[Literal["torch", "higher", "learn2learn"], Field(
+            description="the inner loop's implementation: torch.func (torch), higher or learn2learn")] = "torch",
+        adapt_params: AdaptParams = "all",
+    ) -> None:
         self.inner_steps = int(inner_steps)
         self.inner_lr = float(inner_lr)
         self.learn_inner_lr = bool(learn_inner_lr)

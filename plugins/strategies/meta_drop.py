@@ -24,20 +24,23 @@ class MetaDrop(Strategy):
     Choices: the optimizer's moments are updated by the inner step only (the meta correction is a plain gradient
     step of size ``meta_lr``, which follows the LR schedule as a fraction ``meta_lr_scale`` of the current
     learning rate when ``meta_lr`` is not given); normalisation layers see both batches in train mode.
-
-    Args:
-        alpha: interpolation towards the inner step's result, in [0, 1] (1: keep phi_tilde).
-        meta_lr: fixed step size of the meta correction (> 0); None follows the schedule.
-        meta_lr_scale: fraction of the current learning rate used when ``meta_lr`` is None (>= 0).
-        meta_masking: masking policy of the meta batch when ``masking.extra.meta`` is not configured.
     """
 
     gradient_sync = "ddp"
 
-    def __init__(self, *, alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
-                 meta_lr: Annotated[float, Field(gt=0.0)] | None = None,
-                 meta_lr_scale: Annotated[float, Field(ge=0.0)] = 1.0,
-                 meta_masking: str | None = None) -> None:
+    def __init__(
+        self, *,
+        alpha: Annotated[float, Field(ge=0, le=1, description="interpolation towards the inner step's result "
+                                                              "(1: keep phi_tilde)")] = 1.0,
+        meta_lr: Annotated[Annotated[float, Field(gt=0)] | None, Field(
+            description="fixed step size of the meta correction (None: meta_lr_scale times the current learning "
+                        "rate, following the schedule)")] = None,
+        meta_lr_scale: Annotated[float, Field(ge=0, description="fraction of the current learning rate the meta "
+                                                                "correction takes when meta_lr is None")] = 1.0,
+        meta_masking: Annotated[str | None, Field(
+            description="registered masking policy of the meta batch when masking.extra.meta is not configured "
+                        "(None: full)")] = None,
+    ) -> None:
         self.alpha = float(alpha)
         self.meta_lr = meta_lr
         self.meta_lr_scale = float(meta_lr_scale)

@@ -16,6 +16,7 @@ from prism.errors import ConfigError
 from prism.loss import observation
 from prism.strategy import StepContext, Strategy
 
+from .options import AdaptParams, InnerLR, InnerSteps, SiteOrCombination, TasksPerStep
 from .tasks import TaskSampler
 
 
@@ -33,14 +34,17 @@ class Reptile(Strategy):
 
     uses_optimizer = False
 
-    def __init__(self, *, inner_steps: Annotated[int, Field(ge=1)] = 3,
-                 inner_lr: Annotated[float, Field(gt=0.0)] = 1e-3,
-                 tasks_per_step: Annotated[int, Field(ge=1)] = 1,
-                 meta_step: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0,
-                 meta_step_final: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
-                 inner_optimizer: Literal["sgd", "adam"] = "adam",
-                 tasks: Literal["combination", "site"] = "combination",
-                 adapt_params: str | list[str] = "all") -> None:
+    def __init__(
+        self, *, inner_steps: InnerSteps = 3, inner_lr: InnerLR = 1e-3, tasks_per_step: TasksPerStep = 1,
+        meta_step: Annotated[float, Field(ge=0, le=1, description="eps at the first step: the share of the way "
+                                                                  "towards the adapted weights")] = 1.0,
+        meta_step_final: Annotated[float, Field(ge=0, le=1, description="eps at the last step (linear in between; "
+                                                                        "at most meta_step)")] = 0.0,
+        inner_optimizer: Annotated[Literal["sgd", "adam"], Field(
+            description="the inner loop's optimizer (adam with beta1 = 0, as in the Reptile paper)")] = "adam",
+        tasks: SiteOrCombination = "combination",
+        adapt_params: AdaptParams = "all",
+    ) -> None:
         if meta_step_final > meta_step:
             raise ConfigError(f"strategy.options.meta_step_final: {meta_step_final} must not exceed meta_step "
                               f"{meta_step}")

@@ -50,6 +50,16 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # raised outside a blamed call (evaluation, prediction): name a plugin if it is one's
+        from ..registry import describe, get_registry
+
+        entry = get_registry().culprit(exc)
+        if entry is None:
+            raise
+        print(f"{prog}: error: {describe(entry)} from plugin '{entry.plugin}' raised {type(exc).__name__}; its "
+              "traceback follows", file=sys.stderr)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        return 1
 
 
 @contextmanager

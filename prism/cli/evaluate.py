@@ -269,19 +269,19 @@ def _fewshot(args: argparse.Namespace) -> int:
     from ..data.cache_reader import CacheReader
     from ..errors import ConfigError
     from ..evaluation.fewshot import fewshot_dice, fewshot_markdown, write_fewshot
-    from .predict import load_run_model
+    from ..runs import load_run
 
     if args.steps < 0 or args.draws < 1 or (args.lr is not None and args.lr <= 0):
         raise ConfigError("--steps must be >= 0, --draws >= 1, --lr > 0")
     shots = _int_list(args.shots, "--shots")
-    run = load_run_model(args.run_dir, cache=args.data, device=args.device)
+    run = load_run(args.run_dir, cache=args.data, device=args.device)
     held_out = [int(c) for c in getattr(run.strategy, "held_out_classes", ())]
     if args.classes is None and not held_out:
         raise ConfigError("--classes: the run holds out no class (strategy.options.held_out_classes); name them")
     classes = _int_list(args.classes, "--classes") if args.classes is not None else held_out
     runs = [(args.run_dir, run)]
     if args.baseline is not None:
-        runs.append((args.baseline, load_run_model(args.baseline, cache=args.data, device=args.device)))
+        runs.append((args.baseline, load_run(args.baseline, cache=args.data, device=args.device)))
     reader = CacheReader(run.cache)
     try:
         cases = list(reader.split(args.split or run.config.eval.split))

@@ -51,13 +51,13 @@ def _export(args: argparse.Namespace) -> int:
     from ..data_tools.predict_io import inverse_label_map
     from ..errors import DataError
     from ..export import card_path, export_backbone, require_onnx, resolve_modalities
-    from .predict import load_run_model
+    from ..runs import load_run
 
     if args.fmt == "onnx":
         require_onnx()
     if args.output.is_dir():
         raise DataError(f"{args.output}: is a folder; -o names the artifact file")
-    run = load_run_model(args.run_dir, cache=args.data, device="cpu")
+    run = load_run(args.run_dir, cache=args.data, device="cpu")
     present = resolve_modalities(args.modalities, run.modalities)
     card = export_backbone(run.model, args.output, fmt=args.fmt, modalities=present, classes=run.labels,
                            label_values=inverse_label_map(run.label_map, run.num_classes), source=str(args.run_dir))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from rich.table import Table
 
 from ..outputs import PARTS
-from ..registry import KINDS, get_registry
+from ..registry import KINDS, OptionSpec, get_registry
 from .common import run_command, stdout_console
 
 PLURALS = {"backbone": "backbones", "loss": "losses", "masking": "masking policies", "strategy": "meta-strategies"}
@@ -18,7 +19,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prism-plugins", description="List the plugins prism found (built-in and third-party), by kind, with "
         "their distribution and version; for backbones the SegOutput parts they "
-        "provide (core parts, then extra named parts such as RFNet's 'sep'), for losses the parts they need. "
+        "provide (core parts, then extra named parts such as RFNet's 'sep'), for losses the parts they need; "
+        "--json also gives every plugin's options (type, default, limits, description). "
         "Plugins that failed to load are reported at the end.",
         epilog="environment: PRISM_STRICT_PLUGINS=1 makes plugin failures fatal; PRISM_DISABLE_PLUGIN_AUTOLOAD=1 "
         "loads only prism's own plugins; PRISM_PLUGINS=a,b loads only these third-party entry points.")
@@ -31,11 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("prism-plugins", lambda: _list(args))
 
 
+def _option(spec: OptionSpec) -> dict[str, Any]:
+    """An option as JSON: its type as written, default (None when required), limits and description."""
+    default = None if spec.required else spec.default
+    try:
+        json.dumps(default)
+    except TypeError:
+        default = repr(default)
+    return {"name": spec.name, "type": spec.type_text,
+            "required": spec.required, "default": default, "limits": spec.limits, "description": spec.description}
+
+
 def _list(args: argparse.Namespace) -> int:
     reg = get_registry()
     if args.json:
         data = {kind: [{"name": e.name, "plugin": e.plugin, "distribution": e.distribution, "version": e.version,
-                        "provides": sorted(e.provides), "needs": sorted(e.needs), "summary": e.summary}
+                        "provides": sorted(e.provides), "needs": sorted(e.needs), "summary": e.summary,
+                        "options": [_option(o) for o in e.options()]}
                        for e in reg.entries(kind)] for kind in KINDS}
         data["failures"] = [{"plugin": f.plugin, "distribution": f.distribution, "error": f.error}
                             for f in reg.failures]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .common import OneLineParser, run_command, stdout_console
 
 if TYPE_CHECKING:
-    from ..engine.run_model import RunModel
+    from ..runs import TrainedRun
 
 EPILOG = """\
 examples:
@@ -36,26 +36,11 @@ axis, mapped through 'labels', is the label map.
 """
 
 
-def demo_cache(config: Any) -> Path:
-    """The synthetic demo cache of a run trained without ``data.cache`` (generated if it is not there yet)."""
-    from ..data_tools.demo import ensure_demo_cache
-
-    path, _ = ensure_demo_cache(config.data.synthetic)
-    return Path(path)
-
-
-def load_run_model(run_dir: str | Path, *, cache: str | Path | None = None, device: str | None = None,
-                   overrides: Sequence[str] = ()) -> RunModel:
-    """:func:`prism.engine.run_model.load_run_model`, with the demo cache for runs trained without a cache."""
-    from ..engine.run_model import load_run_model as load
-
-    return load(run_dir, cache=cache, device=device, overrides=overrides, default_cache=demo_cache)
-
-
 def load_runs(run_dirs: Sequence[str | Path], *, cache: str | Path | None = None, device: str | None = None,
-              overrides: Sequence[str] = ()) -> RunModel:
-    """One run (:func:`load_run_model`), or several as an ensemble: the first run's RunModel (its config, strategy,
-    precision and inference settings) holding an :class:`~prism.evaluation.ensemble.Ensemble` of every run's model.
+              overrides: Sequence[str] = ()) -> TrainedRun:
+    """One run (:func:`prism.runs.load_run`), or several as an ensemble: the first run's TrainedRun (its config,
+    strategy, precision and inference settings) holding an :class:`~prism.evaluation.ensemble.Ensemble` of every
+    run's model.
 
     Raises:
         DataError: a run whose modalities, classes or label map differ from the first run's (names both runs).
@@ -64,8 +49,9 @@ def load_runs(run_dirs: Sequence[str | Path], *, cache: str | Path | None = None
 
     from ..errors import DataError
     from ..evaluation.ensemble import Ensemble
+    from ..runs import load_run
 
-    runs = [load_run_model(d, cache=cache, device=device, overrides=overrides) for d in run_dirs]
+    runs = [load_run(d, cache=cache, device=device, overrides=overrides) for d in run_dirs]
     first = runs[0]
     for folder, run in zip(run_dirs[1:], runs[1:], strict=True):
         for what, ours, theirs in (("modalities", first.modalities, run.modalities),
@@ -79,7 +65,7 @@ def load_runs(run_dirs: Sequence[str | Path], *, cache: str | Path | None = None
     return dataclasses.replace(first, model=Ensemble([r.model for r in runs]).eval())
 
 
-def recorded_layout(run: RunModel) -> Any:
+def recorded_layout(run: TrainedRun) -> Any:
     """The DatasetLayout the run's cache was built from (None for synthetic caches)."""
     from ..data_tools.predict_io import layout_from_record
 
@@ -87,14 +73,14 @@ def recorded_layout(run: RunModel) -> Any:
     return layout_from_record(record, run.label_map) if isinstance(record, dict) else None
 
 
-def input_settings(run: RunModel) -> Any:
+def input_settings(run: TrainedRun) -> Any:
     """PreprocessSettings (crop size, margin, spacing) the run's cache was built with, for preprocessing new cases."""
     from ..data_tools.preprocess import settings_for_inputs
 
     return settings_for_inputs(run.preprocessing)
 
 
-def predict_probabilities(run: RunModel, case: Any) -> Any:
+def predict_probabilities(run: TrainedRun, case: Any) -> Any:
     """Class probabilities float32 ``[K, d, h, w]`` (numpy, on the crop) of a PreprocessedImage, using exactly the
     modalities present in the case, with the run's window, overlap and test-time augmentation (``eval.tta``)."""
     import torch
@@ -108,13 +94,13 @@ def predict_probabilities(run: RunModel, case: Any) -> Any:
     return torch.softmax(logits[0], dim=0).cpu().numpy()
 
 
-def predict_image(run: RunModel, case: Any) -> Any:
+def predict_image(run: TrainedRun, case: Any) -> Any:
     """Stored-class label map uint8 ``[d, h, w]`` (numpy, on the crop): the argmax of
     :func:`predict_probabilities`."""
     return predict_probabilities(run, case).argmax(0).astype("uint8")
 
 
-def plan_cases(run: RunModel, input_dir: str | Path, layout: str = "auto") -> tuple[Any, list[Any], dict[int, int]]:
+def plan_cases(run: TrainedRun, input_dir: str | Path, layout: str = "auto") -> tuple[Any, list[Any], dict[int, int]]:
     """(input layout, cases, stored -> raw label map) after checking every case's files; nothing is written."""
     from ..data_tools.predict_io import (
         check_input_geometry,
@@ -140,7 +126,7 @@ def plan_cases(run: RunModel, input_dir: str | Path, layout: str = "auto") -> tu
     return spec, cases, inverse_label_map(spec.label_map, run.num_classes)
 
 
-def adapt_run(run: RunModel, support_dir: str | Path, *, layout: str = "auto", steps: int | None = None) -> int:
+def adapt_run(run: TrainedRun, support_dir: str | Path, *, layout: str = "auto", steps: int | None = None) -> int:
     """Adapt ``run.model`` to labelled support cases (BraTS-style folders with a label file) with the run's own
     rule (``Strategy.adapt``: MAML's inner loop, Meta-SGD's rates, fine-tuning for standard runs), in place of the
     model held by ``run``; the run folder is not touched. Returns the number of support cases.
@@ -188,7 +174,7 @@ def adapt_run(run: RunModel, support_dir: str | Path, *, layout: str = "auto", s
     return len(batches)
 
 
-def predict_folder(run: RunModel, input_dir: str | Path, out_dir: str | Path, *, layout: str = "auto",
+def predict_folder(run: TrainedRun, input_dir: str | Path, out_dir: str | Path, *, layout: str = "auto",
                    on_case: Callable[[str, Path, Sequence[str]], None] | None = None,
                    save_probabilities: bool = False) -> list[Path]:
     """Predict every case under ``input_dir`` into ``out_dir/<case>.nii.gz`` (original space, raw labels).

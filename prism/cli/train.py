@@ -64,7 +64,7 @@ class EvaluationStopped(Exception):
 
 def _train(args: argparse.Namespace) -> int:
     from ..engine.signals import StopSignals
-    from ..engine.trainer import load_run_config
+    from ..runs import load_run_config
 
     overrides = list(args.overrides)
     for flag, field in ((args.strategy, "strategy.name"), (args.steps, "train.steps"),

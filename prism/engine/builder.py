@@ -11,10 +11,14 @@ from ..backbone import Backbone
 from ..config import Config
 from ..errors import ConfigError, PluginError
 from ..masking import MaskingPolicy
-from ..outputs import check_provides_needs
-from ..registry import get_registry
+from ..registry import describe, get_registry
+from ..runs import amp_dtype_for, select_device
+from ..seams import check_provides_needs
 from ..strategy import Strategy
 from .losses import LossSet, WeightedTerm
+
+#: the building functions (device and autocast choice come from prism.runs, which loading a run shares)
+__all__ = ["Parts", "build_parts", "build_optimizer", "poly_schedule", "select_device", "amp_dtype_for"]
 
 
 @dataclass
@@ -26,31 +30,41 @@ class Parts:
 
 
 def build_parts(config: Config, modalities: tuple[str, ...], num_classes: int) -> Parts:
+    """The run's plugins built through the registry from ``config`` (options checked first, every mistake naming
+    its config field); the loss set knows which plugins built the backbone and each term, so that the first
+    step's seam checks name the one that breaks its contract.
+
+    Raises:
+        PluginError: an unknown plugin or option, a backbone that is not a prism Backbone, or a loss that needs
+            SegOutput parts the backbone does not provide.
+        ConfigError: ``data.patch_size`` does not fit the backbone's ``size_divisor``.
+    """
     reg = get_registry()
-    model = reg.create("backbone", config.model.name, modalities, num_classes, field_name="model.name",
-                       **config.model.options)
+    model = reg.build("backbone", config.model.name, (modalities, num_classes), config.model.options,
+                      field="model.name")
+    backbone = reg.get("backbone", config.model.name)
     if not isinstance(model, Backbone):
-        raise PluginError(f"model.name: backbone '{config.model.name}' did not build a prism Backbone "
+        raise PluginError(f"model.name: {describe(backbone)} did not build a prism Backbone "
                           f"(got {type(model).__name__})")
     terms = []
     for i, choice in enumerate(config.losses):
-        term = reg.create("loss", choice.name, modalities, num_classes, field_name=f"losses.{i}.name",
-                          **choice.options)
+        term = reg.build("loss", choice.name, (modalities, num_classes), choice.options, field=f"losses.{i}.name")
         # the built term's needs: options may add parts (prism's separate=true reads RFNet's 'sep')
         check_provides_needs(config.model.name, type(model).provides, choice.name, term.needs)
-        terms.append(WeightedTerm(choice.name, choice.weight, term))
-    masking = {"train": reg.create("masking", config.masking.train.name, modalities,
-                                   field_name="masking.train.name", **config.masking.train.options)}
+        terms.append(WeightedTerm(choice.name, choice.weight, term, entry=reg.get("loss", choice.name)))
+    masking = {"train": reg.build("masking", config.masking.train.name, (modalities,), config.masking.train.options,
+                                  field="masking.train.name")}
     for role, choice in config.masking.extra.items():
-        masking[role] = reg.create("masking", choice.name, modalities, field_name=f"masking.extra.{role}.name",
-                                   **choice.options)
+        masking[role] = reg.build("masking", choice.name, (modalities,), choice.options,
+                                  field=f"masking.extra.{role}.name")
     model.request_parts(frozenset().union(*(t.term.needs for t in terms)))
-    strategy = reg.create("strategy", config.strategy.name, field_name="strategy.name", **config.strategy.options)
+    strategy = reg.build("strategy", config.strategy.name, (), config.strategy.options, field="strategy.name")
     bad = [s for s in config.data.patch_size if s % model.size_divisor]
     if bad:
         raise ConfigError(f"data.patch_size: {list(config.data.patch_size)} must be multiples of "
                           f"{model.size_divisor} for backbone '{config.model.name}'")
-    return Parts(model=model, losses=LossSet(terms), masking=masking, strategy=strategy)
+    losses = LossSet(terms, backbone=backbone, num_classes=num_classes, num_modalities=len(modalities))
+    return Parts(model=model, losses=losses, masking=masking, strategy=strategy)
 
 
 def build_optimizer(config: Config, model: torch.nn.Module, *, capturable: bool = False) -> torch.optim.Optimizer:
@@ -94,17 +108,3 @@ def poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int, power: flo
                   ) -> torch.optim.lr_scheduler.PolynomialLR:
     """lr = base * (1 - step / total) ** power (torch's PolynomialLR; 0 after ``total_steps``)."""
     return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(total_steps, 1), power=power)
-
-
-def select_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def amp_dtype_for(config: Config, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or config.train.amp == "none":
-        return None
-    return torch.bfloat16 if config.train.amp == "bf16" else torch.float16

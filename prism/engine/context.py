@@ -19,6 +19,8 @@ from ..batch import Batch
 from ..errors import ConfigError
 from ..masking import MaskingPolicy
 from ..outputs import SegOutput
+from ..registry import PluginEntry, blame
+from ..seams import check_mask, check_state_storable, check_step_result, owner_of
 from .distributed import DistInfo, all_reduce_mean_, gather_rows, sync_gradients
 from .losses import LossSet
 from .streams import BatchStreams
@@ -50,9 +52,12 @@ class TrainContext:
     #: True when ``forward_module`` is a DDP wrapper that all-reduces gradients during backward
     ddp: bool = False
     forward_loss: ForwardLoss | None = None
+    #: whether the first step of this process has run its seam checks (``run_strategy_step``)
+    seams_checked: bool = False
 
     def __post_init__(self) -> None:
         self._classes: dict[str, frozenset[int]] = {}
+        self._masks_checked: set[str] = set()  # roles whose device-side mask values were read once
         if self.forward_module is None:
             self.forward_module = self.model
         if self.forward_loss is None:
@@ -85,11 +90,21 @@ class TrainContext:
         """Apply a masking policy. Under torch.distributed every rank draws the masks of the whole global batch
         (same generator state everywhere) and keeps its own rows, so results match a single process."""
         if not self.dist.enabled:
-            return self.masking[policy](availability, self.mask_generator)
+            return self._checked_mask(policy, availability)
         local = availability.shape[0]
         everyone = gather_rows(availability.to(torch.uint8), self.dist).bool()
-        mask = self.masking[policy](everyone, self.mask_generator)
+        mask = self._checked_mask(policy, everyone)
         return mask[self.dist.rank * local:(self.dist.rank + 1) * local]
+
+    def _checked_mask(self, role: str, availability: torch.Tensor) -> torch.Tensor:
+        """The policy's mask, checked against the MaskingPolicy contract (``prism.seams.check_mask``): every
+        draw on the CPU (where the engine's availability lives), the first draw of a role elsewhere."""
+        policy = self.masking[role]
+        mask = policy(availability, self.mask_generator)
+        values = not isinstance(mask, torch.Tensor) or mask.device.type == "cpu" or role not in self._masks_checked
+        check_mask(mask, availability, owner_of(policy, f"masking policy (role '{role}')"), values=values)
+        self._masks_checked.add(role)
+        return mask
 
     def raw_batch(self, stream: str = "train") -> Batch:
         """The next batch of ``stream`` on the device with every available modality (the caller masks it)."""
@@ -226,3 +241,30 @@ class TrainContext:
         values = torch.stack([v.detach().float().reshape(()) for v in parts.values()])
         all_reduce_mean_([values], self.dist)
         return dict(zip(parts, values, strict=True))
+
+
+def run_strategy_step(strategy: Any, entry: PluginEntry, ctx: TrainContext) -> dict[str, torch.Tensor]:
+    """One optimisation step of ``strategy`` (its registry ``entry``), its plugins' contracts checked.
+
+    An exception inside the step is blamed on the plugin whose code raised it (the strategy, or a loss term,
+    backbone or masking policy it called); the returned value must be a dict of scalar tensors holding ``loss``
+    (every step: metadata only). After the first step of the process, the state dicts of the strategy, the
+    masking policies and the loss terms must survive a weights-only checkpoint, so that a bug is reported before
+    the first checkpoint is written.
+
+    Returns:
+        The step's named values for logging.
+
+    Raises:
+        PluginBug: headed by the plugin at fault.
+    """
+    with blame(entry, f"running step {ctx.step + 1}"):
+        parts = check_step_result(strategy.step(ctx), entry)
+    if not ctx.seams_checked:
+        check_state_storable(strategy, entry)
+        for role, policy in ctx.masking.items():
+            check_state_storable(policy, owner_of(policy, f"masking policy (role '{role}')"))
+        for term in ctx.losses.terms:
+            check_state_storable(term.term, term.entry if term.entry is not None else owner_of(term.term, "loss"))
+        ctx.seams_checked = True
+    return parts

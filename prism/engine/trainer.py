@@ -16,26 +16,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import __version__
 from ..atomic import ensure_folder, remove_stale_temporaries, write_text_atomic
-from ..config import Config, build_config, config_to_yaml
+from ..config import Config, config_to_yaml
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader, dataset_changed_message
 from ..errors import CheckpointError, ConfigError
 from ..evaluation.adaptation import evaluation_rule
 from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
 from ..registry import blame, get_registry
+from ..runs import BEST_NAME, CHECKPOINT_NAME
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
 from .checkpoint import load_checkpoint, load_initial_weights, mismatch_message, save_checkpoint
 from .compiled import install as install_compilation
-from .context import TrainContext
+from .context import TrainContext, run_strategy_step
 from .distributed import DistInfo, init_from_env, wrap_ddp
 from .metrics_log import CsvLog, TensorBoardLog
 from .run_lock import RunLock
 from .signals import Preempted, StopSignals
 from .streams import BatchStreams
 from .validation import validation_dice
-
-CHECKPOINT_NAME = "last.pt"
-BEST_NAME = "best.pt"  # the weights with the best validation mean Dice (train.val_every)
 
 
 def run_info(config: Config) -> dict[str, Any]:
@@ -296,8 +294,7 @@ class Trainer:
                 self.save()
                 raise Preempted(signum, ctx.step, total, self.run_dir / CHECKPOINT_NAME)
             while ctx.step < end:
-                with blame(self.strategy_entry, f"running step {ctx.step + 1}"):
-                    parts = self.strategy.step(ctx)
+                parts = run_strategy_step(self.strategy, self.strategy_entry, ctx)
                 if self.strategy.uses_optimizer:
                     ctx.scheduler.step()
                 ctx.step += 1
@@ -400,13 +397,3 @@ class Trainer:
                           adapt_rule=evaluation_rule(self.strategy), **evaluate_kwargs(cfg.eval))
         report.write(self.run_dir)
         return report
-
-
-def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config a run was started with (``run_dir/config.yaml``), with ``overrides`` applied."""
-    from ..config import load_yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a prism run folder (no config.yaml)")
-    return build_config(load_yaml(path), overrides, source=str(path))

@@ -26,6 +26,7 @@ from ..atomic import write_atomic, write_text_atomic
 from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from ..errors import ConfigError, DataError
+from ..runs import load_run
 from .adaptation import (
     AdaptationSettings,
     AdaptLoss,
@@ -212,11 +213,9 @@ def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int]
     Raises:
         DataError: the site is in the run's training split (unless ``allow_seen_site``), has no cases, or too few.
     """
-    from ..engine.run_model import load_run_model
-
     if rule not in RULES:
         raise ConfigError(f"--rule: one of {', '.join(RULES)}, got {rule!r}")
-    run = load_run_model(run_dir, cache=cache, device=device)
+    run = load_run(run_dir, cache=cache, device=device)
     chosen: AdaptRule = adapt_model
     if rule == "strategy":
         chosen = strategy_rule(run.strategy, use_strategy_lr=lr is None)

@@ -1,18 +1,35 @@
-"""The plugin registry: ``list_plugins``, ``create_backbone`` & co., and in-process ``register``."""
+"""The plugin registry: ``list_plugins``, ``create_backbone`` & co., and in-process ``register``.
+
+Building through the registry checks a plugin's options against its factory's signature first (any option name
+works), and remembers which plugin built each object, so that an exception raised inside it, or a value of it
+that breaks a contract, is reported under that plugin's name (``blame``, ``origin``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .core import KINDS, PluginEntry, PluginFailure, Registry, blame, describe, get_registry, reset_registry
+from .core import (
+    CONTRACT_ARGUMENTS,
+    KINDS,
+    PluginEntry,
+    PluginFailure,
+    Registry,
+    blame,
+    describe,
+    get_registry,
+    origin,
+    reset_registry,
+)
 from .hookspecs import hookimpl
+from .options import OptionSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
-    "KINDS", "PluginEntry", "PluginFailure", "Registry", "blame", "describe", "get_registry", "reset_registry",
-    "hookimpl",
+    "CONTRACT_ARGUMENTS", "KINDS", "OptionSpec", "PluginEntry", "PluginFailure", "Registry", "blame", "describe",
+    "get_registry", "origin", "reset_registry", "hookimpl",
     "list_plugins", "register", "create_backbone", "create_loss", "create_masking_policy", "create_strategy",
     "register_backbone", "register_loss", "register_masking_policy", "register_strategy",
 ]
@@ -46,21 +63,21 @@ register_masking_policy = _decorator("masking")
 register_strategy = _decorator("strategy")
 
 
-def create_backbone(name: str, modalities: tuple[str, ...], num_classes: int, **options: Any) -> Any:
-    """Build a registered backbone."""
-    return get_registry().create("backbone", name, tuple(modalities), num_classes, **options)
+def create_backbone(name: str, modalities: tuple[str, ...], num_classes: int, /, **options: Any) -> Any:
+    """Build a registered backbone; ``options`` are checked against its factory first (any name allowed)."""
+    return get_registry().build("backbone", name, (tuple(modalities), num_classes), options)
 
 
-def create_loss(name: str, modalities: tuple[str, ...], num_classes: int, **options: Any) -> Any:
-    """Build a registered loss term."""
-    return get_registry().create("loss", name, tuple(modalities), num_classes, **options)
+def create_loss(name: str, modalities: tuple[str, ...], num_classes: int, /, **options: Any) -> Any:
+    """Build a registered loss term; ``options`` are checked against its factory first."""
+    return get_registry().build("loss", name, (tuple(modalities), num_classes), options)
 
 
-def create_masking_policy(name: str, modalities: tuple[str, ...], **options: Any) -> Any:
-    """Build a registered masking policy."""
-    return get_registry().create("masking", name, tuple(modalities), **options)
+def create_masking_policy(name: str, modalities: tuple[str, ...], /, **options: Any) -> Any:
+    """Build a registered masking policy; ``options`` are checked against its factory first."""
+    return get_registry().build("masking", name, (tuple(modalities),), options)
 
 
-def create_strategy(name: str, **options: Any) -> Any:
-    """Build a registered meta-strategy."""
-    return get_registry().create("strategy", name, **options)
+def create_strategy(name: str, /, **options: Any) -> Any:
+    """Build a registered meta-strategy; ``options`` are checked against its factory first."""
+    return get_registry().build("strategy", name, (), options)

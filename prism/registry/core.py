@@ -13,17 +13,20 @@ import contextlib
 import difflib
 import os
 import threading
-from collections.abc import Callable, Iterator
+import types
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import pluggy
+from torch import nn
 
 from ..errors import PluginBug, PluginError, PrismError
 from ..outputs import validate_parts
 from . import hookspecs
-from .options import validate_options
+from .options import OptionSpec, option_specs, signature_problem, validate_options
 
 ENTRY_POINT_GROUP = "prism"
 BUILTIN_DISTRIBUTION = "prism-seg"
@@ -34,6 +37,14 @@ KINDS: dict[str, tuple[str, str]] = {
     "loss": ("register_losses", "loss"),
     "masking": ("register_masking_policies", "masking policy"),
     "strategy": ("register_strategies", "meta-strategy"),
+}
+
+#: kind -> the contract's positional arguments every factory takes before its options
+CONTRACT_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "backbone": ("modalities", "num_classes"),
+    "loss": ("modalities", "num_classes"),
+    "masking": ("modalities",),
+    "strategy": (),
 }
 
 
@@ -50,6 +61,10 @@ class PluginEntry:
     provides: frozenset[str] = frozenset()
     needs: frozenset[str] = frozenset()
     summary: str = ""
+
+    def options(self) -> list[OptionSpec]:
+        """The plugin's options (its factory's keyword parameters): type, default, limits, description."""
+        return option_specs(self.factory, len(CONTRACT_ARGUMENTS[self.kind]))
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,8 @@ class Registry:
     _failures: list[PluginFailure] = field(default_factory=list)
     _loaded: bool = False
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    #: id(object) -> (weak reference, the entry that built it): who to blame for an object's behaviour
+    _built: dict[int, tuple[weakref.ref, PluginEntry]] = field(default_factory=dict)
 
     # ---- loading -------------------------------------------------------------------------------------------
     def ensure_loaded(self) -> None:
@@ -157,6 +174,10 @@ class Registry:
             raise PluginError(f"unknown plugin kind '{kind}'; kinds: {', '.join(KINDS)}")
         if not isinstance(name, str) or not name.isidentifier():
             raise PluginError(f"{KINDS[kind][1]} name {name!r} from plugin '{plugin}' is not a valid identifier")
+        contract = CONTRACT_ARGUMENTS[kind]
+        problem = signature_problem(factory, len(contract), f"({', '.join(contract)})" if contract else "nothing")
+        if problem:
+            raise PluginError(f"{KINDS[kind][1]} '{name}' from plugin '{plugin}': {problem}")
         table = self._entries[kind]
         if name in table and not override:
             old = table[name]
@@ -179,6 +200,13 @@ class Registry:
         with self._lock:
             return self._add(kind, name, factory, plugin="in-process", distribution=None, version=None,
                              override=override)
+
+    def unregister(self, kind: str, name: str) -> None:
+        """Forget an in-process registration (the conformance kit's temporary names); entry points stay."""
+        with self._lock:
+            entry = self._entries[kind].get(name)
+            if entry is not None and entry.distribution is None:
+                del self._entries[kind][name]
 
     # ---- lookup --------------------------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:
@@ -209,8 +237,23 @@ class Registry:
             f"{where}unknown {KINDS[kind][1]} '{name}'; {hint}available: {', '.join(sorted(table)) or 'none'}{extra}"
         )
 
-    def create(self, kind: str, name: str, *args: Any, field_name: str | None = None, **options: Any) -> Any:
-        """Build the plugin ``name`` with ``options`` (``args`` are the contract's positional arguments).
+    # ---- building ------------------------------------------------------------------------------------------
+    def build(self, kind: str, name: str, args: Sequence[Any] = (), options: Mapping[str, Any] | None = None, *,
+              field: str | None = None) -> Any:
+        """Build the plugin ``name`` from the contract's positional ``args`` and its ``options``.
+
+        Options travel as a mapping, so any option name is allowed (``kind``, ``name``, ``field``...).
+
+        Args:
+            kind: ``backbone``, ``loss``, ``masking`` or ``strategy``.
+            name: the registered name.
+            args: the contract's positional arguments (modalities, number of classes; see ``CONTRACT_ARGUMENTS``).
+            options: the plugin's options, checked against its factory's signature before it is built.
+            field: the config field naming the plugin (``model.name``, ``losses.0.name``), named in errors; its
+                options are ``<section>.options``.
+
+        Returns:
+            What the factory returned; the registry remembers which plugin built it (:func:`origin`).
 
         Raises:
             PluginError: the name is unknown, or an option is unknown, missing, of the wrong type or out of range
@@ -219,13 +262,65 @@ class Registry:
             PrismError: raised by the plugin itself for a user mistake, prefixed with the plugin's name.
             PluginBug: any other exception raised while building (a bug in the plugin); its traceback is kept.
         """
-        entry = self.get(kind, name, field_name=field_name)
+        entry = self.get(kind, name, field_name=field)
         owner = describe(entry)
-        options_field = (field_name.rsplit(".", 1)[0] + ".options") if field_name and "." in field_name else (
-            f"{kind}.options")
-        options = validate_options(entry.factory, len(args), options, owner=owner, field=options_field)
+        options_field = (field.rsplit(".", 1)[0] + ".options") if field and "." in field else f"{kind}.options"
+        checked = validate_options(entry.factory, len(args), dict(options or {}), owner=owner, field=options_field)
         with blame(entry, "building it"):
-            return entry.factory(*args, **options)
+            built = entry.factory(*args, **checked)
+        self.remember(built, entry)
+        return built
+
+    def create(self, kind: str, name: str, /, *args: Any, **options: Any) -> Any:
+        """``build(kind, name, args, options)`` with the options as keyword arguments (any name allowed)."""
+        return self.build(kind, name, args, options)
+
+    # ---- provenance ----------------------------------------------------------------------------------------
+    def remember(self, obj: Any, entry: PluginEntry) -> None:
+        """Record that ``entry`` built ``obj`` (weakly: forgetting it never keeps it alive)."""
+        key = id(obj)
+        try:
+            ref = weakref.ref(obj, lambda _, key=key: self._built.pop(key, None))
+        except TypeError:  # no weak references to it (ints, tuples, __slots__ classes): not traceable
+            return
+        self._built[key] = (ref, entry)
+
+    def origin(self, obj: Any) -> PluginEntry | None:
+        """The plugin that built ``obj`` (or, for a module inside a built backbone, that backbone), else None."""
+        if obj is None:
+            return None
+        found = self._built.get(id(obj))
+        if found is not None and found[0]() is obj:
+            return found[1]
+        if isinstance(obj, nn.Module):
+            for ref, entry in list(self._built.values()):
+                owner = ref()
+                if isinstance(owner, nn.Module) and owner is not obj and any(m is obj for m in owner.modules()):
+                    return entry
+        return None
+
+    def culprit(self, exc: BaseException) -> PluginEntry | None:
+        """The plugin whose code raised ``exc``: the innermost frame of its traceback that runs a method of an
+        object a plugin built (a loss term, a masking policy, a backbone or one of its modules, a strategy) or a
+        function a plugin returned. None when no plugin's code is on the traceback."""
+        found = None
+        tb = exc.__traceback__
+        while tb is not None:  # outermost first: the last match is the innermost
+            entry = self._frame_origin(tb.tb_frame)
+            if entry is not None:
+                found = entry
+            tb = tb.tb_next
+        return found
+
+    def _frame_origin(self, frame: types.FrameType) -> PluginEntry | None:
+        entry = self.origin(frame.f_locals.get("self"))
+        if entry is not None:
+            return entry
+        for ref, built_by in list(self._built.values()):
+            fn = ref()
+            if isinstance(fn, types.FunctionType) and fn.__code__ is frame.f_code:
+                return built_by
+        return None
 
 
 def describe(entry: PluginEntry) -> str:
@@ -234,19 +329,63 @@ def describe(entry: PluginEntry) -> str:
     return f"{KINDS[entry.kind][1]} '{entry.name}' ({origin})"
 
 
+def origin(obj: Any) -> PluginEntry | None:
+    """The registered plugin that built ``obj`` (see :meth:`Registry.origin`), else None."""
+    return get_registry().origin(obj)
+
+
+def _standard_constructor(cls: type) -> bool:
+    """Whether ``cls(message)`` makes an exception whose text is ``message`` (no constructor or ``__str__`` of
+    its own below ``PrismError``)."""
+    for c in cls.__mro__:
+        if c is PrismError:
+            return True
+        if any(k in vars(c) for k in ("__init__", "__new__", "__str__")):
+            return False
+    return False
+
+
+def _prefixed(exc: PrismError, prefix: str) -> PrismError:
+    """``exc`` with ``prefix: `` in front of its message. A third party's error class with a constructor of its
+    own cannot be rebuilt from a message: its nearest prism class (ConfigError, PluginError...) carries it."""
+    message = f"{prefix}: {exc}"
+    cls = type(exc)
+    if not _standard_constructor(cls):
+        cls = next(c for c in cls.__mro__ if c.__module__ == PrismError.__module__)
+    new = cls(message)
+    new.exit_code = exc.exit_code
+    return new
+
+
 @contextlib.contextmanager
 def blame(entry: PluginEntry, doing: str) -> Iterator[None]:
-    """Run plugin code: a user mistake (PrismError) it raises gets the plugin's name in front and stays one line;
-    any other exception becomes a PluginBug headed by the plugin, with the original traceback as its cause."""
+    """Run plugin code on behalf of ``entry``. The plugin whose code raised (``entry``, or a plugin it called: a
+    loss term, a backbone, a masking policy; see :meth:`Registry.culprit`) is named:
+
+    - a user mistake (PrismError) gets that plugin's name in front and stays one line;
+    - any other exception becomes a PluginBug headed by that plugin, the original exception (with the plugin's
+      own frames) as its cause.
+
+    An exception that already names its plugin (an inner ``blame``, a seam check) passes through unchanged.
+    """
     try:
         yield
+    except PluginBug:
+        raise
     except PrismError as exc:
-        if str(exc).startswith(describe(entry)):
+        if getattr(exc, "plugin_entry", None) is not None or str(exc).startswith(describe(entry)):
             raise
-        raise type(exc)(f"{describe(entry)}: {exc}") from None
+        culprit = get_registry().culprit(exc) or entry
+        new = _prefixed(exc, describe(culprit))
+        new.plugin_entry = culprit
+        raise new from None
     except Exception as exc:
-        raise PluginBug(f"{describe(entry)} from plugin '{entry.plugin}' raised {type(exc).__name__} while "
-                        f"{doing}") from exc
+        culprit = get_registry().culprit(exc) or entry
+        called = f" (called by {describe(entry)})" if culprit is not entry else ""
+        bug = PluginBug(f"{describe(culprit)} from plugin '{culprit.plugin}' raised {type(exc).__name__} while "
+                        f"{doing}{called}")
+        bug.plugin_entry = culprit
+        raise bug from exc
 
 
 _default: Registry | None = None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
 from prism.batch import Batch
 from prism.loss import LossResult, LossTerm
 from prism.outputs import SegOutput
@@ -15,7 +19,9 @@ class UniDice(LossTerm):
     # and asks the backbone for them (Backbone.request_parts).
     needs = frozenset({"uni"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, include_background: bool = False) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *,
+                 include_background: Annotated[bool, Field(description="count class 0 in the Dice")] = False,
+                 ) -> None:
         super().__init__(modalities, num_classes)
         self.include_background = include_background
 
@@ -23,8 +29,9 @@ class UniDice(LossTerm):
         uni = output.uni  # [B, M, K, D, H, W]
         b, m = uni.shape[:2]
         label = batch.label[:, None].expand(b, m, *batch.label.shape[1:]).flatten(0, 1)  # [B * M, D, H, W]
-        per_pair = soft_dice_loss(uni.flatten(0, 1).float(), label,
-                                  include_background=self.include_background)  # [B * M]
+        per_pair = soft_dice_loss(uni.flatten(0, 1).float(), label, include_background=self.include_background,
+                                  reduction="none")  # [B * M]: one value per (sample, modality) pair
         weights = batch.mask.flatten().float()  # only the modalities the sample may use count
         total = (per_pair * weights).sum() / weights.sum()
+        # total: a scalar tensor (the engine backpropagates it); parts: detached scalars for the training log
         return LossResult(total=total, parts={"uni_dice": total.detach()})
