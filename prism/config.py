@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,9 +114,11 @@ class EvalConfig(_Model):
     sw_batch_size: int = Field(EVAL.sw_batch_size, ge=1)  # windows per forward pass
     combos_per_pass: int = Field(EVAL.combos_per_pass, ge=1)  # modality combinations per forward pass
     hd95: bool = EVAL.compute_hd95  # also HD95 (mm), besides Dice
-    hd95_empty: float | None = EVAL.hd95_empty  # HD95 when exactly one set is empty (BraTS diagonal); None: left out
+    hd95_convention: Literal["monai", "brats2023"] = EVAL.hd95_convention  # whose HD95: MONAI's, or BraTS 2023's
+    # HD95 (mm) when exactly one set is empty: "convention" (monai 373.13, brats2023 374), a number, or None (left out)
+    hd95_empty: float | Literal["convention"] | None = "convention"
     stitch_on_cpu: bool = EVAL.stitch_on_cpu  # blend sliding-window logits in host memory (large volumes)
-    lesion_metrics: bool = EVAL.lesion_metrics  # also BraTS 2023+ lesion-wise Dice and HD95 (prism.evaluation.lesion)
+    lesion_metrics: bool = EVAL.lesion_metrics  # also the BraTS 2023 challenge's lesion-wise Dice and HD95
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
     adapt_cases: int = Field(1, ge=1)  # support cases of the site (N)
     adapt_steps: int = Field(10, ge=0)  # fine-tuning steps (K)
@@ -124,6 +127,19 @@ class EvalConfig(_Model):
     adapt_patch_size: tuple[int, int, int] | None = None  # fine-tuning patch (None: whole volumes)
     adapt_split: str | None = None  # split the site's cases come from (None: the evaluated cases)
     adapt_seed: int = 0  # seed of the support draw and fine-tuning
+
+    @field_validator("hd95_empty", mode="before")
+    @classmethod
+    def _hd95_empty(cls, v: Any) -> Any:
+        if v is None or v == "convention":
+            return v
+        try:
+            value = math.nan if isinstance(v, bool) else float(v)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError("a number of mm >= 0, 'convention' or null (left out)")
+        return value
 
 
 class Config(_Model):

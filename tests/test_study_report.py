@@ -11,6 +11,7 @@ import pytest
 
 from prism.engine.metrics_log import CsvLog
 from prism.evaluation.results import EvalReport
+from prism.evaluation.writers import write_report
 from prism.modalities import BRATS_MODALITIES, enumerate_combinations
 from prism.study.report import write_study_report
 from prism.study.runner import SPEC_NAME
@@ -70,7 +71,7 @@ CASES = [f"case{i}" for i in range(4)]
 def _fake_run(folder, dice, losses, hd=None):
     report = EvalReport(modalities=tuple(BRATS_MODALITIES), regions=("WT", "TC", "ET"), combinations=COMBOS,
                         case_ids=CASES, dice=dice, hd95=hd, sites=["site0"] * len(CASES))
-    report.write(folder, heatmap=False)
+    write_report(report, folder, heatmap=False)
     log = CsvLog(folder / "train_log.csv")
     for i, loss in enumerate(losses):
         log.write({"step": (i + 1) * 10, "lr": 0.01, "loss": loss, "fuse": loss})
