@@ -41,7 +41,7 @@ from ..evaluation.writers import hd95_definition
 from .collapse import prediction_collapse
 from .plots import SHARE_PREFIX, plot_adaptation, plot_per_combination, plot_training_curves
 from .spec import ReportSpec, StudySpec
-from .stats import MIN_SEEDS, TOO_FEW, PairedDifference, paired_difference, run_metric
+from .stats import MIN_SEEDS, TOO_FEW, PairedDifference, detectable_effect, paired_difference, run_metric
 
 REPORT_FILES = ("report.md", "report.json", "report.csv", "dice_per_combination.png", "training_curves.png")
 #: how the report's intervals are made (report.json's "statistics")
@@ -216,7 +216,9 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
                     "seeds": seeds, "cases": d.cases, "difference": _floats(d.estimate), "low": _floats(d.low),
                     "high": _floats(d.high), "sd_over_seeds": _floats(d.sd), "verdict": d.verdicts,
                     "within_seed_low": _floats(d.within_low), "within_seed_high": _floats(d.within_high),
-                    "detectable_effect_80": _floats(d.detectable),
+                    "detectable_effect_80": _floats(np.array([detectable_effect(float(v), d.seeds,
+                                                                                confidence=settings.confidence)
+                                                              for v in d.sd])),
                     "per_seed": {str(s): _floats(v) for s, v in zip(seeds, d.per_seed, strict=True)}}
         arms[arm] = entry
     runs = [{"arm": r.arm, "seed": r.seed, "folder": str(r.folder), "status": r.status, "reason": r.reason,

@@ -169,7 +169,6 @@ class PairedDifference:
     per_seed: np.ndarray  # [seeds, regions]
     within_low: np.ndarray  # bootstrap over cases, seeds fixed
     within_high: np.ndarray
-    detectable: np.ndarray  # effect detectable with 80% power at this many seeds and this sd
     verdicts: list[str]
     seeds: int
     cases: int
@@ -200,9 +199,7 @@ def paired_difference(reference: np.ndarray, other: np.ndarray, *, samples: int 
             warnings.simplefilter("ignore", category=RuntimeWarning)
             within_low, within_high = np.nanquantile(draws, alpha, axis=0), np.nanquantile(draws, 1 - alpha, axis=0)
     s = reference.shape[0]
-    detectable = np.array([detectable_effect(float(v), s, confidence=confidence) for v in sd])
     verdicts = [verdict(float(lo), float(hi), s, higher_is_better=higher_is_better) for lo, hi in zip(low, high,
                                                                                                     strict=True)]
     return PairedDifference(estimate=estimate, low=low, high=high, sd=sd, per_seed=per_seed, within_low=within_low,
-                            within_high=within_high, detectable=detectable, verdicts=verdicts, seeds=s,
-                            cases=reference.shape[1])
+                            within_high=within_high, verdicts=verdicts, seeds=s, cases=reference.shape[1])
