@@ -100,7 +100,7 @@ def plot_training_curves(arm_logs: Mapping[str, Sequence[Mapping[str, np.ndarray
         ax.set_xlabel("step")
         if i % cols == 0:
             ax.set_ylabel("mean over the log interval")
-        if i == 0:
+        if i == 0 and ax.get_lines():
             ax.legend(fontsize=7)
     save_figure(fig, path)
 
