@@ -129,3 +129,14 @@ def test_compare_cli_on_two_tiny_runs(capsys, tiny_cache, tmp_path):
     assert eval_cli.main(["compare", str(run_a), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("prism-eval: error: ") and "no evaluation report" in err and "\n" not in err
+
+
+def test_hd95_of_different_conventions_is_not_compared():
+    rng = np.random.default_rng(1)
+    dice, hd = rng.uniform(0.5, 0.9, (4, 3, 2)), rng.uniform(2, 10, (4, 3, 2))
+    a, b = _report(dice, hd), _report(dice, hd + 1)
+    assert {d.metric for d in compare_reports(a, b, samples=50)} == {"dice", "hd95"}
+    b.settings["hd95_convention"] = "brats2023"
+    assert {d.metric for d in compare_reports(a, b, samples=50)} == {"dice"}
+    a.settings["hd95_convention"] = "brats2023"
+    assert {d.metric for d in compare_reports(a, b, samples=50)} == {"dice", "hd95"}

@@ -338,14 +338,18 @@ def _fmt(v: float) -> str:
 def _compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ..evaluation.compare import compare_reports, load_report
+    from ..evaluation.compare import compare_reports, hd95_convention, load_report
+    from ..evaluation.results import AVERAGING
+    from ..evaluation.writers import hd95_definition
 
     a, b = load_report(args.run_a), load_report(args.run_b)
     diffs = compare_reports(a, b, samples=args.samples, confidence=args.confidence, seed=args.seed,
                             per_combination=args.per_combination)
+    conventions = {"hd95": [hd95_convention(a), hd95_convention(b)], "averaging": AVERAGING,
+                   "checkpoints": [a.checkpoint, b.checkpoint]}
     if args.json:
         print(json.dumps({"a": str(args.run_a), "b": str(args.run_b), "confidence": args.confidence,
-                          "samples": args.samples, "seed": args.seed,
+                          "samples": args.samples, "seed": args.seed, "conventions": conventions,
                           "differences": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                            for k, v in asdict(d).items()} for d in diffs]}, indent=2))
         return 0
@@ -361,6 +365,10 @@ def _compare(args: argparse.Namespace) -> int:
                       _fmt(d.diff), f"[{_fmt(d.ci_low)}, {_fmt(d.ci_high)}]")
     console = stdout_console()
     console.print(table)
+    hd_a, hd_b = conventions["hd95"]
+    console.print(f"A and B: the {AVERAGING}; HD95 "
+                  + (hd95_definition(hd_a) if hd_a == hd_b and hd_a is not None else
+                     f"not compared (A {hd_a or 'none'}, B {hd_b or 'none'})") + ".")
     differing = sorted(k for k in set(a.settings) | set(b.settings) if a.settings.get(k) != b.settings.get(k))
     if differing:
         console.print("note: the runs were evaluated with different settings: " + ", ".join(

@@ -112,9 +112,17 @@ def bootstrap_mean_ci(values: np.ndarray, *, samples: int = 10000, confidence: f
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def hd95_convention(report: EvalReport) -> str | None:
+    """The HD95 convention a report used (None without HD95; reports that predate the setting used MONAI's)."""
+    return None if report.hd95 is None else str(report.settings.get("hd95_convention") or "monai")
+
+
 def compare_reports(a: EvalReport, b: EvalReport, *, samples: int = 10000, confidence: float = 0.95, seed: int = 0,
                     per_combination: bool = False) -> list[Difference]:
-    """Per-region differences B - A (Dice in percentage points, HD95 in mm) over the cases both reports share."""
+    """Per-region differences B - A (Dice in percentage points, HD95 in mm) over the cases both reports share.
+
+    HD95 is compared only when both reports computed it under the same convention (``monai`` or ``brats2023``).
+    """
     if a.regions != b.regions or a.combinations != b.combinations:
         raise DataError(f"the reports do not cover the same regions/combinations: {list(a.regions)} vs "
                         f"{list(b.regions)}, {len(a.combinations)} vs {len(b.combinations)} combinations")
@@ -130,7 +138,7 @@ def compare_reports(a: EvalReport, b: EvalReport, *, samples: int = 10000, confi
 
     metrics: list[tuple[str, np.ndarray, np.ndarray]] = [("dice", paired(a.dice[ia] * 100),
                                                           paired(b.dice[ib] * 100))]
-    if a.hd95 is not None and b.hd95 is not None:
+    if a.hd95 is not None and b.hd95 is not None and hd95_convention(a) == hd95_convention(b):
         metrics.append(("hd95", paired(a.hd95[ia]), paired(b.hd95[ib])))
     combos: list[int | None] = [None, *(range(len(a.combinations)) if per_combination else [])]
     out = []
