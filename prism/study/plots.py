@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_atomic
+from .logs import SHARE_PREFIX
 
 #: train_log.csv columns that are not loss components
 NOT_COMPONENTS = frozenset({"step", "lr", "loss", "samples_per_s", "peak_mem_gib", "epoch"})
-SHARE_PREFIX = "share."
 
 
 def loss_components(logs: Sequence[Mapping[str, np.ndarray]]) -> list[str]:

@@ -39,7 +39,8 @@ from ..errors import ConfigError, DataError
 from ..evaluation.results import AVERAGING, EvalReport, nanmean_rows
 from ..evaluation.writers import hd95_definition
 from .collapse import prediction_collapse
-from .plots import SHARE_PREFIX, plot_adaptation, plot_per_combination, plot_training_curves
+from .logs import read_train_log, term_shares
+from .plots import plot_adaptation, plot_per_combination, plot_training_curves
 from .spec import ReportSpec, StudySpec
 from .stats import MIN_SEEDS, TOO_FEW, PairedDifference, detectable_effect, paired_difference, run_metric
 
@@ -65,24 +66,6 @@ class RunRecord:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-
-def read_train_log(path: Path) -> dict[str, np.ndarray]:
-    """``train_log.csv`` as columns of floats (empty cells and text as NaN); {} when absent."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {}
-
-    def num(text: str | None) -> float:
-        try:
-            return float(text) if text not in (None, "") else math.nan
-        except ValueError:
-            return math.nan
-
-    return {key: np.array([num(r.get(key)) for r in rows]) for key in rows[0]}
 
 
 def flag_run(record: RunRecord, settings: ReportSpec) -> None:
@@ -245,18 +228,6 @@ def conventions(records: list[RunRecord]) -> dict[str, Any]:
 
     return {"hd95": used("hd95_convention", "monai") if any(e.hd95 is not None for e in ok) else None,
             "lesion": used("lesion_convention", None), "averaging": AVERAGING}
-
-
-def term_shares(logs: list[dict[str, np.ndarray]]) -> dict[str, float | None]:
-    """Each loss part's share of the total (``share.<part>`` columns of train_log.csv, fractions): the mean over a
-    run's rows, then over the runs; {} when the logs have no such column."""
-    parts = sorted({k[len(SHARE_PREFIX):] for log in logs for k in log if k.startswith(SHARE_PREFIX)})
-    out: dict[str, float | None] = {}
-    for part in parts:
-        per_run = [float(np.nanmean(log[SHARE_PREFIX + part])) for log in logs
-                   if SHARE_PREFIX + part in log and np.isfinite(log[SHARE_PREFIX + part]).any()]
-        out[part] = round(float(np.mean(per_run)), 6) if per_run else None
-    return out
 
 
 def _adaptation_summary(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any] | None:
