@@ -12,9 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
-#: HD95 when exactly one of prediction and reference is empty: the diagonal of the 240 x 240 x 155 mm BraTS image
-BRATS_EMPTY_HD95 = math.sqrt(240**2 + 240**2 + 155**2)  # 373.128...
-
 
 class _Model(BaseModel):
     # allow_inf_nan=False: every float field of every section refuses NaN and infinities (optim.lr=.inf, ...)
@@ -138,10 +135,11 @@ class EvalConfig(_Model):
     sw_batch_size: int = Field(1, ge=1)  # windows per forward pass
     combos_per_pass: int = Field(15, ge=1)  # modality combinations per forward pass
     hd95: bool = True  # also HD95 (mm), besides Dice
-    # HD95 when exactly one set is empty (BraTS diagonal); None: left out
-    hd95_empty: float | None = Field(BRATS_EMPTY_HD95, ge=0)
+    hd95_convention: Literal["monai", "brats2023"] = "monai"  # whose HD95: MONAI's, or BraTS 2023's
+    # HD95 (mm) when exactly one set is empty: "convention" (monai 373.13, brats2023 374), a number, or None (left out)
+    hd95_empty: float | Literal["convention"] | None = "convention"
     stitch_on_cpu: bool = False  # blend sliding-window logits in host memory (large volumes)
-    lesion_metrics: bool = False  # also BraTS 2023+ lesion-wise Dice and HD95 (prism.evaluation.lesion)
+    lesion_metrics: bool = False  # also the BraTS 2023 challenge's lesion-wise Dice and HD95
     tta: Literal["none", "mirror"] = "none"  # test-time augmentation: mirror = mean probabilities of the 8 flips
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
     adapt_cases: int = Field(1, ge=1)  # support cases of the site (N)
@@ -153,6 +151,19 @@ class EvalConfig(_Model):
     adapt_seed: int = Field(0, ge=0, le=MAX_SEED)  # seed of the support draw and fine-tuning
 
     _window = field_validator("window", "adapt_patch_size")(_sizes_in(1, 4096, "window or patch size"))
+
+    @field_validator("hd95_empty", mode="before")
+    @classmethod
+    def _hd95_empty(cls, v: Any) -> Any:
+        if v is None or v == "convention":
+            return v
+        try:
+            value = math.nan if isinstance(v, bool) else float(v)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError("a number of mm >= 0, 'convention' or null (left out)")
+        return value
 
 
 class Config(_Model):

@@ -95,6 +95,10 @@ def test_adapt_cli_writes_its_own_files_and_leaves_eval_json_alone(site_run):
     assert all(len(d["support"]) == 1 and d["support"][0] not in d["query"] for d in data["per_draw"])
     assert (run / "adapt.md").read_text().startswith("# Adaptation to site 'site2'")
     assert (run / "adapt.png").stat().st_size > 0
+    from prism.evaluation.provenance import report_matches_checkpoint
+
+    assert report_matches_checkpoint(run, "adapt.json") and data["checkpoint"]["file"] == "last.pt"
+    assert data["settings"]["averaging"].startswith("mean over the modality combinations")
 
 
 def test_curve_calls_the_rule_once_per_draw_and_k_and_k0_is_the_unadapted_model(site_run):

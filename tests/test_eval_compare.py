@@ -21,17 +21,19 @@ def _report(dice: np.ndarray, hd: np.ndarray | None = None, cases: list[str] | N
                       case_ids=cases or [f"c{i}" for i in range(n)], dice=dice, hd95=hd)
 
 
-def _bca_by_formula(values: np.ndarray, samples: int, confidence: float, seed: int) -> tuple[float, float]:
-    """Efron's BCa interval of the mean, written from the formulas (independent of scipy's implementation)."""
+def _bca_by_formula(values: np.ndarray, samples: int, confidence: float, seed: int,
+                    statistic=lambda v: v.mean()) -> tuple[float, float]:
+    """Efron's BCa interval of ``statistic`` over cases (axis 0), written from the formulas (independent of
+    scipy's implementation)."""
     from statistics import NormalDist
 
     nd = NormalDist()
     rng = np.random.default_rng(seed)
-    n = values.size
-    means = values[rng.integers(0, n, size=(samples, n))].mean(1)
-    theta = values.mean()
+    n = values.shape[0]
+    means = np.array([statistic(values[idx]) for idx in rng.integers(0, n, size=(samples, n))])
+    theta = statistic(values)
     z0 = nd.inv_cdf(float(np.mean(means < theta)))
-    jack = np.array([np.delete(values, i).mean() for i in range(n)])
+    jack = np.array([statistic(np.delete(values, i, axis=0)) for i in range(n)])
     d = jack.mean() - jack
     a = (d**3).sum() / (6 * ((d**2).sum()) ** 1.5)
     out = []
@@ -53,6 +55,22 @@ def test_bootstrap_ci_is_bca():
     assert hi - pct_hi > 0.01  # BCa shifts a right-skewed mean's interval to the right
 
 
+def test_the_interval_of_the_combination_mean_is_bca_over_cases():
+    from prism.evaluation.compare import bootstrap_mean_ci
+
+    rng = np.random.default_rng(3)
+    values = rng.exponential(2.0, size=(30, 3)) + np.array([0.0, 1.0, 3.0])
+    values[rng.random((30, 3)) < 0.3] = np.nan  # cases that cannot supply a combination
+
+    def by_hand(v):  # per combination the mean over the cases holding a value, then over the combinations
+        return np.mean([np.mean(v[~np.isnan(v[:, c]), c]) for c in range(v.shape[1])])
+
+    lo, hi = bootstrap_mean_ci(values, samples=6000, seed=0)
+    ref_lo, ref_hi = _bca_by_formula(values, 6000, 0.95, seed=4, statistic=by_hand)
+    assert abs(lo - ref_lo) < 0.08 and abs(hi - ref_hi) < 0.08
+    assert lo < by_hand(values) < hi
+
+
 def test_compare_reports_pairs_cases_and_averages_combinations():
     rng = np.random.default_rng(0)
     a_dice = rng.uniform(0.5, 0.9, size=(5, 3, 2))
@@ -68,9 +86,12 @@ def test_compare_reports_pairs_cases_and_averages_combinations():
     assert tc.diff == pytest.approx(-2.0) and wt.cases == 5
     assert wt.mean_a == pytest.approx(a_dice[..., 0].mean() * 100)
     hd = diffs["hd95", "WT"]
-    case0_b = np.nanmean(hd_b[0, :, 0])
-    expected = (np.sum(hd_b[1:, :, 0].mean(1) - hd_a[1:, :, 0].mean(1)) + case0_b - hd_a[0, :, 0].mean()) / 5
-    assert hd.diff == pytest.approx(expected)
+    # the NaN entry is left out of both reports: every remaining pair differs by -1 mm
+    assert hd.diff == pytest.approx(-1.0) and hd.ci_low == pytest.approx(-1.0)
+    kept = hd_a[:, :, 0].copy()
+    kept[0, 0] = np.nan
+    by_hand = np.mean([np.nanmean(kept[:, c]) for c in range(3)])  # per combination over cases, then combinations
+    assert hd.mean_a == pytest.approx(by_hand)
     per_combo = compare_reports(a, b, samples=100, per_combination=True)
     assert len(per_combo) == 2 * 2 * (1 + 3)
     with pytest.raises(DataError, match="no case in common"):
@@ -97,7 +118,7 @@ def test_compare_cli_on_two_tiny_runs(capsys, tiny_cache, tmp_path):
     rows = {(d["metric"], d["region"]): d for d in result["differences"]}
     assert set(rows) == {(m, r) for m in ("dice", "hd95") for r in ("WT", "TC", "ET")}
     a, b = (EvalReport.from_dict(json.loads((r / "eval.json").read_text())) for r in (run_a, run_b))
-    expected = (b.dice[..., 0].mean(1) - a.dice[..., 0].mean(1)).mean() * 100
+    expected = (b.dice[..., 0].mean(0) - a.dice[..., 0].mean(0)).mean() * 100  # every case has every modality
     assert rows["dice", "WT"]["diff"] == pytest.approx(expected)
     assert rows["dice", "WT"]["ci_low"] <= rows["dice", "WT"]["diff"] <= rows["dice", "WT"]["ci_high"]
 
@@ -108,3 +129,14 @@ def test_compare_cli_on_two_tiny_runs(capsys, tiny_cache, tmp_path):
     assert eval_cli.main(["compare", str(run_a), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("prism-eval: error: ") and "no evaluation report" in err and "\n" not in err
+
+
+def test_hd95_of_different_conventions_is_not_compared():
+    rng = np.random.default_rng(1)
+    dice, hd = rng.uniform(0.5, 0.9, (4, 3, 2)), rng.uniform(2, 10, (4, 3, 2))
+    a, b = _report(dice, hd), _report(dice, hd + 1)
+    assert {d.metric for d in compare_reports(a, b, samples=50)} == {"dice", "hd95"}
+    b.settings["hd95_convention"] = "brats2023"
+    assert {d.metric for d in compare_reports(a, b, samples=50)} == {"dice"}
+    a.settings["hd95_convention"] = "brats2023"
+    assert {d.metric for d in compare_reports(a, b, samples=50)} == {"dice", "hd95"}

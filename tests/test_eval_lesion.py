@@ -1,4 +1,4 @@
-"""Lesion-wise Dice and HD95 (BraTS 2023+): known values on hand-built masks."""
+"""Lesion-wise Dice and HD95 as the BraTS 2023 challenge code computes them: known values on hand-built masks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from prism.evaluation.hausdorff import hd95
 from prism.evaluation.lesion import LesionSettings, lesion_metrics, lesion_scores
 
 
@@ -46,6 +47,29 @@ def test_a_prediction_near_but_outside_a_lesion_is_a_match_not_a_false_positive(
     assert (s.detected, s.false_positives) == (1, 0) and s.dice == 0.0
     # every reference surface voxel is 2..7 voxels from the prediction; the HD95 is finite and below 374
     assert 2.0 <= s.hd95 < 10.0
+
+
+def test_a_satellite_inside_the_dilation_belongs_to_its_lesion():
+    main = _box(SHAPE, (10, 10, 10), (16, 16, 16))  # 216 voxels
+    satellite = _box(SHAPE, (10, 10, 18), (12, 12, 20))  # 8 voxels, 2 voxels from the main lesion
+    s = lesion_scores(main, main | satellite)
+    assert (s.lesions, s.detected, s.false_positives) == (1, 1, 0)
+    assert s.dice == pytest.approx(2 * 216 / (216 + 224))  # the missed satellite counts against the one lesion
+    apart = lesion_scores(main, main | satellite, settings=LesionSettings(dilation=0))
+    assert (apart.lesions, apart.dice) == (1, 1.0)  # unmerged, the 8 mm^3 satellite is under 50 mm^3: left out
+
+
+def test_one_predicted_component_over_two_lesions_is_matched_to_both():
+    a = _box(SHAPE, (5, 5, 5), (10, 10, 10))  # 125 voxels
+    b = _box(SHAPE, (5, 5, 25), (10, 10, 30))  # 125 voxels, 15 voxels away: two lesions
+    bridge = _box(SHAPE, (7, 7, 10), (8, 8, 25))  # 15 voxels joining them into one predicted component
+    pred = a | b | bridge
+    s = lesion_scores(pred, a | b)
+    assert (s.lesions, s.detected, s.false_positives) == (2, 2, 0)
+    each = 2 * 125 / (125 + 265)  # each lesion against the whole component it touches (265 voxels)
+    assert s.dice == pytest.approx(each)
+    per_lesion = float(hd95(torch.from_numpy(pred)[None, None], torch.from_numpy(a)[None], convention="brats2023"))
+    assert 0 < per_lesion < 374 and s.hd95 == pytest.approx(per_lesion)  # the challenge's HD95, both alike
 
 
 def test_empty_cases():
@@ -90,6 +114,8 @@ def test_eval_lesion_metrics_flag_adds_them_to_the_report_files(tiny_cache, tmp_
         trainer.close()
         data = json.loads((tmp_path / str(flag) / "eval.json").read_text())
         assert ("lesion_dice" in data["metrics"]) is flag and ("lesion_hd95" in data["mean"]) is flag
+        assert data["settings"]["lesion_convention"] == ("brats2023" if flag else None)
+        assert data["settings"]["hd95_convention"] == "monai"
         with open(tmp_path / str(flag) / "eval_cases.csv", newline="") as fh:
             header = next(csv.reader(fh))
         assert ("WT_lesion_dice" in header and "ET_lesion_hd95_mm" in header) is flag
@@ -98,4 +124,4 @@ def test_eval_lesion_metrics_flag_adds_them_to_the_report_files(tiny_cache, tmp_
     assert np.all((report.lesion_hd95 >= 0) & (report.lesion_hd95 <= 374))
     back = EvalReport.from_dict(json.loads((tmp_path / "True" / "eval.json").read_text()))
     assert np.allclose(back.lesion_dice, report.lesion_dice, atol=1e-6)
-    assert "Lesion-wise metrics" in (tmp_path / "True" / "eval.md").read_text()
+    assert "Lesion-wise metrics (BraTS 2023 challenge definition" in (tmp_path / "True" / "eval.md").read_text()

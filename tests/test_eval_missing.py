@@ -22,6 +22,7 @@ from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.evaluation.compare import compare_reports
 from prism.evaluation.metrics import BRATS_REGIONS, region_dice
 from prism.evaluation.report import EvalReport, evaluate
+from prism.evaluation.writers import report_markdown, write_report
 from prism.modalities import BRATS_MODALITIES, enumerate_combinations
 from prism.outputs import SegOutput
 
@@ -85,7 +86,7 @@ def test_combinations_a_case_cannot_supply_are_not_run_and_left_out_of_the_means
     np.testing.assert_allclose(report.mean_dice(), expected, rtol=1e-6)
     assert report.cases_per_combination().tolist() == [1 if w else 2 for w in WITH_T1CE]
 
-    report.write(tmp_path)
+    write_report(report, tmp_path)
     data = json.loads((tmp_path / "eval.json").read_text())
     assert [c["num_cases"] for c in data["combinations"]] == report.cases_per_combination().tolist()
     t1ce_only = next(c.name for c in COMBOS if c.mask == (False, True, False, False))
@@ -119,18 +120,20 @@ def test_markdown_has_no_cases_column_when_every_case_has_every_modality(missing
                       hd95=False)
     reader.close()
     assert report.cases_per_combination().tolist() == [1] * 15
-    assert "Cases" not in report.markdown()
+    assert "Cases" not in report_markdown(report)
 
 
 def test_compare_leaves_out_pairs_scored_in_one_report_only():
     dice_a = np.array([[[0.5], [0.7]], [[0.2], [np.nan]]])  # case 1 lacks combination 1 in A
-    dice_b = np.array([[[0.6], [0.9]], [[0.4], [0.8]]])
+    dice_b = np.array([[[0.6], [0.9]], [[0.2], [0.8]]])
     common = {"modalities": ("a",), "regions": ("WT",), "combinations": ["x", "y"], "case_ids": ["c0", "c1"]}
     a, b = EvalReport(dice=dice_a, **common), EvalReport(dice=dice_b, **common)
     (mean,) = compare_reports(a, b, samples=20)
-    # per case means over the combinations both scored: c0 (0.6 - 0.5 + 0.9 - 0.7) / 2, c1 0.4 - 0.2
-    assert mean.cases == 2 and mean.diff == pytest.approx((0.15 + 0.2) / 2 * 100)
-    assert mean.mean_b == pytest.approx((0.75 + 0.4) / 2 * 100)
+    # c1's "y" is scored in B only: left out of both. Per combination, the mean over the cases both scored
+    # (x: B (0.6 + 0.2) / 2, A (0.5 + 0.2) / 2; y: B 0.9, A 0.7), then the mean over the combinations
+    assert mean.cases == 2
+    assert mean.mean_b == pytest.approx((0.4 + 0.9) / 2 * 100) and mean.mean_a == pytest.approx((0.35 + 0.7) / 2 * 100)
+    assert mean.diff == pytest.approx(((0.4 - 0.35) + (0.9 - 0.7)) / 2 * 100)
 
 
 def test_prism_eval_needs_no_train_split(capsys, tiny_cache, missing_cache, tmp_path):

@@ -20,7 +20,7 @@ from prism.evaluation.adaptation import AdaptationSettings, fine_tune, site_case
 from prism.evaluation.hausdorff import BRATS_EMPTY_HD95
 from prism.evaluation.inference import predict_combinations
 from prism.evaluation.metrics import BRATS_REGIONS, region_dice
-from prism.evaluation.report import EvalReport, evaluate, evaluate_kwargs
+from prism.evaluation.report import EvalReport, evaluate, evaluate_kwargs, write_report
 from prism.modalities import combination_masks
 from prism.outputs import SegOutput
 from prism.registry import create_backbone
@@ -88,7 +88,7 @@ def test_report_files_are_written_and_parse(sites_cache, tmp_path):
     model = create_backbone("multi_unet", reader.modalities, 4, width=4, depth=3).eval()
     cases = list(reader.split("test"))
     report = evaluate(model, reader, cases, device=CPU)
-    paths = report.write(tmp_path)
+    paths = write_report(report, tmp_path)
     assert sorted(p.name for p in paths) == ["eval.json", "eval.md", "eval_cases.csv", "eval_dice.png"]
     data = json.loads((tmp_path / "eval.json").read_text())
     assert [c["index"] for c in data["combinations"]] == list(range(15)) and data["num_cases"] == len(cases)
@@ -140,7 +140,7 @@ def test_fast_adaptation_support_query_and_report(sites_cache, tmp_path):
     np.testing.assert_allclose(a.before.dice, report.subset(query).dice)  # no adaptation = the plain evaluation
     expected_after = evaluate(adapted, reader, query, device=CPU, hd95=False)
     np.testing.assert_allclose(a.after.dice, expected_after.dice)
-    report.write(tmp_path, heatmap=False)
+    write_report(report, tmp_path, heatmap=False)
     data = json.loads((tmp_path / "eval.json").read_text())
     assert data["adaptation"]["steps"] == 3 and data["adaptation"]["query_cases"] == query
     assert EvalReport.from_dict(data).adaptation.after.dice.shape == (len(query), 15, 3)

@@ -126,7 +126,12 @@ def test_prism_eval_fewshot_writes_its_report(tiny_cache, tmp_path, capsys):
     import json
 
     data = json.loads((meta / "fewshot.json").read_text())
-    assert [d["strategy"] for d in data] == ["maml", "standard"] and data[0]["classes"] == [3]
+    runs = data["runs"]
+    assert [d["strategy"] for d in runs] == ["maml", "standard"] and runs[0]["classes"] == [3]
+    from prism.evaluation.provenance import checkpoint_record, report_matches_checkpoint
+
+    assert data["checkpoint"] == checkpoint_record(meta / "last.pt") and report_matches_checkpoint(meta, "fewshot.json")
+    assert runs[1]["checkpoint"] == checkpoint_record(base / "last.pt")
     assert (meta / "fewshot.md").is_file() and not (meta / "eval.json").exists()
     assert eval_main(["fewshot", str(base), "--shots", "1"]) == 2  # a standard run holds out nothing
     assert "--classes: the run holds out no class" in capsys.readouterr().err

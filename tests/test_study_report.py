@@ -1,65 +1,20 @@
-"""The study report: hierarchical bootstrap against an exact enumeration, flags, and the files, from fake runs."""
+"""The study report from fake run folders: flags (collapse judged from predictions too), verdicts, term shares,
+conventions, the training-curve components, and the files."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 
 import numpy as np
 import pytest
 
 from prism.engine.metrics_log import CsvLog
 from prism.evaluation.results import EvalReport
+from prism.evaluation.writers import write_report
 from prism.modalities import BRATS_MODALITIES, enumerate_combinations
 from prism.study.report import write_study_report
 from prism.study.runner import SPEC_NAME
 from prism.study.spec import StudySpec, spec_to_yaml
-from prism.study.stats import bootstrap_draws, paired_difference
-
-
-def _metric_by_hand(values, seeds, cases):
-    """Mean over combinations of the mean over the drawn cases (NaN left out), averaged over the drawn seeds."""
-    out = []
-    for s in seeds:
-        combos = []
-        for c in range(values.shape[2]):
-            vals = [values[s, n, c, 0] for n in cases if not math.isnan(values[s, n, c, 0])]
-            if vals:
-                combos.append(sum(vals) / len(vals))
-        out.append(sum(combos) / len(combos))
-    return sum(out) / len(out)
-
-
-def test_bootstrap_matches_exact_enumeration_of_seed_then_case_draws():
-    rng = np.random.default_rng(5)
-    ref = rng.uniform(0.3, 0.8, (2, 3, 2, 1))
-    other = ref + np.array([0.10, -0.02])[:, None, None, None] + rng.normal(0, 0.05, (2, 3, 2, 1))
-    ref[0, 1, 1, 0] = other[0, 1, 1, 0] = np.nan  # a case not scored on one combination
-    # every equally likely outcome: 2^2 ordered seed draws x 3^3 ordered case draws (one case draw for all seeds)
-    exact = np.array([_metric_by_hand(other, s, n) - _metric_by_hand(ref, s, n)
-                      for s in itertools.product(range(2), repeat=2) for n in itertools.product(range(3), repeat=3)])
-    draws = bootstrap_draws(ref, other, samples=40000, seed=1)[:, 0]
-    assert abs(draws.mean() - exact.mean()) < 0.002
-    for v in np.unique(exact):  # the empirical CDF follows the exact one at every atom
-        assert abs((draws <= v + 1e-12).mean() - (exact <= v + 1e-12).mean()) < 0.012
-
-
-def test_paired_difference_point_estimate_sign_agreement_and_seed_variance():
-    rng = np.random.default_rng(0)
-    ref = rng.uniform(0.4, 0.6, (4, 10, 3, 2))
-    shift = np.array([0.2, 0.15, 0.25, -0.3])  # three seeds gain, one loses
-    other = ref + shift[:, None, None, None]
-    d = paired_difference(ref, other, samples=2000, confidence=0.95, seed=0)
-    assert np.allclose(d.per_seed[:, 0], shift) and np.allclose(d.estimate, shift.mean())
-    assert list(d.agree) == [3, 3]
-    # the differences are identical for every case: a case-only bootstrap would give a zero-width interval;
-    # resampling seeds gives the spread of the seed means
-    assert d.low[0] < 0.0 < d.high[0]
-    assert d.low[0] >= shift.min() - 1e-9 and d.high[0] <= shift.max() + 1e-9
-    one = paired_difference(ref[:1], other[:1], samples=500, seed=0)  # one seed: case resampling only
-    assert np.allclose(one.low, 0.2) and np.allclose(one.high, 0.2)
-
 
 # ---- fake run folders in the format prism writes -----------------------------------------------------------
 
@@ -70,7 +25,7 @@ CASES = [f"case{i}" for i in range(4)]
 def _fake_run(folder, dice, losses, hd=None):
     report = EvalReport(modalities=tuple(BRATS_MODALITIES), regions=("WT", "TC", "ET"), combinations=COMBOS,
                         case_ids=CASES, dice=dice, hd95=hd, sites=["site0"] * len(CASES))
-    report.write(folder, heatmap=False)
+    write_report(report, folder, heatmap=False)
     log = CsvLog(folder / "train_log.csv")
     for i, loss in enumerate(losses):
         log.write({"step": (i + 1) * 10, "lr": 0.01, "loss": loss, "fuse": loss})
@@ -143,3 +98,104 @@ def test_report_of_a_folder_that_is_not_a_study(tmp_path):
 
     with pytest.raises(ConfigError, match="not a study folder"):
         write_study_report(tmp_path)
+
+
+# ---- collapse judged from what a run predicts ------------------------------------------------------------------
+
+LABELS = ["background", "necrosis", "edema", "enhancing"]
+VOXELS, WT, TC, ET = 1000, 60, 25, 10  # every fake case: region sizes in voxels
+
+
+def _constant_dice_by_hand() -> np.ndarray:
+    """[labels, regions]: Dice of one label everywhere, 2|G| / (N + |G|) where the label is in the region."""
+    def everywhere(g):
+        return 2 * g / (VOXELS + g)
+
+    return np.array([[0.0, 0.0, 0.0],  # background everywhere: no region predicted, every reference non-empty
+                     [everywhere(WT), everywhere(TC), 0.0],  # necrosis: in WT and TC
+                     [everywhere(WT), 0.0, 0.0],  # edema: WT only
+                     [everywhere(WT), everywhere(TC), everywhere(ET)]])
+
+
+def _predicting_run(folder, dice, fractions, brain=0.5, log_extra=None):
+    """A fake run whose eval.json records what it predicted (label fractions per pair) and the constant Dice."""
+    n = len(CASES)
+    report = EvalReport(modalities=tuple(BRATS_MODALITIES), regions=("WT", "TC", "ET"), combinations=COMBOS,
+                        case_ids=CASES, dice=dice, sites=["site0"] * n, label_names=LABELS,
+                        label_fraction=np.broadcast_to(np.asarray(fractions, float), (n, 15, 4)).copy(),
+                        constant_dice=np.broadcast_to(_constant_dice_by_hand(), (n, 4, 3)).copy(),
+                        brain_fraction=np.full(n, brain),
+                        settings={"hd95_convention": None, "lesion_convention": None})
+    write_report(report, folder, heatmap=False)
+    log = CsvLog(folder / "train_log.csv")
+    for i in range(4):
+        log.write({"step": (i + 1) * 10, "lr": 0.01, "fuse": 1.0 - 0.1 * i, "pixel_kl": 0.01, "loss": 1.2 - 0.1 * i,
+                   **(log_extra or {})})
+
+
+def test_runs_predicting_a_constant_or_more_tumour_than_brain_are_collapsed_whatever_the_thresholds(tmp_path):
+    _spec(tmp_path, seeds=(0, 1, 2))
+    rng = np.random.default_rng(3)
+    healthy = [0.94, 0.02, 0.03, 0.01]
+    for seed in range(3):
+        _predicting_run(tmp_path / "runs" / "base" / f"seed-{seed}", rng.uniform(0.5, 0.8, (4, 15, 3)), healthy)
+    everywhere = np.broadcast_to(_constant_dice_by_hand()[2], (4, 15, 3)).copy()  # edema in every voxel
+    assert everywhere[0, 0, 0] > 0.10  # WT about 11%: above the Dice thresholds
+    _predicting_run(tmp_path / "runs" / "new" / "seed-0", everywhere, [0, 0, 1, 0])
+    overflow = np.broadcast_to([0.288, 0.05, 0.02], (4, 15, 3)).copy()  # 70% of the volume tumour, brain 50%
+    _predicting_run(tmp_path / "runs" / "new" / "seed-1", overflow, [0.3, 0.0, 0.7, 0.0])
+    _predicting_run(tmp_path / "runs" / "new" / "seed-2", rng.uniform(0.5, 0.8, (4, 15, 3)), healthy)
+    summary = write_study_report(tmp_path)
+    runs = {(r["arm"], r["seed"]): r for r in summary["runs"]}
+    assert runs["new", 0]["status"] == "collapsed" and "predicting 'edema' everywhere" in runs["new", 0]["reason"]
+    assert runs["new", 1]["status"] == "collapsed"
+    assert "more voxels as tumour than the brain" in runs["new", 1]["reason"]
+    assert [runs["base", s]["status"] for s in range(3)] == ["ok"] * 3 and runs["new", 2]["status"] == "ok"
+
+
+def test_one_label_nearly_everywhere_is_a_collapse():
+    from prism.study.collapse import prediction_collapse
+
+    n = len(CASES)
+    report = EvalReport(modalities=tuple(BRATS_MODALITIES), regions=("WT", "TC", "ET"), combinations=COMBOS,
+                        case_ids=CASES, dice=np.full((n, 15, 3), 0.3), label_names=LABELS,
+                        label_fraction=np.broadcast_to([0.004, 0.001, 0.995, 0.0], (n, 15, 4)).copy(),
+                        constant_dice=np.broadcast_to(_constant_dice_by_hand(), (n, 4, 3)).copy(),
+                        brain_fraction=np.full(n, 1.0))
+    assert "predicts 'edema' in 99.5% of the volume" in prediction_collapse(report)
+    report.label_fraction[:] = [0.9, 0.03, 0.05, 0.02]
+    assert prediction_collapse(report) is None
+    report.constant_dice = None  # a report written before predictions were recorded: no judgement
+    assert prediction_collapse(report) is None
+
+
+# ---- verdicts, term shares, conventions, curves ------------------------------------------------------------------
+
+def test_two_seeds_say_too_few_seeds_and_shares_and_conventions_are_reported(tmp_path):
+    _spec(tmp_path, seeds=(0, 1))
+    rng = np.random.default_rng(4)
+    healthy = [0.94, 0.02, 0.03, 0.01]
+    for seed in (0, 1):
+        _predicting_run(tmp_path / "runs" / "base" / f"seed-{seed}", rng.uniform(0.5, 0.6, (4, 15, 3)), healthy,
+                        log_extra={"share.fuse": 0.9, "share.pixel_kl": 0.1})
+        _predicting_run(tmp_path / "runs" / "new" / f"seed-{seed}", rng.uniform(0.8, 0.9, (4, 15, 3)), healthy,
+                        log_extra={"share.fuse": 0.99, "share.pixel_kl": 0.01})
+    summary = write_study_report(tmp_path)
+    d = summary["arms"]["new"]["vs_reference"]["dice"]
+    assert all(low > 0 for low in d["low"])  # a large difference, yet two seeds cannot carry a verdict
+    assert d["verdict"] == ["too few seeds to conclude"] * 3
+    assert summary["arms"]["new"]["term_shares"] == pytest.approx({"fuse": 0.99, "pixel_kl": 0.01})
+    assert summary["conventions"]["averaging"].startswith("mean over the modality combinations")
+    md = (tmp_path / "report.md").read_text()
+    assert "too few seeds to conclude (2 seeds)" in md and "Agree" not in md
+    assert "| new | 99.0 | 1.0 |" in md  # the shares table, in % of the total
+    assert "Within-seed" in md and "Student's t" in md
+
+
+def test_the_training_curves_show_comparable_components_never_the_total():
+    from prism.study.plots import loss_components
+
+    logs = [{"step": np.arange(3), "lr": np.ones(3), "loss": np.ones(3), "uni": np.ones(3), "fuse": np.ones(3),
+             "share.fuse": np.ones(3), "samples_per_s": np.ones(3)},
+            {"step": np.arange(3), "loss": np.ones(3), "fuse": np.ones(3), "meta": np.ones(3)}]
+    assert loss_components(logs) == ["fuse", "uni", "meta"]

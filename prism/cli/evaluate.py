@@ -6,12 +6,62 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from .common import OneLineParser, case_progress, report_table, run_command, stdout_console
+
+if TYPE_CHECKING:
+    from ..runs import TrainedRun
+
+# ---- flag types: a bad value is one argparse line naming the flag (exit 2), before anything is loaded ----------
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def _finite_float(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = True
+                  ) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):
+            left, right = "(" if low_open else "[", ")" if high_open or math.isinf(high) else "]"
+            raise argparse.ArgumentTypeError(f"must be a finite number in {left}{low:g}, {high:g}{right}, got {text}")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
+def _hd95_empty(text: str) -> float | str:
+    """``convention`` (the convention's value), ``nan`` -> NaN (left out), else a finite number >= 0."""
+    if text == "convention":
+        return text
+    if text.lower() == "nan":
+        return math.nan
+    return _finite_float(0.0)(text)
+
+
+COUNT = _int_at_least(0)
+POSITIVE = _int_at_least(1)
+LR = _finite_float(0.0, low_open=True)
 
 EPILOG = """\
 examples:
@@ -47,26 +97,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="cache split to evaluate (default: the run's eval.split)")
     p.add_argument("--data", type=Path, help="evaluate on this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
-    p.add_argument("--max-cases", type=int, help="evaluate only the first N cases of the split")
-    p.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"),
-                   help="sliding-window size (default: the whole volume at once)")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default 0.5)")
-    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass, each run for every combination")
+    p.add_argument("--max-cases", type=POSITIVE, help="evaluate only the first N cases of the split")
+    p.add_argument("--window", type=POSITIVE, nargs=3, metavar=("D", "H", "W"),
+                   help="sliding-window size, at most the volume's (default: the whole volume at once)")
+    p.add_argument("--overlap", type=_finite_float(0.0, 1.0), help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--sw-batch-size", type=POSITIVE,
+                   help="windows per forward pass (>= 1), each run for every combination")
     p.add_argument("--tta", choices=TTA_MODES,
                    help="test-time augmentation: mirror = mean probabilities of the 8 flips (default: eval.tta)")
-    p.add_argument("--et-postprocess", type=int, metavar="VOXELS",
+    p.add_argument("--et-postprocess", type=COUNT, metavar="VOXELS",
                    help="fewer predicted ET voxels count as none (BraTS: 500; 0 = off)")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (Dice only)")
-    p.add_argument("--hd95-empty", choices=["brats", "nan"],
-                   help="HD95 when exactly one of prediction and reference is empty: 373.13 mm (brats, default) "
-                   "or left out of the means (nan)")
+    p.add_argument("--hd95", choices=["monai", "brats2023"], dest="hd95_convention",
+                   help="whose HD95: MONAI's compute_hausdorff_distance (monai, default) or the BraTS 2023 "
+                   "challenge code's surface-area-weighted one (brats2023)")
+    p.add_argument("--hd95-empty", type=_hd95_empty, metavar="MM",
+                   help="HD95 when exactly one of prediction and reference is empty: 'convention' (monai 373.13, "
+                   "brats2023 374; default), a number of mm, or 'nan' (left out of the means)")
     p.add_argument("--no-heatmap", action="store_true", help="do not write eval_dice.png")
     adapt = p.add_argument_group("fast adaptation (evaluate a held-out site before and after fine-tuning)")
     adapt.add_argument("--adapt-site", metavar="SITE", help="the site to adapt to (cases' site attribute)")
-    adapt.add_argument("--adapt-cases", type=int, metavar="N", help="support cases taken from the site (default 1)")
-    adapt.add_argument("--adapt-steps", type=int, metavar="K", help="fine-tuning steps (default 10)")
-    adapt.add_argument("--adapt-lr", type=float, help="fine-tuning learning rate (default 0.01)")
-    adapt.add_argument("--adapt-patch", type=int, nargs=3, metavar=("D", "H", "W"),
+    adapt.add_argument("--adapt-cases", type=POSITIVE, metavar="N",
+                       help="support cases taken from the site (default 1)")
+    adapt.add_argument("--adapt-steps", type=COUNT, metavar="K", help="fine-tuning steps (default 10)")
+    adapt.add_argument("--adapt-lr", type=LR, help="fine-tuning learning rate, finite and > 0 (default 0.01)")
+    adapt.add_argument("--adapt-patch", type=POSITIVE, nargs=3, metavar=("D", "H", "W"),
                        help="fine-tuning patch size (default: whole volumes)")
     return p
 
@@ -78,8 +133,9 @@ def compare_parser() -> argparse.ArgumentParser:
         "over the cases both runs were evaluated on.")
     p.add_argument("run_a", type=Path, metavar="RUN_A", help="run folder (or its eval.json)")
     p.add_argument("run_b", type=Path, metavar="RUN_B", help="run folder (or its eval.json)")
-    p.add_argument("--samples", type=int, default=10000, help="bootstrap resamples (default 10000)")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--samples", type=POSITIVE, default=10000, help="bootstrap resamples (default 10000)")
+    p.add_argument("--confidence", type=_finite_float(0.0, 1.0, low_open=True), default=0.95,
+                   help="interval level in (0, 1) (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--per-combination", action="store_true", help="also one row per combination")
     p.add_argument("--json", action="store_true", help="print the differences as JSON")
@@ -94,15 +150,17 @@ def adapt_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--site", required=True, help="the site to adapt to (cases' site attribute)")
     p.add_argument("--steps", default="0,1,5,20", help="adaptation steps K, comma-separated (default 0,1,5,20)")
-    p.add_argument("--support", type=int, default=1, metavar="N", help="support cases per draw (default 1)")
-    p.add_argument("--draws", type=int, default=3, metavar="R", help="support draws (default 3)")
+    p.add_argument("--support", type=POSITIVE, default=1, metavar="N", help="support cases per draw (default 1)")
+    p.add_argument("--draws", type=POSITIVE, default=3, metavar="R", help="support draws (default 3)")
     p.add_argument("--rule", choices=("strategy", "fine_tune"), default="strategy",
                    help="the run's own adaptation rule (strategy.adapt, default) or plain fine-tuning")
-    p.add_argument("--lr", type=float, help="step size (default: the strategy's own; 0.01 for fine_tune)")
+    p.add_argument("--lr", type=LR, help="step size, finite and > 0 (default: the strategy's own; 0.01 for fine_tune)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="fine_tune only (default sgd)")
-    p.add_argument("--patch", type=int, nargs=3, metavar=("D", "H", "W"), help="patch size (default: whole volumes)")
+    p.add_argument("--patch", type=POSITIVE, nargs=3, metavar=("D", "H", "W"),
+                   help="patch size (default: whole volumes)")
     p.add_argument("--split", help="where the site's cases come from (default: 'heldout' if present, else eval.split)")
-    p.add_argument("--max-query", type=int, metavar="Q", help="evaluate on at most Q of the other cases per draw")
+    p.add_argument("--max-query", type=POSITIVE, metavar="Q",
+                   help="evaluate on at most Q of the other cases per draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws and adaptation (default 0)")
     p.add_argument("--data", type=Path, help="use this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
@@ -119,13 +177,13 @@ def fewshot_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--classes", help="label values, comma-separated (default: the run's held_out_classes)")
     p.add_argument("--shots", default="1,5", help="support set sizes N, comma-separated (default 1,5)")
-    p.add_argument("--steps", type=int, default=10, metavar="K", help="adaptation steps (default 10)")
-    p.add_argument("--draws", type=int, default=3, metavar="R", help="support draws (default 3)")
+    p.add_argument("--steps", type=COUNT, default=10, metavar="K", help="adaptation steps (default 10)")
+    p.add_argument("--draws", type=POSITIVE, default=3, metavar="R", help="support draws (default 3)")
     p.add_argument("--baseline", type=Path, metavar="RUN", help="also score this run (e.g. a standard one, "
                    "adapted by fine-tuning) on the same draws")
-    p.add_argument("--lr", type=float, help="step size for every run (default: each strategy's own)")
+    p.add_argument("--lr", type=LR, help="step size for every run, finite and > 0 (default: each strategy's own)")
     p.add_argument("--split", help="where support and query cases come from (default: the run's eval.split)")
-    p.add_argument("--max-query", type=int, metavar="Q", help="score at most Q query cases per draw")
+    p.add_argument("--max-query", type=POSITIVE, metavar="Q", help="score at most Q query cases per draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     p.add_argument("--data", type=Path, help="use this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
@@ -151,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..data.cache_reader import CacheReader
     from ..evaluation.adaptation import AdaptationSettings, evaluation_rule
-    from ..evaluation.hausdorff import BRATS_EMPTY_HD95
-    from ..evaluation.report import evaluate, evaluate_kwargs
-    from ..evaluation.results import mean_over_combinations
+    from ..evaluation.provenance import CHECKPOINT_FILE, load_with_record, same_checkpoint
+    from ..evaluation.report import evaluate, evaluate_kwargs, write_report
+    from ..evaluation.results import combination_mean
     from .predict import load_runs
 
     run_dirs, out_dir = _evaluated_runs(args)
@@ -161,7 +219,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     for flag, field in ((args.split, "eval.split"), (args.max_cases, "eval.max_cases")):
         if flag is not None:
             overrides.append(f"{field}={flag}")
-    run = load_runs(run_dirs, cache=args.data, device=args.device, overrides=overrides)
+    checkpoint = None if args.ensemble else run_dirs[0] / CHECKPOINT_FILE
+    if checkpoint is None:  # an ensemble's report names its runs instead of one checkpoint
+        run, record = load_runs(run_dirs, cache=args.data, device=args.device, overrides=overrides), None
+    else:
+        run, record = load_with_record(checkpoint, lambda: load_runs(run_dirs, cache=args.data, device=args.device,
+                                                                     overrides=overrides))
     config = run.config
     kwargs = evaluate_kwargs(config.eval)
     if args.ensemble:
@@ -172,8 +235,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             kwargs[key] = flag
     if args.no_hd95:
         kwargs["hd95"] = False
+    if args.hd95_convention is not None:
+        kwargs["hd95_convention"] = args.hd95_convention
     if args.hd95_empty is not None:
-        kwargs["hd95_empty"] = BRATS_EMPTY_HD95 if args.hd95_empty == "brats" else math.nan
+        kwargs["hd95_empty"] = None if args.hd95_empty == "convention" else args.hd95_empty
     if args.adapt_site is not None or "adaptation" in kwargs:
         base = kwargs.get("adaptation") or AdaptationSettings(site=args.adapt_site)
         fields = asdict(base)
@@ -195,15 +260,18 @@ def _evaluate(args: argparse.Namespace) -> int:
                               adapt_rule=evaluation_rule(run.strategy), **kwargs)  # type: ignore[arg-type]
     finally:
         reader.close()
-    if args.ensemble:
+    if checkpoint is None:
         report.settings["ensemble"] = [str(d) for d in run_dirs]
-    paths = report.write(out_dir, heatmap=not args.no_heatmap)
+    else:
+        same_checkpoint(record, checkpoint)  # not replaced while evaluating: the report scored that checkpoint
+        report.checkpoint = record
+    paths = write_report(report, out_dir, heatmap=not args.no_heatmap)
     console = stdout_console()
     console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
     if report.adaptation is not None:
         a = report.adaptation
-        before = mean_over_combinations(a.before.mean_dice()) * 100
-        after = mean_over_combinations(a.after.mean_dice()) * 100
+        before = combination_mean(a.before.dice) * 100
+        after = combination_mean(a.after.dice) * 100
         change = ", ".join(f"{r} {x:.2f} -> {y:.2f}" for r, x, y in zip(report.regions, before, after, strict=True))
         console.print(f"fast adaptation to '{a.site}' ({a.steps} steps on {len(a.support_cases)} cases, "
                       f"{len(a.query_cases)} evaluated): mean Dice {change}")
@@ -238,8 +306,8 @@ def _adapt(args: argparse.Namespace) -> int:
         steps = [int(k) for k in args.steps.split(",") if k.strip()]
     except ValueError:
         raise ConfigError(f"--steps: comma-separated integers, got {args.steps!r}") from None
-    if not steps or min(steps) < 0 or args.support < 1 or args.draws < 1 or (args.lr is not None and args.lr <= 0):
-        raise ConfigError("--steps must be counts >= 0, --support and --draws >= 1, --lr > 0")
+    if not steps or min(steps) < 0:
+        raise ConfigError(f"--steps: counts >= 0 needed, got {args.steps!r}")
     console = stdout_console()
     curve = run_adaptation_curve(
         args.run_dir, site=args.site, steps=steps, support=args.support, draws=args.draws, lr=args.lr,
@@ -269,19 +337,23 @@ def _fewshot(args: argparse.Namespace) -> int:
     from ..data.cache_reader import CacheReader
     from ..errors import ConfigError
     from ..evaluation.fewshot import fewshot_dice, fewshot_markdown, write_fewshot
+    from ..evaluation.provenance import CHECKPOINT_FILE, load_with_record
     from ..runs import load_run
 
-    if args.steps < 0 or args.draws < 1 or (args.lr is not None and args.lr <= 0):
-        raise ConfigError("--steps must be >= 0, --draws >= 1, --lr > 0")
     shots = _int_list(args.shots, "--shots")
-    run = load_run(args.run_dir, cache=args.data, device=args.device)
+
+    def load(folder: Path) -> tuple[TrainedRun, dict[str, object]]:
+        return load_with_record(folder / CHECKPOINT_FILE, lambda: load_run(folder, cache=args.data,
+                                                                           device=args.device))
+
+    run, record = load(args.run_dir)
     held_out = [int(c) for c in getattr(run.strategy, "held_out_classes", ())]
     if args.classes is None and not held_out:
         raise ConfigError("--classes: the run holds out no class (strategy.options.held_out_classes); name them")
     classes = _int_list(args.classes, "--classes") if args.classes is not None else held_out
-    runs = [(args.run_dir, run)]
+    runs = [(args.run_dir, run, record)]
     if args.baseline is not None:
-        runs.append((args.baseline, load_run(args.baseline, cache=args.data, device=args.device)))
+        runs.append((args.baseline, *load(args.baseline)))
     reader = CacheReader(run.cache)
     try:
         cases = list(reader.split(args.split or run.config.eval.split))
@@ -289,7 +361,9 @@ def _fewshot(args: argparse.Namespace) -> int:
                                 draws=args.draws, seed=args.seed, exclude=held_out, max_query=args.max_query,
                                 lr=args.lr, device=r.device, run=Path(folder).name,
                                 strategy_name=r.config.strategy.name)
-                   for folder, r in runs]
+                   for folder, r, _ in runs]
+        for result, (_, _, rec) in zip(results, runs, strict=True):
+            result.checkpoint = rec
     finally:
         reader.close()
     paths = write_fewshot(results, args.output or args.run_dir)
@@ -305,17 +379,18 @@ def _fmt(v: float) -> str:
 def _compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ..errors import ConfigError
-    from ..evaluation.compare import compare_reports, load_report
+    from ..evaluation.compare import compare_reports, hd95_convention, load_report
+    from ..evaluation.results import AVERAGING
+    from ..evaluation.writers import hd95_definition
 
-    if args.samples < 1 or not 0 < args.confidence < 1:
-        raise ConfigError(f"--samples must be >= 1 and --confidence in (0, 1), got {args.samples}, {args.confidence}")
     a, b = load_report(args.run_a), load_report(args.run_b)
     diffs = compare_reports(a, b, samples=args.samples, confidence=args.confidence, seed=args.seed,
                             per_combination=args.per_combination)
+    conventions = {"hd95": [hd95_convention(a), hd95_convention(b)], "averaging": AVERAGING,
+                   "checkpoints": [a.checkpoint, b.checkpoint]}
     if args.json:
         print(json.dumps({"a": str(args.run_a), "b": str(args.run_b), "confidence": args.confidence,
-                          "samples": args.samples, "seed": args.seed,
+                          "samples": args.samples, "seed": args.seed, "conventions": conventions,
                           "differences": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                            for k, v in asdict(d).items()} for d in diffs]}, indent=2))
         return 0
@@ -331,6 +406,10 @@ def _compare(args: argparse.Namespace) -> int:
                       _fmt(d.diff), f"[{_fmt(d.ci_low)}, {_fmt(d.ci_high)}]")
     console = stdout_console()
     console.print(table)
+    hd_a, hd_b = conventions["hd95"]
+    console.print(f"A and B: the {AVERAGING}; HD95 "
+                  + (hd95_definition(hd_a) if hd_a == hd_b and hd_a is not None else
+                     f"not compared (A {hd_a or 'none'}, B {hd_b or 'none'})") + ".")
     differing = sorted(k for k in set(a.settings) | set(b.settings) if a.settings.get(k) != b.settings.get(k))
     if differing:
         console.print("note: the runs were evaluated with different settings: " + ", ".join(

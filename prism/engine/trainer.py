@@ -21,7 +21,7 @@ from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader, dataset_changed_message
 from ..errors import CheckpointError, ConfigError
 from ..evaluation.adaptation import evaluation_rule
-from ..evaluation.report import EvalReport, evaluate, evaluate_kwargs
+from ..evaluation.report import EvalReport, checkpoint_record, evaluate, evaluate_kwargs, write_report
 from ..registry import blame, get_registry
 from ..runs import BEST_NAME, CHECKPOINT_NAME
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
@@ -395,5 +395,7 @@ class Trainer:
         report = evaluate(self.ctx.model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
                           channels_last=cfg.train.channels_last, on_case=on_case,
                           adapt_rule=evaluation_rule(self.strategy), **evaluate_kwargs(cfg.eval))
-        report.write(self.run_dir)
+        checkpoint = self.run_dir / CHECKPOINT_NAME  # the model evaluated is the one fit() saved last
+        report.checkpoint = checkpoint_record(checkpoint) if checkpoint.is_file() else None
+        write_report(report, self.run_dir)
         return report

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import write_atomic, write_text_atomic
 from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from ..errors import ConfigError, DataError
@@ -37,8 +36,10 @@ from .adaptation import (
     strategy_rule,
 )
 from .options import EvalOptions
-from .results import mean_over_combinations
+from .provenance import load_with_record
+from .results import AVERAGING, combination_mean
 from .scoring import evaluate_cases
+from .writers import checkpoint_line, write_file_set
 
 HELD_OUT_SPLIT = "heldout"
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "adapt.json", "adapt.md", "adapt.png"
@@ -57,6 +58,7 @@ class AdaptationCurve:
     support: list[list[str]]
     query: list[list[str]]
     settings: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] | None = None  # the checkpoint adapted (prism.evaluation.provenance)
 
     def mean(self) -> np.ndarray:
         return self.dice.mean(axis=0)
@@ -70,7 +72,8 @@ class AdaptationCurve:
         def rows(a: np.ndarray) -> list[list[float | None]]:
             return [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in a]
 
-        return {"site": self.site, "steps": self.steps, "regions": self.regions, "draws": int(self.dice.shape[0]),
+        return {"checkpoint": self.checkpoint, "site": self.site, "steps": self.steps, "regions": self.regions,
+                "draws": int(self.dice.shape[0]),
                 "dice_mean": rows(self.mean()), "dice_sd": rows(self.sd()), "settings": self.settings,
                 "per_draw": [{"support": s, "query": q, "dice": rows(d)}
                              for s, q, d in zip(self.support, self.query, self.dice, strict=True)]}
@@ -142,11 +145,12 @@ def adaptation_curve(model: Backbone, reader: CacheReader, members: Sequence[str
                 adapted = rule(model, cases, settings, device=device, amp_dtype=amp_dtype, loss_fn=loss_fn)
             report = evaluate_cases(adapted, reader, query, device=device, amp_dtype=amp_dtype, options=options)
             regions = list(report.regions)
-            per_k.append(mean_over_combinations(report.mean_dice()))
+            per_k.append(combination_mean(report.dice))
             if on_step is not None:
                 on_step(r, k)
         results.append(np.stack(per_k))
-    settings = {**base.settings(), "steps": ks, "support_cases": support, "draws": draws, "max_query": max_query}
+    settings = {**base.settings(), "steps": ks, "support_cases": support, "draws": draws, "max_query": max_query,
+                "averaging": AVERAGING, "evaluation": options.settings()}
     return AdaptationCurve(site=site, steps=ks, regions=regions, dice=np.stack(results),
                            support=[p[0] for p in pairs], query=[p[1] for p in pairs], settings=settings)
 
@@ -161,7 +165,7 @@ def curve_markdown(curve: AdaptationCurve) -> str:
     lines = [f"# Adaptation to site '{curve.site}'", "",
              f"{s.get('support_cases')} support case(s) per draw, {curve.dice.shape[0]} draw(s), rule "
              f"{s.get('rule', 'fine_tune')}, lr {s.get('lr') or 'the strategy default'}, patch "
-             f"{s.get('patch_size') or 'whole volume'}; Dice (%) is the "
+             f"{s.get('patch_size') or 'whole volume'}; {checkpoint_line(curve.checkpoint)}; Dice (%) is the "
              "mean over the modality combinations of the mean over the draw's query cases; mean ± sd over draws.",
              "", "| K | " + " | ".join(curve.regions) + " |", "|---:|" + "---:|" * len(curve.regions)]
     for i, k in enumerate(curve.steps):
@@ -169,7 +173,8 @@ def curve_markdown(curve: AdaptationCurve) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curve(curve: AdaptationCurve, path: Path) -> None:
+def plot_curve(curve: AdaptationCurve) -> Any:
+    """The curve as a matplotlib Figure (Agg canvas): Dice against K per region, band = +- sd over draws."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -185,17 +190,17 @@ def plot_curve(curve: AdaptationCurve, path: Path) -> None:
     ax.set_title(f"site '{curve.site}', {curve.dice.shape[0]} draw(s)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return fig
 
 
 def write_curve(curve: AdaptationCurve, out_dir: Path) -> list[Path]:
-    """adapt.json, adapt.md and adapt.png in ``out_dir``."""
-    out_dir = Path(out_dir)
-    paths = [out_dir / JSON_NAME, out_dir / MARKDOWN_NAME, out_dir / PLOT_NAME]
-    write_text_atomic(paths[0], json.dumps(curve.to_dict(), indent=2) + "\n")
-    write_text_atomic(paths[1], curve_markdown(curve))
-    plot_curve(curve, paths[2])
-    return paths
+    """adapt.json, adapt.md and adapt.png in ``out_dir``, as one set (a failure leaves the old set whole)."""
+    text, markdown, fig = json.dumps(curve.to_dict(), indent=2) + "\n", curve_markdown(curve), plot_curve(curve)
+    return write_file_set(Path(out_dir), {
+        JSON_NAME: lambda tmp: tmp.write_text(text, encoding="utf-8"),
+        MARKDOWN_NAME: lambda tmp: tmp.write_text(markdown, encoding="utf-8"),
+        PLOT_NAME: lambda tmp: fig.savefig(tmp, format="png"),
+    })
 
 
 def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int] = (0, 1, 5, 20), support: int = 1,
@@ -215,7 +220,7 @@ def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int]
     """
     if rule not in RULES:
         raise ConfigError(f"--rule: one of {', '.join(RULES)}, got {rule!r}")
-    run = load_run(run_dir, cache=cache, device=device)
+    run, record = load_with_record(Path(run_dir) / "last.pt", lambda: load_run(run_dir, cache=cache, device=device))
     chosen: AdaptRule = adapt_model
     if rule == "strategy":
         chosen = strategy_rule(run.strategy, use_strategy_lr=lr is None)
@@ -235,6 +240,7 @@ def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int]
                                      draws=draws, base=base, device=run.device, amp_dtype=run.amp_dtype,
                                      options=options, max_query=max_query, rule=chosen, on_step=on_step)
         curve.settings.update(rule=rule if rule == "fine_tune" else f"strategy:{run.config.strategy.name}", lr=lr)
+        curve.checkpoint = record
     finally:
         reader.close()
     write_curve(curve, Path(run_dir))

@@ -1,10 +1,12 @@
 """Compare two evaluation reports case by case: per-region differences with paired bootstrap confidence intervals.
 
-For each region and metric, a case's value is its mean over the combinations (NaN entries left out: HD95 left
-out by convention, and combinations not scored for the case because it lacks one of their modalities; a pair
-scored in only one of the reports is left out of both);
-the difference is B - A over the cases both reports hold, and its confidence interval comes from resampling
-those cases with replacement (seeded, BCa: bias-corrected and accelerated, scipy.stats.bootstrap).
+Each report's value is its headline metric, :func:`~prism.evaluation.results.combination_mean` (the mean over the
+combinations of each combination's mean over cases), the one average eval.md, eval.json and the study report
+print, taken over the cases both reports hold and the (case, combination, region) entries both scored (NaN
+entries left out: HD95 left out by convention, combinations a case lacks a modality for; an entry scored in only
+one report is left out of both). The difference is B - A; its confidence interval comes from resampling the cases
+with replacement and recomputing the same average (seeded, BCa: bias-corrected and accelerated,
+``scipy.stats.bootstrap``). It covers case-to-case variation only, not seed-to-seed variation (``prism-study``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 from ..errors import DataError
-from .results import EvalReport
+from .results import EvalReport, combination_mean
 from .writers import JSON_NAME
 
 
@@ -66,29 +68,61 @@ def bootstrap_ci(values: np.ndarray, *, samples: int = 10000, confidence: float 
     Returns:
         ``(low, high)``; ``(v, v)`` when every value is ``v`` (up to rounding); NaNs when fewer than two values remain.
     """
-    values = np.asarray(values, dtype=np.float64)
-    values = values[~np.isnan(values)]
-    if values.size == 0 or (values.size == 1):
+    return bootstrap_mean_ci(np.asarray(values, dtype=np.float64)[:, None], samples=samples, confidence=confidence,
+                             seed=seed)
+
+
+def _case_weights(indices: np.ndarray, n: int) -> np.ndarray:
+    """``[B, n]`` counts of each case in each row of drawn case indices ``[B, m]``."""
+    rows = indices.reshape(-1, indices.shape[-1]).astype(np.intp)
+    weights = np.zeros((rows.shape[0], n))
+    np.add.at(weights, (np.arange(rows.shape[0])[:, None], rows), 1.0)
+    return weights
+
+
+def bootstrap_mean_ci(values: np.ndarray, *, samples: int = 10000, confidence: float = 0.95, seed: int = 0
+                      ) -> tuple[float, float]:
+    """BCa bootstrap interval of :func:`~prism.evaluation.results.combination_mean` of ``values``, resampling cases.
+
+    Args:
+        values: ``[cases, combinations]`` of one region (e.g. paired differences; NaN entries left out).
+        samples, confidence, seed: as in :func:`bootstrap_ci`.
+
+    Returns:
+        ``(low, high)``; ``(v, v)`` when the statistic does not vary with the draw; NaNs with fewer than two cases
+        holding a value.
+    """
+    values = np.asarray(values, dtype=np.float64)[:, :, None]
+    keep = ~np.isnan(values).all(axis=(1, 2))
+    values = values[keep]
+    n = values.shape[0]
+    if n < 2:
         return float("nan"), float("nan")
-    if np.ptp(values) <= 1e-9 * max(1.0, float(np.abs(values).max())):  # no spread (up to rounding): BCa is 0/0
-        return float(values.mean()), float(values.mean())
-    res = stats.bootstrap((values,), np.mean, n_resamples=samples, confidence_level=confidence, method="BCa",
-                          rng=np.random.default_rng(seed))
+    estimate = float(combination_mean(values)[0])
+    finite = values[~np.isnan(values)]
+    if np.ptp(finite) <= 1e-9 * max(1.0, float(np.abs(finite).max())):  # one value everywhere: BCa is 0/0
+        return estimate, estimate
+
+    def statistic(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        weights = _case_weights(np.moveaxis(indices, axis, -1), n)
+        return combination_mean(values, weights)[:, 0].reshape(np.moveaxis(indices, axis, -1).shape[:-1])
+
+    res = stats.bootstrap((np.arange(n),), statistic, n_resamples=samples, confidence_level=confidence,
+                          method="BCa", rng=np.random.default_rng(seed), vectorized=True, batch=1000)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _case_values(metric: np.ndarray, combination: int | None) -> np.ndarray:
-    """``[cases, regions]``: one combination, or the mean over combinations ignoring NaN."""
-    if combination is not None:
-        return metric[:, combination]
-    ok = ~np.isnan(metric)
-    with np.errstate(all="ignore"):
-        return np.where(ok.any(1), np.nansum(metric, 1) / np.maximum(ok.sum(1), 1), np.nan)
+def hd95_convention(report: EvalReport) -> str | None:
+    """The HD95 convention a report used (None without HD95; reports that predate the setting used MONAI's)."""
+    return None if report.hd95 is None else str(report.settings.get("hd95_convention") or "monai")
 
 
 def compare_reports(a: EvalReport, b: EvalReport, *, samples: int = 10000, confidence: float = 0.95, seed: int = 0,
                     per_combination: bool = False) -> list[Difference]:
-    """Per-region differences B - A (Dice in percentage points, HD95 in mm) over the cases both reports share."""
+    """Per-region differences B - A (Dice in percentage points, HD95 in mm) over the cases both reports share.
+
+    HD95 is compared only when both reports computed it under the same convention (``monai`` or ``brats2023``).
+    """
     if a.regions != b.regions or a.combinations != b.combinations:
         raise DataError(f"the reports do not cover the same regions/combinations: {list(a.regions)} vs "
                         f"{list(b.regions)}, {len(a.combinations)} vs {len(b.combinations)} combinations")
@@ -104,22 +138,22 @@ def compare_reports(a: EvalReport, b: EvalReport, *, samples: int = 10000, confi
 
     metrics: list[tuple[str, np.ndarray, np.ndarray]] = [("dice", paired(a.dice[ia] * 100),
                                                           paired(b.dice[ib] * 100))]
-    if a.hd95 is not None and b.hd95 is not None:
+    if a.hd95 is not None and b.hd95 is not None and hd95_convention(a) == hd95_convention(b):
         metrics.append(("hd95", paired(a.hd95[ia]), paired(b.hd95[ib])))
     combos: list[int | None] = [None, *(range(len(a.combinations)) if per_combination else [])]
     out = []
     for name, va, vb in metrics:
+        both = ~(np.isnan(va) | np.isnan(vb))
+        va, vb = np.where(both, va, np.nan), np.where(both, vb, np.nan)
         for combo in combos:
-            ca, cb = _case_values(va, combo), _case_values(vb, combo)
+            cols = slice(None) if combo is None else slice(combo, combo + 1)
+            ca, cb, d = va[:, cols], vb[:, cols], vb[:, cols] - va[:, cols]
+            mean_a, mean_b, diff = combination_mean(ca), combination_mean(cb), combination_mean(d)
             for r, region in enumerate(a.regions):
-                d = cb[:, r] - ca[:, r]
-                ok = ~np.isnan(d)
-                lo, hi = bootstrap_ci(d, samples=samples, confidence=confidence, seed=seed)
+                lo, hi = bootstrap_mean_ci(d[:, :, r], samples=samples, confidence=confidence, seed=seed)
                 out.append(Difference(
                     metric=name, region=region, combination=None if combo is None else a.combinations[combo],
-                    mean_a=float(np.mean(ca[ok, r])) if ok.any() else float("nan"),
-                    mean_b=float(np.mean(cb[ok, r])) if ok.any() else float("nan"),
-                    diff=float(np.mean(d[ok])) if ok.any() else float("nan"), ci_low=lo, ci_high=hi,
-                    cases=int(ok.sum()),
+                    mean_a=float(mean_a[r]), mean_b=float(mean_b[r]), diff=float(diff[r]), ci_low=lo, ci_high=hi,
+                    cases=int((~np.isnan(d[:, :, r])).any(axis=1).sum()),
                 ))
     return out

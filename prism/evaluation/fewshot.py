@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from ..adapt import adapted_copy, class_logits, class_task_loss
-from ..atomic import ensure_folder, write_text_atomic
 from ..backbone import Backbone
 from ..batch import Batch
 from ..data.cache_reader import CacheReader
 from ..errors import ConfigError, DataError
 from ..strategy import Strategy
 from .metrics import mask_dice
+from .writers import checkpoint_line, write_file_set
 
 
 @dataclass
@@ -41,6 +41,7 @@ class FewShotResult:
     steps: int
     dice: np.ndarray
     support: dict[str, list[list[str]]] = field(default_factory=dict)  # "class/shots" -> cases per draw
+    checkpoint: dict[str, Any] | None = None  # the checkpoint adapted (prism.evaluation.provenance)
 
     def mean(self) -> np.ndarray:
         return self.dice.mean(-1)
@@ -49,7 +50,8 @@ class FewShotResult:
         return self.dice.std(-1, ddof=1) if self.dice.shape[-1] > 1 else np.zeros(self.dice.shape[:-1])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run": self.run, "strategy": self.strategy, "classes": self.classes, "shots": self.shots,
+        return {"checkpoint": self.checkpoint, "run": self.run, "strategy": self.strategy,
+                "classes": self.classes, "shots": self.shots,
                 "steps": self.steps, "dice": self.dice.tolist(), "mean": self.mean().tolist(),
                 "sd": self.sd().tolist(), "support": self.support}
 
@@ -149,7 +151,8 @@ def fewshot_markdown(results: Sequence[FewShotResult]) -> str:
     if not results:
         return ""
     shots = results[0].shots
-    lines = [f"Few-shot Dice (%) after {results[0].steps} adaptation steps, mean +- sd over draws", "",
+    lines = [f"Few-shot Dice (%) after {results[0].steps} adaptation steps, mean +- sd over draws; "
+             + "; ".join(f"{r.run or 'run'}: {checkpoint_line(r.checkpoint)}" for r in results), "",
              "| run | strategy | class | " + " | ".join(f"{n}-shot" for n in shots) + " |",
              "|---|---|---|" + "---|" * len(shots)]
     for res in results:
@@ -161,8 +164,13 @@ def fewshot_markdown(results: Sequence[FewShotResult]) -> str:
 
 
 def write_fewshot(results: Sequence[FewShotResult], out_dir: Path) -> list[Path]:
-    """``fewshot.json`` and ``fewshot.md`` in ``out_dir`` (written atomically)."""
-    out_dir = ensure_folder(Path(out_dir))
-    return [write_text_atomic(out_dir / "fewshot.json",
-                              json.dumps([r.to_dict() for r in results], indent=2) + "\n"),
-            write_text_atomic(out_dir / "fewshot.md", fewshot_markdown(results))]
+    """``fewshot.json`` and ``fewshot.md`` in ``out_dir``, as one set (a failure leaves the old set whole).
+
+    fewshot.json: ``{"checkpoint": <the first run's checkpoint record>, "runs": [one result per run]}``, each
+    result with its own run's ``checkpoint``.
+    """
+    text = json.dumps({"checkpoint": results[0].checkpoint if results else None,
+                       "runs": [r.to_dict() for r in results]}, indent=2) + "\n"
+    markdown = fewshot_markdown(results)
+    return write_file_set(Path(out_dir), {"fewshot.json": lambda tmp: tmp.write_text(text, encoding="utf-8"),
+                                          "fewshot.md": lambda tmp: tmp.write_text(markdown, encoding="utf-8")})

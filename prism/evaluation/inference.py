@@ -8,6 +8,8 @@ mirroring (``tta='mirror'``, :mod:`prism.evaluation.tta`) wraps that window pred
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +42,66 @@ def check_window(model: Backbone, window: Sequence[int]) -> tuple[int, int, int]
         raise ConfigError(f"eval.window: {list(win)} must be multiples of {model.size_divisor} for "
                           f"backbone {type(model).__name__}")
     return win  # type: ignore[return-value]
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (free GPU memory, or the host's available memory), or
+    None where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return None
+    return None
+
+
+def sliding_window_bytes(spatial: Sequence[int], window: Sequence[int], modalities: int, combinations: int,
+                         num_classes: int, sw_batch_size: int) -> int:
+    """Bytes of the buffers a Gaussian-blended sliding-window pass allocates besides the model's own activations.
+
+    The blended float32 logits and their weight map over the volume padded to the window
+    (``combinations * num_classes + 1`` channels), the float32 Gaussian map of one window, and one batch of
+    ``sw_batch_size`` windows in and out of the model.
+    """
+    padded = math.prod(max(int(s), int(w)) for s, w in zip(spatial, window, strict=True))
+    win = math.prod(int(w) for w in window)
+    outputs = combinations * num_classes
+    return 4 * ((outputs + 1) * padded + win + sw_batch_size * (modalities + outputs) * win)
+
+
+def check_window_fits(model: Backbone, spatial: Sequence[int], window: Sequence[int], *, combinations: int,
+                      sw_batch_size: int, devices: Sequence[torch.device]) -> None:
+    """One-line ConfigError, before anything is allocated, when the window is larger than the volume or the
+    sliding-window buffers (:func:`sliding_window_bytes`) exceed the memory available where they go.
+
+    Args:
+        model: the backbone (its size divisor, modalities and classes).
+        spatial: the volume's ``(D, H, W)``.
+        window: the window size.
+        combinations: combinations predicted per sweep.
+        sw_batch_size: windows per forward pass.
+        devices: where the blended volume and the windows live (each is checked).
+    """
+    divisor = model.size_divisor
+    limit = [-(-int(s) // divisor) * divisor for s in spatial]  # the volume rounded up to the size divisor
+    if any(int(w) > m for w, m in zip(window, limit, strict=True)):
+        raise ConfigError(f"eval.window: {list(window)} is larger than the volume {list(spatial)} (at most "
+                          f"{limit} for this backbone); choose a smaller window, or none for whole volumes")
+    need = sliding_window_bytes(spatial, window, len(model.modalities), combinations, model.num_classes,
+                                sw_batch_size)
+    for device in dict.fromkeys(devices):
+        free = available_memory(device)
+        if free is not None and need > free:
+            raise ConfigError(f"eval.window {list(window)} with eval.sw_batch_size {sw_batch_size} and "
+                              f"{combinations} combinations per pass needs about {need / 2**30:.1f} GiB of buffers "
+                              f"on {device}, more than the {free / 2**30:.1f} GiB available; use a smaller window, "
+                              "sw_batch_size or combos_per_pass")
 
 
 def _whole_volume_logits(model: Backbone, x: torch.Tensor, forward: Predictor) -> torch.Tensor:
@@ -85,14 +147,18 @@ def predict_logits(model: Backbone, image: torch.Tensor, masks: torch.Tensor, *,
     """
     if not 0 <= overlap < 1:
         raise ConfigError(f"eval.overlap: must be in [0, 1), got {overlap}")
+    if sw_batch_size < 1:
+        raise ConfigError(f"eval.sw_batch_size: must be >= 1, got {sw_batch_size}")
     model.eval()
     x = image.to(device, non_blocking=True)
     m = masks.to(device)
     forward = with_tta(lambda windows: _forward(model, windows, m, amp_dtype, channels_last), tta)
     if window is None:
         return _whole_volume_logits(model, x, forward)
-    return _sliding_window_logits(x, m.shape[0], forward, check_window(model, window), overlap, sw_batch_size,
-                                  sigma_scale, output_device)
+    win = check_window(model, window)
+    check_window_fits(model, x.shape[1:], win, combinations=m.shape[0], sw_batch_size=sw_batch_size,
+                      devices=[output_device or x.device, x.device])
+    return _sliding_window_logits(x, m.shape[0], forward, win, overlap, sw_batch_size, sigma_scale, output_device)
 
 
 @torch.no_grad()

@@ -1,21 +1,26 @@
-"""Lesion-wise Dice and HD95 as the BraTS 2023+ challenges rank them (per region, per case).
+"""Lesion-wise Dice and HD95 as the BraTS 2023 challenge code computes them (per region, per case).
 
-The procedure (BraTS 2023 lesion-wise metrics, glioma settings by default):
+The definition is that of the challenge's evaluation code (BraTS-2023-Metrics, ``metrics.py``,
+``get_LesionWiseResults``), glioma settings by default; prism names it ``brats2023`` in every report:
 
 1. Reference lesions are the 26-connected components of the region's reference mask; components that fall in one
    connected component of the reference dilated ``dilation`` times (18-neighbourhood structuring element) are
    merged into one lesion, so satellites next to a lesion are not counted as separate lesions.
 2. Each lesion is dilated the same way; every 26-connected component of the prediction that touches the dilated
-   lesion is matched to it. The lesion's Dice and HD95 compare the lesion with the union of its matched
-   components (no match: Dice 0, HD95 ``missed_hd95`` = 374 mm).
+   lesion is matched to it (one component may be matched to several lesions). The lesion's Dice and HD95 compare
+   the lesion with the union of its matched components (no match: Dice 0, HD95 ``missed_hd95`` = 374 mm). The
+   HD95 is the challenge's surface-area-weighted one (:mod:`prism.evaluation.hausdorff`, ``brats2023``).
 3. Predicted components matched to no lesion are false positives: each adds a Dice 0 and an HD95 of 374.
 4. Lesions of at most ``min_volume`` mm^3 are left out (whether found or missed).
 5. Lesion-wise Dice = sum of the kept lesions' Dice / (kept lesions + false positives); lesion-wise HD95 likewise
    with 374 per false positive. No kept lesion and no false positive: Dice 1, HD95 0.
 
-Why not panoptica (the challenges' package): its releases pin numpy < 2.3 and rich < 14 (checked for 2.1.7),
-which would downgrade prism's environment (numpy 2.4, rich 15) and pull pandas, plotly and scikit-image; the
-matching above needs only scipy.ndimage, and HD95 comes from :func:`prism.evaluation.hausdorff.hd95`.
+Not panoptica's metric. The BraTS evaluation package now on PyPI (``brats-evaluation``, built on panoptica)
+computes another lesion-wise metric: lesions matched one to one (a prediction and a reference component matched
+when their Dice is above 0), no merging by dilation, no volume threshold, and the mean taken over matched lesions
+only, so it gives other numbers than the challenge code on the same masks. panoptica (2.1 series) pins
+numpy < 2.3 and rich < 14, which prism's environment (numpy 2.4, rich 15) cannot hold, so it is not offered as an
+option.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import numpy as np
 import torch
 
 from .hausdorff import hd95
+from .options import BRATS2023_EMPTY_HD95
 
-BRATS_MISSED_HD95 = 374.0
+BRATS_MISSED_HD95 = BRATS2023_EMPTY_HD95
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ def lesion_scores(pred: np.ndarray, reference: np.ndarray, spacing: Sequence[flo
         found = np.isin(pred_cc, touching)
         dices.append(2.0 * float((found & lesion).sum()) / float(found.sum() + lesion.sum()))
         value = hd95(torch.from_numpy(found)[None, None], torch.from_numpy(lesion)[None], spacing,
-                     empty_value=settings.missed_hd95)
+                     convention="brats2023", empty_value=settings.missed_hd95)
         hds.append(min(float(value[0, 0]), settings.missed_hd95))
     false_positives = n_pred - len(matched)
     total = len(dices) + false_positives

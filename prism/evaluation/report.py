@@ -1,7 +1,7 @@
 """Evaluate a model on every combination of every case of a split (and optionally fast adaptation), as a report.
 
-``evaluate(...)`` returns an :class:`EvalReport`; ``report.write(run_dir)`` writes eval.json, eval_cases.csv,
-eval.md and eval_dice.png.
+``evaluate(...)`` returns an :class:`EvalReport`; ``write_report(report, run_dir)`` writes eval.json,
+eval_cases.csv, eval.md and eval_dice.png as one set, and ``report_markdown(report)`` gives eval.md's text.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from .adaptation import AdaptationSettings, AdaptLoss, AdaptRule, adapt_model, load_support, site_cases
 from .options import DEFAULTS, EvalOptions
-from .results import AdaptationResult, EvalReport
+from .provenance import checkpoint_record, report_matches_checkpoint
+from .results import AdaptationResult, EvalReport, combination_mean
 from .scoring import evaluate_cases
+from .writers import report_markdown, write_report
 
-__all__ = ["AdaptationResult", "AdaptationSettings", "EvalOptions", "EvalReport", "evaluate"]
+__all__ = ["AdaptationResult", "AdaptationSettings", "EvalOptions", "EvalReport", "checkpoint_record",
+           "combination_mean", "evaluate", "report_markdown", "report_matches_checkpoint", "write_report"]
 
 
 def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, device: torch.device,
@@ -25,7 +28,8 @@ def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, d
              combos_per_pass: int = DEFAULTS.combos_per_pass, channels_last: bool = False,
              window: Sequence[int] | None = DEFAULTS.window, overlap: float = DEFAULTS.overlap,
              sw_batch_size: int = DEFAULTS.sw_batch_size, sigma_scale: float = DEFAULTS.sigma_scale,
-             hd95: bool = DEFAULTS.compute_hd95, hd95_empty: float = DEFAULTS.hd95_empty,
+             hd95: bool = DEFAULTS.compute_hd95, hd95_convention: str = DEFAULTS.hd95_convention,
+             hd95_empty: float | None = DEFAULTS.hd95_empty,
              stitch_on_cpu: bool = DEFAULTS.stitch_on_cpu, lesion_metrics: bool = DEFAULTS.lesion_metrics,
              tta: str = DEFAULTS.tta,
              adaptation: AdaptationSettings | None = None, adapt_loss: AdaptLoss | None = None,
@@ -34,15 +38,18 @@ def evaluate(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, d
 
     ``window=None`` predicts whole volumes; a window size switches to Gaussian-blended sliding windows with
     ``overlap``; ``tta='mirror'`` averages the probabilities of the 8 mirrorings (:mod:`prism.evaluation.tta`).
-    ``adaptation`` adds a fast-adaptation comparison on a held-out site to the same report, adapted by
-    ``adapt_rule`` (default: fine-tuning; :func:`~prism.evaluation.adaptation.evaluation_rule` gives a run's
+    ``hd95_convention``: ``"monai"`` or ``"brats2023"`` (:mod:`prism.evaluation.hausdorff`);
+    ``hd95_empty``: the HD95 of a pair with exactly one empty set (None: the convention's, NaN: left out).
+    ``adaptation`` adds a fast-adaptation comparison on a held-out site to the same report, adapted
+    by ``adapt_rule`` (default: fine-tuning; :func:`~prism.evaluation.adaptation.evaluation_rule` gives a run's
     strategy's own rule) on ``adapt_loss`` (default cross-entropy + soft Dice).
     """
     options = EvalOptions(
         window=tuple(int(w) for w in window) if window else None,  # type: ignore[arg-type]
         overlap=float(overlap), sw_batch_size=int(sw_batch_size), sigma_scale=float(sigma_scale),
         combos_per_pass=int(combos_per_pass), et_postprocess_voxels=int(et_postprocess_voxels),
-        compute_hd95=bool(hd95), hd95_empty=float(hd95_empty), channels_last=bool(channels_last),
+        compute_hd95=bool(hd95), hd95_convention=str(hd95_convention),
+        hd95_empty=None if hd95_empty is None else float(hd95_empty), channels_last=bool(channels_last),
         stitch_on_cpu=bool(stitch_on_cpu), lesion_metrics=bool(lesion_metrics), tta=str(tta),
     )
     cases = list(case_ids)
@@ -78,17 +85,17 @@ def adapt_and_evaluate(model: Backbone, reader: CacheReader, candidates: Sequenc
 def evaluate_kwargs(eval_config: object) -> dict[str, object]:
     """Keyword arguments of :func:`evaluate` from a config's ``eval`` section (fields it lacks keep defaults).
 
-    Fields read: et_postprocess_voxels, window, overlap, sw_batch_size, combos_per_pass, hd95, hd95_empty
-    (None = leave one-empty pairs out), stitch_on_cpu, lesion_metrics, tta, and adapt_site, adapt_cases,
-    adapt_steps, adapt_lr, adapt_optimizer, adapt_patch_size, adapt_split, adapt_seed for fast adaptation (off
-    while adapt_site is None).
+    Fields read: et_postprocess_voxels, window, overlap, sw_batch_size, combos_per_pass, hd95, hd95_convention,
+    hd95_empty ("convention" = the convention's value, None = leave one-empty pairs out), stitch_on_cpu,
+    lesion_metrics, tta, and adapt_site, adapt_cases, adapt_steps, adapt_lr,
+    adapt_optimizer, adapt_patch_size, adapt_split, adapt_seed for fast adaptation (off while adapt_site is None).
     """
     def get(name: str, default: object) -> object:
         value = getattr(eval_config, name, default)
         return default if value is None and default is not None else value
 
     d = DEFAULTS
-    hd95_empty = getattr(eval_config, "hd95_empty", d.hd95_empty)
+    hd95_empty = getattr(eval_config, "hd95_empty", "convention")
     kwargs: dict[str, object] = {
         "et_postprocess_voxels": get("et_postprocess_voxels", d.et_postprocess_voxels),
         "window": get("window", d.window),
@@ -96,7 +103,9 @@ def evaluate_kwargs(eval_config: object) -> dict[str, object]:
         "sw_batch_size": get("sw_batch_size", d.sw_batch_size),
         "combos_per_pass": get("combos_per_pass", d.combos_per_pass),
         "hd95": get("hd95", d.compute_hd95),
-        "hd95_empty": float("nan") if hd95_empty is None else float(hd95_empty),
+        "hd95_convention": get("hd95_convention", d.hd95_convention),
+        "hd95_empty": (d.hd95_empty if hd95_empty == "convention" else
+                       float("nan") if hd95_empty is None else float(hd95_empty)),
         "stitch_on_cpu": get("stitch_on_cpu", d.stitch_on_cpu),
         "lesion_metrics": get("lesion_metrics", d.lesion_metrics),
         "tta": get("tta", d.tta),

@@ -1,23 +1,63 @@
-"""Report files: summary JSON, per-case CSV, Markdown table in the papers' layout, PNG heatmap of Dice."""
+"""Report files: summary JSON, per-case CSV, Markdown table in the papers' layout, PNG heatmap of Dice.
+
+The files of one report are written as one set (:func:`write_file_set`): every file is written to a temporary
+file beside its target first, and only when all are written are they renamed over the old ones, so a failure
+(a full disk, a plotting error) leaves the previous set whole.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atomic import ensure_folder, write_atomic
+from ..atomic import atomic_path, ensure_folder, storage_error
 from ..modalities import display_name
-from .results import mean_over_combinations
-
-if TYPE_CHECKING:
-    from .results import AdaptationResult, EvalReport
+from .results import AVERAGING, AdaptationResult, EvalReport, mean_over_cases, mean_over_combinations
 
 JSON_NAME, CSV_NAME, MARKDOWN_NAME, HEATMAP_NAME = "eval.json", "eval_cases.csv", "eval.md", "eval_dice.png"
+REPORT_FILES = (JSON_NAME, CSV_NAME, MARKDOWN_NAME, HEATMAP_NAME)
+
+
+def write_file_set(folder: Path, writers: Mapping[str, Callable[[Path], object]], *,
+                   members: Sequence[str] = ()) -> list[Path]:
+    """Write the files of one set into ``folder``: all of them, or (on any failure) none.
+
+    Each ``writers[name](tmp)`` writes its file's whole content to a temporary path beside ``folder/name``
+    (:func:`prism.atomic.atomic_path`); the renames happen only after every file was written, the first name
+    last (so a reader that waits for it sees the complete set). Files named in ``members`` but not written this
+    time belong to an older set and are removed after the renames.
+
+    Returns:
+        The paths written, in the order of ``writers``.
+
+    Raises:
+        StorageError: a file could not be written (full disk, read-only folder); the old set is left whole.
+    """
+    folder = ensure_folder(folder)
+    paths = [folder / name for name in writers]
+    with contextlib.ExitStack() as stack:
+        for path, write in zip(paths, writers.values(), strict=True):
+            suffix = path.suffix if path.suffix == ".png" else ""
+            write(stack.enter_context(atomic_path(path, suffix=suffix)))
+    for name in members:
+        stale = folder / name
+        if name not in writers and stale.exists():
+            try:
+                stale.unlink()
+            except OSError as exc:
+                raise storage_error(stale, exc, "cannot remove the previous report's file") from None
+    return paths
+
+
+def _text(content: str) -> Callable[[Path], object]:
+    return lambda tmp: tmp.write_text(content, encoding="utf-8")
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -37,9 +77,23 @@ def _settings_line(report: EvalReport) -> str:
         parts.append(f"ET post-processing (< {s['et_postprocess_voxels']} voxels = none)")
     if report.hd95 is not None:
         empty = s.get("hd95_empty")
-        parts.append("HD95 in mm; both empty = 0, one empty = "
+        parts.append(f"HD95 in mm, {hd95_definition(s.get('hd95_convention'))}; both empty = 0, one empty = "
                      + ("left out" if empty is None or math.isnan(empty) else f"{empty:.2f}"))
     return "; ".join(parts)
+
+
+def hd95_definition(convention: str | None) -> str:
+    """One phrase naming an HD95 convention for the reports."""
+    if convention == "brats2023":
+        return "BraTS 2023 challenge definition (surface elements weighted by area)"
+    return "MONAI's definition (surface voxels, unweighted)"
+
+
+def checkpoint_line(record: Mapping[str, object] | None) -> str:
+    """``checkpoint last.pt, step 300, sha256 1a2b3c4d...`` (or that none is recorded)."""
+    if not record:
+        return "checkpoint not recorded"
+    return f"checkpoint {record.get('file')}, step {record.get('step')}, sha256 {str(record.get('sha256'))[:12]}"
 
 
 def _counts_differ(report: EvalReport) -> bool:
@@ -81,6 +135,8 @@ def metrics_table(report: EvalReport) -> str:
 
 
 def _nanmean0(values: np.ndarray) -> np.ndarray:
+    """The last row of every table: the mean over the combinations of the per-combination means above it
+    (:func:`~prism.evaluation.results.combination_mean` in two steps)."""
     return mean_over_combinations(values)
 
 
@@ -113,7 +169,9 @@ def lesion_table(report: EvalReport) -> str:
     means = {k: _nanmean_cases(v) * (100 if k == "lesion_dice" else 1) for k, v in arrays.items()}
     cols = ["#", "Modalities", *(f"{r} lesion {'Dice' if k == 'lesion_dice' else 'HD95'}"
                                  for k in means for r in report.regions)]
-    lines = ["## Lesion-wise metrics (BraTS 2023+: connected components matched to reference lesions)", "",
+    lines = ["## Lesion-wise metrics (BraTS 2023 challenge definition: reference components merged by a 3-voxel "
+             "dilation, lesions of at most 50 mm^3 left out, predicted components touching a dilated lesion "
+             "matched; a missed lesion or a false positive scores Dice 0 and HD95 374 mm)", "",
              "| " + " | ".join(cols) + " |", "|---:|:---|" + "---:|" * (len(cols) - 2)]
     for i, name in enumerate(report.combinations):
         lines.append("| " + " | ".join([str(i), name, *(_fmt(v) for m in means.values() for v in m[i])]) + " |")
@@ -123,14 +181,14 @@ def lesion_table(report: EvalReport) -> str:
 
 
 def _nanmean_cases(values: np.ndarray) -> np.ndarray:
-    from .results import nanmean_rows
-
-    return nanmean_rows(values)
+    return mean_over_cases(values)
 
 
 def report_markdown(report: EvalReport, title: str | None = None) -> str:
-    parts = [f"# {title or 'Evaluation over every modality combination'}", "", _settings_line(report) + ".", "",
-             "Dice in %, HD95 in mm; mean over cases per combination, then over combinations (last row).", "",
+    """eval.md: the settings, the per-combination table with its mean row, lesion-wise and adaptation tables."""
+    parts = [f"# {title or 'Evaluation over every modality combination'}", "",
+             _settings_line(report) + f"; {checkpoint_line(report.checkpoint)}.", "",
+             f"Dice in %, HD95 in mm; last row: the {AVERAGING}.", "",
              metrics_table(report)]
     if report.lesion_arrays():
         parts += ["", lesion_table(report)]
@@ -159,20 +217,18 @@ def case_rows(report: EvalReport) -> tuple[list[str], list[list[object]]]:
     return header, rows
 
 
-def write_csv(report: EvalReport, path: Path) -> None:
+def cases_csv(report: EvalReport) -> str:
+    """The per-case CSV (:func:`case_rows`) as text."""
     header, rows = case_rows(report)
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-
-    write_atomic(path, write)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
 
 
-def write_heatmap(report: EvalReport, path: Path, title: str = "Dice (%) per region and combination") -> None:
-    """PNG heatmap of mean Dice: combinations as rows, regions as columns (matplotlib, Agg canvas)."""
+def heatmap_figure(report: EvalReport, title: str = "Dice (%) per region and combination") -> object:
+    """PNG heatmap of mean Dice: combinations as rows, regions as columns (a matplotlib Figure, Agg canvas)."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -198,19 +254,27 @@ def write_heatmap(report: EvalReport, path: Path, title: str = "Dice (%) per reg
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.08)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return fig
 
 
 def write_report(report: EvalReport, out_dir: Path, *, heatmap: bool = True) -> list[Path]:
-    """Write every report file into ``out_dir``; returns the paths written."""
-    ensure_folder(out_dir)
-    paths = [out_dir / JSON_NAME, out_dir / CSV_NAME, out_dir / MARKDOWN_NAME]
-    text = json.dumps(report.to_dict(), indent=2) + "\n"
-    write_atomic(paths[0], lambda tmp: tmp.write_text(text))
-    write_csv(report, paths[1])
-    markdown = report.markdown()
-    write_atomic(paths[2], lambda tmp: tmp.write_text(markdown))
+    """Write eval.json, eval_cases.csv, eval.md and (``heatmap``) eval_dice.png into ``out_dir`` as one set.
+
+    A failure leaves the previous set whole (:func:`write_file_set`); without ``heatmap`` an older
+    eval_dice.png is removed, since it would not show this report.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        StorageError: a file could not be written (the old files are kept).
+    """
+    writers: dict[str, Callable[[Path], object]] = {
+        JSON_NAME: _text(json.dumps(report.to_dict(), indent=2) + "\n"),
+        CSV_NAME: _text(cases_csv(report)),
+        MARKDOWN_NAME: _text(report_markdown(report)),
+    }
     if heatmap:
-        paths.append(out_dir / HEATMAP_NAME)
-        write_heatmap(report, paths[-1])
-    return paths
+        fig = heatmap_figure(report)
+        writers[HEATMAP_NAME] = lambda tmp: fig.savefig(tmp, format="png")  # type: ignore[attr-defined]
+    return write_file_set(Path(out_dir), writers, members=REPORT_FILES)

@@ -1,19 +1,24 @@
 """The study report: per arm mean and sd over seeds, per-combination table, paired differences against the
-reference arm with hierarchical-bootstrap intervals (:mod:`prism.study.stats`), flagged runs, plots.
+reference arm with t-intervals over seeds and a verdict (:mod:`prism.study.stats`), loss-term shares, flagged
+runs, plots (:mod:`prism.study.plots`).
 
 Reads only what the runs wrote (``eval.json``, ``train_log.csv``, ``adapt.json``) and the study's ``study.yaml``;
-writes ``report.md``, ``report.json``, ``report.csv`` and PNG plots into the study folder.
+writes ``report.md``, ``report.json``, ``report.csv`` and PNG plots into the study folder. Every mean is the
+runs' headline metric (:func:`prism.evaluation.results.combination_mean`), the one ``eval.md`` and
+``prism-eval compare`` print.
 
 A run is left out of the means, with a note, when it is
 
 * ``missing``: no ``eval.json`` (not run yet, or failed: see its ``error.txt``);
 * ``diverged``: a non-finite loss in ``train_log.csv``;
-* ``collapsed``: a (near-)constant prediction, i.e. the median Dice over its (case, combination) pairs is below
-  ``report.collapse_dice`` in every region; or a loss stuck near its start while no region's mean Dice reaches
-  ``report.collapse_stuck_dice``. "Stuck": the mean of the last third of the logged rows is at least
-  ``report.collapse_loss_ratio`` times the mean of the first third (3 rows or more), on the fused prediction's
-  loss ``fuse`` when the log has it (comparable from step to step), else on the total ``loss`` (whose per-modality
-  terms grow and shrink with the number of modalities a step's mask keeps, so that alone never flags a run).
+* ``collapsed``: judged from what it predicts (:mod:`prism.study.collapse`: Dice equal to a constant prediction's,
+  one label nearly everywhere, or more tumour than brain), whatever the thresholds; or the median Dice over its
+  (case, combination) pairs is below ``report.collapse_dice`` in every region; or a loss stuck near its start while
+  no region's mean Dice reaches ``report.collapse_stuck_dice``. "Stuck": the mean of the last third of the logged
+  rows is at least ``report.collapse_loss_ratio`` times the mean of the first third (3 rows or more), on the fused
+  prediction's loss ``fuse`` when the log has it (comparable from step to step), else on the total ``loss``
+  (whose per-modality terms grow and shrink with the number of modalities a step's mask keeps, so that alone never
+  flags a run).
 """
 
 from __future__ import annotations
@@ -29,13 +34,20 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import write_atomic, write_text_atomic
+from ..atomic import write_text_atomic
 from ..errors import ConfigError, DataError
-from ..evaluation.results import EvalReport, nanmean_rows
+from ..evaluation.results import AVERAGING, EvalReport, nanmean_rows
+from ..evaluation.writers import hd95_definition
+from .collapse import prediction_collapse
+from .logs import read_train_log, term_shares
+from .plots import plot_adaptation, plot_per_combination, plot_training_curves
 from .spec import ReportSpec, StudySpec
-from .stats import PairedDifference, paired_difference, run_metric
+from .stats import MIN_SEEDS, TOO_FEW, PairedDifference, detectable_effect, paired_difference, run_metric
 
 REPORT_FILES = ("report.md", "report.json", "report.csv", "dice_per_combination.png", "training_curves.png")
+#: how the report's intervals are made (report.json's "statistics")
+INTERVAL = ("Student's t-interval over the per-seed paired differences (each seed's difference of headline "
+            "metrics); the within-seed interval resamples test cases with the seeds fixed")
 
 
 @dataclass
@@ -56,24 +68,6 @@ class RunRecord:
         return self.status == "ok"
 
 
-def read_train_log(path: Path) -> dict[str, np.ndarray]:
-    """``train_log.csv`` as columns of floats (empty cells and text as NaN); {} when absent."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {}
-
-    def num(text: str | None) -> float:
-        try:
-            return float(text) if text not in (None, "") else math.nan
-        except ValueError:
-            return math.nan
-
-    return {key: np.array([num(r.get(key)) for r in rows]) for key in rows[0]}
-
-
 def flag_run(record: RunRecord, settings: ReportSpec) -> None:
     """Set ``record.status`` and ``reason`` (see the module docstring for the rules)."""
     if record.eval is None:
@@ -85,6 +79,10 @@ def flag_run(record: RunRecord, settings: ReportSpec) -> None:
         if not np.all(np.isfinite(record.log[key])):
             record.status, record.reason = "diverged", f"non-finite '{key}' in train_log.csv"
             return
+    constant = prediction_collapse(record.eval)
+    if constant is not None:
+        record.status, record.reason = "collapsed", constant
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         median = np.nanmedian(record.eval.dice.reshape(-1, record.eval.dice.shape[-1]), axis=0)
@@ -184,6 +182,9 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
         if has_hd:
             hd = np.array([run_metric(r.eval.hd95) for r in ok]).reshape(len(ok), len(regions))
             entry.update({"hd95_mean": _floats(nanmean_rows(hd)), "hd95_sd": _floats(_sd(hd))})
+        shares = term_shares([r.log for r in ok])
+        if shares:
+            entry["term_shares"] = shares
         if arm != ref:
             entry["vs_reference"] = {}
             for metric, scale in (("dice", 100.0), *((("hd95", 1.0),) if has_hd else ())):
@@ -192,12 +193,16 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
                     entry["vs_reference"][metric] = None
                     continue
                 d: PairedDifference = paired_difference(a * scale, b * scale, samples=settings.bootstrap_samples,
-                                                        confidence=settings.confidence, seed=settings.seed)
+                                                        confidence=settings.confidence, seed=settings.seed,
+                                                        higher_is_better=metric == "dice")
                 entry["vs_reference"][metric] = {
                     "seeds": seeds, "cases": d.cases, "difference": _floats(d.estimate), "low": _floats(d.low),
-                    "high": _floats(d.high), "per_seed": {str(s): _floats(v) for s, v in zip(seeds, d.per_seed,
-                                                                                              strict=True)},
-                    "seeds_agreeing": [int(x) for x in d.agree]}
+                    "high": _floats(d.high), "sd_over_seeds": _floats(d.sd), "verdict": d.verdicts,
+                    "within_seed_low": _floats(d.within_low), "within_seed_high": _floats(d.within_high),
+                    "detectable_effect_80": _floats(np.array([detectable_effect(float(v), d.seeds,
+                                                                                confidence=settings.confidence)
+                                                              for v in d.sd])),
+                    "per_seed": {str(s): _floats(v) for s, v in zip(seeds, d.per_seed, strict=True)}}
         arms[arm] = entry
     runs = [{"arm": r.arm, "seed": r.seed, "folder": str(r.folder), "status": r.status, "reason": r.reason,
              "dice": _floats(run_metric(r.eval.dice) * 100) if r.eval is not None else None,
@@ -205,9 +210,24 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
             for r in records]
     return {"name": spec.name, "description": spec.description, "reference": ref, "regions": regions,
             "combinations": combinations, "seeds": spec.seeds, "arms": arms, "runs": runs,
-            "bootstrap": {"samples": settings.bootstrap_samples, "confidence": settings.confidence,
-                          "seed": settings.seed, "procedure": "hierarchical: seeds then cases (pigeonhole)"},
+            "conventions": conventions(records),
+            "statistics": {"interval": INTERVAL, "confidence": settings.confidence, "min_seeds": MIN_SEEDS,
+                           "within_seed_samples": settings.bootstrap_samples, "within_seed_seed": settings.seed},
             "adaptation": _adaptation_summary(spec, records)}
+
+
+def conventions(records: list[RunRecord]) -> dict[str, Any]:
+    """Which HD95 and lesion-wise definitions the usable runs were evaluated with, and how means are taken.
+
+    Reports that predate the ``hd95_convention`` setting computed MONAI's HD95."""
+    ok = [r.eval for r in records if r.ok and r.eval is not None]
+
+    def used(key: str, default: str | None) -> str | None:
+        values = sorted({str(v) for v in (e.settings.get(key, default) for e in ok) if v is not None})
+        return None if not values else values[0] if len(values) == 1 else "mixed: " + ", ".join(values)
+
+    return {"hd95": used("hd95_convention", "monai") if any(e.hd95 is not None for e in ok) else None,
+            "lesion": used("lesion_convention", None), "averaging": AVERAGING}
 
 
 def _adaptation_summary(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any] | None:
@@ -233,16 +253,22 @@ def _f(v: float | None, digits: int = 2, signed: bool = False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return f"[{_f(low, signed=True)}, {_f(high, signed=True)}]"
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
     regions, ref = summary["regions"], summary["reference"]
-    b = summary["bootstrap"]
-    level = f"{b['confidence'] * 100:g}%"
+    st, conv = summary["statistics"], summary["conventions"]
+    level = f"{st['confidence'] * 100:g}%"
     lines = [f"# Study '{summary['name']}'", ""]
     if summary["description"]:
         lines += [summary["description"], ""]
-    lines += [f"Seeds {summary['seeds']}; reference arm **{ref}**. Dice in %, HD95 in mm: for each run the mean over "
-              f"cases of each of the {len(summary['combinations'])} modality combinations, then the mean over "
-              "combinations; below, the mean and sd of that over seeds.", ""]
+    lines += [f"Seeds {summary['seeds']}; reference arm **{ref}**. Dice in %, HD95 in mm: for each run the "
+              f"{conv['averaging']}; below, the mean and sd of that over seeds. HD95: "
+              + ("not computed" if conv["hd95"] is None else hd95_definition(conv["hd95"])
+                 if not conv["hd95"].startswith("mixed") else conv["hd95"])
+              + ("" if conv["lesion"] is None else f"; lesion-wise metrics: {conv['lesion']}") + ".", ""]
     flagged = [r for r in summary["runs"] if r["status"] != "ok"]
     if flagged:
         lines.append("**Left out of every mean and difference:**")
@@ -259,22 +285,37 @@ def report_markdown(summary: dict[str, Any]) -> str:
             cells += [f"{_f(m)} ± {_f(s)}" for m, s in zip(a.get("hd95_mean", [None] * len(regions)),
                                                           a.get("hd95_sd", [None] * len(regions)), strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"## Paired differences against '{ref}' ({level} intervals over seeds and cases)", "",
-              f"Difference = arm − {ref}, paired by seed. Interval: hierarchical bootstrap, {b['samples']} "
-              "iterations, each drawing the seeds with replacement and then the test cases with replacement (one "
-              "case draw shared by the drawn seeds, since every run is scored on the same cases); percentile "
-              f"interval; bootstrap seed {b['seed']}. 'Agree' = seeds whose own difference has the mean's sign.", "",
-              "| Arm | Metric | Region | Difference | Interval | Agree |", "|:---|:---|:---|---:|:---:|---:|"]
+    lines += ["", f"## Paired differences against '{ref}' ({level} intervals over seeds)", "",
+              f"Difference = arm − {ref}, paired by seed: each seed's difference of the two runs' means, then their "
+              f"mean. Interval: Student's t over those per-seed differences ({level}). Verdict: with fewer than "
+              f"{st['min_seeds']} seeds, '{TOO_FEW}'; otherwise better or worse when the interval excludes 0, else "
+              "'no difference shown'. 'Within-seed' resamples the test cases with the seeds fixed "
+              f"({st['within_seed_samples']} draws, seed {st['within_seed_seed']}): it shows how much the test set "
+              "alone moves the estimate and is no evidence of a difference between methods. '80% power' is the "
+              "smallest difference these seeds would detect 4 times in 5, given the sd of the per-seed "
+              "differences.", "",
+              f"| Arm | Metric | Region | Difference | {level} interval (seeds) | Verdict | Within-seed (cases) | "
+              "80% power |", "|:---|:---|:---|---:|:---:|:---|:---:|---:|"]
     for arm, a in summary["arms"].items():
         for metric, d in (a.get("vs_reference") or {}).items():
             unit = "Dice (points)" if metric == "dice" else "HD95 (mm)"
             if d is None:
-                lines.append(f"| {arm} | {unit} | | n/a (no seed with both runs usable) | | |")
+                lines.append(f"| {arm} | {unit} | | n/a (no seed with both runs usable) | | | | |")
                 continue
             for i, r in enumerate(regions):
                 lines.append(f"| {arm} | {unit} | {r} | {_f(d['difference'][i], signed=True)} | "
-                             f"[{_f(d['low'][i], signed=True)}, {_f(d['high'][i], signed=True)}] | "
-                             f"{d['seeds_agreeing'][i]}/{len(d['seeds'])} |")
+                             f"{_interval(d['low'][i], d['high'][i])} | {d['verdict'][i]} "
+                             f"({len(d['seeds'])} seeds) | "
+                             f"{_interval(d['within_seed_low'][i], d['within_seed_high'][i])} | "
+                             f"±{_f(d['detectable_effect_80'][i])} |")
+    shares = {arm: a["term_shares"] for arm, a in summary["arms"].items() if a.get("term_shares")}
+    if shares:
+        parts = sorted({p for v in shares.values() for p in v})
+        lines += ["", "## Loss terms' shares of the total (%, mean over each run's logged rows, then over seeds)", "",
+                  "| Arm | " + " | ".join(parts) + " |", "|:---|" + "---:|" * len(parts)]
+        for arm, v in shares.items():
+            lines.append(f"| {arm} | " + " | ".join(_f(None if v.get(p) is None else v[p] * 100, 1) for p in parts)
+                         + " |")
     lines += ["", "## Dice (%) per combination (mean over seeds)", ""]
     arms = list(summary["arms"])
     head = ["#", "Modalities", *(f"{arm} {r}" for arm in arms for r in regions)]
@@ -300,8 +341,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
         dice = r["dice"] or [None] * len(regions)
         lines.append(f"| {r['arm']} | {r['seed']} | {r['status']} | " + " | ".join(_f(v) for v in dice) + " |")
     lines.append("")
-    lines.append("Plots: dice_per_combination.png, training_curves.png"
-                 + (", adaptation_curves.png" if adapt else "") + ".")
+    lines.append("Plots: dice_per_combination.png, training_curves.png (the fused segmentation loss and each loss "
+                 "term, never the total)" + (", adaptation_curves.png" if adapt else "") + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -317,84 +358,6 @@ def report_csv(summary: dict[str, Any]) -> str:
             w.writerow([r["arm"], r["seed"], r["status"], region, "" if dice is None else dice,
                         "" if hd is None else hd, r["reason"]])
     return buf.getvalue()
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
-def plot_per_combination(summary: dict[str, Any], path: Path) -> None:
-    """Bars: Dice per combination, one panel per region, one bar per arm (sd over seeds as error bars)."""
-    regions, combos, arms = summary["regions"], summary["combinations"], list(summary["arms"])
-    fig = _figure(max(8.0, 0.55 * len(combos) * max(1, len(arms)) / 1.5), 2.6 * len(regions))
-    width = 0.8 / max(1, len(arms))
-    x = np.arange(len(combos))
-    for j, region in enumerate(regions):
-        ax = fig.add_subplot(len(regions), 1, j + 1)
-        for k, arm in enumerate(arms):
-            a = summary["arms"][arm]
-            mean = np.array([[np.nan if v is None else v for v in row] for row in a["per_combination_dice_mean"]]
-                            or np.full((len(combos), len(regions)), np.nan))
-            sd = np.array([[np.nan if v is None else v for v in row] for row in a["per_combination_dice_sd"]]
-                          or np.full((len(combos), len(regions)), np.nan))
-            ax.bar(x + (k - (len(arms) - 1) / 2) * width, mean[:, j], width, yerr=np.nan_to_num(sd[:, j]),
-                   label=arm, capsize=1.5)
-        ax.set_ylabel(f"{region} Dice (%)")
-        ax.set_ylim(0, 100)
-        ax.set_xticks(x, combos if j == len(regions) - 1 else [""] * len(combos), rotation=60, ha="right",
-                      fontsize=7)
-        if j == 0:
-            ax.legend(fontsize=7, ncol=len(arms))
-    _save(fig, path)
-
-
-def plot_training_curves(spec: StudySpec, records: list[RunRecord], path: Path) -> None:
-    """Training loss against step per arm: mean over the usable seeds, band = ± sd."""
-    fig = _figure(6.5, 3.8)
-    ax = fig.add_subplot()
-    for arm in spec.arms:
-        logs = [r.log for r in records if r.arm == arm and r.ok and "loss" in r.log and "step" in r.log]
-        if not logs:
-            continue
-        steps = sorted(set.intersection(*[set(log["step"].tolist()) for log in logs]))
-        if not steps:
-            continue
-        values = np.array([[log["loss"][list(log["step"]).index(s)] for s in steps] for log in logs])
-        mean, sd = values.mean(0), (values.std(0, ddof=1) if len(logs) > 1 else np.zeros(len(steps)))
-        ax.plot(steps, mean, label=f"{arm} (n={len(logs)})")
-        ax.fill_between(steps, mean - sd, mean + sd, alpha=0.25)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def plot_adaptation(summary: dict[str, Any], path: Path) -> None:
-    """Dice against adaptation steps K per region, one line per arm (band = ± sd over seeds)."""
-    adapt, regions = summary["adaptation"], summary["regions"]
-    fig = _figure(3.2 * len(regions), 3.2)
-    for j, region in enumerate(regions):
-        ax = fig.add_subplot(1, len(regions), j + 1)
-        for arm, a in adapt.items():
-            mean = np.array([np.nan if row[j] is None else row[j] for row in a["dice_mean"]])
-            sd = np.nan_to_num(np.array([np.nan if row[j] is None else row[j] for row in a["dice_sd"]]))
-            ax.plot(a["steps"], mean, marker="o", label=arm)
-            ax.fill_between(a["steps"], mean - sd, mean + sd, alpha=0.2)
-        ax.set_xlabel("adaptation steps K")
-        ax.set_title(f"{region} Dice (%)", fontsize=9)
-        if j == 0:
-            ax.legend(fontsize=7)
-    _save(fig, path)
 
 
 def load_study_spec(study_dir: Path) -> StudySpec:
@@ -417,7 +380,8 @@ def write_study_report(study_dir: Path, spec: StudySpec | None = None) -> dict[s
     write_text_atomic(study_dir / "report.csv", report_csv(summary))
     write_text_atomic(study_dir / "report.md", report_markdown(summary))
     plot_per_combination(summary, study_dir / "dice_per_combination.png")
-    plot_training_curves(spec, records, study_dir / "training_curves.png")
+    plot_training_curves({arm: [r.log for r in records if r.arm == arm and r.ok and r.log] for arm in spec.arms},
+                         study_dir / "training_curves.png")
     if summary["adaptation"]:
         plot_adaptation(summary, study_dir / "adaptation_curves.png")
     return summary
