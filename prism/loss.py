@@ -60,10 +60,16 @@ def clear_step_cache(batch: Any) -> None:
 
 @dataclass
 class LossResult:
-    """A scalar loss and its named parts (detached, for logging)."""
+    """A scalar loss and its named parts (detached, for logging).
+
+    ``contributions``: optional, the term's additive pieces after its own weights (detached), which sum to
+    ``total`` (the ``prism`` term: ``fuse``, ``prm``, ``pixel_kl`` ...); the run logs each one's share of the whole
+    loss as ``share.<name>``. Empty: the term is one piece, named after the term.
+    """
 
     total: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    contributions: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class LossTerm:

@@ -49,12 +49,13 @@ CASES = [(name, {}) for name in list_plugins("loss")] + [(n, o) for n, opts in V
 
 
 def preset_loss_options(case: dict | str) -> dict:
-    """A case's options: a dict, or the name of a preset whose first loss term's options are taken."""
+    """A case's options: a dict, or the name of a preset whose first loss term's options are taken (with
+    ``missing_rates: from_split`` resolved on PASSION's mr2468 training split, as a run resolves it)."""
     if isinstance(case, dict):
         return case
-    from prism.presets import load_preset
+    from test_losses_passion import preset_options
 
-    return dict(load_preset(case)["losses"][0]["options"])
+    return preset_options(case)
 
 
 def absent_class_batch(size: int) -> Batch:
@@ -113,11 +114,20 @@ def test_safe_normalize_matches_f_normalize_and_is_finite_at_zero():
 
 @pytest.mark.parametrize(("name", "options", "match"), [
     ("prism", {"beta": [0.5, 0.5]}, r"beta has 2 values for modalities"),
-    ("uni", {"smoth_nr": 1.0}, r"loss 'uni': unknown option 'smoth_nr'; did you mean 'smooth_nr'"),
-    ("prism", {"gss_options": {"ancor": "t2"}}, r"gss_options: unknown option 'ancor'; did you mean 'anchor'"),
-    ("proto_l2", {"preference": True, "gama": 0.1}, r"preference options: unknown option 'gama'"),
+    ("uni", {"smoth_nr": 1.0}, r"smoth_nr: unknown option of loss 'uni'.*did you mean 'smooth_nr'"),
+    ("uni", {"lambda_dice": "abc"}, r"lambda_dice: loss 'uni'.*valid number"),
+    ("uni", {"lambda_dice": -1.0}, r"lambda_dice: loss 'uni'.*greater than or equal to 0"),
+    ("prm", {"label_resample": "bilinear"}, r"label_resample: loss 'prm'.*'maxpool', 'nearest' or 'upsample'"),
+    ("pixel_kl", {"temperature": 0}, r"temperature: loss 'pixel_kl'.*greater than 0"),
+    ("pixel_kl", {"clamped_weight": True}, r"clamped_weight=true needs prob_floor"),
+    ("prism", {"gss_options": {"ancor": "t2"}}, r"gss_options.ancor: loss 'prism'.*[Ee]xtra inputs"),
+    ("prism", {"pixel_kl_options": {"deep_weights": [0.5, -1]}}, r"pixel_kl_options.deep_weights.1: loss 'prism'"),
+    ("prism", {"missing_rates": "from_split"}, r"from_split.*resolved from the training split"),
+    ("proto_l2", {"preference": True, "gama": 0.1}, r"gama: unknown option of loss 'proto_l2'"),
+    ("proto_l2", {"preference": True, "preference_options": {"gama": 0.1}},
+     r"preference_options.gama: loss 'proto_l2'.*[Ee]xtra inputs"),
     ("proto_l2", {"preference": True, "missing_rates": {"flare": 0.5}}, r"unknown modalities \['flare'\]"),
-    ("proto_l2", {"preference": True, "missing_rates": [0.5, 1.0, 0.0, 0.0]}, r"missing rates must lie in"),
+    ("proto_l2", {"preference": True, "missing_rates": [0.5, 1.0, 0.0, 0.0]}, r"missing_rates.1: .*less than 1"),
 ])
 def test_bad_loss_options_are_one_line_user_errors(name, options, match):
     from prism.errors import PluginBug, PluginError

@@ -108,11 +108,14 @@ class PreferenceRegulariser:
 
     Call ``observe(rp, mask)`` every step (no host sync) and ``on_epoch_end()`` once per epoch:
     ``E <- Proj(E - gamma * mean RP^m)``, gamma multiplied by ``gamma_growth`` every ``growth_every`` epochs.
+    E starts at ``Proj(1 / (1 - FR^m))``: the initial value is projected like every later one, so the first update
+    moves E by ``gamma * RP`` instead of rescaling it (unprojected, 1/(1-FR) at the mr2468 rates has norm 5.97
+    where every later E has norm 2, a drop of about 3x at the first epoch end).
 
     PASSION's code, each an option (the defaults are the seeds'):
 
     * ``initial="ones"``: E starts at 1 (its ``imb_beta``; the 1/(1-FR) factor is a separate, fixed
-      ``modal_weight`` there) instead of ``1 / (1 - FR^m)``.
+      ``modal_weight`` there) instead of ``Proj(1 / (1 - FR^m))``.
     * ``schedule="passion"``: the growth runs before the update (``if epoch % 100 == 0: eta *= 1.5``), so
       updates 0..99 use ``gamma * 1.5``, 100..199 ``gamma * 1.5^2`` ...; the seeds' schedule uses ``gamma`` first.
     * ``statistic="pooled_distance"``: the epoch statistic is ``1 - mean_epoch D^m / mean_m'(mean_epoch D^m')``
@@ -140,18 +143,27 @@ class PreferenceRegulariser:
         self.clamp = (float(clamp[0]), float(clamp[1]))
         self.projection: Projection = projection
         self.target_norm = target_norm
-        self.coefficients = initial_coefficients(rates)
+        start = initial_coefficients(rates)
         if initial == "ones":
-            self.coefficients = torch.ones_like(self.coefficients)
+            start = torch.ones_like(start)
+        self.coefficients = project_coefficients(start, low=self.clamp[0], high=self.clamp[1],
+                                                 projection=projection, target_norm=target_norm)
         self.gamma = self._gamma_at(0)
         self.epoch = 0
         self._rp_sum = torch.zeros(num_modalities)
         self._rp_count = torch.zeros(num_modalities)
 
+    def to(self, device: torch.device | str) -> PreferenceRegulariser:
+        """Move the coefficients and the epoch statistics to ``device`` (once, before a run's first step)."""
+        self.coefficients = self.coefficients.to(device)
+        self._rp_sum, self._rp_count = self._rp_sum.to(device), self._rp_count.to(device)
+        return self
+
     def coefficients_on(self, device: torch.device) -> torch.Tensor:
-        """E ``[M]`` on ``device`` (cached there)."""
+        """E ``[M]`` on ``device``. After ``to(device)`` these are the coefficients themselves; otherwise they are
+        moved there on this call (a compiled step would then trace twice: call ``to`` first)."""
         if self.coefficients.device != device:
-            self.coefficients = self.coefficients.to(device)
+            self.to(device)
         return self.coefficients
 
     def _gamma_at(self, epoch: int) -> float:
@@ -168,8 +180,10 @@ class PreferenceRegulariser:
             if distance is None:
                 raise ValueError("statistic='pooled_distance' needs the distances: observe(rp, mask, distance=...)")
             rp = distance.detach()
-        self._rp_sum = self._rp_sum.to(rp.device) + (rp.float() * m).sum(0)
-        self._rp_count = self._rp_count.to(rp.device) + m.sum(0)
+        if self._rp_sum.device != rp.device:
+            self.to(rp.device)
+        self._rp_sum = self._rp_sum + (rp.float() * m).sum(0)
+        self._rp_count = self._rp_count + m.sum(0)
 
     @torch.no_grad()
     def on_epoch_end(self) -> None:

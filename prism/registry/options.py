@@ -80,7 +80,8 @@ def validate_options(factory: Callable[..., Any], n_positional: int, options: di
         validated = model(**{k: v for k, v in options.items() if k in known})
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
+        # field names and list indices; pydantic's union-member tags ("json-or-python[...]") name no option
+        loc = ".".join(str(x) for x in err["loc"] if isinstance(x, int) or str(x).isidentifier())
         raise PluginError(f"{field}.{loc}: {owner}: {err['msg']} (got {err.get('input')!r})") from None
     out = {k: getattr(validated, k) for k in fields}
     out.update({k: v for k, v in options.items() if k not in known})  # **kwargs passthrough
