@@ -273,6 +273,10 @@ def test_batch_gate_from_absolute_distances():
     expected = torch.tensor([[s > 0 for s in score]] * 2, dtype=torch.float32) * mask
     torch.testing.assert_close(batch_preference_gate(dist, mask), expected)
     assert expected[0, 0] == 1 and expected[1, 1] == 0  # one gate per modality, over the batch
+    # a sample with one available modality has distance 0 (its single path is the fused path): it adds nothing
+    lone = torch.cat([dist, torch.tensor([[0.0, 0.0, 0.0, 0.0]])])
+    lone_mask = torch.cat([mask, torch.tensor([[False, True, False, False]])])
+    torch.testing.assert_close(batch_preference_gate(lone, lone_mask)[:2], expected)
 
 
 def test_pooled_distance_statistic_schedule_and_initial_ones():

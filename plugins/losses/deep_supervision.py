@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .segmentation import SegLossOptions
+from .segmentation import SegLossOptions, upcast
 from .targets import LabelResample, Targets, resample_labels, targets_for
 
 __all__ = ["LabelResample", "ModalityReduction", "resample_labels", "level_weights", "level_losses",
@@ -66,9 +66,9 @@ def upsample_probs(logits: torch.Tensor, size: Sequence[int], class_dim: int = 2
         logits: ``[B, P, K, *spatial]`` (classes along ``class_dim``); size: the target spatial size.
         align_corners: passed to ``F.interpolate`` (PASSION upsamples with True).
     Returns:
-        ``[B, P, K, *size]`` float32 probabilities.
+        ``[B, P, K, *size]`` float32 probabilities (float64 for float64 logits).
     """
-    probs = logits.float().softmax(class_dim)
+    probs = upcast(logits).softmax(class_dim)
     if tuple(probs.shape[class_dim + 1:]) == tuple(size):
         return probs
     lead = probs.shape[:class_dim]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .deep_supervision import ModalityReduction, reduce_modalities
+from .segmentation import upcast
 
 Direction = Literal["student_teacher", "teacher_student"]
 DeepResample = Literal["native", "upsample"]
@@ -24,7 +25,8 @@ PIXEL_KL_VARIANTS: dict[str, dict[str, object]] = {
 def kl_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
            direction: Direction = "student_teacher", class_reduction: ClassReduction = "sum",
            class_dim: int = 1) -> torch.Tensor:
-    """Voxel-wise KL between ``softmax(student / T)`` and ``softmax(teacher / T)`` along ``class_dim`` (float32).
+    """Voxel-wise KL between ``softmax(student / T)`` and ``softmax(teacher / T)`` along ``class_dim`` (float32;
+    float64 for float64 logits).
 
     Args:
         student_logits, teacher_logits: logits that broadcast against each other, classes along ``class_dim``.
@@ -38,8 +40,8 @@ def kl_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temper
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    log_s = (student_logits.float() / temperature).log_softmax(class_dim)
-    log_t = (teacher_logits.float() / temperature).log_softmax(class_dim)
+    log_s = (upcast(student_logits) / temperature).log_softmax(class_dim)
+    log_t = (upcast(teacher_logits) / temperature).log_softmax(class_dim)
     return _directed_kl(log_s, log_t, None, None, direction, class_reduction, class_dim)
 
 
@@ -170,7 +172,7 @@ def pixel_kl_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
             kl = kl_map(s, t.unsqueeze(1), temperature=temperature, direction=direction,
                         class_reduction=class_reduction, class_dim=2)
         else:
-            p_s, p_t = (s.float() / temperature).softmax(2), (t.float() / temperature).softmax(1)
+            p_s, p_t = (upcast(s) / temperature).softmax(2), (upcast(t) / temperature).softmax(1)
             if upsampled:
                 p_s = _upsample(p_s.flatten(0, 1), size, align_corners).unflatten(0, p_s.shape[:2])
                 p_t = _upsample(p_t, size, align_corners)

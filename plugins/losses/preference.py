@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import LossOptionError
+from .segmentation import upcast
 
 Projection = Literal["passion", "clamp"]
 Initial = Literal["inverse_rate", "ones"]
@@ -28,7 +29,7 @@ def relative_preference(gap: torch.Tensor, mask: torch.Tensor, eps: float = 1e-1
     """
     if gap.dim() != 2 or gap.shape != mask.shape:
         raise ValueError(f"gap and mask must both be [B, M], got {tuple(gap.shape)} and {tuple(mask.shape)}")
-    gap = gap.detach().float()
+    gap = upcast(gap.detach())
     m = mask.to(gap.dtype)
     mean = (gap * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
     return (1.0 - gap / (mean + eps)) * m
@@ -48,6 +49,10 @@ def preference_gate(rp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def batch_preference_gate(distance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """PASSION's gate, one per modality for the batch: ``omega_m = 1[sum_b mask (D_b^m / mean_m' D_b^m' - 1) > 0]``.
 
+    A sample whose distances are all 0 (one available modality: its single-modality path is the fused path)
+    adds 0. PASSION's code divides 0 by 0 there, and the NaN leaves every gate of the step off; at its batch size
+    of 1 that is the same outcome, since a score of 0 is not above 0.
+
     Args:
         distance: ``[B, M]`` prototype distances (PASSION: mean absolute gap ``|S_s - S_t|``); mask: ``[B, M]`` bool.
     Returns:
@@ -58,10 +63,11 @@ def batch_preference_gate(distance: torch.Tensor, mask: torch.Tensor) -> torch.T
     if distance.dim() != 2 or distance.shape != mask.shape:
         raise ValueError(f"distance and mask must both be [B, M], got {tuple(distance.shape)} and "
                          f"{tuple(mask.shape)}")
-    d = distance.detach().float()
+    d = upcast(distance.detach())
     m = mask.to(d.dtype)
     mean = (d * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
-    score = (m * (d / mean.clamp_min(1e-12) - 1.0)).sum(0, keepdim=True)  # [1, M]
+    ratio = torch.where(mean > 0, d / mean.clamp_min(1e-30), torch.ones_like(d))  # 0 / 0: no preference
+    score = (m * (ratio - 1.0)).sum(0, keepdim=True)  # [1, M]
     return (score > 0).to(d.dtype) * m
 
 

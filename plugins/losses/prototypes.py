@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 
 from .deep_supervision import ModalityReduction, reduce_modalities
+from .segmentation import upcast
 from .targets import onehot_labels
 
 ClassPresence = Literal["sample", "batch"]
@@ -81,7 +82,7 @@ def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, la
     compared with its own prototypes. D = mean over voxels, then sum (``"sum"``, the seeds) or mean (``"mean"``,
     PASSION) over the classes used. ``class_presence="sample"``: classes present in the sample (also PASSION's
     training loop, which calls its loss one sample at a time); ``"batch"``: classes present in every sample of the
-    batch (PASSION's loss function given a whole batch). Computed in float32.
+    batch (PASSION's loss function given a whole batch). Computed in float32 (float64 for float64 features).
 
     Args:
         student_features: ``[B, M, C, D, H, W]`` per-modality features (``uni_features``).
@@ -110,8 +111,8 @@ def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, la
     if label.dtype.is_floating_point:
         raise ValueError(f"label must hold integer class indices, got {label.dtype}")
     teacher = teacher_features.detach() if detach_teacher else teacher_features
-    paths = torch.cat([teacher.unsqueeze(1), student_features], dim=1).float().flatten(3)  # [B, 1+M, C, S]
-    onehot = (onehot_labels(label, num_classes) if onehot is None else onehot.float()).flatten(2)  # [B, K, S]
+    paths = upcast(torch.cat([teacher.unsqueeze(1), student_features], dim=1)).flatten(3)  # [B, 1+M, C, S]
+    onehot = (onehot_labels(label, num_classes) if onehot is None else onehot).to(paths.dtype).flatten(2)  # [B, K, S]
     sims = similarity_maps(paths, class_prototypes(paths, onehot), eps)  # [B, 1+M, K, S]
     diff = sims[:, 1:] - sims[:, :1]  # [B, M, K, S]
     present = onehot.amax(-1)  # [B, K]

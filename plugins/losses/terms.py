@@ -387,7 +387,7 @@ class ProtoL2Loss(PreferenceTerm):
         value = proto_gap(output.uni_features, output.features, batch.label, num_classes=self.num_classes,
                           onehot=targets_for(batch.label, self.num_classes, batch).onehot(),
                           with_absolute=with_distances, **self.proto)
-        m = batch.mask.to(torch.float32)
+        m = batch.mask.to(value[0].dtype if with_distances else value.dtype)
         if with_distances:
             return value[0] * m, value[1] * m
         return value * m
