@@ -244,3 +244,69 @@ def test_term_state_round_trips_through_a_weights_only_checkpoint(name):
     fresh.on_epoch_end()
     term.on_epoch_end()
     assert fresh.state_dict() == term.state_dict()
+
+
+# ---- every option of every built-in loss: typed, bounded, described, in the generated reference ------------------
+
+def _builtin_losses():
+    from prism.registry import get_registry
+    from prism.registry.core import BUILTIN_DISTRIBUTION
+
+    return [e for e in get_registry().entries("loss") if e.distribution == BUILTIN_DISTRIBUTION]
+
+
+def _numeric(ann) -> bool:
+    import typing
+
+    base = typing.get_args(ann)[0] if typing.get_origin(ann) is typing.Annotated else ann
+    return base in (int, float)
+
+
+def _bounds(ann) -> list:
+    import typing
+
+    if typing.get_origin(ann) is not typing.Annotated:
+        return []
+    return [m for meta in typing.get_args(ann)[1:] for m in getattr(meta, "metadata", [])]
+
+
+def test_every_builtin_loss_option_is_typed_bounded_and_described():
+    import sys
+    import typing
+    from pathlib import Path
+
+    from typing_extensions import is_typeddict
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "_gen"))
+    from gen_reference import md_escape, option_description, option_group, plugins_page
+
+    page = plugins_page()
+    entries = _builtin_losses()
+    assert {"fuse", "uni", "prm", "pixel_kl", "proto_l2", "gss", "prism", "rfnet_sep"} <= {e.name for e in entries}
+    for e in entries:
+        params = list(inspect.signature(e.factory).parameters.values())[3:]  # after self, modalities, classes
+        assert all(p.kind is not p.VAR_KEYWORD for p in params), f"{e.name} takes **kwargs"
+        hints = typing.get_type_hints(e.factory.__init__, include_extras=True)
+        for p in params:
+            ann = hints[p.name]
+            what = f"loss '{e.name}' option '{p.name}'"
+            description = option_description(ann)
+            assert description, f"{what} has no description"
+            assert md_escape(description) in page, f"{what}: not in the generated reference"
+            if _numeric(ann):
+                assert _bounds(ann), f"{what} is a number without limits"
+            group = option_group(ann)
+            if group is not None:
+                assert is_typeddict(group)
+                for key, key_ann in typing.get_type_hints(group, include_extras=True).items():
+                    assert option_description(key_ann), f"{what}.{key} has no description"
+
+
+def test_bad_option_is_refused_when_the_run_is_built_not_at_step_one():
+    from prism.config import build_config
+    from prism.engine.builder import build_parts
+    from prism.errors import PluginError
+
+    config = build_config(None, ["losses.0.name=uni", "losses.0.options.lambda_dice=abc"])
+    with pytest.raises(PluginError, match=r"^losses.0.options.lambda_dice: loss 'uni' .*valid number"):
+        build_parts(config, MODS, 3)

@@ -336,8 +336,29 @@ POSITIONAL = {"backbone": 2, "loss": 2, "masking": 1, "strategy": 0}
 PARTS_COLUMN = {"backbone": "provides", "loss": "needs"}
 
 
+def option_description(ann: Any) -> str:
+    """The ``Field(description=...)`` of an ``Annotated`` option type ("" when it has none)."""
+    if typing.get_origin(ann) is typing.Annotated:
+        for meta in typing.get_args(ann)[1:]:
+            text = getattr(meta, "description", None)
+            if text:
+                return str(text)
+    return ""
+
+
+def option_group(ann: Any) -> type | None:
+    """The TypedDict of an option that takes a group of options (``X | None``), or None."""
+    from typing_extensions import is_typeddict
+
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
+    candidates = [ann, *typing.get_args(ann)] if typing.get_origin(ann) in (typing.Union, types.UnionType) else [ann]
+    return next((c for c in candidates if is_typeddict(c)), None)
+
+
 def options_of(factory: Any, skip: int) -> list[str]:
-    """The keyword options of a plugin factory, as ``name: type = default``."""
+    """The keyword options of a plugin factory as markdown list items: ``name: type = default``, its description,
+    and the keys of an option group (a TypedDict) one level deeper."""
     try:
         sig = inspect.signature(factory, eval_str=True)  # annotations as types, not strings
     except (TypeError, ValueError):
@@ -350,12 +371,23 @@ def options_of(factory: Any, skip: int) -> list[str]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         text = p.name
-        if p.annotation is not inspect.Parameter.empty:
-            ann = p.annotation if isinstance(p.annotation, str) else type_name(p.annotation)
-            text += f": {ann}"
+        ann = p.annotation
+        if ann is not inspect.Parameter.empty:
+            text += f": {ann if isinstance(ann, str) else type_name(ann)}"
         if p.default is not inspect.Parameter.empty:
             text += f" = {p.default!r}"
-        out.append(text)
+        item = f"- {code(text)}"
+        description = "" if isinstance(ann, str) else option_description(ann)
+        if description:
+            item += f": {md_escape(description)}"
+        group = None if isinstance(ann, str) else option_group(ann)
+        if group is not None:
+            hints = typing.get_type_hints(group, include_extras=True)
+            for key, key_ann in hints.items():
+                nested = f"    - {code(f'{key}: {type_name(key_ann)}')}"
+                key_description = option_description(key_ann)
+                item += "\n" + nested + (f": {md_escape(key_description)}" if key_description else "")
+        out.append(item)
     return out
 
 
@@ -404,7 +436,7 @@ def plugins_page() -> str:
                 out.append(indent_doc(doc) + "\n\n")
             opts = options_of(factory, POSITIONAL[kind])
             if opts:
-                out.append("Options:\n\n" + "".join(f"- `{o}`\n" for o in opts) + "\n")
+                out.append("Options:\n\n" + "".join(f"{o}\n" for o in opts) + "\n")
             else:
                 out.append("No options.\n\n")
     return "".join(out)

@@ -85,6 +85,10 @@ class PixelKLOptions(TypedDict, total=False):
     scale_by_temperature: ScaleByTemperature
 
 
+PixelKLGroup = Annotated[PixelKLOptions | None, Field(
+    description="options passed on to the pixel_kl part (its keys below)")]
+
+
 # ---- proto_l2 --------------------------------------------------------------------------------------------------
 ProtoVariant = Annotated[Literal["seeds", "passion"], Field(
     description="'seeds': gap summed over the classes present in the sample; 'passion': averaged over them")]
@@ -135,6 +139,10 @@ class PreferenceOptions(TypedDict, total=False):
     statistic: StatisticOption
 
 
+PreferenceGroup = Annotated[PreferenceOptions | None, Field(
+    description="options of the preference-aware regularisation (its keys below)")]
+
+
 # ---- gss -------------------------------------------------------------------------------------------------------
 GssWeight = Annotated[float, Field(ge=0, description="weight of the GSS term (0.5)")]
 Anchor = Annotated[str | None, Field(description=(
@@ -162,10 +170,13 @@ class GssOptions(TypedDict, total=False):
     direction: GssDirection
 
 
+GssGroup = Annotated[GssOptions | None, Field(description="options passed on to the gss part (its keys below)")]
+
+
 # ---- prism ---------------------------------------------------------------------------------------------------
 PerModalityWeight = Annotated[NonNegative | Sequence[NonNegative], Field(
     description="a weight for every modality, or one per modality")]
-TermWeight = Annotated[float, Field(ge=0, description="weight of this part in the total")]
+TermWeight = Annotated[float, Field(ge=0, description="weight of this term (or part) in the total")]
 WeightingOption = Annotated[Literal["seeds", "passion"], Field(
     description="'passion': the total weighted as PASSION's train.py (the gate on sep and proto, E on sep and KL, "
                 "modal weights 1 / (1 - FR) on all three)")]

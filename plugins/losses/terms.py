@@ -42,6 +42,7 @@ from .options import (
     MediumWeights,
     MissingRates,
     PreferenceEnabled,
+    PreferenceGroup,
     PreferenceOptions,
     ProtoEps,
     ProtoVariant,
@@ -367,7 +368,7 @@ class ProtoL2Loss(PreferenceTerm):
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, variant: ProtoVariant = "seeds",
                  eps: ProtoEps = 1e-8, preference: PreferenceEnabled = False, missing_rates: MissingRates = None,
-                 gate: GateOption = "sample", preference_options: PreferenceOptions | None = None,
+                 gate: GateOption = "sample", preference_options: PreferenceGroup = None,
                  batch_reduction: BatchReduction = "mean") -> None:
         super().__init__(modalities, num_classes)
         self.proto = variant_options(PROTO_VARIANTS, variant, "proto_l2 variant")
