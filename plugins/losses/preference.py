@@ -178,10 +178,14 @@ class PreferenceRegulariser:
         return self.gamma0 * self.gamma_growth ** grown
 
     @torch.no_grad()
-    def observe(self, rp: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None) -> None:
+    def observe(self, rp: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None,
+                weight: torch.Tensor | float = 1.0) -> None:
         """Accumulate the epoch statistic over the available (sample, modality) pairs: RP ``[B, M]``, or with
-        ``statistic="pooled_distance"`` the distances ``distance`` ``[B, M]``."""
+        ``statistic="pooled_distance"`` the distances ``distance`` ``[B, M]``; ``weight`` (0 or 1, a tensor such
+        as ``prism.loss.observation_weight()``) multiplies what is recorded."""
         m = mask.to(torch.float32)
+        if not isinstance(weight, float) or weight != 1.0:
+            m = m * weight
         if self.statistic == "pooled_distance":
             if distance is None:
                 raise ValueError("statistic='pooled_distance' needs the distances: observe(rp, mask, distance=...)")

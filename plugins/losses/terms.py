@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from prism.batch import Batch
-from prism.loss import LossResult, LossTerm, observing
+from prism.loss import LossResult, LossTerm, observation_weight
 from prism.outputs import SegOutput
 
 from .deep_supervision import deep_supervision_loss, uni_loss
@@ -328,7 +328,7 @@ class PreferenceTerm(LossTerm):
 
     def gate(self, gap: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None
              ) -> torch.Tensor | None:
-        """omega ``[B, M]`` (statistics recorded on training batches only: ``prism.loss.observing()``).
+        """omega ``[B, M]`` (statistics recorded on training batches only: ``prism.loss.observation_weight()``).
 
         ``gate="sample"`` (the seeds): omega = 1[RP < 0] per sample from the gap; ``"batch"`` (PASSION's code):
         one gate per modality from the absolute distances summed over the batch (``batch_preference_gate``).
@@ -336,8 +336,8 @@ class PreferenceTerm(LossTerm):
         if self.preference is None:
             return None
         rp = relative_preference(gap, mask)
-        if observing():
-            self.preference.observe(rp, mask, distance)
+        if torch.is_grad_enabled():  # recorded with weight 0 inside observation(False): one compiled graph
+            self.preference.observe(rp, mask, distance, weight=observation_weight())
         if self.gate_mode == "batch":
             if distance is None:
                 raise ValueError("gate='batch' needs the prototype distances")

@@ -192,7 +192,7 @@ class PrismLoss(PreferenceTerm):
         per = self.seg.per_path(torch.cat(level0, 1) if len(level0) > 1 else level0[0], targets.onehot())
         if self.prm_region0:  # the full-resolution region map is scored with level 0, counted in PRM
             per, region0 = per[:, :-1], per[:, -1]
-        with_uni_deep = with_uni and self.uni.deep and output.uni_deep is not None
+        with_uni_deep = with_uni and self.uni.deep and bool(output.uni_deep)  # None or [] (no coarser level)
         levels = [torch.cat([d.unsqueeze(1), u], 1) for d, u in zip(output.deep, output.uni_deep, strict=True)] \
             if with_uni_deep else [d.unsqueeze(1) for d in output.deep]
         deep = level_losses(levels, targets, weights=self.uni.deep_weights, label_resample=self.uni.label_resample,
