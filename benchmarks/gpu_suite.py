@@ -7,6 +7,8 @@ Rows (each built by the Trainer as prism-train builds it, on synthetic phantoms)
 - P1 step: rfnet width 8, losses prism (beta 0.5, delta 0.1) + rfnet_sep, 80^3, batch 1: fp32, bf16, bf16 with
   ``train.compile: step`` (forward, losses, backward compiled), bf16 with ``train.cuda_graphs`` (or the reason it
   is refused); median ms per step and peak GiB. PASSION's step: 533 ms fp32, 445-482 ms bf16, 12.4 GiB.
+- Compile time of that compiled step: the first step's wall time less a compiled step's median (tracing and code
+  generation), and the graphs dynamo compiled over all its steps (1: no recompilation, no graph break).
 - multi_unet + prism, bf16.
 - Meta-Drop, MAML first order and second order (K=1, 2 tasks) relative to the standard bf16 step.
 - DataLoader patches/s (PatchDataset, 4 workers) at 80^3 and 128^3 against the standard step's rate.
@@ -32,6 +34,7 @@ from bench_common import (  # noqa: E402
     build_trainer,
     close_trainer,
     loader_rate,
+    sync,
     synthetic_cache,
     time_evaluation,
     time_steps,
@@ -61,12 +64,22 @@ def _step_row(cache: Path, run: Path, overrides: list[str], sz: dict[str, Any], 
     trainer = None
     try:
         trainer = build_trainer(overrides, cache, run, size=sz["patch"], device=device, steps=1000)
+        first_s = None
         if compile_backend is not None:  # what train.compile=step installs, with the backend chosen here
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
             trainer.ctx.forward_loss = compiled_forward_loss(trainer.ctx, backend=compile_backend)
+            t_first = time.perf_counter()
+            trainer.strategy.step(trainer.ctx)  # traces and compiles
+            sync(trainer.ctx.device)
+            first_s = time.perf_counter() - t_first
         t0 = time.perf_counter()
         timing = time_steps(trainer, warmup=sz["warmup"], steps=steps or sz["steps"])
         row: dict[str, Any] = timing.as_dict()
         row["total_s"] = round(time.perf_counter() - t0, 2)
+        if first_s is not None:
+            row["compile_s"] = round(first_s - timing.median_s, 2)
+            row["graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         return row
     except ConfigError as exc:
         return {"refused": str(exc)}
@@ -193,6 +206,10 @@ def print_table(out: dict[str, Any]) -> None:
     rows += [(f"strategy {k}", v) for k, v in out["strategies"].items() if k != "standard"]
     for name, row in rows:
         print(f"  {name:32s} {_cell(row)}")
+    compiled = out["p1"]["compiled"]
+    if "compile_s" in compiled:
+        print(f"  {'P1 rfnet compile time':32s} {compiled['compile_s']:9.1f} s   {compiled['graphs']} graph(s) over "
+              "all its steps")
     for patch, row in out["loader"].items():
         print(f"  DataLoader {patch}^3, {row['workers']} workers   {row['patches_per_s']:9.1f} patches/s  "
               f"({row['x_step_rate_batch1']}x the bf16 step rate)")

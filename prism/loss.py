@@ -15,11 +15,23 @@ from .outputs import SegOutput
 #: The ``observation`` stack (a plain list, not a ContextVar: torch.compile traces reading it without a graph
 #: break; a training process runs its losses on one thread).
 _OBSERVING: list[bool] = [True]
+#: The same switch as a 0-dim tensor, 1.0 or 0.0, changed in place (``observation_weight``).
+_OBSERVING_WEIGHT = torch.ones(())
 
 
 def observing() -> bool:
     """Whether stateful terms should record statistics from the current loss call (see ``observation``)."""
     return _OBSERVING[-1] and torch.is_grad_enabled()
+
+
+def observation_weight() -> torch.Tensor:
+    """1.0 while observing, 0.0 inside ``observation(False)``: a 0-dim CPU tensor whose value changes in place.
+
+    A stateful term that multiplies what it records by it, instead of branching on ``observing()``, runs the same
+    code for observed and unobserved calls, so a compiled step traces one graph for both (a Python bool read
+    inside the step would be specialised on, one graph per value).
+    """
+    return _OBSERVING_WEIGHT
 
 
 @contextlib.contextmanager
@@ -28,10 +40,12 @@ def observation(enabled: bool) -> Iterator[None]:
     ``observation(False)`` so that per-epoch statistics (preference-aware regularisation) come from training
     batches only."""
     _OBSERVING.append(bool(enabled))
+    _OBSERVING_WEIGHT.fill_(float(enabled))
     try:
         yield
     finally:
         _OBSERVING.pop()
+        _OBSERVING_WEIGHT.fill_(float(_OBSERVING[-1]))
 
 
 _STEP_CACHE = "_prism_loss_cache"
@@ -60,10 +74,16 @@ def clear_step_cache(batch: Any) -> None:
 
 @dataclass
 class LossResult:
-    """A scalar loss and its named parts (detached, for logging)."""
+    """A scalar loss and its named parts (detached, for logging).
+
+    ``contributions``: optional, the term's additive pieces after its own weights (detached), which sum to
+    ``total`` (the ``prism`` term: ``fuse``, ``prm``, ``pixel_kl`` ...); the run logs each one's share of the whole
+    loss as ``share.<name>``. Empty: the term is one piece, named after the term.
+    """
 
     total: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    contributions: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class LossTerm:

@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from launch_counter import LaunchCounter  # noqa: E402
 
 
-def reference_unit(c_in: int, c_out: int, k: int = 3, *, stride: int = 1, groups: int = 1, slope: float = 0.2
-                   ) -> nn.Sequential:
-    """The unit as it was: convolution, InstanceNorm3d(affine), in-place LeakyReLU."""
-    return nn.Sequential(nn.Conv3d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=False),
-                         nn.InstanceNorm3d(c_out, affine=True), nn.LeakyReLU(slope, inplace=True))
+def reference_unit(c_in: int, c_out: int, k: int = 3, *, stride: int = 1, groups: int = 1, slope: float = 0.2,
+                   bias: bool = False, affine: bool = True) -> nn.Sequential:
+    """The unit as it was: convolution, InstanceNorm3d, in-place LeakyReLU (RFNet's: bias, no affine)."""
+    return nn.Sequential(nn.Conv3d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=bias),
+                         nn.InstanceNorm3d(c_out, affine=affine), nn.LeakyReLU(slope, inplace=True))
 
 
 def _randomise(module: nn.Module, seed: int) -> None:
@@ -91,19 +91,24 @@ class SeparateFusion(RegionAwareFusion):
         self.num_classes = k
         self.weight_mlp = RegionAwareFusion(c, m, k).weight_mlp
         self.paired = False
-        self.region_fusion = nn.Sequential(reference_unit(k * c, c, 1), reference_unit(c, c),
-                                           reference_unit(c, c // 2, 1))
-        self.shortcut = nn.Sequential(reference_unit(m * c, c, 1), reference_unit(c, c),
-                                      reference_unit(c, c - c // 2, 1))
+        rfnet = {"bias": True, "affine": False}  # RFNet's unit
+        self.region_fusion = nn.Sequential(reference_unit(k * c, c, 1, **rfnet), reference_unit(c, c, **rfnet),
+                                           reference_unit(c, c // 2, 1, **rfnet))
+        self.shortcut = nn.Sequential(reference_unit(m * c, c, 1, **rfnet), reference_unit(c, c, **rfnet),
+                                      reference_unit(c, c - c // 2, 1, **rfnet))
 
 
-def test_grouped_fusion_stacks_equal_the_separate_stacks_and_load_their_checkpoints():
+def test_grouped_fusion_stacks_equal_the_separate_stacks():
     c, m, k = 4, 4, 4
     ref = SeparateFusion(c, m, k).double()
     _randomise(ref, 5)
     lean = RegionAwareFusion(c, m, k).double()
     assert lean.paired and not hasattr(lean, "region_fusion")
-    lean.load_state_dict(ref.state_dict())  # strict: old keys are merged into the grouped stack on load
+    state = ref.state_dict()  # the grouped stack holds region fusion's weights first, the shortcut's second
+    for key in [key for key in state if key.startswith("region_fusion.")]:
+        rest = key[len("region_fusion."):]
+        state["stacks." + rest] = torch.cat([state.pop(key), state.pop("shortcut." + rest)])
+    lean.load_state_dict(state)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, m, c, 4, 6, 4, generator=g, dtype=torch.float64)
     regions = torch.randn(2, k, 4, 6, 4, generator=g, dtype=torch.float64).softmax(1)

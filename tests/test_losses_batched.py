@@ -65,6 +65,7 @@ def ref_segmentation(out, batch, seg, separate):
 class WithSep(SegOutput):
     sep: torch.Tensor | None = None
     region0: torch.Tensor | None = None
+    uni_region0: torch.Tensor | None = None
 
 
 def make(seed=0, b=2, s=8):
@@ -78,6 +79,7 @@ def make(seed=0, b=2, s=8):
     out.uni_deep = [r(b, 4, *d.shape[1:]) for d in out.deep]
     out.sep = r(b, 4, K, s, s, s)
     out.region0 = r(b, K, s, s, s)
+    out.uni_region0 = r(b, 4, K, s, s, s)
     label = torch.randint(0, K, (b, s, s, s), generator=g)
     label[1] = label[1].clamp(max=2)  # class 3 absent from sample 1
     mask = torch.tensor([[True, False, True, True], [False, True, True, False]])[:b]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from test_losses_batched import MODS, K, make
+from test_losses_passion import preset_options
 
 from prism.loss import observation
-from prism.presets import load_preset
 from prism.registry import create_loss
 
 CASES = {"seeds+preference+gss": {"preference": True, "gss": True, "separate": True},
@@ -17,7 +17,7 @@ CASES = {"seeds+preference+gss": {"preference": True, "gss": True, "separate": T
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_prism_loss_compiles_without_graph_breaks_and_records_like_eager(case):
     options = CASES[case]
-    options = dict(load_preset(options)["losses"][0]["options"]) if isinstance(options, str) else options
+    options = preset_options(options) if isinstance(options, str) else options
     out, batch = make(seed=7)
     eager, compiled = create_loss("prism", MODS, K, **options), create_loss("prism", MODS, K, **options)
     torch._dynamo.reset()

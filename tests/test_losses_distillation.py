@@ -29,8 +29,15 @@ def _tensors() -> tuple[torch.Tensor, torch.Tensor]:
 def test_seeds_definition_known_value():
     pt = _softmax(TEACHER, 4.0)
     expected = [_kl(_softmax(s, 4.0), pt) for s in STUDENT]
+    # the softened KL is scaled by mu^2 (Hinton et al. 2015, sec. 2) unless asked not to
     got = pixel_kl_loss(*_tensors(), torch.tensor([[True, True]]), reduction="per_modality")
-    torch.testing.assert_close(got, torch.tensor(expected))
+    torch.testing.assert_close(got, 16.0 * torch.tensor(expected))
+    unscaled = pixel_kl_loss(*_tensors(), torch.tensor([[True, True]]), reduction="per_modality",
+                             scale_by_temperature=False)
+    torch.testing.assert_close(unscaled, torch.tensor(expected))
+    at_one = pixel_kl_loss(*_tensors(), torch.tensor([[True, True]]), temperature=1.0, reduction="per_modality")
+    torch.testing.assert_close(at_one, torch.tensor([_kl(_softmax(s, 1.0), _softmax(TEACHER, 1.0))
+                                                     for s in STUDENT]))  # mu = 1: the factor is 1
 
 
 def test_passion_variant_known_value():

@@ -10,6 +10,7 @@ SGD step with ``create_graph=True``, the query loss at the adapted weights, ``ba
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -30,12 +31,13 @@ CASES = [(n, o) for n, opts in VARIANTS.items() for o in opts]
 
 
 def preset_loss_options(case: dict | str) -> dict:
-    """A case's options: a dict, or the name of a preset whose first loss term's options are taken."""
+    """A case's options: a dict, or the name of a preset whose first loss term's options are taken (with
+    ``missing_rates: from_split`` resolved on PASSION's mr2468 training split, as a run resolves it)."""
     if isinstance(case, dict):
         return case
-    from prism.presets import load_preset
+    from test_losses_passion import preset_options
 
-    return dict(load_preset(case)["losses"][0]["options"])
+    return preset_options(case)
 
 
 @pytest.mark.parametrize(("name", "options"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
@@ -68,11 +70,20 @@ def test_safe_normalize_matches_f_normalize_and_is_finite_at_zero():
 
 @pytest.mark.parametrize(("name", "options", "match"), [
     ("prism", {"beta": [0.5, 0.5]}, r"beta has 2 values for modalities"),
-    ("uni", {"smoth_nr": 1.0}, r"loss 'uni': unknown option 'smoth_nr'; did you mean 'smooth_nr'"),
-    ("prism", {"gss_options": {"ancor": "t2"}}, r"gss_options: unknown option 'ancor'; did you mean 'anchor'"),
-    ("proto_l2", {"preference": True, "gama": 0.1}, r"preference options: unknown option 'gama'"),
+    ("uni", {"smoth_nr": 1.0}, r"smoth_nr: unknown option of loss 'uni'.*did you mean 'smooth_nr'"),
+    ("uni", {"lambda_dice": "abc"}, r"lambda_dice: loss 'uni'.*valid number"),
+    ("uni", {"lambda_dice": -1.0}, r"lambda_dice: loss 'uni'.*greater than or equal to 0"),
+    ("prm", {"label_resample": "bilinear"}, r"label_resample: loss 'prm'.*'maxpool', 'nearest' or 'upsample'"),
+    ("pixel_kl", {"temperature": 0}, r"temperature: loss 'pixel_kl'.*greater than 0"),
+    ("pixel_kl", {"clamped_weight": True}, r"clamped_weight=true needs prob_floor"),
+    ("prism", {"gss_options": {"ancor": "t2"}}, r"gss_options.ancor: loss 'prism'.*[Ee]xtra inputs"),
+    ("prism", {"pixel_kl_options": {"deep_weights": [0.5, -1]}}, r"pixel_kl_options.deep_weights.1: loss 'prism'"),
+    ("prism", {"missing_rates": "from_split"}, r"from_split.*resolved from the training split"),
+    ("proto_l2", {"preference": True, "gama": 0.1}, r"gama: unknown option of loss 'proto_l2'"),
+    ("proto_l2", {"preference": True, "preference_options": {"gama": 0.1}},
+     r"preference_options.gama: loss 'proto_l2'.*[Ee]xtra inputs"),
     ("proto_l2", {"preference": True, "missing_rates": {"flare": 0.5}}, r"unknown modalities \['flare'\]"),
-    ("proto_l2", {"preference": True, "missing_rates": [0.5, 1.0, 0.0, 0.0]}, r"missing rates must lie in"),
+    ("proto_l2", {"preference": True, "missing_rates": [0.5, 1.0, 0.0, 0.0]}, r"missing_rates(.1)?: .*less than 1"),
 ])
 def test_bad_loss_options_are_one_line_user_errors(name, options, match):
     from prism.errors import PluginBug, PluginError
@@ -103,3 +114,69 @@ def test_term_passes_the_conformance_suite(name):
     report = check_loss(name, options=STATEFUL.get(name), detached=TEACHER_PARTS.get(name, ()),
                         stateful=name in STATEFUL)
     assert report.passed == list(LOSS_CHECKS)
+
+
+# ---- every option of every built-in loss: typed, bounded, described, in the generated reference ------------------
+
+def _builtin_losses():
+    from prism.registry import get_registry
+    from prism.registry.core import BUILTIN_DISTRIBUTION
+
+    return [e for e in get_registry().entries("loss") if e.distribution == BUILTIN_DISTRIBUTION]
+
+
+def _numeric(ann) -> bool:
+    import typing
+
+    base = typing.get_args(ann)[0] if typing.get_origin(ann) is typing.Annotated else ann
+    return base in (int, float)
+
+
+def _bounds(ann) -> list:
+    import typing
+
+    if typing.get_origin(ann) is not typing.Annotated:
+        return []
+    return [m for meta in typing.get_args(ann)[1:] for m in getattr(meta, "metadata", [])]
+
+
+def test_every_builtin_loss_option_is_typed_bounded_and_described():
+    import sys
+    import typing
+    from pathlib import Path
+
+    from typing_extensions import is_typeddict
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "_gen"))
+    from gen_reference import md_escape, option_description, option_group, plugins_page
+
+    page = plugins_page()
+    entries = _builtin_losses()
+    assert {"fuse", "uni", "prm", "pixel_kl", "proto_l2", "gss", "prism", "rfnet_sep"} <= {e.name for e in entries}
+    for e in entries:
+        params = list(inspect.signature(e.factory).parameters.values())[3:]  # after self, modalities, classes
+        assert all(p.kind is not p.VAR_KEYWORD for p in params), f"{e.name} takes **kwargs"
+        hints = typing.get_type_hints(e.factory.__init__, include_extras=True)
+        for p in params:
+            ann = hints[p.name]
+            what = f"loss '{e.name}' option '{p.name}'"
+            description = option_description(ann)
+            assert description, f"{what} has no description"
+            assert md_escape(description) in page, f"{what}: not in the generated reference"
+            if _numeric(ann):
+                assert _bounds(ann), f"{what} is a number without limits"
+            group = option_group(ann)
+            if group is not None:
+                assert is_typeddict(group)
+                for key, key_ann in typing.get_type_hints(group, include_extras=True).items():
+                    assert option_description(key_ann), f"{what}.{key} has no description"
+
+
+def test_bad_option_is_refused_when_the_run_is_built_not_at_step_one():
+    from prism.config import build_config
+    from prism.engine.builder import build_parts
+    from prism.errors import PluginError
+
+    config = build_config(None, ["losses.0.name=uni", "losses.0.options.lambda_dice=abc"])
+    with pytest.raises(PluginError, match=r"^losses.0.options.lambda_dice: loss 'uni' .*valid number"):
+        build_parts(config, MODS, 3)

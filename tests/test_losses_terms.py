@@ -98,7 +98,9 @@ def test_preference_gates_proto_and_round_trips_state():
     out, batch = _output(), _batch()
     term = create_loss("prism", MODS, 3, preference=True, missing_rates=[0.5, 0.0, 0.0, 0.0])
     res = term(out, batch)
-    assert res.parts["pref_coef/flair"].item() == pytest.approx(2.0)
+    # E starts at Proj(1 / (1 - FR)) = 2 [2, 1, 1, 1] / ||[2, 1, 1, 1]||_2: the first update moves it, never rescales
+    assert res.parts["pref_coef/flair"].item() == pytest.approx(4.0 / 7.0**0.5)
+    assert res.parts["pref_coef/t1ce"].item() == pytest.approx(2.0 / 7.0**0.5)
     plain = create_loss("prism", MODS, 3)(out, batch)
     assert res.parts["proto_l2"] < plain.parts["proto_l2"]  # omega = 1[RP < 0] drops some pairs
     term.on_epoch_end()

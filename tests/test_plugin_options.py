@@ -196,7 +196,7 @@ def test_a_failing_run_releases_its_folder_and_cache(tiny_cache, tmp_path, capsy
 # ---- every option of the built-in backbones, masking policies and strategies is documented and limited --------------
 
 #: the kinds whose built-in factories are covered here (loss terms: tests/test_losses_*.py)
-KINDS_CHECKED = ("backbone", "masking", "strategy")
+KINDS_CHECKED = ("backbone", "loss", "masking", "strategy")
 BUILTIN = [(kind, e.name) for kind in KINDS_CHECKED for e in get_registry().entries(kind)
            if e.distribution == "prism-seg"]
 

@@ -18,7 +18,9 @@ def test_expected_presets_ship():
 @pytest.mark.parametrize("name", list_presets())
 def test_preset_builds(name):
     config = build_config(load_preset(name), source=f"preset {name}")
-    parts = build_parts(config, BRATS_MODALITIES, 4)  # checks names, options and provides/needs
+    # checks names, options and provides/needs (the availability of a small training split: from_split)
+    split = [(True, True, True, True), (True, False, True, False)]
+    parts = build_parts(config, BRATS_MODALITIES, 4, availability=split)
     assert parts.model.modalities == BRATS_MODALITIES
 
 

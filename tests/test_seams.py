@@ -195,8 +195,13 @@ def test_loss_set_checks_the_first_evaluation_then_nothing():
     term.broken = False
     losses(_output(), batch)
     assert losses.checked
-    term.broken = True  # later evaluations are not checked (no host read per step)
-    losses(_output(), batch)
+    term.broken = True  # later evaluations are not checked (no host read per step): no PluginBug is raised
+    try:
+        losses(_output(), batch)
+    except PluginBug:  # pragma: no cover - the failure this test guards against
+        pytest.fail("a later evaluation was checked")
+    except RuntimeError:
+        pass  # the unchecked vector total fails further on (the loss shares stack scalars)
 
 
 # ---- blame -------------------------------------------------------------------------------------------------------

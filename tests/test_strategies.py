@@ -176,9 +176,11 @@ def test_meta_drop_records_preference_statistics_from_the_training_batch_only(ti
     term = trainer.ctx.losses.terms[0].term
     seen = []
     original = term.preference.observe
-    term.preference.observe = lambda rp, mask, *rest: (seen.append(mask.clone()), original(rp, mask, *rest))
+    term.preference.observe = lambda rp, mask, *rest, **kw: (seen.append((mask.clone(), float(kw["weight"]))),
+                                                             original(rp, mask, *rest, **kw))
     trainer.strategy.step(trainer.ctx)
-    assert len(seen) == 1  # the meta batch (full masks) is not observed
+    assert [w for _, w in seen] == [1.0, 0.0]  # the meta batch (full masks) is recorded with weight 0
+    assert term.preference.state_dict()["rp_count"] == seen[0][0].sum(0).float().tolist()
 
 
 def test_missing_rates_are_given_by_modality_name():

@@ -149,9 +149,10 @@ def test_shipped_studies_plan_and_build(name):
         pytest.skip(f"preset {spec.preset} not shipped yet")
     runs = plan_runs(spec, Path("/nonexistent/cache.h5"))
     assert len(runs) == len(spec.arms) * len(spec.seeds) and spec.reference_arm in spec.arms
+    split = [(True, True, True, True), (True, False, True, False)]  # a training split's availability (from_split)
     for arm in spec.arms:  # every arm's plugins build with their options (before any data is needed)
         config = next(r.config for r in runs if r.arm == arm)
-        build_parts(config, tuple(BRATS_MODALITIES), 4)
+        build_parts(config, tuple(BRATS_MODALITIES), 4, availability=split)
 
 
 @pytest.mark.slow

@@ -338,6 +338,27 @@ def cli_page() -> str:
 PARTS_COLUMN = {"backbone": "provides", "loss": "needs"}
 
 
+def option_description(ann: Any) -> str:
+    """The ``Field(description=...)`` of an ``Annotated`` option type ("" when it has none)."""
+    if typing.get_origin(ann) is typing.Annotated:
+        for meta in typing.get_args(ann)[1:]:
+            text = getattr(meta, "description", None)
+            if text:
+                return str(text)
+    return ""
+
+
+def option_group(ann: Any) -> type | None:
+    """The TypedDict of an option that takes a group of options (``X | None``), or None."""
+    from typing_extensions import is_typeddict
+
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
+    candidates = [ann, *typing.get_args(ann)] if typing.get_origin(ann) in (typing.Union, types.UnionType) else [ann]
+    return next((c for c in candidates if is_typeddict(c)), None)
+
+
+
 def options_table(entry: Any) -> str:
     """A plugin's options as a table (type, default, limits, description), read by the registry from its factory's
     signature (``prism.registry.PluginEntry.options``)."""
@@ -350,8 +371,13 @@ def options_table(entry: Any) -> str:
     for o in specs:
         typ = o.type_text
         default = "required" if o.default is _inspect.Parameter.empty else repr(o.default)
-        out.append(f"| {code(o.name)} | {code(typ)} | {code(default)} | {md_escape(o.limits)} | "
-                   f"{md_escape(o.description)} |\n")
+        description = md_escape(o.description)
+        group = option_group(o.annotation)
+        if group is not None:  # an option taking a group of options: its keys, one per line
+            keys = typing.get_type_hints(group, include_extras=True)
+            description += "".join(f"<br>{code(f'{key}: {type_name(ann)}')}: {md_escape(option_description(ann))}"
+                                   for key, ann in keys.items())
+        out.append(f"| {code(o.name)} | {code(typ)} | {code(default)} | {md_escape(o.limits)} | {description} |\n")
     return "".join(out) + "\n"
 
 

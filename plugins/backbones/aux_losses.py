@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prism.batch import Batch
 from prism.errors import PluginError
 from prism.loss import LossResult, LossTerm
 from prism.outputs import SegOutput
 from prism.plugins.losses import targets_for, uni_loss
+from prism.plugins.losses.options import (
+    BatchReduction,
+    ClassWeightingOption,
+    ClassWeights,
+    IncludeBackground,
+    LambdaCE,
+    LambdaDice,
+    SegProbFloor,
+    SmoothDr,
+    SmoothNr,
+    TermWeight,
+)
 from prism.plugins.losses.terms import modality_parts, seg_options
 
 
@@ -17,10 +27,17 @@ class RFNetSeparateLoss(LossTerm):
 
     needs = frozenset({"sep"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 1.0, **seg: Any) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: TermWeight = 1.0,
+                 include_background: IncludeBackground = True, class_weighting: ClassWeightingOption = "none",
+                 lambda_dice: LambdaDice = 1.0, lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None,
+                 smooth_nr: SmoothNr = 1e-5, smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
+                 batch_reduction: BatchReduction = "mean") -> None:
         super().__init__(modalities, num_classes)
         self.weight = float(weight)
-        self.seg = seg_options(**seg)
+        self.seg = seg_options(include_background=include_background, class_weights=class_weights,
+                               class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+                               smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor,
+                               batch_reduction=batch_reduction)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         sep = output.part("sep")
@@ -29,4 +46,5 @@ class RFNetSeparateLoss(LossTerm):
                               "separate_decoder=True")
         per = self.seg.reduce_batch(uni_loss(sep, batch.label, batch.mask, options=self.seg, reduction="none",
                                              targets=targets_for(batch.label, sep.shape[2], batch)))
-        return LossResult(self.weight * per.sum(), modality_parts("rfnet_sep", per, self.modalities))
+        return LossResult(self.weight * per.sum(), modality_parts("rfnet_sep", per, self.modalities),
+                          {"rfnet_sep": (self.weight * per.sum()).detach()})

@@ -6,17 +6,22 @@ Plain functions on tensors (reusable anywhere) and the registered terms ``shaspe
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from prism.batch import Batch
 from prism.errors import PluginError
 from prism.loss import LossResult, LossTerm
 from prism.outputs import SegOutput
+from prism.plugins.losses.options import TermWeight
 
 Distance = Literal["l1", "l2"]
+DistanceOption = Annotated[Distance, Field(
+    description="how far apart the shared features of two available modalities are: mean absolute ('l1') or "
+                "squared ('l2') difference")]
 
 
 class ShaSpecOutputError(PluginError, ValueError):
@@ -87,7 +92,7 @@ class ShaSpecDomainLoss(LossTerm):
 
     needs = frozenset({"domain_logits"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 1.0) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: TermWeight = 1.0) -> None:
         super().__init__(modalities, num_classes)
         self.weight = float(weight)
 
@@ -107,8 +112,8 @@ class ShaSpecConsistencyLoss(LossTerm):
 
     needs = frozenset({"shared"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 1.0,
-                 distance: Distance = "l1") -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: TermWeight = 1.0,
+                 distance: DistanceOption = "l1") -> None:
         super().__init__(modalities, num_classes)
         if distance not in ("l1", "l2"):
             raise ShaSpecOutputError(f"shaspec_consistency: distance must be 'l1' or 'l2', got {distance!r}")

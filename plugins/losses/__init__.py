@@ -5,9 +5,11 @@
 >>> kl = pixel_kl_loss(uni_logits, fused_logits, mask)  # sum over available modalities, batch mean
 
 Registered terms (name: SegOutput parts needed): fuse (logits), uni (uni), prm (deep), pixel_kl (logits, uni),
-proto_l2 (features, uni_features), gss (uni), prism (all six, plus RFNet's extra part ``sep`` with
-``separate=true``: the seeds' total objective, or PASSION's with the options the ``passion_brats2020_mr2468``
-preset selects). The backbone-specific terms ``rfnet_sep`` (``sep``), ``shaspec_domain`` (``domain_logits``)
+proto_l2 (features, uni_features), gss (uni), prism (all six, plus RFNet's extra parts ``sep`` with
+``separate=true``, ``region0`` with ``prm_region0`` and ``uni_region0`` with the pixel KL's ``region0_weight``:
+the seeds' total objective, or PASSION's with the options the ``passion_brats2020_mr2468`` preset selects). Every
+option is typed, bounded and described once in ``options``, which the registry validates against. The
+backbone-specific terms ``rfnet_sep`` (``sep``), ``shaspec_domain`` (``domain_logits``)
 and ``shaspec_consistency`` (``shared``) are registered with the backbones.
 
 Every term of a step shares the batch's one-hot labels per decoder level (``targets_for``), and each level's

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .segmentation import SegLossOptions
+from .segmentation import SegLossOptions, upcast
 from .targets import LabelResample, Targets, resample_labels, targets_for
 
 __all__ = ["LabelResample", "ModalityReduction", "resample_labels", "level_weights", "level_losses",
@@ -27,7 +27,8 @@ def level_weights(num_levels: int, weights: Sequence[float] | None = None) -> li
 
 
 def level_losses(levels: Sequence[torch.Tensor], targets: Targets, *, weights: Sequence[float] | None = None,
-                 label_resample: LabelResample = "maxpool", options: SegLossOptions | None = None) -> torch.Tensor:
+                 label_resample: LabelResample = "maxpool", options: SegLossOptions | None = None,
+                 align_corners: bool = False) -> torch.Tensor:
     """``sum_s w_s l(y^(s), y_s)`` over coarser levels, each level's predictions scored in one batched call.
 
     Args:
@@ -38,6 +39,7 @@ def level_losses(levels: Sequence[torch.Tensor], targets: Targets, *, weights: S
         label_resample: ``"maxpool"``/``"nearest"``: the labels are resampled to each level;
             ``"upsample"`` (PASSION's code): each level's softmax probabilities are upsampled (trilinear) to the
             labels' resolution and scored there (the CE then takes the log of the clamped probabilities).
+        align_corners: of that upsampling (PASSION's code: True).
     Returns:
         ``[B, P]`` float32 (zeros of ``[B, 1]`` when ``levels`` is empty).
     """
@@ -48,34 +50,38 @@ def level_losses(levels: Sequence[torch.Tensor], targets: Targets, *, weights: S
         if logits.dim() != targets.label.dim() + 2 or logits.shape[0] != b:
             raise ValueError(f"deep level {tuple(logits.shape)} does not match label {tuple(targets.label.shape)}")
         if label_resample == "upsample":
-            value = w * options.per_path_probs(upsample_probs(logits, targets.label.shape[1:]), targets.onehot())
+            value = w * options.per_path_probs(upsample_probs(logits, targets.label.shape[1:],
+                                                              align_corners=align_corners), targets.onehot())
         else:
             value = w * options.per_path(logits, targets.onehot(logits.shape[3:], label_resample))
         total = value if total is None else total + value
     return targets.label.new_zeros(b, 1, dtype=torch.float32) if total is None else total
 
 
-def upsample_probs(logits: torch.Tensor, size: Sequence[int], class_dim: int = 2) -> torch.Tensor:
-    """Softmax probabilities upsampled (linear/bilinear/trilinear, ``align_corners=False``) to ``size``.
+def upsample_probs(logits: torch.Tensor, size: Sequence[int], class_dim: int = 2, *, align_corners: bool = False
+                   ) -> torch.Tensor:
+    """Softmax probabilities upsampled (linear/bilinear/trilinear) to ``size``.
 
     Args:
         logits: ``[B, P, K, *spatial]`` (classes along ``class_dim``); size: the target spatial size.
+        align_corners: passed to ``F.interpolate`` (PASSION upsamples with True).
     Returns:
-        ``[B, P, K, *size]`` float32 probabilities.
+        ``[B, P, K, *size]`` float32 probabilities (float64 for float64 logits).
     """
-    probs = logits.float().softmax(class_dim)
+    probs = upcast(logits).softmax(class_dim)
     if tuple(probs.shape[class_dim + 1:]) == tuple(size):
         return probs
     lead = probs.shape[:class_dim]
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
     up = F.interpolate(probs.flatten(0, class_dim - 1), size=tuple(int(s) for s in size), mode=mode,
-                       align_corners=False)
+                       align_corners=align_corners)
     return up.unflatten(0, lead)
 
 
 def deep_supervision_loss(levels: Sequence[torch.Tensor], label: torch.Tensor, *,
                           weights: Sequence[float] | None = None, label_resample: LabelResample = "maxpool",
-                          options: SegLossOptions | None = None, targets: Targets | None = None) -> torch.Tensor:
+                          options: SegLossOptions | None = None, targets: Targets | None = None,
+                          align_corners: bool = False) -> torch.Tensor:
     """``sum_s w_s l(y^(s), y_s)`` per sample over coarser levels (list of ``[B, K, d, h, w]``, finest first).
 
     Args:
@@ -83,12 +89,13 @@ def deep_supervision_loss(levels: Sequence[torch.Tensor], label: torch.Tensor, *
         label: ``[B, D, H, W]`` class indices, resampled to each level (``resample_labels``).
         weights: ``w_s``, ``2^-s`` by default.
         targets: the batch's shared ``Targets`` of ``label`` (built here when None).
+        align_corners: of the upsampling with ``label_resample="upsample"``.
     Returns:
         ``[B]`` float32 (zeros when ``levels`` is empty).
     """
     targets = targets if targets is not None else Targets(label, _classes(levels, 1))
     return level_losses([lv.unsqueeze(1) for lv in levels], targets, weights=weights,
-                        label_resample=label_resample, options=options)[:, 0]
+                        label_resample=label_resample, options=options, align_corners=align_corners)[:, 0]
 
 
 def _classes(levels: Sequence[torch.Tensor], dim: int) -> int:
@@ -97,7 +104,7 @@ def _classes(levels: Sequence[torch.Tensor], dim: int) -> int:
 
 def prm_loss(deep: Sequence[torch.Tensor], label: torch.Tensor, *, weights: Sequence[float] | None = None,
              label_resample: LabelResample = "maxpool", options: SegLossOptions | None = None,
-             targets: Targets | None = None) -> torch.Tensor:
+             targets: Targets | None = None, align_corners: bool = False) -> torch.Tensor:
     """L_PRM: deep supervision of the fused decoder levels s >= 1, ``sum_s 2^-s l(y^(s), y)``, batch mean.
 
     Level 0 (the output) is L_fuse's and not counted again.
@@ -110,7 +117,7 @@ def prm_loss(deep: Sequence[torch.Tensor], label: torch.Tensor, *, weights: Sequ
         A scalar.
     """
     return deep_supervision_loss(deep, label, weights=weights, label_resample=label_resample, options=options,
-                                 targets=targets).mean()
+                                 targets=targets, align_corners=align_corners).mean()
 
 
 def _check_uni(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, what: str = "uni") -> None:
@@ -147,7 +154,8 @@ def reduce_modalities(values: torch.Tensor, mask: torch.Tensor, reduction: Modal
 def uni_loss(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, *,
              uni_deep: Sequence[torch.Tensor] | None = None, weights: Sequence[float] | None = None,
              label_resample: LabelResample = "maxpool", options: SegLossOptions | None = None,
-             reduction: ModalityReduction = "total", targets: Targets | None = None) -> torch.Tensor:
+             reduction: ModalityReduction = "total", targets: Targets | None = None,
+             align_corners: bool = False) -> torch.Tensor:
     """L_uni: segmentation loss of every available modality's own prediction, with optional deep supervision.
 
     Args:
@@ -156,6 +164,7 @@ def uni_loss(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, *,
         mask: ``[B, M]`` bool, available modalities; missing ones contribute 0 and receive no gradient.
         uni_deep: coarser per-modality levels ``[B, M, K, d, h, w]`` (finest first), weighted ``2^-s``.
         targets: the batch's shared ``Targets`` of ``label`` (optional).
+        align_corners: of the upsampling with ``label_resample="upsample"``.
     Returns:
         ``reduce_modalities(loss [B, M], mask, reduction)``; all M modalities of a level go through one call.
     Raises:
@@ -170,5 +179,5 @@ def uni_loss(uni: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, *,
     per = options.per_path(uni, targets.onehot())
     if uni_deep:
         per = per + level_losses(list(uni_deep), targets, weights=weights, label_resample=label_resample,
-                                 options=options)
+                                 options=options, align_corners=align_corners)
     return reduce_modalities(per, mask, reduction)

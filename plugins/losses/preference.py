@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import LossOptionError
+from .segmentation import upcast
 
 Projection = Literal["passion", "clamp"]
 Initial = Literal["inverse_rate", "ones"]
@@ -28,7 +29,7 @@ def relative_preference(gap: torch.Tensor, mask: torch.Tensor, eps: float = 1e-1
     """
     if gap.dim() != 2 or gap.shape != mask.shape:
         raise ValueError(f"gap and mask must both be [B, M], got {tuple(gap.shape)} and {tuple(mask.shape)}")
-    gap = gap.detach().float()
+    gap = upcast(gap.detach())
     m = mask.to(gap.dtype)
     mean = (gap * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
     return (1.0 - gap / (mean + eps)) * m
@@ -48,6 +49,10 @@ def preference_gate(rp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def batch_preference_gate(distance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """PASSION's gate, one per modality for the batch: ``omega_m = 1[sum_b mask (D_b^m / mean_m' D_b^m' - 1) > 0]``.
 
+    A sample whose distances are all 0 (one available modality: its single-modality path is the fused path)
+    adds 0. PASSION's code divides 0 by 0 there, and the NaN leaves every gate of the step off; at its batch size
+    of 1 that is the same outcome, since a score of 0 is not above 0.
+
     Args:
         distance: ``[B, M]`` prototype distances (PASSION: mean absolute gap ``|S_s - S_t|``); mask: ``[B, M]`` bool.
     Returns:
@@ -58,10 +63,11 @@ def batch_preference_gate(distance: torch.Tensor, mask: torch.Tensor) -> torch.T
     if distance.dim() != 2 or distance.shape != mask.shape:
         raise ValueError(f"distance and mask must both be [B, M], got {tuple(distance.shape)} and "
                          f"{tuple(mask.shape)}")
-    d = distance.detach().float()
+    d = upcast(distance.detach())
     m = mask.to(d.dtype)
     mean = (d * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
-    score = (m * (d / mean.clamp_min(1e-12) - 1.0)).sum(0, keepdim=True)  # [1, M]
+    ratio = torch.where(mean > 0, d / mean.clamp_min(1e-30), torch.ones_like(d))  # 0 / 0: no preference
+    score = (m * (ratio - 1.0)).sum(0, keepdim=True)  # [1, M]
     return (score > 0).to(d.dtype) * m
 
 
@@ -108,11 +114,14 @@ class PreferenceRegulariser:
 
     Call ``observe(rp, mask)`` every step (no host sync) and ``on_epoch_end()`` once per epoch:
     ``E <- Proj(E - gamma * mean RP^m)``, gamma multiplied by ``gamma_growth`` every ``growth_every`` epochs.
+    E starts at ``Proj(1 / (1 - FR^m))``: the initial value is projected like every later one, so the first update
+    moves E by ``gamma * RP`` instead of rescaling it (unprojected, 1/(1-FR) at the mr2468 rates has norm 5.97
+    where every later E has norm 2, a drop of about 3x at the first epoch end).
 
     PASSION's code, each an option (the defaults are the seeds'):
 
     * ``initial="ones"``: E starts at 1 (its ``imb_beta``; the 1/(1-FR) factor is a separate, fixed
-      ``modal_weight`` there) instead of ``1 / (1 - FR^m)``.
+      ``modal_weight`` there) instead of ``Proj(1 / (1 - FR^m))``.
     * ``schedule="passion"``: the growth runs before the update (``if epoch % 100 == 0: eta *= 1.5``), so
       updates 0..99 use ``gamma * 1.5``, 100..199 ``gamma * 1.5^2`` ...; the seeds' schedule uses ``gamma`` first.
     * ``statistic="pooled_distance"``: the epoch statistic is ``1 - mean_epoch D^m / mean_m'(mean_epoch D^m')``
@@ -140,18 +149,27 @@ class PreferenceRegulariser:
         self.clamp = (float(clamp[0]), float(clamp[1]))
         self.projection: Projection = projection
         self.target_norm = target_norm
-        self.coefficients = initial_coefficients(rates)
+        start = initial_coefficients(rates)
         if initial == "ones":
-            self.coefficients = torch.ones_like(self.coefficients)
+            start = torch.ones_like(start)
+        self.coefficients = project_coefficients(start, low=self.clamp[0], high=self.clamp[1],
+                                                 projection=projection, target_norm=target_norm)
         self.gamma = self._gamma_at(0)
         self.epoch = 0
         self._rp_sum = torch.zeros(num_modalities)
         self._rp_count = torch.zeros(num_modalities)
 
+    def to(self, device: torch.device | str) -> PreferenceRegulariser:
+        """Move the coefficients and the epoch statistics to ``device`` (once, before a run's first step)."""
+        self.coefficients = self.coefficients.to(device)
+        self._rp_sum, self._rp_count = self._rp_sum.to(device), self._rp_count.to(device)
+        return self
+
     def coefficients_on(self, device: torch.device) -> torch.Tensor:
-        """E ``[M]`` on ``device`` (cached there)."""
+        """E ``[M]`` on ``device``. After ``to(device)`` these are the coefficients themselves; otherwise they are
+        moved there on this call (a compiled step would then trace twice: call ``to`` first)."""
         if self.coefficients.device != device:
-            self.coefficients = self.coefficients.to(device)
+            self.to(device)
         return self.coefficients
 
     def _gamma_at(self, epoch: int) -> float:
@@ -160,16 +178,22 @@ class PreferenceRegulariser:
         return self.gamma0 * self.gamma_growth ** grown
 
     @torch.no_grad()
-    def observe(self, rp: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None) -> None:
+    def observe(self, rp: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None,
+                weight: torch.Tensor | float = 1.0) -> None:
         """Accumulate the epoch statistic over the available (sample, modality) pairs: RP ``[B, M]``, or with
-        ``statistic="pooled_distance"`` the distances ``distance`` ``[B, M]``."""
+        ``statistic="pooled_distance"`` the distances ``distance`` ``[B, M]``; ``weight`` (0 or 1, a tensor such
+        as ``prism.loss.observation_weight()``) multiplies what is recorded."""
         m = mask.to(torch.float32)
+        if not isinstance(weight, float) or weight != 1.0:
+            m = m * weight
         if self.statistic == "pooled_distance":
             if distance is None:
                 raise ValueError("statistic='pooled_distance' needs the distances: observe(rp, mask, distance=...)")
             rp = distance.detach()
-        self._rp_sum = self._rp_sum.to(rp.device) + (rp.float() * m).sum(0)
-        self._rp_count = self._rp_count.to(rp.device) + m.sum(0)
+        if self._rp_sum.device != rp.device:
+            self.to(rp.device)
+        self._rp_sum = self._rp_sum + (rp.float() * m).sum(0)
+        self._rp_count = self._rp_count + m.sum(0)
 
     @torch.no_grad()
     def on_epoch_end(self) -> None:

@@ -7,14 +7,18 @@ from typing import Literal
 import torch
 
 from .deep_supervision import ModalityReduction, reduce_modalities
+from .segmentation import upcast
 from .targets import onehot_labels
 
 ClassPresence = Literal["sample", "batch"]
 
-#: Presets: the seeds' definition (default) and PASSION's implementation.
+#: Presets: the seeds' definition (default) and PASSION's implementation. PASSION's ``prototype_passion_loss``
+#: uses the classes present in every sample of what it is given, but its training loop gives it one sample at a
+#: time (Jun-Jie-Shi/PASSION, code/train.py), so a class counts where its own sample has it; ``class_presence=
+#: "batch"`` is the function's rule applied to a whole batch.
 PROTO_VARIANTS: dict[str, dict[str, str]] = {
     "seeds": {"class_reduction": "sum", "class_presence": "sample"},
-    "passion": {"class_reduction": "mean", "class_presence": "batch"},
+    "passion": {"class_reduction": "mean", "class_presence": "sample"},
 }
 
 
@@ -76,8 +80,9 @@ def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, la
 
     Prototypes are computed per sample and path from the level-0 features and the label; each path's voxels are
     compared with its own prototypes. D = mean over voxels, then sum (``"sum"``, the seeds) or mean (``"mean"``,
-    PASSION) over the classes used. ``class_presence="sample"``: classes present in the sample;
-    ``"batch"`` (PASSION): classes present in every sample of the batch. Computed in float32.
+    PASSION) over the classes used. ``class_presence="sample"``: classes present in the sample (also PASSION's
+    training loop, which calls its loss one sample at a time); ``"batch"``: classes present in every sample of the
+    batch (PASSION's loss function given a whole batch). Computed in float32 (float64 for float64 features).
 
     Args:
         student_features: ``[B, M, C, D, H, W]`` per-modality features (``uni_features``).
@@ -106,8 +111,8 @@ def proto_gap(student_features: torch.Tensor, teacher_features: torch.Tensor, la
     if label.dtype.is_floating_point:
         raise ValueError(f"label must hold integer class indices, got {label.dtype}")
     teacher = teacher_features.detach() if detach_teacher else teacher_features
-    paths = torch.cat([teacher.unsqueeze(1), student_features], dim=1).float().flatten(3)  # [B, 1+M, C, S]
-    onehot = (onehot_labels(label, num_classes) if onehot is None else onehot.float()).flatten(2)  # [B, K, S]
+    paths = upcast(torch.cat([teacher.unsqueeze(1), student_features], dim=1)).flatten(3)  # [B, 1+M, C, S]
+    onehot = (onehot_labels(label, num_classes) if onehot is None else onehot).to(paths.dtype).flatten(2)  # [B, K, S]
     sims = similarity_maps(paths, class_prototypes(paths, onehot), eps)  # [B, 1+M, K, S]
     diff = sims[:, 1:] - sims[:, :1]  # [B, M, K, S]
     present = onehot.amax(-1)  # [B, K]
@@ -138,7 +143,7 @@ def proto_l2_loss(student_features: torch.Tensor, teacher_features: torch.Tensor
         label: ``[B, D, H, W]`` class indices in ``[0, num_classes)``.
         mask: ``[B, M]`` bool; missing modalities contribute 0 and receive no gradient.
         num_classes: K.
-        class_reduction, class_presence: the seeds' ``"sum"``/``"sample"`` or PASSION's ``"mean"``/``"batch"``
+        class_reduction, class_presence: the seeds' ``"sum"``/``"sample"``, PASSION's ``"mean"``/``"sample"``
             (see ``proto_gap``).
         gate: ``[B, M]`` float multiplying the gap (the preference gate omega).
         reduction: see ``reduce_modalities``.

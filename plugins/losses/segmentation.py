@@ -14,6 +14,12 @@ from .errors import LossOptionError
 Reduction = Literal["mean", "sum", "none"]
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the precision the losses compute in: float64 stays float64 (a float64 caller, e.g. a check against
+    a reference, gets float64 throughout); every other dtype (bf16 and fp16 under autocast) becomes float32."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
     if logits.dim() < 3:
         raise ValueError(f"logits must be [B, K, ...spatial], got {tuple(logits.shape)}")
@@ -40,7 +46,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, include_backgr
     """Soft Dice loss ``1 - (2|P.G| + smooth_nr) / (|P| + |G| + smooth_dr)`` on softmax probabilities.
 
     Per sample and class, averaged over classes (``batch=True`` sums over the batch first, as MONAI's DiceLoss).
-    Computed in float32.
+    Computed in float32 (float64 for float64 logits).
 
     Args:
         logits: ``[B, K, *spatial]``.
@@ -56,7 +62,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, include_backgr
     """
     _check(logits, target)
     k = logits.shape[1]
-    probs = logits.float().softmax(1)
+    probs = upcast(logits).softmax(1)
     onehot = F.one_hot(target.long(), k).movedim(-1, 1).to(probs.dtype)
     if not include_background:
         probs, onehot = probs[:, 1:], onehot[:, 1:]
@@ -72,7 +78,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, include_backgr
 def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None,
                        class_weighting: Literal["none", "passion"] = "none", prob_floor: float = 0.005,
                        reduction: Reduction = "mean") -> torch.Tensor:
-    """Cross-entropy per sample (mean over voxels), in float32.
+    """Cross-entropy per sample (mean over voxels), in float32 (float64 for float64 logits).
 
     Args:
         logits: ``[B, K, *spatial]``.
@@ -88,11 +94,11 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: to
         ValueError: shapes that do not match, float targets, an unknown weighting or reduction.
     """
     _check(logits, target)
-    logits = logits.float()
+    logits = upcast(logits)
     target = target.long()
     if class_weighting == "passion":
         k = logits.shape[1]
-        onehot = F.one_hot(target, k).movedim(-1, 1).float()
+        onehot = F.one_hot(target, k).movedim(-1, 1).to(logits.dtype)
         dims = tuple(range(2, onehot.dim()))
         w = 1.0 - onehot.sum(dims) / onehot[0, 0].numel()  # [B, K]
         logp = logits.softmax(1).clamp_min(prob_floor).log()
@@ -100,11 +106,11 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: to
         return _reduce(per_voxel.flatten(1).mean(1), reduction)
     if class_weighting != "none":
         raise ValueError(f"class_weighting must be 'none' or 'passion', got {class_weighting!r}")
-    per_voxel = F.cross_entropy(logits, target, weight=None if weight is None else weight.float(),
+    per_voxel = F.cross_entropy(logits, target, weight=None if weight is None else weight.to(logits.dtype),
                                 reduction="none")
     if weight is None:
         return _reduce(per_voxel.flatten(1).mean(1), reduction)
-    w = weight.float()[target]  # weighted mean per sample, as torch's reduction="mean"
+    w = weight.to(logits.dtype)[target]  # weighted mean per sample, as torch's reduction="mean"
     return _reduce(per_voxel.flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1e-12), reduction)
 
 
@@ -174,7 +180,7 @@ class SegLossOptions:
         Returns:
             ``[B, P]`` float32, equal to ``per_sample`` of each prediction.
         """
-        logp = logits.float().log_softmax(2)
+        logp = upcast(logits).log_softmax(2)
         return self.per_path_probs(logp.exp(), onehot, logp)
 
     def per_path_probs(self, probs: torch.Tensor, onehot: torch.Tensor, logp: torch.Tensor | None = None

@@ -8,32 +8,70 @@ from typing import Any, Literal
 import torch
 
 from prism.batch import Batch
-from prism.loss import LossResult, LossTerm, observing
+from prism.loss import LossResult, LossTerm, observation_weight
 from prism.outputs import SegOutput
 
-from .deep_supervision import LabelResample, deep_supervision_loss, uni_loss
-from .distillation import PIXEL_KL_VARIANTS, DeepResample, DeepWeighting, pixel_kl_loss
+from .deep_supervision import deep_supervision_loss, uni_loss
+from .distillation import PIXEL_KL_VARIANTS, pixel_kl_loss
 from .errors import LossOptionError, check_keys
 from .gss import gss_loss
+from .options import (
+    AlignCorners,
+    Anchor,
+    BatchReduction,
+    ClampedWeight,
+    ClassWeightingOption,
+    ClassWeights,
+    DeepResampleOption,
+    DeepWeights,
+    GateOption,
+    GssDirection,
+    GssFloor,
+    GssWeight,
+    High,
+    IncludeBackground,
+    KLDeep,
+    KLDeepWeights,
+    KLProbFloor,
+    KLRegion0Weight,
+    KLVariant,
+    LabelResampleOption,
+    LambdaCE,
+    LambdaDice,
+    Medium,
+    MediumWeights,
+    MissingRates,
+    PreferenceEnabled,
+    PreferenceGroup,
+    PreferenceOptions,
+    ProtoEps,
+    ProtoVariant,
+    Region0Weight,
+    ScaleByTemperature,
+    SegProbFloor,
+    SmoothDr,
+    SmoothNr,
+    Temperature,
+    UniDeep,
+)
 from .preference import PreferenceRegulariser, batch_preference_gate, preference_gate, relative_preference
 from .prototypes import PROTO_VARIANTS, proto_gap
 from .segmentation import SegLossOptions
 from .targets import targets_for
 
-ClassWeighting = Literal["none", "passion"]
 GateMode = Literal["sample", "batch"]
 
 
 def seg_options(*, include_background: bool = True, class_weights: Sequence[float] | None = None,
-                class_weighting: ClassWeighting = "none", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
+                class_weighting: str = "none", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, prob_floor: float = 0.005,
-                batch_reduction: Literal["mean", "sum"] = "mean") -> SegLossOptions:
+                batch_reduction: str = "mean") -> SegLossOptions:
     """SegLossOptions from term options (lists become tuples)."""
     return SegLossOptions(include_background=include_background,
                           class_weights=None if class_weights is None else tuple(class_weights),
-                          class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
-                          smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor,
-                          batch_reduction=batch_reduction)
+                          class_weighting=class_weighting, lambda_dice=lambda_dice,  # type: ignore[arg-type]
+                          lambda_ce=lambda_ce, smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor,
+                          batch_reduction=batch_reduction)  # type: ignore[arg-type]
 
 
 def per_modality_values(value: float | Sequence[float], modalities: tuple[str, ...], name: str) -> list[float]:
@@ -66,6 +104,13 @@ def modality_parts(prefix: str, values: torch.Tensor, modalities: tuple[str, ...
     return parts
 
 
+def batch_reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``[B, ...]`` -> ``[...]``: the batch mean (``"mean"``) or sum (``"sum"``)."""
+    if reduction not in ("mean", "sum"):
+        raise LossOptionError(f"batch_reduction must be 'mean' or 'sum', got {reduction!r}")
+    return values.sum(0) if reduction == "sum" else values.mean(0)
+
+
 def _require(output: SegOutput, names: Sequence[str], term: str) -> None:
     missing = [n for n in names if output.part(n) is None]
     if missing:
@@ -78,10 +123,11 @@ class FuseLoss(LossTerm):
 
     needs = frozenset({"logits"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, include_background: bool = True,
-                 class_weighting: ClassWeighting = "none", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
-                 class_weights: Sequence[float] | None = None, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-                 prob_floor: float = 0.005, batch_reduction: Literal["mean", "sum"] = "mean") -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *,
+                 include_background: IncludeBackground = True, class_weighting: ClassWeightingOption = "none",
+                 lambda_dice: LambdaDice = 1.0, lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None,
+                 smooth_nr: SmoothNr = 1e-5, smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
+                 batch_reduction: BatchReduction = "mean") -> None:
         super().__init__(modalities, num_classes)
         self.seg = seg_options(include_background=include_background, class_weights=class_weights,
                                class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
@@ -99,19 +145,27 @@ class UniLoss(LossTerm):
 
     needs = frozenset({"uni"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, deep: bool = True,
-                 deep_weights: Sequence[float] | None = None, label_resample: LabelResample = "maxpool",
-                 **seg: Any) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, deep: UniDeep = True,
+                 deep_weights: DeepWeights = None, label_resample: LabelResampleOption = "maxpool",
+                 align_corners: AlignCorners = False, include_background: IncludeBackground = True,
+                 class_weighting: ClassWeightingOption = "none", lambda_dice: LambdaDice = 1.0,
+                 lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None, smooth_nr: SmoothNr = 1e-5,
+                 smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
+                 batch_reduction: BatchReduction = "mean") -> None:
         super().__init__(modalities, num_classes)
         self.deep, self.deep_weights, self.label_resample = deep, deep_weights, label_resample
-        check_keys(seg, seg_options, "loss 'uni'")
-        self.seg = seg_options(**seg)
+        self.align_corners = bool(align_corners)
+        self.seg = seg_options(include_background=include_background, class_weights=class_weights,
+                               class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+                               smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor,
+                               batch_reduction=batch_reduction)
 
     def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
         _require(output, ["uni"], "uni")
         per = uni_loss(output.uni, batch.label, batch.mask, uni_deep=output.uni_deep if self.deep else None,
                        weights=self.deep_weights, label_resample=self.label_resample, options=self.seg,
-                       reduction="none", targets=targets_for(batch.label, output.uni.shape[2], batch))
+                       reduction="none", targets=targets_for(batch.label, output.uni.shape[2], batch),
+                       align_corners=self.align_corners)
         return self.seg.reduce_batch(per)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
@@ -128,21 +182,30 @@ class PrmLoss(LossTerm):
 
     needs = frozenset({"deep"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weights: Sequence[float] | None = None,
-                 label_resample: LabelResample = "maxpool", region0_weight: float = 0.0, **seg: Any) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weights: DeepWeights = None,
+                 label_resample: LabelResampleOption = "maxpool", region0_weight: Region0Weight = 0.0,
+                 align_corners: AlignCorners = False, include_background: IncludeBackground = True,
+                 class_weighting: ClassWeightingOption = "none", lambda_dice: LambdaDice = 1.0,
+                 lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None, smooth_nr: SmoothNr = 1e-5,
+                 smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
+                 batch_reduction: BatchReduction = "mean") -> None:
         super().__init__(modalities, num_classes)
         self.weights, self.label_resample = weights, label_resample
         self.region0_weight = float(region0_weight)
+        self.align_corners = bool(align_corners)
         if self.region0_weight:
             self.needs = type(self).needs | {"region0"}
-        check_keys(seg, seg_options, "loss 'prm'")
-        self.seg = seg_options(**seg)
+        self.seg = seg_options(include_background=include_background, class_weights=class_weights,
+                               class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+                               smooth_nr=smooth_nr, smooth_dr=smooth_dr, prob_floor=prob_floor,
+                               batch_reduction=batch_reduction)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         _require(output, ["deep"] + (["region0"] if self.region0_weight else []), "prm")
         targets = targets_for(batch.label, output.logits.shape[1], batch)
         per = deep_supervision_loss(output.deep, batch.label, weights=self.weights,
-                                    label_resample=self.label_resample, options=self.seg, targets=targets)
+                                    label_resample=self.label_resample, options=self.seg, targets=targets,
+                                    align_corners=self.align_corners)
         if self.region0_weight:
             region0 = output.part("region0").unsqueeze(1)
             per = per + self.region0_weight * self.seg.per_path(region0, targets.onehot())[:, 0]
@@ -153,41 +216,76 @@ class PrmLoss(LossTerm):
 class PixelKLLoss(LossTerm):
     """L_pixel: KL between every available modality's and the (detached) fused prediction, temperature mu.
 
-    Summed over the decoder levels when the output has ``deep`` and ``uni_deep`` (and ``deep=True``).
-    ``variant="seeds"``: KL(student || teacher), summed over classes; ``"passion"``: KL(teacher || student),
-    mean over classes, times mu^2. PASSION's code also clamps both probabilities (``prob_floor=0.005``) and
-    compares the coarser levels upsampled to full resolution (``deep_resample="upsample"``), level s weighted
-    ``2^-s`` (``deep_weighting="halving"``); see ``pixel_kl_loss``.
+    Summed over the decoder levels when the output has ``deep`` and ``uni_deep`` (and ``deep=True``), times mu^2
+    (the distillation convention; ``scale_by_temperature=False``: unscaled). ``variant="seeds"``:
+    KL(student || teacher), summed over classes; ``"passion"``: KL(teacher || student), mean over classes.
+    PASSION's code also clamps both probabilities (``prob_floor=0.005``) and weights by the clamped teacher
+    (``clamped_weight``), compares the coarser levels upsampled to full resolution (``deep_resample="upsample"``,
+    ``align_corners=True``) with weights 1/4, 1/8, 1/16 (``deep_weights``) and adds the full-resolution region maps
+    at 1/2 (``region0_weight``: RFNet's parts ``uni_region0`` and ``region0``); see ``pixel_kl_loss``.
     """
 
     needs = frozenset({"logits", "uni"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, temperature: float = 4.0,
-                 variant: Literal["seeds", "passion"] = "seeds", deep: bool = True, prob_floor: float | None = None,
-                 deep_resample: DeepResample = "native", deep_weighting: DeepWeighting = "none") -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, temperature: Temperature = 4.0,
+                 variant: KLVariant = "seeds", deep: KLDeep = True, prob_floor: KLProbFloor = None,
+                 clamped_weight: ClampedWeight = False, deep_resample: DeepResampleOption = "native",
+                 deep_weights: KLDeepWeights = None, region0_weight: KLRegion0Weight = 0.0,
+                 scale_by_temperature: ScaleByTemperature = True, align_corners: AlignCorners = False,
+                 batch_reduction: BatchReduction = "mean") -> None:
         super().__init__(modalities, num_classes)
-        self.temperature, self.deep = float(temperature), deep
+        if clamped_weight and prob_floor is None:
+            raise LossOptionError("pixel_kl: clamped_weight=true needs prob_floor (the clamp)")
+        self.temperature, self.deep = float(temperature), bool(deep)
+        self.batch_reduction = batch_reduction
+        batch_reduce(torch.zeros(1), batch_reduction)  # refuses an unknown reduction now, not at step 1
+        self.region0_weight = float(region0_weight)
         self.kl = variant_options(PIXEL_KL_VARIANTS, variant, "pixel_kl variant")
-        self.kl.update(prob_floor=prob_floor, deep_resample=deep_resample, deep_weighting=deep_weighting)
+        self.kl.update(prob_floor=prob_floor, clamped_weight=bool(clamped_weight), deep_resample=deep_resample,
+                       deep_weights=None if deep_weights is None else [float(w) for w in deep_weights],
+                       region0_weight=self.region0_weight, scale_by_temperature=bool(scale_by_temperature),
+                       align_corners=bool(align_corners))
+        if self.region0_weight:
+            self.needs = type(self).needs | {"region0", "uni_region0"}
 
-    def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
-        _require(output, ["logits", "uni"], "pixel_kl")
+    def per_sample(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        """``[B, M]``: each sample's KL per modality (0 where the modality is missing)."""
+        _require(output, ["logits", "uni"] + (["region0", "uni_region0"] if self.region0_weight else []),
+                 "pixel_kl")
         deep = self.deep and output.deep is not None and output.uni_deep is not None
         return pixel_kl_loss(output.uni, output.logits, batch.mask,
                              student_deep=output.uni_deep if deep else None,
-                             teacher_deep=output.deep if deep else None, temperature=self.temperature,
-                             reduction="per_modality", **self.kl)
+                             teacher_deep=output.deep if deep else None,
+                             student_region0=output.part("uni_region0"), teacher_region0=output.part("region0"),
+                             temperature=self.temperature, reduction="none", **self.kl)
+
+    def per_modality(self, output: SegOutput, batch: Batch) -> torch.Tensor:
+        """``[M]``: the batch mean or sum (``batch_reduction``) of ``per_sample``."""
+        return batch_reduce(self.per_sample(output, batch), self.batch_reduction)
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         per = self.per_modality(output, batch)
         return LossResult(per.sum(), modality_parts("pixel_kl", per, self.modalities))
 
 
-def rates_by_modality(rates: Sequence[float] | Mapping[str, float] | None, modalities: tuple[str, ...]
+def rates_by_modality(rates: Sequence[float] | Mapping[str, float] | str | None, modalities: tuple[str, ...]
                       ) -> list[float] | None:
-    """Missing rates in the dataset's modality order; a mapping names them ({flair: 0.6, ...}, unnamed = 0)."""
-    if rates is None or not isinstance(rates, Mapping):
-        return None if rates is None else list(rates)
+    """Missing rates in the dataset's modality order; a mapping names them ({flair: 0.6, ...}, unnamed = 0).
+
+    Raises:
+        LossOptionError: unknown modality names, a list of the wrong length, or ``"from_split"`` (which the
+            trainer resolves from the training split before the term is built).
+    """
+    if isinstance(rates, str):
+        raise LossOptionError(f"missing_rates={rates!r} is resolved from the training split when a run is built "
+                              "(prism-train); a term built by hand takes the rates themselves")
+    if rates is None:
+        return None
+    if not isinstance(rates, Mapping):
+        values = [float(r) for r in rates]
+        if len(values) != len(modalities):
+            raise LossOptionError(f"missing_rates has {len(values)} entries for modalities {list(modalities)}")
+        return values
     unknown = sorted(set(rates) - set(modalities))
     if unknown:
         raise LossOptionError(f"missing_rates names unknown modalities {unknown}; modalities: {list(modalities)}")
@@ -200,8 +298,9 @@ class PreferenceTerm(LossTerm):
     preference: PreferenceRegulariser | None = None
     gate_mode: GateMode = "sample"
 
-    def setup_preference(self, enabled: bool, missing_rates: Sequence[float] | Mapping[str, float] | None,
-                         options: dict[str, Any], gate: GateMode = "sample") -> None:
+    def setup_preference(self, enabled: bool, missing_rates: Sequence[float] | Mapping[str, float] | str | None,
+                         options: PreferenceOptions | None, gate: GateMode = "sample") -> None:
+        options = dict(options or {})
         check_keys(options, PreferenceRegulariser, "preference options")
         if gate not in ("sample", "batch"):
             raise LossOptionError(f"gate must be 'sample' or 'batch', got {gate!r}")
@@ -211,6 +310,17 @@ class PreferenceTerm(LossTerm):
             if enabled else None
 
     @property
+    def epoch_schedule(self) -> bool:
+        """Whether the term changes at epoch ends (``on_epoch_end``): the preference coefficients."""
+        return self.preference is not None
+
+    def to(self, device: torch.device | str) -> PreferenceTerm:
+        """Move the term's tensors (the preference coefficients and statistics) to ``device`` before a run."""
+        if self.preference is not None:
+            self.preference.to(device)
+        return self
+
+    @property
     def needs_distances(self) -> bool:
         """Whether the gate or the epoch statistic reads the absolute prototype distances."""
         return self.preference is not None and (self.gate_mode == "batch"
@@ -218,7 +328,7 @@ class PreferenceTerm(LossTerm):
 
     def gate(self, gap: torch.Tensor, mask: torch.Tensor, distance: torch.Tensor | None = None
              ) -> torch.Tensor | None:
-        """omega ``[B, M]`` (statistics recorded on training batches only: ``prism.loss.observing()``).
+        """omega ``[B, M]`` (statistics recorded on training batches only: ``prism.loss.observation_weight()``).
 
         ``gate="sample"`` (the seeds): omega = 1[RP < 0] per sample from the gap; ``"batch"`` (PASSION's code):
         one gate per modality from the absolute distances summed over the batch (``batch_preference_gate``).
@@ -226,8 +336,8 @@ class PreferenceTerm(LossTerm):
         if self.preference is None:
             return None
         rp = relative_preference(gap, mask)
-        if observing():
-            self.preference.observe(rp, mask, distance)
+        if torch.is_grad_enabled():  # recorded with weight 0 inside observation(False): one compiled graph
+            self.preference.observe(rp, mask, distance, weight=observation_weight())
         if self.gate_mode == "batch":
             if distance is None:
                 raise ValueError("gate='batch' needs the prototype distances")
@@ -249,20 +359,22 @@ class PreferenceTerm(LossTerm):
 class ProtoL2Loss(PreferenceTerm):
     """L_proto: squared gap of per-modality vs fused (detached) prototype similarity maps at level 0.
 
-    ``variant="seeds"``: sum over the classes present in the sample; ``"passion"``: mean over the classes
-    present in every sample of the batch. ``preference=True`` gates it with omega = 1[RP < 0] and scales
-    modality m by E^m (updated in ``on_epoch_end``).
+    ``variant="seeds"``: sum over the classes present in the sample; ``"passion"``: mean over them.
+    ``preference=True`` gates it with omega = 1[RP < 0] and scales modality m by E^m (updated in
+    ``on_epoch_end``; ``preference_options``: see ``PreferenceRegulariser``).
     """
 
     needs = frozenset({"features", "uni_features"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *,
-                 variant: Literal["seeds", "passion"] = "seeds", eps: float = 1e-8, preference: bool = False,
-                 missing_rates: Sequence[float] | Mapping[str, float] | None = None, gate: GateMode = "sample",
-                 **preference_options: Any) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, variant: ProtoVariant = "seeds",
+                 eps: ProtoEps = 1e-8, preference: PreferenceEnabled = False, missing_rates: MissingRates = None,
+                 gate: GateOption = "sample", preference_options: PreferenceGroup = None,
+                 batch_reduction: BatchReduction = "mean") -> None:
         super().__init__(modalities, num_classes)
         self.proto = variant_options(PROTO_VARIANTS, variant, "proto_l2 variant")
         self.proto["eps"] = float(eps)
+        self.batch_reduction = batch_reduction
+        batch_reduce(torch.zeros(1), batch_reduction)
         self.setup_preference(preference, missing_rates, preference_options, gate)
 
     def gaps(self, output: SegOutput, batch: Batch, with_distances: bool = False
@@ -276,7 +388,7 @@ class ProtoL2Loss(PreferenceTerm):
         value = proto_gap(output.uni_features, output.features, batch.label, num_classes=self.num_classes,
                           onehot=targets_for(batch.label, self.num_classes, batch).onehot(),
                           with_absolute=with_distances, **self.proto)
-        m = batch.mask.to(torch.float32)
+        m = batch.mask.to(value[0].dtype if with_distances else value.dtype)
         if with_distances:
             return value[0] * m, value[1] * m
         return value * m
@@ -285,7 +397,7 @@ class ProtoL2Loss(PreferenceTerm):
         gap, dist = self.gaps(output, batch, with_distances=True) if self.needs_distances else \
             (self.gaps(output, batch), None)
         omega = self.gate(gap, batch.mask, dist)
-        per = (gap if omega is None else gap * omega).mean(0)
+        per = batch_reduce(gap if omega is None else gap * omega, self.batch_reduction)
         parts = modality_parts("proto_l2", per, self.modalities)
         if self.preference is not None:
             coef = self.preference.coefficients_on(per.device)
@@ -303,10 +415,9 @@ class GssLoss(LossTerm):
 
     needs = frozenset({"uni"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: float = 0.5,
-                 anchor: str | None = "flair", high: float = 0.65, medium: float = 0.75, floor: float = 0.005,
-                 medium_weights: Sequence[float] | None = None,
-                 direction: Literal["student_teacher", "teacher_student"] = "student_teacher") -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: GssWeight = 0.5,
+                 anchor: Anchor = "flair", high: High = 0.65, medium: Medium = 0.75, floor: GssFloor = 0.005,
+                 medium_weights: MediumWeights = None, direction: GssDirection = "student_teacher") -> None:
         super().__init__(modalities, num_classes)
         self.weight = float(weight)
         self.options = dict(anchor=anchor_index(self.modalities, anchor), high=high, medium=medium, floor=floor,

@@ -1,9 +1,6 @@
-"""The seeds' total objective as one registered term ``prism``."""
+"""The seeds' total objective as one registered term ``prism`` (PASSION's with the options its preset selects)."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
 
 import torch
 
@@ -11,13 +8,49 @@ from prism.batch import Batch
 from prism.loss import LossResult
 from prism.outputs import SegOutput
 
-from .deep_supervision import LabelResample, level_losses, reduce_modalities
+from .deep_supervision import level_losses, reduce_modalities
 from .errors import LossOptionError, check_keys
+from .options import (
+    AlignCorners,
+    BatchReduction,
+    ClassWeightingOption,
+    ClassWeights,
+    DeepWeights,
+    GateOption,
+    GssEnabled,
+    GssGroup,
+    GssOptions,
+    GssWeight,
+    IncludeBackground,
+    KLDeep,
+    KLVariant,
+    LabelResampleOption,
+    LambdaCE,
+    LambdaDice,
+    MissingRates,
+    ModalWeight,
+    PerModalityWeight,
+    PixelKLGroup,
+    PixelKLOptions,
+    PreferenceEnabled,
+    PreferenceGroup,
+    ProtoEps,
+    ProtoVariant,
+    Region0Weight,
+    SegProbFloor,
+    Separate,
+    SmoothDr,
+    SmoothNr,
+    Temperature,
+    TermWeight,
+    UniDeep,
+    UniWeight,
+    WeightingOption,
+)
 from .preference import initial_coefficients
 from .targets import targets_for
 from .terms import (
     FuseLoss,
-    GateMode,
     GssLoss,
     PixelKLLoss,
     PreferenceTerm,
@@ -27,7 +60,6 @@ from .terms import (
     _require,
     modality_parts,
     per_modality_values,
-    seg_options,
 )
 
 
@@ -38,7 +70,8 @@ class PrismLoss(PreferenceTerm):
     ``preference=True`` (PASSION's preference-aware regularisation; its options ``gamma``, ``gamma_growth``,
     ``growth_every``, ``clamp``, ``projection``, ``target_norm``, ``initial``, ``schedule``, ``statistic`` pass
     through ``preference_options``). Parts: every term and every term per modality (``pixel_kl/flair`` ...),
-    unweighted.
+    unweighted; the weighted contributions (``fuse``, ``prm``, ``uni``, ``rfnet_sep``, ``pixel_kl``, ``proto_l2``,
+    ``gss``) sum to the total, and the run logs each one's share of the loss (``share.<name>``).
 
     ``separate=True`` adds RFNet's separate-decoder loss (output part ``sep``, weight ``separate_weight``) inside
     this term, scored in the same batched call as the fused and per-modality logits (use it instead of the
@@ -47,45 +80,57 @@ class PrismLoss(PreferenceTerm):
     PASSION's code, each an option (defaults: the seeds' objective): ``weighting="passion"`` weights the terms as
     ``fuse + prm + sum_m [omega_m E_m w_m sep_m + beta E_m w_m kl_m + delta omega_m w_m proto_m]``: the gate also
     gates the separate-decoder loss, the preference coefficients E multiply KL and sep but not proto, and
-    ``w_m = 1 / (1 - FR^m)`` (``modal_weight=True``, from ``missing_rates``) is a separate fixed factor;
-    ``uni_weight=0`` drops L_uni (PASSION has no loss on the fused decoder's single-modality paths);
-    ``gate="batch"``: one gate per modality from the batch's absolute prototype distances; ``proto_eps``: the
-    cosine similarity's eps (PASSION 1e-5); ``prm_region0``: the weight of the full-resolution region map in
-    PRM (RFNet's extra part ``region0``; PASSION 1/2); ``pixel_kl_options``: ``prob_floor``, ``deep_resample``,
-    ``deep_weighting`` of ``pixel_kl``; ``label_resample="upsample"`` and ``deep_weights``: PRM on upsampled
-    probabilities with PASSION's level weights; segmentation options (``class_weighting``, ``smooth_nr``,
-    ``smooth_dr``, ``prob_floor``, ``batch_reduction``) pass through to every segmentation term.
+    ``w_m = 1 / (1 - FR^m)`` (``modal_weight=True``, from ``missing_rates``, which ``"from_split"`` counts from
+    the training split) is a separate fixed factor; ``uni_weight=0`` drops L_uni (PASSION has no loss on the fused
+    decoder's single-modality paths); ``gate="batch"``: one gate per modality from the batch's absolute prototype
+    distances; ``proto_eps``: the cosine similarity's eps (PASSION 1e-5); ``prm_region0``: the weight of the
+    full-resolution region map in PRM (RFNet's extra part ``region0``; PASSION 1/2); ``pixel_kl_options``:
+    ``prob_floor``, ``clamped_weight``, ``deep_resample``, ``deep_weights``, ``region0_weight``,
+    ``scale_by_temperature`` of ``pixel_kl``; ``label_resample="upsample"`` and ``deep_weights``: PRM on upsampled
+    probabilities with PASSION's level weights; ``align_corners``: of every probability upsampling;
+    segmentation options (``class_weighting``, ``smooth_nr``, ``smooth_dr``, ``prob_floor``, ``batch_reduction``)
+    pass through to every segmentation term, and ``batch_reduction="sum"`` also sums pixel_kl and proto_l2 over the
+    batch (PASSION's training loop).
     """
 
     needs = frozenset({"logits", "deep", "uni", "uni_deep", "features", "uni_features"})
 
-    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, beta: float | Sequence[float] = 0.5,
-                 delta: float | Sequence[float] = 0.1, temperature: float = 4.0,
-                 pixel_kl_variant: Literal["seeds", "passion"] = "seeds",
-                 proto_variant: Literal["seeds", "passion"] = "seeds", pixel_kl_deep: bool = True,
-                 uni_deep: bool = True, deep_weights: Sequence[float] | None = None,
-                 label_resample: LabelResample = "maxpool", gss: bool = False, gss_weight: float = 0.5,
-                 gss_options: dict[str, Any] | None = None, preference: bool = False,
-                 missing_rates: Sequence[float] | Mapping[str, float] | None = None,
-                 preference_options: dict[str, Any] | None = None, separate: bool = False,
-                 separate_weight: float = 1.0, uni_weight: float = 1.0,
-                 weighting: Literal["seeds", "passion"] = "seeds", modal_weight: bool = False,
-                 gate: GateMode = "sample", proto_eps: float = 1e-8,
-                 pixel_kl_options: dict[str, Any] | None = None, prm_region0: float = 0.0, **seg: Any) -> None:
+    def __init__(self, modalities: tuple[str, ...], num_classes: int, *, beta: PerModalityWeight = 0.5,
+                 delta: PerModalityWeight = 0.1, temperature: Temperature = 4.0,
+                 pixel_kl_variant: KLVariant = "seeds", proto_variant: ProtoVariant = "seeds",
+                 pixel_kl_deep: KLDeep = True, uni_deep: UniDeep = True, deep_weights: DeepWeights = None,
+                 label_resample: LabelResampleOption = "maxpool", align_corners: AlignCorners = False,
+                 gss: GssEnabled = False, gss_weight: GssWeight = 0.5, gss_options: GssGroup = None,
+                 preference: PreferenceEnabled = False, missing_rates: MissingRates = None,
+                 preference_options: PreferenceGroup = None, separate: Separate = False,
+                 separate_weight: TermWeight = 1.0, uni_weight: UniWeight = 1.0,
+                 weighting: WeightingOption = "seeds", modal_weight: ModalWeight = False,
+                 gate: GateOption = "sample", proto_eps: ProtoEps = 1e-8,
+                 pixel_kl_options: PixelKLGroup = None, prm_region0: Region0Weight = 0.0,
+                 include_background: IncludeBackground = True, class_weighting: ClassWeightingOption = "none",
+                 lambda_dice: LambdaDice = 1.0, lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None,
+                 smooth_nr: SmoothNr = 1e-5, smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
+                 batch_reduction: BatchReduction = "mean") -> None:
         super().__init__(modalities, num_classes)
-        check_keys(seg, seg_options, "loss 'prism'")
-        check_keys(gss_options or {}, GssLoss, "loss 'prism' gss_options")
+        seg = dict(include_background=include_background, class_weighting=class_weighting, lambda_dice=lambda_dice,
+                   lambda_ce=lambda_ce, class_weights=class_weights, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                   prob_floor=prob_floor, batch_reduction=batch_reduction)
+        gss_options = dict(gss_options or {})
+        check_keys(gss_options, GssOptions.__annotations__, "loss 'prism' gss_options")
         kl_options = dict(pixel_kl_options or {})
-        check_keys(kl_options, kl_option_names, "loss 'prism' pixel_kl_options")
+        check_keys(kl_options, PixelKLOptions.__annotations__, "loss 'prism' pixel_kl_options")
         self.beta = per_modality_values(beta, self.modalities, "beta")
         self.delta = per_modality_values(delta, self.modalities, "delta")
         self.fuse = FuseLoss(modalities, num_classes, **seg)
         self.uni = UniLoss(modalities, num_classes, deep=uni_deep, deep_weights=deep_weights,
-                           label_resample=label_resample, **seg)
-        self.prm = PrmLoss(modalities, num_classes, weights=deep_weights, label_resample=label_resample, **seg)
+                           label_resample=label_resample, align_corners=align_corners, **seg)
+        self.prm = PrmLoss(modalities, num_classes, weights=deep_weights, label_resample=label_resample,
+                           align_corners=align_corners, **seg)
         self.pixel_kl = PixelKLLoss(modalities, num_classes, temperature=temperature, variant=pixel_kl_variant,
-                                    deep=pixel_kl_deep, **kl_options)
-        self.proto = ProtoL2Loss(modalities, num_classes, variant=proto_variant, eps=proto_eps)
+                                    deep=pixel_kl_deep, align_corners=align_corners, batch_reduction=batch_reduction,
+                                    **kl_options)
+        self.proto = ProtoL2Loss(modalities, num_classes, variant=proto_variant, eps=proto_eps,
+                                 batch_reduction=batch_reduction)
         self.separate, self.separate_weight = bool(separate), float(separate_weight)
         self.uni_weight = float(uni_weight)
         if weighting not in ("seeds", "passion"):
@@ -93,22 +138,35 @@ class PrismLoss(PreferenceTerm):
         self.weighting = weighting
         self.prm_region0 = float(prm_region0)
         self.needs = type(self).needs | ({"sep"} if self.separate else set()) | \
-            ({"region0"} if self.prm_region0 else set())
+            ({"region0"} if self.prm_region0 else set()) | self.pixel_kl.needs
         self.seg = self.fuse.seg
-        self.gss = GssLoss(modalities, num_classes, weight=gss_weight, **(gss_options or {})) if gss else None
-        self.setup_preference(preference, missing_rates, preference_options or {}, gate)
+        self.gss = GssLoss(modalities, num_classes, weight=gss_weight, **gss_options) if gss else None
+        self.setup_preference(preference, missing_rates, preference_options, gate)
         if modal_weight and self.missing_rates is None:
             raise LossOptionError("modal_weight=true needs missing_rates")
         self.modal_weight = initial_coefficients(self.missing_rates).tolist() if modal_weight else None
+        self._weights = self._constant_weights()
 
-    def _weights_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """beta, delta and the modal weights as tensors on ``device``, built once per device (no copy per step)."""
-        cached = getattr(self, "_weights", None)
-        if cached is None or cached[0].device != device:
-            cached = (torch.tensor(self.beta, device=device), torch.tensor(self.delta, device=device),
-                      None if self.modal_weight is None else torch.tensor(self.modal_weight, device=device))
-            self._weights = cached
-        return cached
+    def _constant_weights(self) -> torch.Tensor:
+        """``[3, M]`` float32: the fixed weights of pixel_kl, proto_l2 and the separate-decoder loss per modality
+        (beta, delta, separate_weight; times the modal weights with ``weighting="passion"``)."""
+        ones = [1.0] * len(self.modalities)
+        modal = (self.modal_weight or ones) if self.weighting == "passion" else ones
+        return torch.tensor([[b * w for b, w in zip(self.beta, modal, strict=True)],
+                             [d * w for d, w in zip(self.delta, modal, strict=True)],
+                             [self.separate_weight * w for w in modal]], dtype=torch.float32)
+
+    def to(self, device: torch.device | str) -> PrismLoss:
+        """Put the fixed weights and the preference state on ``device`` (before a run's first step)."""
+        self._weights = self._weights.to(device)
+        return super().to(device)
+
+    def _weights_on(self, device: torch.device) -> torch.Tensor:
+        """The ``[3, M]`` fixed weights on ``device``: themselves after ``to(device)``; otherwise moved on this
+        call (a compiled step would then trace twice: ``LossSet.to`` moves every term before a run)."""
+        if self._weights.device != device:
+            self._weights = self._weights.to(device)
+        return self._weights
 
     def segmentation(self, output: SegOutput, batch: Batch
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
@@ -124,22 +182,21 @@ class PrismLoss(PreferenceTerm):
             ``separate``.
         """
         with_uni = self.uni_weight != 0
-        _require(output, ["logits", "deep"] + (["uni"] if with_uni else []) + (["sep"] if self.separate else []),
-                 "prism")
+        _require(output, ["logits", "deep"] + (["uni"] if with_uni else []) + (["sep"] if self.separate else [])
+                 + (["region0"] if self.prm_region0 else []), "prism")
         m = len(self.modalities) if with_uni else 0
         targets = targets_for(batch.label, output.logits.shape[1], batch)
-        _require(output, ["region0"] if self.prm_region0 else [], "prism")
         level0 = [output.logits.unsqueeze(1)] + ([output.uni] if with_uni else []) + \
             ([output.part("sep")] if self.separate else []) + \
             ([output.part("region0").unsqueeze(1)] if self.prm_region0 else [])
         per = self.seg.per_path(torch.cat(level0, 1) if len(level0) > 1 else level0[0], targets.onehot())
         if self.prm_region0:  # the full-resolution region map is scored with level 0, counted in PRM
             per, region0 = per[:, :-1], per[:, -1]
-        with_uni_deep = with_uni and self.uni.deep and output.uni_deep is not None
+        with_uni_deep = with_uni and self.uni.deep and bool(output.uni_deep)  # None or [] (no coarser level)
         levels = [torch.cat([d.unsqueeze(1), u], 1) for d, u in zip(output.deep, output.uni_deep, strict=True)] \
             if with_uni_deep else [d.unsqueeze(1) for d in output.deep]
         deep = level_losses(levels, targets, weights=self.uni.deep_weights, label_resample=self.uni.label_resample,
-                            options=self.seg)  # [B, 1 (+ M)]
+                            options=self.seg, align_corners=self.uni.align_corners)  # [B, 1 (+ M)]
         uni = None
         if with_uni:
             uni = reduce_modalities(per[:, 1:1 + m] + deep[:, 1:] if with_uni_deep else per[:, 1:1 + m],
@@ -150,47 +207,39 @@ class PrismLoss(PreferenceTerm):
 
     def __call__(self, output: SegOutput, batch: Batch) -> LossResult:
         fuse, uni_bm, prm, sep_bm = self.segmentation(output, batch)
-        pixel = self.pixel_kl.per_modality(output, batch)
+        pixel = self.seg.reduce_batch(self.pixel_kl.per_sample(output, batch))  # [M]
         gaps = self.proto.gaps(output, batch, with_distances=self.needs_distances)
         gap, dist = gaps if self.needs_distances else (gaps, None)
         omega = self.gate(gap, batch.mask, dist)  # [B, M] or None
-        proto = (gap if omega is None else gap * omega).mean(0)
-        beta, delta, modal = self._weights_on(pixel.device)
+        proto = self.seg.reduce_batch(gap if omega is None else gap * omega)  # [M]
+        weights = self._weights_on(pixel.device)  # [3, M]: pixel_kl, proto_l2, sep
         coef = None if self.preference is None else self.preference.coefficients_on(pixel.device)
         parts = {"fuse": fuse.detach(), "prm": prm.detach(), **modality_parts("pixel_kl", pixel, self.modalities),
                  **modality_parts("proto_l2", proto, self.modalities)}
-        total = fuse + prm
+        passion = self.weighting == "passion"
+        # the seeds: E scales pixel_kl and proto_l2; PASSION's code: E scales pixel_kl and sep, omega gates sep
+        kl_weighted = weights[0] * pixel if coef is None else weights[0] * pixel * coef
+        proto_weighted = weights[1] * proto if coef is None or passion else weights[1] * proto * coef
+        contributions = {"fuse": fuse, "prm": prm, "pixel_kl": kl_weighted.sum(), "proto_l2": proto_weighted.sum()}
         if uni_bm is not None:
             uni = self.seg.reduce_batch(uni_bm)
             parts.update(modality_parts("uni", uni, self.modalities))
-            total = total + self.uni_weight * uni.sum()
-        sep = None
+            contributions["uni"] = self.uni_weight * uni.sum()
         if sep_bm is not None:
             sep = self.seg.reduce_batch(sep_bm)
             parts.update(modality_parts("rfnet_sep", sep, self.modalities))
-        if self.weighting == "seeds":
-            distill = beta * pixel + delta * proto
-            if coef is not None:
-                distill = distill * coef
-            total = total + distill.sum()
-            if sep is not None:
-                total = total + self.separate_weight * sep.sum()
-        else:  # PASSION's code: gate on sep and proto, E on sep and KL, modal weight on all three
-            w = torch.ones_like(pixel) if modal is None else modal
-            e = torch.ones_like(pixel) if coef is None else coef
-            total = total + (beta * e * w * pixel).sum() + (delta * w * proto).sum()
-            if sep_bm is not None:
-                gated = sep_bm if omega is None else sep_bm * omega
-                total = total + self.separate_weight * (e * w * self.seg.reduce_batch(gated)).sum()
+            if passion:
+                sep = self.seg.reduce_batch(sep_bm if omega is None else sep_bm * omega)
+                sep = sep if coef is None else sep * coef
+            contributions["rfnet_sep"] = (weights[2] * sep).sum()
         if coef is not None:
             parts.update(modality_parts("pref_coef", coef, self.modalities, total=False))
         if self.gss is not None:
             gss = self.gss.per_modality(output, batch)
-            total = total + self.gss.weight * gss.sum()
+            contributions["gss"] = self.gss.weight * gss.sum()
             parts.update(modality_parts("gss", gss, self.modalities))
-        return LossResult(total, parts)
-
-
-def kl_option_names(*, prob_floor: float | None = None, deep_resample: str = "native",
-                    deep_weighting: str = "none") -> None:
-    """The ``pixel_kl_options`` a ``prism`` term accepts (see ``PixelKLLoss``)."""
+        values = iter(contributions.values())
+        total = next(values)
+        for value in values:
+            total = total + value
+        return LossResult(total, parts, {k: v.detach() for k, v in contributions.items()})

@@ -32,6 +32,12 @@ class WeightedTerm:
 class LossSet:
     """``total = sum_i weight_i * term_i``; parts are named ``<part>`` (the term's own names).
 
+    Besides the terms' parts, each call returns ``loss`` (the total) and ``share.<piece>``: each piece's weighted
+    contribution divided by the total (detached device tensors, no host read), where the pieces are a term's
+    ``LossResult.contributions`` (the ``prism`` term: ``fuse``, ``prm``, ``pixel_kl`` ...) or the term itself.
+    A term that owns tensors (fixed weights, preference coefficients) moves them in ``to(device)``, which the
+    trainer calls once before the first step, so that no step creates or moves state.
+
     Args:
         terms: the weighted terms.
         backbone: the registry entry of the backbone whose outputs the terms read (named when its output breaks
@@ -53,6 +59,18 @@ class LossSet:
     def needs(self) -> frozenset[str]:
         return frozenset().union(*(t.term.needs for t in self.terms))
 
+    def epoch_scheduled(self) -> list[str]:
+        """Names of the terms that change at epoch ends (``epoch_schedule``: the preference coefficients)."""
+        return [t.name for t in self.terms if getattr(t.term, "epoch_schedule", False)]
+
+    def to(self, device: torch.device | str) -> LossSet:
+        """Move every term's tensors to ``device`` (terms with a ``to`` method); returns self."""
+        for t in self.terms:
+            move = getattr(t.term, "to", None)
+            if callable(move):
+                move(device)
+        return self
+
     def __call__(self, output: SegOutput, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         check = not self.checked and not torch.compiler.is_compiling()
         if check:
@@ -60,6 +78,7 @@ class LossSet:
         total: torch.Tensor | None = None
         parts: dict[str, torch.Tensor] = {}
         results: list[LossResult] = []
+        pieces: dict[str, torch.Tensor] = {}
         clear_step_cache(batch)  # the terms share one-hot labels within this evaluation, never across them
         for t in self.terms:
             result = t.term(output, batch)
@@ -70,10 +89,14 @@ class LossSet:
             total = value if total is None else total + value
             for key, part in result.parts.items():
                 parts[key if key not in parts else f"{t.name}.{key}"] = part
+            own = result.contributions or {t.name: result.total.detach()}
+            for key, piece in own.items():
+                pieces[key if key not in pieces else f"{t.name}.{key}"] = piece if t.weight == 1 else piece * t.weight
         assert total is not None
         parts["loss"] = total.detach()
         if check:
             self.checked = self._check_finite(output, batch, results)
+        parts.update(shares(pieces, parts["loss"]))
         return total, parts
 
     def _owner(self, t: WeightedTerm) -> PluginEntry | str:
@@ -113,3 +136,18 @@ class LossSet:
     def on_epoch_end(self) -> None:
         for t in self.terms:
             t.term.on_epoch_end()
+
+
+def shares(pieces: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"share.<name>": piece / total}``, computed in one division on the device (no host read).
+
+    Args:
+        pieces: weighted contributions (scalars) that sum to ``total``; total: the loss (scalar).
+    Returns:
+        One detached scalar per piece (0 for a zero piece of a zero total: 1e-30 is added to the total).
+    """
+    if not pieces:
+        return {}
+    stacked = torch.stack([p.detach().float().reshape(()) for p in pieces.values()])
+    values = stacked / (total.detach().float() + 1e-30)
+    return {f"share.{name}": values[i] for i, name in enumerate(pieces)}

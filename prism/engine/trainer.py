@@ -143,7 +143,8 @@ class Trainer:
             raise ConfigError(f"data.patch_size: {list(config.data.patch_size)} is larger than every training volume "
                               f"(largest {largest}) in {cache_path}")
         num_classes = max(self.reader.labels) + 1
-        parts = build_parts(config, self.reader.modalities, num_classes)
+        parts = build_parts(config, self.reader.modalities, num_classes,
+                            availability=[self.reader.info(c).availability for c in self.train_cases])
         self.strategy = parts.strategy
         self.strategy_entry = get_registry().get("strategy", config.strategy.name)
         if config.model.init_from is not None:
@@ -151,6 +152,7 @@ class Trainer:
         with blame(self.strategy_entry, "preparing the model"):
             model = self.strategy.prepare_model(parts.model)
         model = model.to(self.device)
+        parts.losses.to(self.device)  # the loss terms' tensors, before the first (compiled) step
         if config.train.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         optimizer = build_optimizer(config, model)
