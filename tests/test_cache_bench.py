@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -30,4 +31,24 @@ def test_bench_cache_prints_both_ways_of_reading_for_every_size(capsys):
     for size in (16, 24):
         for how in ("new arrays", "into buffers"):
             assert f"{size}^3 {how} vs LZ4HC .b2nd:" in out and f"{size}^3 {how} vs nnU-Net defaults:" in out
-    assert "disk: prism" in out
+    for name in bench_cache.CACHES:  # the default and the smaller ZSTD setting, each with its disk and verdict
+        assert f"{name}, same run" in out
+    assert out.count("disk: ") == 2 and out.count("target (") == 2
+
+
+def test_nnunet_properties_sample_each_region_by_its_rule():
+    """Regions of 5, 150 and 20,000 voxels: every voxel of the small ones (fewer than 10,000), 10,000 of the large
+    one (more than 1% of it), each row (channel 0, z, y, x) a distinct voxel of its region."""
+    label = np.zeros((30, 30, 30), np.uint8)
+    label.reshape(-1)[:20000] = 2  # edema: whole tumour only
+    label.reshape(-1)[20000:20145] = 1  # necrotic core: whole tumour and core
+    label.reshape(-1)[20145:20150] = 3  # enhancing: all three regions
+    locations = bench_cache.nnunet_properties(label)["class_locations"]
+    sizes = {(1, 2, 3): 10000, (1, 3): 150, (3,): 5}
+    assert {k: len(v) for k, v in locations.items()} == sizes
+    for region, coords in locations.items():
+        assert coords.dtype == np.int64 and coords.shape[1] == 4 and (coords[:, 0] == 0).all()
+        assert np.isin(label[tuple(coords[:, 1:].T)], region).all()
+        assert len(np.unique(coords, axis=0)) == len(coords)
+    big = np.full((110, 110, 110), 3, np.uint8)  # 1,331,000 voxels: 1% (13,310) is more than 10,000
+    assert len(bench_cache.nnunet_properties(big)["class_locations"][(3,)]) == 13310

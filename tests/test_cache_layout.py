@@ -2,7 +2,7 @@
 last axis, one Blosc2 block per chunk, LZ4HC clevel 9 + shuffle, compressed foreground points): caches written
 with it, with cubic chunks (the earlier default), with one modality per chunk, and as the earlier writers wrote
 them (LZ4 clevel 5 or LZ4HC 8, one modality per chunk, Blosc2's own block size) read the same values through every
-read path; the default is the smallest."""
+read path; the default is the smallest of them, and only ZSTD (the smaller, slower choice) is smaller still."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from prism.data.direct_chunks import _DATA, _SPECIAL, _ZERO
 from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.modalities import BRATS_MODALITIES
 
-BLOSC_LZ4, BLOSC_LZ4HC = 1, 2  # Blosc compressor codes (blosc.h)
+BLOSC_LZ4, BLOSC_LZ4HC, BLOSC_ZSTD = 1, 2, 5  # Blosc compressor codes (blosc.h)
 CUBE = {"chunk": 16, "clevel": 8}  # the earlier default chunks (cubes; here of 16 voxels for a small volume)
 LAYOUTS = {  # name: (writer options, written as the writer before the fused layout did: Blosc2 picks the block size)
     "default": ({}, False),
+    "zstd": ({"codec": "zstd", "clevel": 8}, False),  # the smaller, slower choice, same chunks
     "cubic": (CUBE, False),
     "per_modality": ({**CUBE, "fused": False}, False),
     "old_lz4hc": ({**CUBE, "fused": False}, True),
@@ -63,12 +64,14 @@ def _blosc_codec(path, name: str) -> tuple[int, int]:
     return int(cd[6]), int(cd[4])
 
 
-def test_default_is_lz4hc_level_9_and_the_earlier_defaults_lz4hc_8_and_lz4(caches):
+def test_default_is_lz4hc_level_9_and_the_other_settings_keep_their_codecs(caches):
     paths, _, _ = caches
     assert _blosc_codec(paths["default"], "image") == (BLOSC_LZ4HC, 9)
     assert _blosc_codec(paths["default"], "label") == (BLOSC_LZ4HC, 9)
     assert _blosc_codec(paths["cubic"], "image") == (BLOSC_LZ4HC, 8)
     assert _blosc_codec(paths["old_lz4"], "image") == (BLOSC_LZ4, 5)
+    assert _blosc_codec(paths["zstd"], "image") == (BLOSC_ZSTD, 8)
+    assert _blosc_codec(paths["zstd"], "label") == (BLOSC_ZSTD, 8)
 
 
 def test_default_chunks_hold_every_modality_and_whole_rows_in_one_blosc2_block(caches):
@@ -132,3 +135,17 @@ def test_default_cache_is_smaller_than_the_earlier_layouts(caches):
     assert size["default"] < 0.97 * size["old_lz4"]
     assert size["default"] < 0.99 * size["per_modality"] and size["default"] < 0.99 * size["old_lz4hc"]
     assert size["default"] < size["cubic"]
+    assert size["zstd"] < size["default"]  # ZSTD's entropy coding against LZ4HC 9, same chunks
+
+
+def test_zstd_chunks_are_single_blocks_decoded_directly(caches):
+    """ZSTD chunks too are one Blosc2 block each: the direct reader decodes every one without the b2nd path."""
+    paths, _, _ = caches
+    reader = CacheReader(paths["zstd"], threads=1)
+    try:
+        reader.read_case("c0")
+        for name in ("image", "label"):
+            kinds = reader._index[f"c0/{name}"].kinds
+            assert set(np.unique(kinds).tolist()) <= {_DATA, _ZERO} and (kinds == _DATA).any()
+    finally:
+        reader.close()

@@ -131,8 +131,9 @@ class CacheWriter:
         """``codec`` / ``clevel`` / ``shuffle`` ("byte", "bit", "none") choose the Blosc2 compression of image and
         label chunks (any choice is format v1: the HDF5 filter records it, and caches written with any of them
         read the same way). The default, LZ4HC clevel 9 + byte shuffle, decodes at LZ4's speed (LZ4HC streams are
-        LZ4 streams with longer matches) and is the smallest LZ4 setting; ZSTD is ~5% smaller and decodes 3-6x
-        slower (benchmarks/bench_cache.py compares with nnU-Net's ZSTD default).
+        LZ4 streams with longer matches) and is the smallest LZ4 setting. ``codec="zstd", clevel=8`` stores ~6%
+        less (its entropy coder packs the exponent bytes LZ4 keeps as literals) but decodes a chunk ~2.6x slower and
+        reads a patch at about half the speed; benchmarks/bench_cache.py compares both with nnU-Net's files.
         ``chunk``: the spatial chunk edges, one for every axis or three, where 0 takes the whole axis in equal
         parts of at most 192 voxels (:func:`~prism.data.cache_format.chunk_shape`). The default, 16 x 16 voxels
         by whole rows of the last axis, makes a patch copy move rows as long as the patch instead of 32-voxel
