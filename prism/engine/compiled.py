@@ -29,6 +29,7 @@ from ..batch import Batch
 from ..config import Config
 from ..errors import ConfigError
 from .context import TrainContext
+from .meter import StepHealth
 
 CompileMode = Literal["model", "step"]
 
@@ -126,6 +127,7 @@ class CudaGraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: Batch | None = None
         self.parts: dict[str, torch.Tensor] = {}
+        self.health: StepHealth | None = None  # the captured step's gradient norm (updated by each replay)
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -179,8 +181,10 @@ class CudaGraphStep:
         self._restore(model_state, optim_state)
         ctx.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
+        ctx.begin_step()
         with torch.cuda.graph(self.graph):
             self.parts = self._body(self.static)
+        self.health = ctx.end_step()
 
     @torch.no_grad()
     def _restore(self, model_state: dict[str, torch.Tensor], optim_state: dict[Any, dict[str, torch.Tensor]]
@@ -208,6 +212,7 @@ class CudaGraphStep:
             self._capture(batch)
         else:
             self._copy_in(batch)
-        assert self.graph is not None
+        assert self.graph is not None and self.health is not None
         self.graph.replay()
+        ctx.set_step_health(self.health)
         return dict(self.parts)

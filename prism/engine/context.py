@@ -7,6 +7,7 @@ DDP wrapper, the masking table) are engine internals that the trainer and checkp
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from ..masking import MaskingPolicy
 from ..outputs import SegOutput
 from .distributed import DistInfo, all_reduce_mean_, gather_rows, sync_gradients
 from .losses import LossSet
+from .meter import StepHealth
 from .streams import BatchStreams
 
 #: ``forward_loss(image, mask, batch) -> (loss, parts)``: the model's forward and the loss set, the unit that
@@ -50,6 +52,8 @@ class TrainContext:
     #: True when ``forward_module`` is a DDP wrapper that all-reduces gradients during backward
     ddp: bool = False
     forward_loss: ForwardLoss | None = None
+    #: ``train.nonfinite``: "stop" (the meter stops the run) or "skip" (updates with non-finite gradients skipped)
+    nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
         self._classes: dict[str, frozenset[int]] = {}
@@ -57,6 +61,7 @@ class TrainContext:
             self.forward_module = self.model
         if self.forward_loss is None:
             self.forward_loss = self.eager_forward_loss
+        self.begin_step()
 
     # ---- identity ------------------------------------------------------------------------------------------
     @property
@@ -158,6 +163,8 @@ class TrainContext:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def backward(self, loss: torch.Tensor) -> None:
+        if self.nonfinite == "skip":
+            self._losses.append(loss.detach())
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _needs_explicit_sync(self) -> bool:
@@ -169,23 +176,84 @@ class TrainContext:
             sync_gradients(list(params), self.dist)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Synchronise, unscale (fp16), clip gradients and step ``optimizer`` (default: the main one)."""
+        """Synchronise, unscale (fp16), clip gradients and step ``optimizer`` (default: the main one).
+
+        The gradient norm is kept on the device for the engine's health check (no host sync). With
+        ``nonfinite == "skip"`` a non-finite gradient or loss skips the update: on the device for optimizers with
+        a fused kernel (their ``found_inf`` input, as ``GradScaler`` uses it), else after one host read.
+        """
         opt = optimizer or self.optimizer
         params = [p for group in opt.param_groups for p in group["params"]]
         self.sync_gradients(params)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
-        if self.grad_clip is not None:
-            grads = [p for p in params if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(grads, self.grad_clip, foreach=True)
-        if self.scaler is not None:
+        norm = self._gradient_norm([p.grad for p in params if p.grad is not None], clip=True)
+        if self.scaler is not None:  # fp16: the scaler skips overflowing steps itself
             self.scaler.step(opt)
             self.scaler.update()
+        elif self.nonfinite == "skip" and norm is not None:
+            self._step_unless_nonfinite(opt, norm)
         else:
             opt.step()
 
-    # the name strategies written before the contract used
-    clip_and_step = optimizer_step
+    def clip_and_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Deprecated name of :meth:`optimizer_step`."""
+        warnings.warn("StepContext.clip_and_step is deprecated; call optimizer_step", DeprecationWarning,
+                      stacklevel=2)
+        self.optimizer_step(optimizer)
+
+    def _gradient_norm(self, grads: list[torch.Tensor], *, clip: bool) -> torch.Tensor | None:
+        """The total norm of ``grads`` (clipped to ``grad_clip`` in place when ``clip``), recorded for the step's
+        health unless fp16 loss scaling owns overflow handling."""
+        if not grads:
+            return None
+        if clip and self.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(grads, self.grad_clip, foreach=True)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if self.scaler is None:
+            self._grad_norms.append(norm)
+        return norm
+
+    def _nonfinite_flag(self, norm: torch.Tensor) -> torch.Tensor:
+        """Device bool: the gradient norm or a loss backpropagated in this step is not finite."""
+        total = norm
+        for loss in self._losses:
+            total = total + loss.float() * 0  # inf * 0 and nan * 0 are nan: the sum is finite iff all are
+        return ~torch.isfinite(total)
+
+    def _step_unless_nonfinite(self, opt: torch.optim.Optimizer, norm: torch.Tensor) -> None:
+        bad = self._nonfinite_flag(norm)
+        if opt.defaults.get("fused"):
+            opt.found_inf = bad.float()  # type: ignore[attr-defined]  # the fused kernel skips the update
+            try:
+                opt.step()
+            finally:
+                del opt.found_inf  # type: ignore[attr-defined]
+            self._found_inf = bad if self._found_inf is None else self._found_inf | bad
+        elif bool(bad):  # one host read per step, as GradScaler does for optimizers without a fused kernel
+            self._skipped_on_host = True
+        else:
+            opt.step()
+
+    def begin_step(self) -> None:
+        """Forget the previous step's gradient health (the engine calls it before each step)."""
+        self._grad_norms: list[torch.Tensor] = []
+        self._losses: list[torch.Tensor] = []
+        self._found_inf: torch.Tensor | None = None
+        self._skipped_on_host = False
+
+    def set_step_health(self, health: StepHealth) -> None:
+        """Make ``health`` this step's (a replayed CUDA graph updates the tensors its capture recorded)."""
+        self.begin_step()
+        self._grad_norms = [] if health.grad_norm is None else [health.grad_norm]
+        self._found_inf = health.found_inf
+
+    def end_step(self) -> StepHealth:
+        """What this step's gradients looked like (device tensors: no host sync)."""
+        norms = self._grad_norms
+        norm = None if not norms else norms[0] if len(norms) == 1 else torch.stack(norms).sum()
+        return StepHealth(norm, self._found_inf, self._skipped_on_host)
 
     def add_param_group(self, params: Sequence[torch.nn.Parameter], **options: Any) -> None:
         params = list(params)
@@ -202,7 +270,8 @@ class TrainContext:
     def unscaled_clipped_grads(self, params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor] | None:
         """The gradients of ``params`` unscaled (fp16) and clipped, for updates made outside an optimizer.
 
-        Returns None when an fp16 gradient overflowed (the caller skips its update, as GradScaler would).
+        Returns None when an fp16 gradient overflowed, or (``nonfinite == "skip"``) a gradient is not finite: the
+        caller skips its update, as GradScaler would (that check reads one value on the host).
         """
         params = list(params)
         self.sync_gradients(params)
@@ -213,8 +282,11 @@ class TrainContext:
             if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one host sync
                 self.scaler.update(new_scale=scale * self.scaler.get_backoff_factor())  # as GradScaler would
                 return None
-        if self.grad_clip is not None:
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        norm = self._gradient_norm(grads, clip=False)
+        if self.nonfinite == "skip" and norm is not None and bool(self._nonfinite_flag(norm)):  # one host read
+            self._skipped_on_host = True
+            return None
+        if self.grad_clip is not None and norm is not None:
             factor = (self.grad_clip / (norm + 1e-6)).clamp(max=1.0)
             grads = torch._foreach_mul(grads, factor)
         return grads
