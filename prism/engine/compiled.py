@@ -83,6 +83,8 @@ def install(config: Config, strategy: Any, ctx: TrainContext) -> None:
         ctx.model.compile()  # in place: same module, same state_dict keys
     elif mode == "step":
         ctx.forward_loss = compiled_forward_loss(ctx)
+    if mode or config.train.cuda_graphs:  # compiled or captured steps cast weights their own way
+        ctx.cast_weights_once = False
     if config.train.cuda_graphs:
         strategy.step = CudaGraphStep(ctx)
 

@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..masking import MaskingPolicy
 from ..outputs import SegOutput
 from .distributed import DistInfo, all_reduce_mean_, gather_rows, sync_gradients
+from .half_weights import HalfWeights
 from .losses import LossSet
 from .meter import StepHealth
 from .streams import BatchStreams
@@ -54,6 +55,9 @@ class TrainContext:
     forward_loss: ForwardLoss | None = None
     #: ``train.nonfinite``: "stop" (the meter stops the run) or "skip" (updates with non-finite gradients skipped)
     nonfinite: str = "stop"
+    #: under bf16 autocast, run the eager forward on bf16 copies of the weights made in one kernel
+    #: (:mod:`prism.engine.half_weights`: the same results, about two launches fewer per weight and step)
+    cast_weights_once: bool = True
 
     def __post_init__(self) -> None:
         self._classes: dict[str, frozenset[int]] = {}
@@ -61,6 +65,7 @@ class TrainContext:
             self.forward_module = self.model
         if self.forward_loss is None:
             self.forward_loss = self.eager_forward_loss
+        self._half: HalfWeights | None = None
         self.begin_step()
 
     # ---- identity ------------------------------------------------------------------------------------------
@@ -150,7 +155,20 @@ class TrainContext:
         """The model and the loss set, op by op (under DDP, the wrapper runs both)."""
         if self.ddp:
             return self.forward_module(image, mask, batch)
+        half = self._half_weights()
+        if half is not None:
+            output = torch.func.functional_call(self.model, half.weights(), (image, mask), strict=False)
+            return self.losses(output, batch)
         return self.losses(self.model(image, mask), batch)
+
+    def _half_weights(self) -> HalfWeights | None:
+        """The bf16 weight copies, when this forward runs under bf16 autocast on an eager, single-process model."""
+        if not (self.cast_weights_once and self.amp_dtype == torch.bfloat16 and torch.is_autocast_enabled(
+                self.device.type)) or self.ddp or getattr(self.model, "_compiled_call_impl", None) is not None:
+            return None
+        if self._half is None or self._half.dtype != self.amp_dtype:
+            self._half = HalfWeights(self.model, self.amp_dtype)
+        return self._half if len(self._half) else None
 
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward the model on ``batch`` and apply the loss set (under autocast when enabled)."""
@@ -166,6 +184,8 @@ class TrainContext:
         if self.nonfinite == "skip":
             self._losses.append(loss.detach())
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self._half is not None:
+            self._half.move_gradients()
 
     def _needs_explicit_sync(self) -> bool:
         return self.dist.enabled and not self.ddp
@@ -187,7 +207,7 @@ class TrainContext:
         self.sync_gradients(params)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
-        norm = self._gradient_norm([p.grad for p in params if p.grad is not None], clip=True)
+        norm = self._gradient_norm([p for p in params if p.grad is not None], clip=True)
         if self.scaler is not None:  # fp16: the scaler skips overflowing steps itself
             self.scaler.step(opt)
             self.scaler.update()
@@ -202,14 +222,20 @@ class TrainContext:
                       stacklevel=2)
         self.optimizer_step(optimizer)
 
-    def _gradient_norm(self, grads: list[torch.Tensor], *, clip: bool) -> torch.Tensor | None:
-        """The total norm of ``grads`` (clipped to ``grad_clip`` in place when ``clip``), recorded for the step's
-        health unless fp16 loss scaling owns overflow handling."""
-        if not grads:
+    def _gradient_norm(self, tensors: list[torch.Tensor], *, clip: bool) -> torch.Tensor | None:
+        """The total gradient norm, recorded for the step's health unless fp16 loss scaling owns overflow handling.
+
+        Args:
+            tensors: with ``clip``, parameters whose ``.grad`` is clipped in place to ``grad_clip``; without,
+                gradients.
+            clip: clip (when ``grad_clip`` is set) the parameters' gradients.
+        """
+        if not tensors:
             return None
         if clip and self.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(grads, self.grad_clip, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(tensors, self.grad_clip, foreach=True)
         else:
+            grads = [p.grad for p in tensors] if clip else tensors
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         if self.scaler is None:
             self._grad_norms.append(norm)
