@@ -5,8 +5,8 @@ Each configuration is built and trained by ``prism.engine.trainer.Trainer`` exac
 iterations: the strategy's step, the LR schedule, the loss meter, the log read and every observer. Step 3 is the
 "step" row (no log row: the steady state) and step 4 the "logging step" row (the interval's one read); steps 1-2
 are warm-up (optimizer state, DataLoaders). Drawing batches (the DataLoader's work) is not counted. The rfnet
-step is also counted under bf16 autocast (CPU autocast: a lower bound of CUDA's, see ``launch_counter.py``) and
-split into model forward, losses, loss backward, model backward and optimizer.
+step is also counted under bf16 autocast (CPU autocast: a lower bound of CUDA's, see ``launch_counter.py``; 32^3
+patches, see ``BF16_MIN_SIZE``) and split into model forward, losses, loss backward, model backward and optimizer.
 
     python benchmarks/bench_launches.py            # table + one JSON line
     python benchmarks/bench_launches.py --only rfnet
@@ -52,6 +52,9 @@ CONFIGS: dict[str, list[str]] = {
         *RFNET, "strategy.name=maml", "strategy.options={first_order: true, inner_steps: 1, tasks_per_step: 2}"],
 }
 LOOP = ["train.steps=6", "train.log_every=2", "train.checkpoint_every=100000"]
+#: the bf16 rows use patches of at least this edge: at 16^3 RFNet's deepest level is 2^3 voxels, where bf16 instance
+#: norms overflow the gradient on a CPU and the run (rightly) stops as non-finite; counts do not depend on the size
+BF16_MIN_SIZE = 32
 STEP, LOGGING_STEP = 3, 4  # iterations counted (log rows at 2, 4, 6)
 
 
@@ -188,13 +191,13 @@ def measure(configs: dict[str, list[str]] | None = None, *, size: int = 16, phas
     configs = CONFIGS if configs is None else configs
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="prism-launches-") as tmp:
-        cache = synthetic_cache(Path(tmp) / "tiny.h5", size)
+        cache = synthetic_cache(Path(tmp) / "tiny.h5", max(size, BF16_MIN_SIZE if bf16 else size))
         for i, (name, overrides) in enumerate(configs.items()):
             results.update(_measure_one(name, overrides, cache, Path(tmp) / f"run{i}", size, bf16=False,
                                         phases=phases and name == RFNET_NAME))
             if bf16 and name == RFNET_NAME:
-                results.update(_measure_one(name, overrides, cache, Path(tmp) / f"run{i}-bf16", size, bf16=True,
-                                            phases=False))
+                results.update(_measure_one(name, overrides, cache, Path(tmp) / f"run{i}-bf16",
+                                            max(size, BF16_MIN_SIZE), bf16=True, phases=False))
     return results
 
 

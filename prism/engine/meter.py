@@ -61,7 +61,7 @@ class IntervalRead:
     means: dict[str, float]
     skipped: int
     first_bad: dict[str, int] = field(default_factory=dict)  # slot -> first step at which it was non-finite
-    unchanged: bool = False  # the first step of this fit changed no parameter
+    unchanged: int | None = None  # a step that changed no parameter (the first of a fit is checked)
 
 
 class StepMeter:
@@ -80,6 +80,7 @@ class StepMeter:
         self._reset()
         self._snapshot: list[torch.Tensor] | None = None
         self._params: list[torch.Tensor] = []
+        self._checked_step = 0
         self._changed: torch.Tensor | None = None
         self._last: IntervalRead | None = None
         self._zero: torch.Tensor | None = None
@@ -93,9 +94,10 @@ class StepMeter:
         self._skipped: torch.Tensor | None = None
 
     # ---- adding ----------------------------------------------------------------------------------------------
-    def expect_update(self, params: list[torch.Tensor]) -> None:
-        """Check that the next step changes ``params`` (reported by the next read; costs one copy of them)."""
-        self._params = params
+    def expect_update(self, params: list[torch.Tensor], step: int) -> None:
+        """Check that the next step (``step``) changes ``params`` (reported by the next read; costs one copy of
+        them)."""
+        self._params, self._checked_step = params, step
         self._snapshot = [p.detach().clone() for p in params] if params else None
 
     def _values(self, parts: Mapping[str, torch.Tensor], health: StepHealth) -> torch.Tensor:
@@ -178,7 +180,7 @@ class StepMeter:
         flat = torch.cat([*pieces, *(t.float().reshape(1) for t in extra)]).tolist()  # the one transfer
         tail = flat[2 * n:]
         skipped = self.host_skipped + (int(tail.pop(0)) if self._skipped is not None else 0)
-        unchanged = self._changed is not None and not tail.pop(0)
+        unchanged = self._checked_step if self._changed is not None and not tail.pop(0) else None
         self._changed = None  # reported once
         kept = max(self.steps - skipped, 1)
         means = {name: flat[i] / max(min(self.counts[i], kept), 1) for i, name in enumerate(self.names)}

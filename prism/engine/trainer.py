@@ -244,9 +244,9 @@ class Trainer:
         self._check(self.meter.read(self.ctx.step, reset=False))
 
     def _check(self, read: IntervalRead) -> None:
-        if read.unchanged:
+        if read.unchanged is not None:
             logger.warning("step %d changed no parameter: strategy '%s' updated nothing (does its step call "
-                           "ctx.backward and ctx.optimizer_step?)", self.meter.start + 1, self.config.strategy.name)
+                           "ctx.backward and ctx.optimizer_step?)", read.unchanged, self.config.strategy.name)
         if not read.first_bad or self.config.train.nonfinite != "stop":
             return
         raise NonFiniteError(self._nonfinite_message(read))
@@ -298,7 +298,7 @@ class Trainer:
         self._write_run_files()
         self.ctx.model.train()
         self._clock = (time.perf_counter(), 0)  # interval start, samples since
-        self.meter.expect_update(self.ctx.parameters())
+        self.meter.expect_update(self.ctx.parameters(), self.ctx.step + 1)
         self.observers.notify("on_fit_start", self)
 
     def _step(self) -> None:
