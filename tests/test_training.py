@@ -155,3 +155,20 @@ def test_augmentation_from_config_changes_patches(tiny_cache, tmp_path):
     assert a.case_ids == b.case_ids and not torch.equal(a.image, b.image)
     with pytest.raises(ConfigError, match="data.rotate_degrees: Input should be less than or equal to 45"):
         fast_config("data.rotate_degrees=90")
+
+
+def test_a_resume_with_more_steps_stretches_the_schedule_and_keeps_training(tiny_cache, tmp_path):
+    run = tmp_path / "run"
+    short = Trainer(fast_config("train.steps=4", "train.log_every=1", cache=tiny_cache), run, cache_path=tiny_cache)
+    short.fit()
+    short.close()
+    assert short.ctx.learning_rate() == 0.0  # the end of a polynomial schedule
+    frozen = {k: v.clone() for k, v in short.ctx.model.state_dict().items()}
+    longer = Trainer(fast_config("train.steps=8", "train.log_every=1", cache=tiny_cache), run, cache_path=tiny_cache,
+                     resume=True)
+    rows = longer.fit()
+    longer.close()
+    cfg = longer.config.optim
+    expected = [cfg.lr * (1 - s / 8) ** cfg.poly_power for s in range(5, 9)]  # the closed form, stretched to 8
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-6)
+    assert any(not torch.equal(frozen[k], v) for k, v in longer.ctx.model.state_dict().items())

@@ -9,10 +9,13 @@ that was never stopped.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from .. import __version__
 from ..config import Config, config_to_yaml
@@ -26,6 +29,8 @@ from .run_lock import LOCK_NAME, RunLock
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
 BEST_NAME = "best.pt"  # the weights with the best validation mean Dice (train.val_every)
@@ -86,6 +91,30 @@ def restore_run(run: Run, state: dict[str, Any], path: Path) -> None:
             raise CheckpointError(mismatch_message(path, state, ctx.model.state_dict(), run.config, exc,
                                                    part)) from None
     ctx.step = int(state["step"])
+    stretch_schedule(run.scheduler, run.config.train.steps)
+
+
+def stretch_schedule(scheduler: Any, steps: int) -> None:
+    """Make a loaded LR schedule end at ``steps`` when a resume changed ``train.steps``.
+
+    The schedule's saved state ends where the run was first planned to end, and PolynomialLR updates the rate
+    from the previous one, so a run resumed with more steps would otherwise train them at the rate it had reached:
+    0 at the old end. The rates restart from the closed form ``base * (1 - step / steps) ** power`` instead; an
+    unchanged ``train.steps`` leaves everything as saved (the resume stays bitwise exact).
+    """
+    total = max(steps, 1)
+    if getattr(scheduler, "total_iters", total) == total:
+        return
+    old = scheduler.total_iters
+    scheduler.total_iters = total
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler._get_closed_form_lr(), strict=True):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(float(lr))
+        else:
+            group["lr"] = float(lr)
+    scheduler._last_lr = [float(g["lr"]) for g in scheduler.optimizer.param_groups]
+    logger.info("train.steps changed from %d to %d: the learning-rate schedule now ends at step %d", old, total,
+                total)
 
 
 def best_score(run_dir: Path, state: Mapping[str, Any]) -> float:
