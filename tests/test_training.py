@@ -172,3 +172,33 @@ def test_a_resume_with_more_steps_stretches_the_schedule_and_keeps_training(tiny
     expected = [cfg.lr * (1 - s / 8) ** cfg.poly_power for s in range(5, 9)]  # the closed form, stretched to 8
     assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-6)
     assert any(not torch.equal(frozen[k], v) for k, v in longer.ctx.model.state_dict().items())
+
+
+def test_fit_in_two_calls_logs_as_one(tiny_cache, tmp_path):
+    trainer = Trainer(fast_config(cache=tiny_cache), tmp_path / "run", cache_path=tiny_cache)
+    trainer.fit(stop_at=3)
+    trainer.fit()
+    trainer.close()
+    rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+
+
+def test_optimizer_step_clips_the_gradient_norm(tiny_cache, tmp_path):
+    cfg = fast_config("optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0", "optim.lr=0.5",
+                      "optim.grad_clip=0.001", cache=tiny_cache)
+    trainer = Trainer(cfg, tmp_path / "run", cache_path=tiny_cache)
+    ctx = trainer.ctx
+    loss, _ = ctx.compute_loss(ctx.next_batch())
+    ctx.zero_grad()
+    ctx.backward(loss)
+    params = [p for p in ctx.parameters() if p.grad is not None]
+    before = [p.detach().clone() for p in params]
+    grads = [p.grad.clone() for p in params]
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    assert norm > 0.001  # so the clip applies: factor = clip / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_
+    ctx.optimizer_step()
+    trainer.close()
+    factor = 0.001 / (norm + 1e-6)
+    for p, p0, g in zip(params, before, grads, strict=True):
+        torch.testing.assert_close(p.detach().double(), p0.double() - 0.5 * factor * g.double(), rtol=1e-5,
+                                   atol=1e-7)

@@ -98,7 +98,7 @@ class CsvLogger(Observer):
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.dist.is_main:
             self.log = CsvLog(trainer.run_dir / self.filename,
-                              resume_step=trainer.ctx.step if trainer.resumed else None)
+                              resume_step=trainer.log_resume_step)
 
     def on_log(self, trainer: Trainer, row: Mapping[str, float]) -> None:
         if self.log is not None:

@@ -174,6 +174,11 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_NAME
 
+    @property
+    def log_resume_step(self) -> int | None:
+        """Where the run's CSV logs continue (rows after it are dropped); None: they start anew."""
+        return self.ctx.step if self.resumed or self.ctx.step > 0 else None
+
     # ---- observers ---------------------------------------------------------------------------------------------
     def add_observer(self, observer: Observer) -> None:
         """Attach ``observer`` (called from the next ``fit`` on; see :mod:`prism.engine.observers`)."""

@@ -84,7 +84,7 @@ class Validation(Observer):
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.dist.is_main and trainer.val_cases:
             self.log = CsvLog(trainer.run_dir / "val_log.csv",
-                              resume_step=trainer.ctx.step if trainer.resumed else None)
+                              resume_step=trainer.log_resume_step)
 
     def on_step_end(self, trainer: Trainer, parts: Mapping[str, Any]) -> None:
         step = trainer.ctx.step
