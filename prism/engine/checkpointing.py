@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import __version__
-from ..config import Config, config_to_yaml
+from ..config import config_to_yaml
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import adaptation_curve, writers
 from .checkpoint import load_checkpoint, mismatch_message
@@ -142,7 +142,7 @@ def held_run(run_dir: Path) -> str | None:
     return None
 
 
-def refuse_existing_run(run_dir: Path, config: Config, *, overwrite: bool) -> None:
+def refuse_existing_run(run_dir: Path, *, overwrite: bool) -> None:
     """Refuse to start a new run in a folder that holds one, unless ``overwrite`` (its files are then removed
     once the folder's lock is held).
 

@@ -104,13 +104,13 @@ class Trainer:
                  console: Console | None = None, check_splits: tuple[str, ...] = (),
                  observers: Iterable[Observer] = (), overwrite: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        self.observers = Observers([*default_observers(config, console), *observers])
         if not resume:
-            refuse_existing_run(self.run_dir, config, overwrite=overwrite)
+            refuse_existing_run(self.run_dir, overwrite=overwrite)
         self.run: Run = build_run(config, cache_path=cache_path, check_splits=check_splits)
         self.config = self.run.config
         self.resumed = resume
         self.meter = StepMeter(self.config.train.nonfinite, self.run.dist)
-        self.observers = Observers([*default_observers(self.config, console), *observers])
         self.best_val = float("-inf")  # best validation mean Dice so far (best.pt holds its weights)
         self.saved_step: int | None = None  # the step last.pt holds
         self.end_step = self.config.train.steps
