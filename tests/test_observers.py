@@ -28,6 +28,9 @@ class Recorder(Observer):
     def on_fit_start(self, trainer):
         self.events.append(("start", trainer.ctx.step))
 
+    def on_step_start(self, trainer):
+        self.events.append(("begin", trainer.ctx.step + 1))
+
     def on_step_end(self, trainer, parts):
         self.events.append(("step", trainer.ctx.step))
         self.step_parts[trainer.ctx.step] = {k: float(v) for k, v in parts.items()}
@@ -53,6 +56,7 @@ def test_a_custom_observer_sees_every_step_log_and_checkpoint_event(tiny_cache, 
     trainer.close()
     expected: list[tuple] = [("start", 0)]
     for step in range(1, 7):
+        expected.append(("begin", step))
         if step % 2 == 0:
             expected.append(("log", step))  # the log row of a step comes before its on_step_end
         expected.append(("step", step))

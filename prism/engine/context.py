@@ -163,8 +163,9 @@ class TrainContext:
 
     def _half_weights(self) -> HalfWeights | None:
         """The bf16 weight copies, when this forward runs under bf16 autocast on an eager, single-process model."""
-        if not (self.cast_weights_once and self.amp_dtype == torch.bfloat16 and torch.is_autocast_enabled(
-                self.device.type)) or self.ddp or getattr(self.model, "_compiled_call_impl", None) is not None:
+        if not (self.cast_weights_once and getattr(self.model, "cast_weights_once", True)
+                and self.amp_dtype == torch.bfloat16 and torch.is_autocast_enabled(self.device.type)) \
+                or self.ddp or getattr(self.model, "_compiled_call_impl", None) is not None:
             return None
         if self._half is None or self._half.dtype != self.amp_dtype:
             self._half = HalfWeights(self.model, self.amp_dtype)

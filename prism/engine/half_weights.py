@@ -9,7 +9,9 @@ float32 weights' ``.grad``. The values are those autocast computes (the same rou
 same bf16 kernels, gradients accumulated in float32), so the results are bitwise equal: only the launches differ.
 
 Only weights of convolutions and linear layers are copied: those are the ones autocast casts; others (norm
-affines) stay float32, as under autocast.
+affines) stay float32, as under autocast. A backbone that runs one of its convolutions or linear layers with
+autocast switched off (``torch.autocast(..., enabled=False)``, to keep it in float32) would get a bf16 weight
+there: such a backbone sets the class attribute ``cast_weights_once = False`` and keeps plain autocast.
 """
 
 from __future__ import annotations

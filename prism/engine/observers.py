@@ -9,6 +9,7 @@ The order of calls in one ``fit()``::
 
     on_fit_start                      once, after a resume is restored, before the first step
     for each step:
+        on_step_start                 before the step (``trainer.ctx.step`` steps done so far)
         strategy.step(ctx)            the optimisation step (the LR schedule steps after it)
         on_log(row)                   every train.log_every steps and at the last step: interval means (floats)
         on_step_end(parts)            every step, detached device tensors (reading one makes the host wait)
@@ -76,6 +77,9 @@ class Observer:
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first step of ``fit`` (``trainer.ctx.step`` is the step it starts from)."""
+
+    def on_step_start(self, trainer: Trainer) -> None:
+        """Before every step (a learning-rate warm-up or an accumulation schedule would act here)."""
 
     def on_step_end(self, trainer: Trainer, parts: Mapping[str, torch.Tensor]) -> None:
         """After every step (``trainer.ctx.step`` already counts it).

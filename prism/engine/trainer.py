@@ -308,6 +308,7 @@ class Trainer:
 
     def _step(self) -> None:
         ctx, cfg = self.ctx, self.config
+        self.observers.notify("on_step_start", self)
         ctx.begin_step()
         with blame(self.strategy_entry, f"running step {ctx.step + 1}"):
             parts = self.strategy.step(ctx)
