@@ -40,6 +40,7 @@ def test_weight_copies_train_bitwise_like_autocast(tiny_cache, tmp_path, strateg
         torch.testing.assert_close(weights[True][key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_weight_copies_launch_fewer_casts(tiny_cache, tmp_path):
     counts = {}
     for once in (False, True):

@@ -53,6 +53,7 @@ def test_importing_prism_adds_only_a_null_handler():
     assert handlers and all(isinstance(h, logging.NullHandler) for h in handlers)
 
 
+@pytest.mark.slow
 def test_prism_train_prints_one_line_per_log_interval_when_not_on_a_terminal(tiny_cache, tmp_path, capsys):
     assert train_main(["--data", str(tiny_cache), "-o", str(tmp_path / "run"), "--no-eval", *FAST,
                        "train.tensorboard=false"]) == 0
@@ -65,6 +66,7 @@ def test_prism_train_prints_one_line_per_log_interval_when_not_on_a_terminal(tin
     assert err == ""
 
 
+@pytest.mark.slow
 def test_the_deprecated_step_name_warns(tiny_cache, tmp_path):
     from conftest import fast_config
     from prism.engine.trainer import Trainer

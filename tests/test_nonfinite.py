@@ -18,6 +18,8 @@ from prism.loss import LossResult, LossTerm
 from prism.registry import register
 from prism.strategy import Strategy
 
+pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
+
 POISON_AT = 3  # the forward that goes wrong (one forward per step with the standard strategy)
 
 

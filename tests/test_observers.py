@@ -120,6 +120,7 @@ def test_observer_state_is_checkpointed_and_an_observer_can_stop_the_run(tiny_ca
     assert counter.steps == 6 and load_checkpoint(run / CHECKPOINT_NAME)["step"] == 6
 
 
+@pytest.mark.slow
 def test_built_in_observers_are_replaced_or_removed_by_name(tiny_cache, tmp_path):
     cfg = fast_config("train.steps=2", cache=tiny_cache)
     trainer = Trainer(cfg, tmp_path / "run", cache_path=tiny_cache)
@@ -140,6 +141,7 @@ def test_built_in_observers_are_replaced_or_removed_by_name(tiny_cache, tmp_path
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
+@pytest.mark.slow
 def test_build_run_gives_the_parts_for_a_loop_of_ones_own(tiny_cache):
     run = build_run(fast_config("train.steps=2", cache=tiny_cache), cache_path=tiny_cache)
     try:

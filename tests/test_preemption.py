@@ -27,6 +27,8 @@ from prism.engine.checkpoint import load_checkpoint
 from prism.engine.run_lock import LOCK_NAME
 from prism.engine.trainer import CHECKPOINT_NAME, Trainer
 
+pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
+
 STEPS = 40
 OVERRIDES = [*FAST, f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
              "train.tensorboard=false"]

@@ -11,6 +11,8 @@ from prism.engine.checkpoint import load_checkpoint
 from prism.engine.trainer import CHECKPOINT_NAME, Trainer
 from prism.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
+
 ARGS = ["--no-eval", *FAST, "train.steps=3", "train.tensorboard=false"]
 
 

@@ -17,6 +17,7 @@ def params(trainer):
     return {k: v.detach().clone() for k, v in trainer.ctx.model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_short_run_lowers_the_loss(tiny_cache, tmp_path):
     cfg = fast_config("train.steps=40", "train.log_every=5", "train.checkpoint_every=100",
                       "data.foreground_fraction=1.0", cache=tiny_cache)
@@ -27,6 +28,7 @@ def test_short_run_lowers_the_loss(tiny_cache, tmp_path):
     assert log[0].startswith("step,lr,fuse,loss") and len(log) == 1 + 8
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tiny_cache, tmp_path):
     cfg = fast_config(cache=tiny_cache)
     straight = Trainer(cfg, tmp_path / "a", cache_path=tiny_cache)
@@ -46,6 +48,7 @@ def test_resume_is_exact(tiny_cache, tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
 
 
+@pytest.mark.slow
 def test_different_seed_gives_different_parameters(tiny_cache, tmp_path):
     a = Trainer(fast_config("train.steps=2", cache=tiny_cache), tmp_path / "a", cache_path=tiny_cache)
     b = Trainer(fast_config("train.steps=2", "train.seed=1", cache=tiny_cache), tmp_path / "b", cache_path=tiny_cache)
@@ -122,6 +125,7 @@ def test_compile_is_refused_where_it_would_break_the_inner_loop(tiny_cache, tmp_
                 cache_path=tiny_cache)
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_when_installed(tiny_cache, tmp_path):
     pytest.importorskip("tensorboard")
     Trainer(fast_config("train.steps=2", cache=tiny_cache), tmp_path / "run", cache_path=tiny_cache).fit()
@@ -157,6 +161,7 @@ def test_augmentation_from_config_changes_patches(tiny_cache, tmp_path):
         fast_config("data.rotate_degrees=90")
 
 
+@pytest.mark.slow
 def test_a_resume_with_more_steps_stretches_the_schedule_and_keeps_training(tiny_cache, tmp_path):
     run = tmp_path / "run"
     short = Trainer(fast_config("train.steps=4", "train.log_every=1", cache=tiny_cache), run, cache_path=tiny_cache)
@@ -174,6 +179,7 @@ def test_a_resume_with_more_steps_stretches_the_schedule_and_keeps_training(tiny
     assert any(not torch.equal(frozen[k], v) for k, v in longer.ctx.model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_fit_in_two_calls_logs_as_one(tiny_cache, tmp_path):
     trainer = Trainer(fast_config(cache=tiny_cache), tmp_path / "run", cache_path=tiny_cache)
     trainer.fit(stop_at=3)
@@ -183,6 +189,7 @@ def test_fit_in_two_calls_logs_as_one(tiny_cache, tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
 
 
+@pytest.mark.slow
 def test_optimizer_step_clips_the_gradient_norm(tiny_cache, tmp_path):
     cfg = fast_config("optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0", "optim.lr=0.5",
                       "optim.grad_clip=0.001", cache=tiny_cache)
