@@ -105,8 +105,6 @@ class Trainer:
                  observers: Iterable[Observer] = (), overwrite: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.observers = Observers([*default_observers(config, console), *observers])
-        if not resume:
-            refuse_existing_run(self.run_dir, overwrite=overwrite)
         self.run: Run = build_run(config, cache_path=cache_path, check_splits=check_splits)
         self.config = self.run.config
         self.resumed = resume
@@ -118,6 +116,8 @@ class Trainer:
         self.stop_reason: str | None = None
         self.history: list[dict[str, float]] = []
         try:
+            if not resume:  # after the config's own checks: a mistake there is the one to report
+                refuse_existing_run(self.run_dir, overwrite=overwrite)
             if resume:
                 self._resume()
             # one writer per run folder, taken after every check (config, cache, checkpoint): a mistake writes
