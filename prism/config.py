@@ -117,6 +117,8 @@ class TrainConfig(_Model):
     tensorboard: bool = True  # also log to TensorBoard when the tensorboard package is installed
     checkpoint_every: int = Field(100, ge=1)  # write last.pt every N steps
     log_every: int = Field(25, ge=1)  # log the losses every N steps
+    # a non-finite loss part or gradient: stop (after the last good checkpoint, exit 3) or skip the step's update
+    nonfinite: Literal["stop", "skip"] = "stop"
     threads: int | None = Field(None, ge=1, le=4096)  # CPU threads (torch.set_num_threads)
     # validation during training: mean Dice on val_cases cases of val_split, single modalities and all of them,
     # every val_every steps (None: off); best.pt keeps the best-scoring weights beside last.pt

@@ -132,7 +132,12 @@ class StepContext(Protocol):
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Synchronise gradients across processes, unscale (fp16), clip (``optim.grad_clip``) and step
-        ``optimizer`` (default: the main one). Use it for inner optimizers too (Reptile)."""
+        ``optimizer`` (default: the main one). Use it for inner optimizers too (Reptile).
+
+        The gradient norm is kept on the device for the engine's non-finite check; with
+        ``train.nonfinite: skip`` a non-finite gradient or loss makes no update (on the device for fused
+        optimizers, as ``GradScaler`` skips).
+        """
         ...
 
     def add_param_group(self, params: Sequence[torch.nn.Parameter], **options: Any) -> None:
@@ -151,7 +156,8 @@ class StepContext(Protocol):
         """Gradients of ``params`` synchronised, unscaled and clipped, for updates made outside an optimizer.
 
         Returns:
-            one tensor per parameter, or None when an fp16 gradient overflowed (skip the update).
+            one tensor per parameter, or None when an fp16 gradient overflowed or, with ``train.nonfinite:
+            skip``, a gradient is not finite: skip the update.
         """
         ...
 
@@ -169,7 +175,11 @@ class Strategy:
 
     ``setup(ctx)`` runs once before the first step (define streams, add masking roles or parameter groups, check
     compatibility); ``step(ctx)`` pulls the batches it needs from ``ctx``, updates the parameters and returns
-    detached losses for logging (``loss`` is shown in the progress line).
+    detached losses for logging (``loss`` is shown in the progress line). Return them as tensors on the device and
+    never read them (``float(v)``, ``.item()``): a read makes the host wait for the device every step. The engine
+    adds them up on the device, logs each part's mean once per log interval, and stops the run (or skips the
+    step, ``train.nonfinite``) when one is not finite. A step that calls neither ``ctx.backward`` nor
+    ``ctx.optimizer_step`` and changes no parameter is reported.
 
     Class attributes:
         uses_optimizer: False tells the engine the configured optimizer and its LR schedule are unused.

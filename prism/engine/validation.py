@@ -7,7 +7,8 @@ extremes of the missing-modality range, so a model that only learned one modalit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +18,11 @@ from ..data.cache_reader import CacheReader
 from ..evaluation.inference import predict_combinations
 from ..evaluation.metrics import region_dice, regions_for
 from ..evaluation.scoring import scored_combinations
+from .metrics_log import CsvLog
+from .observers import Observer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
 
 
 def validation_masks(num_modalities: int) -> torch.Tensor:
@@ -62,3 +68,31 @@ def validation_dice(model: Backbone, reader: CacheReader, case_ids: Sequence[str
     finally:
         model.train(was_training)
     return float(np.concatenate(scores).mean()) if scores else float("nan")
+
+
+class Validation(Observer):
+    """Validates every ``every`` steps and at the last step (rank 0): the score goes to ``RUN/val_log.csv``, a new
+    best score writes ``best.pt`` (:meth:`Trainer.validate`), and observers get ``on_validation``."""
+
+    name = "validation"
+    order = 50
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.log: CsvLog | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.dist.is_main and trainer.val_cases:
+            self.log = CsvLog(trainer.run_dir / "val_log.csv",
+                              resume_step=trainer.log_resume_step)
+
+    def on_step_end(self, trainer: Trainer, parts: Mapping[str, Any]) -> None:
+        step = trainer.ctx.step
+        if step % self.every and step != trainer.end_step:
+            return
+        score = trainer.validate()
+        if score is None:
+            return
+        if self.log is not None:
+            self.log.write({"step": step, "val_dice": score, "best_val_dice": trainer.best_val})
+        trainer.observers.notify("on_validation", trainer, score, trainer.best_val)
