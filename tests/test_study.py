@@ -65,8 +65,8 @@ def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
     first = Trainer(run.config, out / run.folder, cache_path=cache)
     first.fit(stop_at=2)  # a run cut after step 2 (checkpoint_every=3 in FAST: last.pt is saved at the stop)
     first.close()
-    state, outcomes = run_study(spec, out, log=lambda _: None)
-    assert [r.arm for r in state.resume] == ["only"] and not state.fresh and outcomes[0].ok
+    done = run_study(spec, out, log=lambda _: None)
+    assert [r.arm for r in done.state.resume] == ["only"] and not done.state.fresh and done.outcomes[0].ok
     steps = [int(line.split(",")[0]) for line in (out / run.folder / "train_log.csv").read_text().splitlines()[1:]]
     assert steps == [2, 4, 6]  # one log, continued: the first two steps were not trained again
 
@@ -119,9 +119,9 @@ def test_arm_configs_merge_sections_and_overrides_in_order(tmp_path):
 def test_submitit_local_executor_runs_a_study(tmp_path):
     pytest.importorskip("submitit")
     spec = StudySpec.model_validate({**TINY, "arms": {"only": None}, "seeds": [0]})
-    state, outcomes = run_study(spec, tmp_path / "s", options=ExecutorOptions(kind="submitit", cluster="local"),
-                                log=lambda _: None)
-    assert [o.ok for o in outcomes] == [True], outcomes
+    done = run_study(spec, tmp_path / "s", options=ExecutorOptions(kind="submitit", cluster="local"),
+                     log=lambda _: None)
+    assert [o.ok for o in done.outcomes] == [True], done.outcomes
     assert (tmp_path / "s/runs/only/seed-0/eval.json").is_file()
 
 
@@ -129,8 +129,8 @@ def test_submitit_local_executor_runs_a_study(tmp_path):
 def test_jobs_run_in_parallel_processes_with_the_same_results(tmp_path):
     spec = StudySpec.model_validate({**TINY, "arms": {"only": None}})
     run_study(spec, tmp_path / "one", log=lambda _: None)
-    _, outcomes = run_study(spec, tmp_path / "two", options=ExecutorOptions(jobs=2), log=lambda _: None)
-    assert sorted(o.seed for o in outcomes if o.ok) == [0, 1]
+    done = run_study(spec, tmp_path / "two", options=ExecutorOptions(jobs=2), log=lambda _: None)
+    assert sorted(o.seed for o in done.outcomes if o.ok) == [0, 1]
     for seed in (0, 1):
         a, b = (json.loads((tmp_path / d / f"runs/only/seed-{seed}/eval.json").read_text()) for d in ("one", "two"))
         assert a["mean"] == b["mean"]
@@ -175,7 +175,7 @@ def test_an_arm_asks_for_an_adaptation_curve_and_the_report_shows_it(tmp_path):
     # adapt.json lost: the rerun computes only the curve, without training again
     (out / "runs/base/seed-0/adapt.json").unlink()
     stamp = (out / "runs/base/seed-0/last.pt").stat().st_mtime_ns
-    state, outcomes = run_study(spec, out, log=lambda _: None)
-    assert [r.arm for r in state.adapt_only] == ["base"] and [o.ok for o in outcomes] == [True]
+    done = run_study(spec, out, log=lambda _: None)
+    assert [r.arm for r in done.state.adapt_only] == ["base"] and [o.ok for o in done.outcomes] == [True]
     assert (out / "runs/base/seed-0/last.pt").stat().st_mtime_ns == stamp
     assert (out / "runs/base/seed-0/adapt.json").is_file()
