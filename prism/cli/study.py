@@ -110,16 +110,8 @@ def _run_study(args: argparse.Namespace, argv: list[str], console: Any, stop: An
     done = run_study(spec, args.output, options=options, source=str(args.spec), stop=stop,
                      log=lambda text: console.print(text, highlight=False, markup=False))
     if done.stopped_by is not None:
-        name = signal.Signals(done.stopped_by).name
-        parts = []
-        if done.preempted:
-            parts.append(f"{len(done.preempted)} run(s) to resume (" + ", ".join(
-                f"{o.arm}/seed-{o.seed}" for o in done.preempted) + ")")
-        if done.jobs_left:
-            parts.append(f"{len(done.jobs_left)} Slurm job(s) still queued or running (" + ", ".join(
-                done.jobs_left) + "), followed again by the same command")
-        print(f"prism-study: stopped by {name}; " + ("; ".join(parts) + "; " if parts else "")
-              + f"state in {args.output / STATUS_NAME}; resume with: " + shlex.join(["prism-study", *argv]),
+        print(f"prism-study: stopped by {signal.Signals(done.stopped_by).name}; {_stop_summary(done)}; state in "
+              f"{args.output / STATUS_NAME}; resume with: " + shlex.join(["prism-study", *argv]),
               file=sys.stderr, flush=True)
         return exit_code_for(done.stopped_by)
     failed = done.failed
@@ -136,6 +128,19 @@ def _run_study(args: argparse.Namespace, argv: list[str], console: Any, stop: An
             file=sys.stderr)
         return 1
     return 0
+
+
+def _stop_summary(done: Any) -> str:
+    """``2 to resume (a/seed-0, b/seed-1), 1 to start, 1 finished`` (+ the Slurm jobs that go on)."""
+    by_state: dict[str, list[str]] = {}
+    for row in done.statuses:
+        by_state.setdefault(row["state"], []).append(f"{row['arm']}/seed-{row['seed']}")
+    parts = [f"{len(names)} {state}" + (f" ({', '.join(names)})" if state == "to resume" else "")
+             for state, names in by_state.items()]
+    if done.jobs_left:
+        parts.append(f"Slurm job(s) {', '.join(done.jobs_left)} still queued or running (followed again by the same "
+                     "command)")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":  # pragma: no cover

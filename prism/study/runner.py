@@ -99,12 +99,14 @@ class StudyRun:
         outcomes: one per run started (or followed) in this call, in completion order.
         stopped_by: the signal that stopped the study (None: it ran to the end).
         jobs_left: Slurm jobs still queued or running when the study was stopped (they go on).
+        statuses: where every run stands after the call (the rows of ``status.json``).
     """
 
     state: StudyState
     outcomes: list[RunOutcome]
     stopped_by: int | None = None
     jobs_left: list[str] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -210,6 +212,8 @@ def execute_run(task: RunTask, stop: Any = None) -> RunOutcome:
             raise _Stopped
 
     run_dir = Path(task.run_dir)
+    if stop.received is not None:
+        return outcome(False, "stopped before it started", preempted=True)
     try:
         ensure_folder(run_dir)
         (run_dir / ERROR_NAME).unlink(missing_ok=True)
@@ -367,7 +371,7 @@ def run_study(spec: StudySpec, study_dir: Path, *, options: ExecutorOptions = Ex
     def on_done(outcome: RunOutcome) -> None:
         name = f"{outcome.arm}/seed-{outcome.seed}"
         if outcome.preempted:
-            log(f"{name} {outcome.error}: to resume")
+            log(f"{name} {outcome.error}")
             return
         counter["done"] += 1
         left = total - counter["done"]
@@ -375,17 +379,17 @@ def run_study(spec: StudySpec, study_dir: Path, *, options: ExecutorOptions = Ex
         log(f"[{counter['done']}/{total} done, {left} left] {name} {what} in {outcome.seconds:.1f} s")
 
     outcomes, jobs_left = dispatch(tasks, options, study_dir, on_done, stop=stop, log=log) if tasks else ([], [])
-    result = StudyRun(state, outcomes, stop.received, jobs_left)
-    write_status(spec, study_dir, runs)
-    return result
+    return StudyRun(state, outcomes, stop.received, jobs_left, write_status(spec, study_dir, runs))
 
 
-def write_status(spec: StudySpec, study_dir: Path, runs: list[PlannedRun]) -> None:
-    """``STUDY_DIR/status.json``: where every run stands (see :func:`prism.study.status.run_statuses`)."""
+def write_status(spec: StudySpec, study_dir: Path, runs: list[PlannedRun]) -> list[dict[str, Any]]:
+    """Write ``STUDY_DIR/status.json``: where every run stands (rows of
+    :func:`prism.study.status.run_statuses`, Slurm not asked); returns the rows."""
     from .status import run_statuses
 
     rows = run_statuses(spec, study_dir, runs=runs, ask_slurm=False)
     write_text_atomic(study_dir / STATUS_NAME, json.dumps({"study": spec.name, "runs": rows}, indent=2) + "\n")
+    return rows
 
 
 __all__ = ["ExecutorOptions", "RunOutcome", "RunTask", "StudyRun", "StudyState", "assess", "cache_path",

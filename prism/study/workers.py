@@ -3,8 +3,9 @@ and no child outliving the study.
 
 Each run gets a fresh process (``spawn``), one GPU each when several are visible. When the study is asked to
 stop (SIGTERM, SIGUSR1, SIGINT), every running child gets SIGTERM: it finishes its step, writes its checkpoint and
-reports itself preempted; runs not started yet stay "to start". A child whose study process disappears (killed
-with SIGKILL, say) stops the same way: a thread in each child watches its parent.
+reports itself preempted; runs not started yet stay "to start". A child gets the signal only once it has said
+that it watches for it (a child still starting up would die of it). A child whose study process disappears
+(killed with SIGKILL, say) stops the same way: a thread in each child watches its parent.
 """
 
 from __future__ import annotations
@@ -35,15 +36,22 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+#: the first message of a child: its stop-signal watcher is installed (signals may be passed on from now)
+READY = "ready"
+
+
 def _child(run: Callable[[Any, Any], Any], task: Any, gpu: int | None, conn: Any, parent: int) -> None:
-    """A child process: one run under its own stop-signal watcher; the outcome goes back through ``conn``."""
+    """A child process: one run under its own stop-signal watcher; ``READY``, then the outcome, go back through
+    ``conn``."""
     from ..engine.signals import StopSignals
 
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     with StopSignals() as stop:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-study").start()
-        if os.getppid() != parent:  # the study ended while this process was starting
+        try:
+            conn.send(READY)
+        except OSError:  # the study ended while this process was starting
             return
         outcome = run(task, stop)
     try:
@@ -60,6 +68,21 @@ class _Running:
     process: Any
     conn: Any
     gpu: int | None
+    ready: bool = False
+    signalled: bool = False
+    outcome: Any = None
+
+    def read(self) -> None:
+        """Take every message waiting in the pipe (READY, the outcome)."""
+        try:
+            while self.conn.poll():
+                message = self.conn.recv()
+                if message == READY:
+                    self.ready = True
+                else:
+                    self.outcome = message
+        except (EOFError, OSError):
+            pass
 
 
 def run_in_processes(tasks: list[Any], run: Callable[[Any, Any], Any], *, jobs: int, gpus: int, stop: Any,
@@ -74,15 +97,14 @@ def run_in_processes(tasks: list[Any], run: Callable[[Any, Any], Any], *, jobs: 
         stop: the study's :class:`~prism.engine.signals.StopSignals`; once it has received a signal, running
             children get SIGTERM and no new child starts.
         done: called with each outcome, in completion order.
-        died: ``died(task, why)`` makes the outcome of a child that ended without reporting one (its
-            ``preempted`` is set when the study had passed a stop signal on: the child had not started its run).
+        died: ``died(task, why)`` makes the outcome of a child that ended without reporting one (when the study
+            had been stopped, it is marked ``preempted``: the child died before its run began).
     """
     ctx = multiprocessing.get_context("spawn")
     free_gpus: list[int | None] = list(range(gpus)) if gpus > 1 else []
     slots = min(jobs, gpus) if gpus > 1 else jobs
     queue = list(tasks)
-    running: dict[int, _Running] = {}
-    forwarded = False
+    running: list[_Running] = []
     try:
         while queue or running:
             while queue and len(running) < slots and stop.received is None:
@@ -93,32 +115,34 @@ def run_in_processes(tasks: list[Any], run: Callable[[Any, Any], Any], *, jobs: 
                                       name="prism-study-run")
                 process.start()
                 send.close()
-                running[process.sentinel] = _Running(task, process, receive, gpu)
-            if stop.received is not None and not forwarded:
-                forwarded = True
-                for child in running.values():
-                    _signal(child.process, signal.SIGTERM)
+                running.append(_Running(task, process, receive, gpu))
             if not running:
                 break
-            for sentinel in multiprocessing.connection.wait(list(running), timeout=0.5):
-                child = running.pop(sentinel)  # type: ignore[call-overload]
-                outcome = None
-                try:
-                    if child.conn.poll():
-                        outcome = child.conn.recv()
-                except (EOFError, OSError):
-                    outcome = None
+            if stop.received is not None:  # pass the stop on to every child that watches for it
+                for child in running:
+                    if child.ready and not child.signalled:
+                        child.signalled = True
+                        _signal(child.process, signal.SIGTERM)
+            waitables = [c.conn for c in running] + [c.process.sentinel for c in running]
+            multiprocessing.connection.wait(waitables, timeout=0.5)
+            for child in list(running):
+                child.read()
+                if child.process.exitcode is None and child.process.is_alive():
+                    continue
                 child.process.join()
+                child.read()
                 child.conn.close()
+                running.remove(child)
                 if child.gpu is not None:
                     free_gpus.append(child.gpu)
+                outcome = child.outcome
                 if outcome is None:
                     outcome = died(child.task, _exit_text(child.process.exitcode))
-                    if forwarded:  # stopped by the study's signal before its run could watch for it
-                        outcome.preempted = True
+                    if stop.received is not None:  # the stop came before its run could watch for it
+                        outcome.preempted, outcome.error = True, "stopped before it started"
                 done(outcome)
     finally:  # an error in the study itself (a second Ctrl-C, a bug): its children stop with it
-        _stop_all([c.process for c in running.values()])
+        _stop_all([c.process for c in running])
 
 
 def _signal(process: Any, signum: int) -> None:
