@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import run_command, stdout_console
+from .common import OneLineParser, run_command, stdout_console
 
 EPILOG = """\
 examples:
@@ -28,7 +28,7 @@ resume and exits with 143 (130 for Ctrl-C); running it again resumes those runs.
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prism-study", description="Compare methods over seeds: run every arm x seed "
+    p = OneLineParser(prog="prism-study", description="Compare methods over seeds: run every arm x seed "
                                 "of a study spec as a prism run, then report means, sds and paired intervals.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
