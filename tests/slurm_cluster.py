@@ -2,7 +2,7 @@
 
 Everything lives under one folder: the munge key and socket, ``slurm.conf``, the controller's state, the logs.
 The ports are free ones picked at start, so two clusters (or a system one) on the same machine do not meet.
-The node is this machine with at most 2 CPUs, one partition (``short``), process tracking by
+The node is this machine (named after it) with at most 2 CPUs, one partition (``short``), process tracking by
 ``proctrack/linuxproc`` (no cgroups, no systemd). Clients find the cluster through ``SLURM_CONF``.
 
 In Python (the daemons stop when the block ends, on errors too)::
@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 PARTITION = "short"
-NODE = "prism-node"
+#: the node is named after this machine, so job scripts can resolve it (``scontrol show hostnames``)
+NODE = socket.gethostname().split(".")[0]
 DAEMONS = ("munged", "slurmctld", "slurmd")
 #: what the cluster needs on PATH (and /usr/sbin, where Debian puts the daemons)
 PROGRAMS = (*DAEMONS, "mungekey", "sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
