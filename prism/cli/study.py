@@ -124,7 +124,7 @@ def _run_study(args: argparse.Namespace, argv: list[str], console: Any, stop: An
                 raise
     if failed:
         print(f"prism-study: {len(failed)} run(s) failed: " + "; ".join(
-            f"{o.arm}/seed-{o.seed}: {o.error}" for o in failed) + " (tracebacks in each run's error.txt)",
+            f"{o.arm}/seed-{o.seed}: {o.error}" for o in failed),
             file=sys.stderr)
         return 1
     return 0

@@ -106,6 +106,20 @@ def write_job_record(run_dir: Path, job: Any, executor: str) -> None:
     write_text_atomic(run_dir / JOB_RECORD, json.dumps(record, indent=2) + "\n")
 
 
+def note_job_outcome(run_dir: Path, job_id: str, outcome: Any) -> None:
+    """Add how the job ended to ``RUN/job.json`` (``finished``, ``stopped`` or ``failed`` with its one line), so
+    ``prism-study status`` can say it after Slurm has forgotten the job."""
+    record = read_job_record(run_dir)
+    if record is None or record.get("job_id") != str(job_id):
+        return
+    record["outcome"] = "finished" if outcome.ok else "stopped" if outcome.preempted else "failed"
+    record["error"] = outcome.error
+    try:
+        write_text_atomic(Path(run_dir) / JOB_RECORD, json.dumps(record, indent=2) + "\n")
+    except Exception as exc:  # the outcome is still reported; only the note for later is lost
+        logger.warning("%s: cannot note the job's outcome: %s", run_dir, exc)
+
+
 def read_job_record(run_dir: Path) -> dict[str, Any] | None:
     try:
         record = json.loads((Path(run_dir) / JOB_RECORD).read_text(encoding="utf-8"))
@@ -175,7 +189,7 @@ class JobFollower:
             job = entry.job
             if job.paths.result_pickle.exists():
                 self.jobs.remove(entry)
-                self.done(self._result(entry))
+                self._finish(entry, self._result(entry))
                 continue
             if states is None:
                 continue
@@ -192,7 +206,11 @@ class JobFollower:
                 entry.over_since = now
             if now - entry.over_since >= (RESULT_GRACE_S if self.cluster != "local" else 0.0):
                 self.jobs.remove(entry)
-                self.done(self._ended_without_result(entry))
+                self._finish(entry, self._ended_without_result(entry))
+
+    def _finish(self, entry: _Job, outcome: Any) -> None:
+        note_job_outcome(Path(entry.task.run_dir), str(entry.job.job_id), outcome)
+        self.done(outcome)
 
     def _result(self, entry: _Job) -> Any:
         try:
@@ -204,8 +222,7 @@ class JobFollower:
     def _ended_without_result(self, entry: _Job) -> Any:
         job, state = entry.job, entry.state
         stopped = state in STOPPED_STATES
-        why = f"job {job.job_id} ended {state.lower() if state != 'ENDED' else ''} without a result".replace(
-            "  ", " ")
+        why = f"job {job.job_id} ended " + (f"{state} " if state != "ENDED" else "") + "without a result"
         outcome = self.died(entry.task, f"{why}; its log: {job.paths.stderr}")
         if stopped and (Path(entry.task.run_dir) / "last.pt").is_file():
             outcome.preempted = True  # stopped from outside after a checkpoint: to resume

@@ -244,12 +244,13 @@ def execute_run(task: RunTask, stop: Any = None) -> RunOutcome:
     except _Stopped:
         return outcome(False, "stopped after training (the evaluation or adaptation is redone)", preempted=True)
     except Exception as exc:  # a failed run must not stop the others; its traceback is kept in its folder
+        where = f" (traceback: {run_dir / ERROR_NAME})"
         try:
             write_text_atomic(run_dir / ERROR_NAME, traceback.format_exc())
         except Exception:  # the folder itself cannot be written: the one line below still says why
-            pass
+            where = ""
         first = " ".join(str(exc).split())[:200]
-        return outcome(False, f"{type(exc).__name__}: {first}")
+        return outcome(False, f"{type(exc).__name__}: {first}{where}")
 
 
 def _visible_gpus() -> int:
@@ -376,7 +377,8 @@ def run_study(spec: StudySpec, study_dir: Path, *, options: ExecutorOptions = Ex
         counter["done"] += 1
         left = total - counter["done"]
         what = "finished" if outcome.ok else f"FAILED ({outcome.error})"
-        log(f"[{counter['done']}/{total} done, {left} left] {name} {what} in {outcome.seconds:.1f} s")
+        took = f" in {outcome.seconds:.1f} s" if outcome.seconds else ""  # 0: a job that never reported back
+        log(f"[{counter['done']}/{total} done, {left} left] {name} {what}{took}")
 
     outcomes, jobs_left = dispatch(tasks, options, study_dir, on_done, stop=stop, log=log) if tasks else ([], [])
     return StudyRun(state, outcomes, stop.received, jobs_left, write_status(spec, study_dir, runs))

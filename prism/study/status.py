@@ -55,6 +55,8 @@ def run_statuses(spec: StudySpec, study_dir: Path, *, runs: list[PlannedRun] | N
             state = "queued" if job_state == "PENDING" else "running"
         elif state != "finished" and where.failed:
             state, log = "failed", str(folder / ERROR_NAME)
+        elif state != "finished" and record is not None and record.get("outcome") == "failed":
+            state = "failed"  # its job ended without a result (killed, out of memory): the job's log says why
         if log is None and record is not None:
             log = record.get("stderr")
         rows.append({"arm": run.arm, "seed": run.seed, "folder": run.folder, "state": state, "step": where.step,
