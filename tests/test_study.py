@@ -63,6 +63,10 @@ def test_tiny_study_end_to_end_and_a_rerun_trains_nothing(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "4 finished, 0 to resume, 0 to start" in printed and "done," not in printed
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/last.pt")}
+    assert study_main(["status", str(out)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].split() == ["run", "state", "step", "job", "log"] and table[-1] == "4 finished"
+    assert table[1].split() == ["baseline/seed-0", "finished", "4/4", "-", "-"]
 
 
 @pytest.mark.slow
@@ -396,3 +400,24 @@ def test_a_stale_evaluation_is_redone_and_a_run_cut_before_its_end_is_resumed(tm
     again = run_study(spec, out, log=lambda _: None)
     assert [r.arm for r in again.state.finished] == ["only"] and not again.outcomes
     assert (folder / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_status_names_a_failed_job_and_its_log_after_slurm_has_forgotten_it(tmp_path):
+    from prism.study.runner import cache_path
+    from prism.study.status import run_statuses
+
+    spec = StudySpec.model_validate({**TINY, "arms": {"only": None}})
+    out = tmp_path / "study"
+    runs = plan_runs(spec, cache_path(spec, out))
+    failed = out / "runs/only/seed-0"
+    failed.mkdir(parents=True)
+    (failed / "job.json").write_text(json.dumps({
+        "executor": "slurm", "job_id": "17", "folder": str(out / "submitit"), "stderr": "/logs/17_0_log.err",
+        "outcome": "failed", "error": "job 17 ended FAILED without a result"}))
+    crashed = out / "runs/only/seed-1"
+    crashed.mkdir(parents=True)
+    (crashed / "config.yaml").write_text("")
+    (crashed / "error.txt").write_text("Traceback ...")
+    rows = {r["seed"]: r for r in run_statuses(spec, out, runs=runs, ask_slurm=False)}
+    assert (rows[0]["state"], rows[0]["job"], rows[0]["log"]) == ("failed", "17", "/logs/17_0_log.err")
+    assert (rows[1]["state"], rows[1]["job"], rows[1]["log"]) == ("failed", None, str(crashed / "error.txt"))
