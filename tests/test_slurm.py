@@ -1,14 +1,16 @@
 """On a real one-node Slurm cluster (tests/slurm_cluster.py; ``pytest -m slurm``, skipped where Slurm is not
 installed): the cluster tutorials run as the docs show them (a self-requeuing job preempted twice and equal to
 an uninterrupted run; two torchrun agents warned, requeued and equal to one process; a study through submitit
-with the local study's numbers), and a study follows its jobs: queued and running with their ids, a killed job's
-log named in one line, a rerun waiting for a job still running instead of submitting it again.
+with the local study's numbers), and a study follows its jobs: a job warned by submitit's signal checkpoints,
+requeues itself and resumes bit for bit; queued and running with their ids, a killed job's log named in one line,
+a rerun waiting for a job still running instead of submitting it again.
 
 ``PRISM_TEST_SLURM_CONF=/path/slurm.conf`` uses a cluster already running (CI starts one in ``.ci/slurm``).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from slurm_cluster import PARTITION, SlurmCluster, missing_programs
 
@@ -39,8 +42,16 @@ def cluster(tmp_path_factory):
         pytest.skip(f"Slurm is not installed (missing {', '.join(missing)}): apt-get install slurm-wlm munge")
     if os.geteuid() != 0:
         pytest.skip("the test cluster runs slurmd, which needs root")
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as running:
-        yield running.env
+
+    def interrupted(signum, frame):  # SIGTERM (a CI timeout) ends pytest through its teardown: daemons stop
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        with SlurmCluster(tmp_path_factory.mktemp("slurm")) as running:
+            yield running.env
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _tutorial(name: str, env: dict, cwd: Path, **extra: str) -> str:
@@ -71,15 +82,34 @@ def test_a_study_through_submitit_has_the_local_studys_numbers_and_a_rerun_submi
 
 
 # ---- following jobs ------------------------------------------------------------------------------------------
-def _spec(tmp_path: Path) -> Path:
+def _spec(tmp_path: Path, steps: int = 100000, seeds: tuple[int, ...] = (0, 1)) -> Path:
     spec = {"name": "long", "data": {"synthetic": {"cases": 6, "shape": [16, 16, 16], "seed": 3}},
-            "overrides": ["model.options.width=4", "data.patch_size=[16,16,16]", "train.steps=100000",
+            "overrides": ["model.options.width=4", "data.patch_size=[16,16,16]", f"train.steps={steps}",
                           "train.log_every=1", "train.checkpoint_every=1000000", "train.threads=1",
-                          "train.tensorboard=false"],
-            "arms": {"only": None}, "seeds": [0, 1]}
+                          "train.tensorboard=false", "eval.hd95=false"],
+            "arms": {"only": None}, "seeds": list(seeds)}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def _logged_steps(run: Path) -> list[int]:
+    try:
+        with open(run / "train_log.csv", newline="") as fh:
+            return [int(row["step"]) for row in csv.DictReader(fh)]
+    except (OSError, KeyError, ValueError):
+        return []
+
+
+def _logged_step(run: Path) -> int:
+    steps = _logged_steps(run)
+    return steps[-1] if steps else 0
+
+
+def _states(job: str, env: dict) -> str:
+    done = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={job}", "--format=%T"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout.strip()
 
 
 def _status(study: Path, env: dict) -> dict[str, dict]:
@@ -113,6 +143,41 @@ def _job_process(job_id: str) -> int | None:
         if f"SLURM_JOB_ID={job_id}".encode() in env and b"submitit.core._submit" in cmd:
             return int(entry.name)
     return None
+
+
+def test_a_study_job_warned_by_submitits_signal_checkpoints_requeues_itself_and_resumes(cluster, tmp_path):
+    from prism.study.runner import run_study
+    from prism.study.spec import load_spec
+
+    spec = _spec(tmp_path, steps=40, seeds=(0,))
+    study = tmp_path / "study"
+    cmd = [sys.executable, "-m", "prism.cli.study", "run", str(spec), "-o", str(study), "--executor", "submitit",
+           "--slurm-partition", PARTITION, "--slurm-gpus", "0", "--slurm-cpus", "1", "--slurm-time", "10"]
+    proc = subprocess.Popen(cmd, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = study / "runs/only/seed-0"
+    try:
+        _wait("training to start", lambda: _logged_step(run) >= 3)
+        job = json.loads((run / "job.json").read_text())["job_id"]
+        # submitit's warning before the time limit (--signal=USR2@90 in its job scripts)
+        subprocess.run(["scancel", "--signal=USR2", job], env=cluster, check=True, timeout=60)
+        _wait("the job to requeue itself", lambda: _states(job, cluster) == "PENDING")
+        stopped_at = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["step"]
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+5"], env=cluster, check=True,
+                       timeout=60)  # Slurm would hold it for about two minutes
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert "[1/1 done, 0 left] only/seed-0 finished" in out and out.count("submitted") == 1
+    log = Path(json.loads((run / "job.json").read_text())["stderr"]).read_text()
+    assert f"stopped by SIGUSR2 at step {stopped_at}/40; requeue job {job}: done" in log
+    assert _logged_steps(run) == list(range(1, 41))  # resumed where it stopped: no step twice
+    local = tmp_path / "local"
+    run_study(load_spec(spec), local, log=lambda _: None)
+    a, b = (torch.load(d / "runs/only/seed-0/last.pt", map_location="cpu", weights_only=True) for d in (study, local))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_a_study_shows_queued_and_running_jobs_names_a_killed_jobs_log_and_a_rerun_waits_for_its_job(
