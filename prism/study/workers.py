@@ -71,18 +71,19 @@ class _Running:
     ready: bool = False
     signalled: bool = False
     outcome: Any = None
+    closed: bool = False  # the child closed its end: only its exit is left to wait for
 
     def read(self) -> None:
         """Take every message waiting in the pipe (READY, the outcome)."""
         try:
-            while self.conn.poll():
+            while not self.closed and self.conn.poll():
                 message = self.conn.recv()
                 if message == READY:
                     self.ready = True
                 else:
                     self.outcome = message
         except (EOFError, OSError):
-            pass
+            self.closed = True
 
 
 def run_in_processes(tasks: list[Any], run: Callable[[Any, Any], Any], *, jobs: int, gpus: int, stop: Any,
@@ -123,7 +124,7 @@ def run_in_processes(tasks: list[Any], run: Callable[[Any, Any], Any], *, jobs: 
                     if child.ready and not child.signalled:
                         child.signalled = True
                         _signal(child.process, signal.SIGTERM)
-            waitables = [c.conn for c in running] + [c.process.sentinel for c in running]
+            waitables = [c.conn for c in running if not c.closed] + [c.process.sentinel for c in running]
             multiprocessing.connection.wait(waitables, timeout=0.5)
             for child in list(running):
                 child.read()
