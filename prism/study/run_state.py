@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
+from ..evaluation.provenance import report_matches_checkpoint
 
 CHECKPOINT_NAME = "last.pt"
 EVAL_NAME = "eval.json"
@@ -32,16 +32,9 @@ def evaluated_checkpoint(run_dir: str | os.PathLike[str]) -> dict[str, Any] | No
     return record if isinstance(record, dict) else None
 
 
-def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a checkpoint file."""
-    from ..data.verify import file_digest
-
-    return file_digest(path)[1]
-
-
 def evaluation_is_current(run_dir: str | os.PathLike[str], final_step: int) -> bool:
-    """Whether ``RUN/eval.json`` scored the run's final checkpoint: its record names ``last.pt`` at
-    ``final_step`` with the SHA-256 of the ``last.pt`` in the folder now.
+    """Whether ``RUN/eval.json`` scored the run's final checkpoint: it matches the ``last.pt`` in the folder now
+    (:func:`prism.evaluation.provenance.report_matches_checkpoint`) and records ``final_step``.
 
     Args:
         run_dir: the run folder.
@@ -51,28 +44,8 @@ def evaluation_is_current(run_dir: str | os.PathLike[str], final_step: int) -> b
         False when eval.json or last.pt is missing, the record is absent, or step, file or hash differ.
     """
     record = evaluated_checkpoint(run_dir)
-    checkpoint = Path(run_dir) / CHECKPOINT_NAME
-    if record is None or not checkpoint.is_file():
-        return False
-    if record.get("file", CHECKPOINT_NAME) != CHECKPOINT_NAME or record.get("step") != int(final_step):
-        return False
-    try:
-        return record.get("sha256") == checkpoint_sha256(checkpoint)
-    except OSError:
-        return False
-
-
-def record_evaluated_checkpoint(run_dir: str | os.PathLike[str], step: int) -> None:
-    """Add the ``checkpoint`` record to ``RUN/eval.json`` when the evaluation did not write one (call it right
-    after evaluating the model saved in ``last.pt`` at ``step``, while the run's lock is held). An evaluation
-    that records its checkpoint itself is left as it is."""
-    path = Path(run_dir) / EVAL_NAME
-    checkpoint = Path(run_dir) / CHECKPOINT_NAME
-    if evaluated_checkpoint(run_dir) is not None or not path.is_file() or not checkpoint.is_file():
-        return
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["checkpoint"] = {"file": CHECKPOINT_NAME, "step": int(step), "sha256": checkpoint_sha256(checkpoint)}
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    return (record is not None and record.get("step") == int(final_step)
+            and report_matches_checkpoint(run_dir, EVAL_NAME))
 
 
 def checkpoint_step(run_dir: str | os.PathLike[str]) -> int | None:
@@ -121,5 +94,5 @@ def read_run_folder(run_dir: str | os.PathLike[str], final_step: int, wants_adap
     return RunFolderState("to start", None, failed)
 
 
-__all__ = ["CHECKPOINT_NAME", "RunFolderState", "checkpoint_sha256", "checkpoint_step", "evaluated_checkpoint",
-           "evaluation_is_current", "read_run_folder", "record_evaluated_checkpoint"]
+__all__ = ["CHECKPOINT_NAME", "RunFolderState", "checkpoint_step", "evaluated_checkpoint", "evaluation_is_current",
+           "read_run_folder"]

@@ -41,7 +41,7 @@ from ..config import Config, config_to_yaml, load_yaml
 from ..data.cache_format import settings_hash
 from ..errors import ConfigError
 from .cluster import ExecutorOptions, dispatch_submitit
-from .run_state import ERROR_NAME, read_run_folder, record_evaluated_checkpoint
+from .run_state import ERROR_NAME, read_run_folder
 from .spec import PlannedRun, StudySpec, plan_runs, spec_to_yaml
 
 SPEC_NAME = "study.yaml"
@@ -229,8 +229,7 @@ def execute_run(task: RunTask, stop: Any = None) -> RunOutcome:
                 trainer = Trainer(config, run_dir, cache_path=Path(task.cache), resume=resume, console=console)
                 try:
                     trainer.fit(signals=stop)
-                    trainer.evaluate(on_case=check_stop)
-                    record_evaluated_checkpoint(run_dir, trainer.ctx.step)
+                    trainer.evaluate(on_case=check_stop)  # eval.json records the checkpoint it scored
                 finally:
                     trainer.close()
             if task.adapt is not None:

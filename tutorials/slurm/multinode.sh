@@ -64,7 +64,7 @@ def same(a, b):
 
 one, two, cut = (torch.load(f"{d}/last.pt", weights_only=True) for d in ("one", "two", "run"))
 assert one["step"] == two["step"] == cut["step"] == 20, (one["step"], two["step"], cut["step"])
-for part in ("model", "optimizer", "scheduler"):  # stopped, requeued, resumed: bit for bit
+for part in ("model", "optimizer", "scheduler", "rng", "data"):  # stopped, requeued, resumed: bit for bit
     assert same(cut[part], two[part]), part
 for name, value in one["model"].items():  # the tolerance of the 2-process test (tests/test_distributed.py)
     torch.testing.assert_close(cut["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -65,8 +65,8 @@ def same(a, b):
 
 cut, straight = (torch.load(f"{d}/last.pt", weights_only=True) for d in ("run", "straight"))
 assert cut["step"] == straight["step"] == 60, (cut["step"], straight["step"])
-for part in ("model", "optimizer", "scheduler"):
+for part in ("model", "optimizer", "scheduler", "rng", "data"):
     assert same(cut[part], straight[part]), part
-print("requeued twice, resumed twice: weights and optimizer state equal to the uninterrupted run's")
+print("requeued twice, resumed twice: weights, optimizer, generators and data position equal to the uninterrupted run's")
 PY
 echo "requeue: ok"
