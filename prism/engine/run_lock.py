@@ -171,7 +171,7 @@ class RunLock:
         except OSError as exc:
             os.close(fd)
             raise storage_error(self.path, exc, "cannot write the run lock") from None
-        logger.info("%s: run folder locked with flock", self.run_dir)
+        logger.debug("%s: run folder locked with flock", self.run_dir)
         return _Held("flock", fd, None)
 
     # ---- lock file ---------------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class RunLock:
             held.thread = threading.Thread(target=_heartbeat, args=(self.path, held), daemon=True,
                                            name="prism-run-lock")
             held.thread.start()
-            logger.info("%s: run folder locked with the lock file %s", self.run_dir, self.path)
+            logger.debug("%s: run folder locked with the lock file %s", self.run_dir, self.path)
             return held
         raise _refused(self.run_dir, "a process that keeps re-creating the lock file")
 
