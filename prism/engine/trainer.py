@@ -20,8 +20,9 @@ from ..config import Config, config_to_yaml
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader, dataset_changed_message
 from ..errors import CheckpointError, ConfigError
-from ..evaluation.adaptation import evaluation_rule
-from ..evaluation.report import EvalReport, checkpoint_record, evaluate, evaluate_kwargs, write_report
+from ..evaluation.adaptation import AdaptationSettings, evaluation_rule
+from ..evaluation.options import EvalOptions
+from ..evaluation.report import EvalReport, checkpoint_record, evaluate, write_report
 from ..registry import blame, get_registry
 from ..runs import BEST_NAME, CHECKPOINT_NAME
 from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
@@ -210,8 +211,8 @@ class Trainer:
             return None
         cfg = self.config
         score = validation_dice(self.ctx.model, self.reader, self.val_cases, device=self.device,
-                                amp_dtype=self.ctx.amp_dtype, channels_last=cfg.train.channels_last,
-                                window=cfg.eval.window, overlap=cfg.eval.overlap)
+                                amp_dtype=self.ctx.amp_dtype,
+                                options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last))
         if score > self.best_val:
             self.best_val = score
             self.save(BEST_NAME, val_dice=score)
@@ -395,8 +396,9 @@ class Trainer:
         cfg = self.config
         cases = self.eval_cases()
         report = evaluate(self.ctx.model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
-                          channels_last=cfg.train.channels_last, on_case=on_case,
-                          adapt_rule=evaluation_rule(self.strategy), **evaluate_kwargs(cfg.eval))
+                          options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last),
+                          adaptation=AdaptationSettings.from_config(cfg.eval),
+                          adapt_rule=evaluation_rule(self.strategy), on_case=on_case)
         checkpoint = self.run_dir / CHECKPOINT_NAME  # the model evaluated is the one fit() saved last
         report.checkpoint = checkpoint_record(checkpoint) if checkpoint.is_file() else None
         write_report(report, self.run_dir)
