@@ -20,7 +20,7 @@ import fnmatch
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,7 @@ class AdaptOptions:
 
     steps: int = 10
     lr: float = 0.01
-    optimizer: str = "sgd"
+    optimizer: Literal["sgd", "adam"] = "sgd"
 
 
 ADAPT_DEFAULTS = AdaptOptions()

@@ -147,7 +147,7 @@ class EvalConfig(_Model):
     # the fine-tuning defaults are prism.adapt.ADAPT_DEFAULTS; a strategy with its own rule (MAML) keeps its step size
     adapt_steps: int = Field(ADAPT_DEFAULTS.steps, ge=0)  # fine-tuning steps (K)
     adapt_lr: float = Field(ADAPT_DEFAULTS.lr, gt=0)  # fine-tuning learning rate
-    adapt_optimizer: Literal["sgd", "adam"] = ADAPT_DEFAULTS.optimizer  # type: ignore[assignment]  # fine-tuning optimizer
+    adapt_optimizer: Literal["sgd", "adam"] = ADAPT_DEFAULTS.optimizer  # fine-tuning optimizer
     adapt_patch_size: tuple[int, int, int] | None = None  # fine-tuning patch (None: whole volumes)
     adapt_split: str | None = None  # split the site's cases come from (None: the evaluated cases)
     adapt_seed: int = Field(0, ge=0, le=MAX_SEED)  # seed of the support draw and fine-tuning

@@ -117,3 +117,24 @@ def test_hd95_empty_in_the_config_maps_to_the_options():
 def test_options_out_of_range_are_one_line_errors(field, value):
     with pytest.raises(ConfigError, match=f"eval.{field}"):
         EvalOptions(**{field: value})
+
+
+def test_command_line_help_is_generated_from_the_defaults(monkeypatch):
+    """The flags' help reads EvalOptions' and the config's defaults when the parser is built: other defaults there
+    show in the help, so no number is typed twice."""
+    import prism.config
+    import prism.evaluation.options
+    from prism.cli.evaluate import adapt_parser, parser
+    from prism.cli.predict import parser as predict_parser
+
+    class Other(EvalConfig):
+        adapt_steps: int = 57
+        adapt_lr: float = 0.0375
+
+    monkeypatch.setattr(prism.evaluation.options, "DEFAULTS", EvalOptions(overlap=0.375, sw_batch_size=7))
+    monkeypatch.setattr(prism.config, "EvalConfig", Other)
+    text = " ".join(parser().format_help().split())
+    assert "eval.overlap, 0.375 unless set" in text and "eval.sw_batch_size, 7 unless set" in text
+    assert "eval.adapt_steps, 57 unless set" in text and "eval.adapt_lr, 0.0375 unless set" in text
+    assert "eval.overlap, 0.375 unless set" in " ".join(predict_parser().format_help().split())
+    assert "eval.adapt_lr, 0.0375 unless set" in " ".join(adapt_parser().format_help().split())
