@@ -246,3 +246,29 @@ def test_fast_adaptation_in_an_evaluation_uses_the_strategys_own_rule(site_run, 
     report = trainer.evaluate()
     assert calls == [(2, None, 2)]  # its own step size (0.07), not eval.adapt_lr; one batch per step
     assert report.adaptation is not None and report.adaptation.steps == 2
+
+
+def test_every_rule_adapts_in_the_runs_precision(site_run):
+    """amp_dtype reaches the steps of fine-tuning and of a strategy's own rule alike (autocast around the loop)."""
+    from prism.evaluation.adaptation import strategy_rule
+    from prism.registry import get_registry
+    from prism.runs import load_run
+
+    cache, run_dir = site_run
+    run = load_run(run_dir)
+    reader = CacheReader(cache)
+    support = load_support(reader, list(reader.split("heldout"))[:1])
+    reader.close()
+    settings = AdaptationSettings(site="site2", steps=2, patch_size=(16, 16, 16))
+    dtypes = []
+
+    def recording_loss(output, batch):
+        dtypes.append(output.logits.dtype)
+        return adaptation_loss(output, batch)
+
+    maml = get_registry().create("strategy", "maml", inner_steps=1)
+    for rule in (fine_tune_rule, strategy_rule(run.strategy), strategy_rule(maml)):
+        dtypes.clear()
+        rule(run.model, support, settings, device=torch.device("cpu"), amp_dtype=torch.bfloat16,
+             loss_fn=recording_loss)
+        assert dtypes == [torch.bfloat16, torch.bfloat16]
