@@ -180,17 +180,18 @@ def compare_parser() -> argparse.ArgumentParser:
         "over the cases both runs were evaluated on.")
     p.add_argument("run_a", type=Path, metavar="RUN_A", help="run folder (or its eval.json)")
     p.add_argument("run_b", type=Path, metavar="RUN_B", help="run folder (or its eval.json)")
-    p.add_argument("--samples", type=POSITIVE, default=10000, help="bootstrap resamples (default 10000)")
-    p.add_argument("--confidence", type=_finite_float(0.0, 1.0, low_open=True), default=0.95,
-                   help="interval level in (0, 1) (default 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    _defaulted(p, "--samples", 10000, "bootstrap resamples", type=POSITIVE)
+    _defaulted(p, "--confidence", 0.95, "interval level in (0, 1)", type=_finite_float(0.0, 1.0, low_open=True))
+    _defaulted(p, "--seed", 0, "bootstrap seed", type=int)
     p.add_argument("--per-combination", action="store_true", help="also one row per combination")
     p.add_argument("--json", action="store_true", help="print the differences as JSON")
     return p
 
 
-def _counts(values: object) -> str:
-    return ",".join(str(v) for v in values)  # type: ignore[attr-defined]
+def _defaulted(p: argparse.ArgumentParser, flag: str, default: object, text: str, **kwargs: object) -> None:
+    """A flag with ``default`` (a tuple: comma-separated), named at the end of its help: the value is written once."""
+    value = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    p.add_argument(flag, default=value, help=f"{text} (default {value})", **kwargs)  # type: ignore[arg-type]
 
 
 def adapt_parser() -> argparse.ArgumentParser:
@@ -206,14 +207,11 @@ def adapt_parser() -> argparse.ArgumentParser:
         "adapt.json, adapt.md and adapt.png into the run folder (eval.json is left as it is).")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--site", required=True, help="the site to adapt to (cases' site attribute)")
-    p.add_argument("--steps", default=_counts(DEFAULT_STEPS),
-                   help=f"adaptation steps K, comma-separated (default {_counts(DEFAULT_STEPS)})")
-    p.add_argument("--support", type=POSITIVE, default=DEFAULT_SUPPORT, metavar="N",
-                   help=f"support cases per draw (default {DEFAULT_SUPPORT})")
-    p.add_argument("--draws", type=POSITIVE, default=DEFAULT_DRAWS, metavar="R",
-                   help=f"support draws (default {DEFAULT_DRAWS})")
-    p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE,
-                   help=f"the run's own adaptation rule (strategy.adapt) or plain fine-tuning (default {DEFAULT_RULE})")
+    _defaulted(p, "--steps", DEFAULT_STEPS, "adaptation steps K, comma-separated")
+    _defaulted(p, "--support", DEFAULT_SUPPORT, "support cases per draw", type=POSITIVE, metavar="N")
+    _defaulted(p, "--draws", DEFAULT_DRAWS, "support draws", type=POSITIVE, metavar="R")
+    _defaulted(p, "--rule", DEFAULT_RULE, "the run's own adaptation rule (strategy.adapt) or plain fine-tuning",
+               choices=RULES)
     p.add_argument("--lr", type=LR, help="step size, finite and > 0 (default: the strategy's own; for fine_tune "
                    f"{_from_run('adapt_lr', d.adapt_lr)})")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
@@ -223,7 +221,7 @@ def adapt_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="where the site's cases come from (default: 'heldout' if present, else eval.split)")
     p.add_argument("--max-query", type=POSITIVE, metavar="Q",
                    help="evaluate on at most Q of the other cases per draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws and adaptation (default 0)")
+    _defaulted(p, "--seed", 0, "seed of the draws and adaptation", type=int)
     p.add_argument("--data", type=Path, help="use this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
     p.add_argument("--allow-seen-site", action="store_true", help="allow a site that is in the training split")
@@ -240,18 +238,15 @@ def fewshot_parser() -> argparse.ArgumentParser:
         "Writes fewshot.json and fewshot.md (into the run folder unless -o).")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--classes", help="label values, comma-separated (default: the run's held_out_classes)")
-    p.add_argument("--shots", default=_counts(DEFAULT_SHOTS),
-                   help=f"support set sizes N, comma-separated (default {_counts(DEFAULT_SHOTS)})")
-    p.add_argument("--steps", type=COUNT, default=DEFAULT_STEPS, metavar="K",
-                   help=f"adaptation steps (default {DEFAULT_STEPS})")
-    p.add_argument("--draws", type=POSITIVE, default=DEFAULT_DRAWS, metavar="R",
-                   help=f"support draws (default {DEFAULT_DRAWS})")
+    _defaulted(p, "--shots", DEFAULT_SHOTS, "support set sizes N, comma-separated")
+    _defaulted(p, "--steps", DEFAULT_STEPS, "adaptation steps", type=COUNT, metavar="K")
+    _defaulted(p, "--draws", DEFAULT_DRAWS, "support draws", type=POSITIVE, metavar="R")
     p.add_argument("--baseline", type=Path, metavar="RUN", help="also score this run (e.g. a standard one, "
                    "adapted by fine-tuning) on the same draws")
     p.add_argument("--lr", type=LR, help="step size for every run, finite and > 0 (default: each strategy's own)")
     p.add_argument("--split", help="where support and query cases come from (default: the run's eval.split)")
     p.add_argument("--max-query", type=POSITIVE, metavar="Q", help="score at most Q query cases per draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    _defaulted(p, "--seed", 0, "seed of the draws", type=int)
     p.add_argument("--data", type=Path, help="use this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="where fewshot.* go (default: RUN_DIR)")
