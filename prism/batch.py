@@ -55,10 +55,18 @@ class Batch:
         )
 
     def with_mask(self, mask: torch.Tensor) -> Batch:
-        """The same batch under another modality mask, with the newly missing channels zeroed."""
+        """The same batch under another modality mask, with the newly missing channels zeroed.
+
+        A mask drawn on the host is copied to a CUDA batch from pinned memory without blocking: a copy from
+        pageable memory would make the host wait for the device.
+        """
         if mask.shape != self.mask.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} != {tuple(self.mask.shape)}")
-        mask = mask.to(self.image.device)
+        if mask.device != self.image.device:
+            if self.image.device.type == "cuda" and mask.device.type == "cpu":
+                mask = mask.pin_memory().to(self.image.device, non_blocking=True)
+            else:
+                mask = mask.to(self.image.device)
         image = self.image * mask[:, :, None, None, None].to(self.image.dtype)
         return replace(self, image=image, mask=mask)
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .adapt import ADAPT_DEFAULTS
 from .errors import ConfigError
 
 
@@ -117,6 +118,8 @@ class TrainConfig(_Model):
     tensorboard: bool = True  # also log to TensorBoard when the tensorboard package is installed
     checkpoint_every: int = Field(100, ge=1)  # write last.pt every N steps
     log_every: int = Field(25, ge=1)  # log the losses every N steps
+    # a non-finite loss part or gradient: stop (after the last good checkpoint, exit 3) or skip the step's update
+    nonfinite: Literal["stop", "skip"] = "stop"
     threads: int | None = Field(None, ge=1, le=4096)  # CPU threads (torch.set_num_threads)
     # validation during training: mean Dice on val_cases cases of val_split, single modalities and all of them,
     # every val_every steps (None: off); best.pt keeps the best-scoring weights beside last.pt
@@ -143,9 +146,10 @@ class EvalConfig(_Model):
     tta: Literal["none", "mirror"] = "none"  # test-time augmentation: mirror = mean probabilities of the 8 flips
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
     adapt_cases: int = Field(1, ge=1)  # support cases of the site (N)
-    adapt_steps: int = Field(10, ge=0)  # fine-tuning steps (K)
-    adapt_lr: float = Field(0.01, gt=0)  # fine-tuning learning rate
-    adapt_optimizer: Literal["sgd", "adam"] = "sgd"  # fine-tuning optimizer
+    # the fine-tuning defaults are prism.adapt.ADAPT_DEFAULTS; a strategy with its own rule (MAML) keeps its step size
+    adapt_steps: int = Field(ADAPT_DEFAULTS.steps, ge=0)  # fine-tuning steps (K)
+    adapt_lr: float = Field(ADAPT_DEFAULTS.lr, gt=0)  # fine-tuning learning rate
+    adapt_optimizer: Literal["sgd", "adam"] = ADAPT_DEFAULTS.optimizer  # fine-tuning optimizer
     adapt_patch_size: tuple[int, int, int] | None = None  # fine-tuning patch (None: whole volumes)
     adapt_split: str | None = None  # split the site's cases come from (None: the evaluated cases)
     adapt_seed: int = Field(0, ge=0, le=MAX_SEED)  # seed of the support draw and fine-tuning

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from .adapt import AdaptLossFn, fine_tune
+from .adapt import ADAPT_DEFAULTS, AdaptLossFn, fine_tune
 from .backbone import Backbone
 from .batch import Batch
 from .masking import MaskingPolicy
@@ -132,7 +132,12 @@ class StepContext(Protocol):
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Synchronise gradients across processes, unscale (fp16), clip (``optim.grad_clip``) and step
-        ``optimizer`` (default: the main one). Use it for inner optimizers too (Reptile)."""
+        ``optimizer`` (default: the main one). Use it for inner optimizers too (Reptile).
+
+        The gradient norm is kept on the device for the engine's non-finite check; with
+        ``train.nonfinite: skip`` a non-finite gradient or loss makes no update (on the device for fused
+        optimizers, as ``GradScaler`` skips).
+        """
         ...
 
     def add_param_group(self, params: Sequence[torch.nn.Parameter], **options: Any) -> None:
@@ -151,7 +156,8 @@ class StepContext(Protocol):
         """Gradients of ``params`` synchronised, unscaled and clipped, for updates made outside an optimizer.
 
         Returns:
-            one tensor per parameter, or None when an fp16 gradient overflowed (skip the update).
+            one tensor per parameter, or None when an fp16 gradient overflowed or, with ``train.nonfinite:
+            skip``, a gradient is not finite: skip the update.
         """
         ...
 
@@ -169,7 +175,11 @@ class Strategy:
 
     ``setup(ctx)`` runs once before the first step (define streams, add masking roles or parameter groups, check
     compatibility); ``step(ctx)`` pulls the batches it needs from ``ctx``, updates the parameters and returns
-    detached losses for logging (``loss`` is shown in the progress line).
+    detached losses for logging (``loss`` is shown in the progress line). Return them as tensors on the device and
+    never read them (``float(v)``, ``.item()``): a read makes the host wait for the device every step. The engine
+    adds them up on the device, logs each part's mean once per log interval, and stops the run (or skips the
+    step, ``train.nonfinite``) when one is not finite. A step that calls neither ``ctx.backward`` nor
+    ``ctx.optimizer_step`` and changes no parameter is reported.
 
     Class attributes:
         uses_optimizer: False tells the engine the configured optimizer and its LR schedule are unused.
@@ -186,8 +196,8 @@ class Strategy:
     gradient_sync: ClassVar[str] = "explicit"
 
     #: fine-tuning defaults of the base ``adapt`` (strategies without an adaptation rule of their own)
-    adapt_steps: ClassVar[int] = 10
-    adapt_lr: ClassVar[float] = 0.01
+    adapt_steps: ClassVar[int] = ADAPT_DEFAULTS.steps
+    adapt_lr: ClassVar[float] = ADAPT_DEFAULTS.lr
 
     def prepare_model(self, model: Backbone) -> Backbone:
         """Change the freshly built backbone before training and before a trained run is loaded (evaluation,
@@ -205,16 +215,17 @@ class Strategy:
         """Weights adapted to a task from its support batches; ``model`` (the meta-learned weights) is unchanged.
 
         Meta-strategies override this with their own rule (MAML: its inner rate and steps, on the parameters
-        it adapts; Meta-SGD: its learned rates). This default, for strategies without one (standard training,
-        Meta-Drop), fine-tunes every parameter with plain SGD. Use :func:`prism.adapt.adapted_copy` to predict
-        with the result.
+        it adapts; Meta-SGD: its learned rates), built on :func:`prism.adapt.fine_tune` (the one adaptation loop).
+        This default, for strategies without one (standard training, Meta-Drop), fine-tunes every parameter with
+        plain SGD. Use :func:`prism.adapt.adapted_copy` (or :func:`prism.adapt.adapted_model`) to predict with the
+        result; run under :func:`prism.adapt.precision` for mixed precision.
 
         Args:
             model: the trained backbone (as the engine built it; in train mode for the steps).
             support: the task's support batches; step ``i`` uses ``support[i % len(support)]``.
             loss_fn: ``(output, batch) -> scalar``.
-            steps: gradient steps (default: the strategy's own, 10 for fine-tuning).
-            lr: step size (default: the strategy's own, 0.01 for fine-tuning).
+            steps: gradient steps (default: the strategy's own; ``adapt_steps`` for fine-tuning).
+            lr: step size (default: the strategy's own; ``adapt_lr`` for fine-tuning).
 
         Returns:
             ``{parameter name: adapted tensor}`` for the parameters it adapted (detached).

@@ -338,7 +338,7 @@ CATALOGUE: list[Mistake] = [
     M("loss-weight-nan", "train", train("losses.0.weight=.nan"), r"losses\.0\.weight: Input should be a finite"),
     M("intensity-shift-inf", "train", train("data.intensity_shift=.inf"), r"data\.intensity_shift: .*finite"),
     M("grad-clip-inf", "train", train("optim.grad_clip=.inf"), r"optim\.grad_clip: .*finite"),
-    M("hd95-empty-negative", "train", train("eval.hd95_empty=-1"), r"eval\.hd95_empty: .*greater than or equal"),
+    M("hd95-empty-negative", "train", train("eval.hd95_empty=-1"), r"eval\.hd95_empty: .*a number of mm >= 0"),
     M("seed-negative", "train", train("train.seed=-1"), r"train\.seed: .*greater than or equal to 0"),
     M("threads-huge", "train", train("train.threads=1e30"), r"train\.threads"),
     M("synthetic-shape-small", "train", train("data.synthetic.shape=[4,4,4]"),
@@ -573,5 +573,7 @@ def test_every_float_field_of_the_config_refuses_nan_and_infinities():
     assert "losses.0.weight" in fields
     for dotted in fields:
         for value in (".nan", ".inf", "-.inf"):
-            with pytest.raises(ConfigError, match=re.escape(dotted) + ": Input should be a finite number"):
+            # a field with its own validator (eval.hd95_empty: a number, 'convention' or null) says what it takes
+            expected = "a number of mm >= 0" if dotted == "eval.hd95_empty" else "Input should be a finite number"
+            with pytest.raises(ConfigError, match=re.escape(dotted) + ": .*" + expected):
                 build_config(None, [f"{dotted}={value}"])

@@ -27,6 +27,8 @@ from prism.engine.checkpoint import load_checkpoint
 from prism.engine.run_lock import LOCK_NAME
 from prism.engine.trainer import CHECKPOINT_NAME, Trainer
 
+pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
+
 STEPS = 40
 OVERRIDES = [*FAST, f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
              "train.tensorboard=false"]
@@ -241,3 +243,38 @@ def test_a_signal_while_the_run_is_built_stops_before_the_first_step(tiny_cache,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"stopped by SIGTERM at step 0/{STEPS}" in err[0]
     assert load_checkpoint(run / CHECKPOINT_NAME)["step"] == 0 and (run / "config.yaml").is_file()
+
+
+def test_a_second_ctrl_c_during_a_checkpoint_write_waits_for_it(tiny_cache, tmp_path, capsys, monkeypatch):
+    from prism.engine import trainer as trainer_module
+
+    written = trainer_module.save_checkpoint
+    calls = []
+
+    def interrupted_twice(path, state):
+        if not calls:  # the first checkpoint: Ctrl-C, and Ctrl-C again while it is being written
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        calls.append(state["step"])
+        return written(path, state)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", interrupted_twice)
+    run = tmp_path / "run"
+    code = train_main(["--data", str(tiny_cache), "-o", str(run), "--no-eval", *OVERRIDES, "train.checkpoint_every=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1
+    assert "stopped by SIGINT at step 2/" in err[0]
+    assert calls == [2] and load_checkpoint(run / CHECKPOINT_NAME)["step"] == 2  # written whole, once
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_second_ctrl_c_outside_a_write_stops_at_once():
+    from prism.engine.signals import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        with stop.protect():
+            os.kill(os.getpid(), signal.SIGINT)  # counted, not raised
+        assert stop.received == signal.SIGINT and stop.deferred == 1
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

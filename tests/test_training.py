@@ -17,6 +17,7 @@ def params(trainer):
     return {k: v.detach().clone() for k, v in trainer.ctx.model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_short_run_lowers_the_loss(tiny_cache, tmp_path):
     cfg = fast_config("train.steps=40", "train.log_every=5", "train.checkpoint_every=100",
                       "data.foreground_fraction=1.0", cache=tiny_cache)
@@ -27,6 +28,7 @@ def test_short_run_lowers_the_loss(tiny_cache, tmp_path):
     assert log[0].startswith("step,lr,fuse,loss") and len(log) == 1 + 8
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tiny_cache, tmp_path):
     cfg = fast_config(cache=tiny_cache)
     straight = Trainer(cfg, tmp_path / "a", cache_path=tiny_cache)
@@ -46,6 +48,7 @@ def test_resume_is_exact(tiny_cache, tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
 
 
+@pytest.mark.slow
 def test_different_seed_gives_different_parameters(tiny_cache, tmp_path):
     a = Trainer(fast_config("train.steps=2", cache=tiny_cache), tmp_path / "a", cache_path=tiny_cache)
     b = Trainer(fast_config("train.steps=2", "train.seed=1", cache=tiny_cache), tmp_path / "b", cache_path=tiny_cache)
@@ -122,6 +125,7 @@ def test_compile_is_refused_where_it_would_break_the_inner_loop(tiny_cache, tmp_
                 cache_path=tiny_cache)
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_when_installed(tiny_cache, tmp_path):
     pytest.importorskip("tensorboard")
     Trainer(fast_config("train.steps=2", cache=tiny_cache), tmp_path / "run", cache_path=tiny_cache).fit()
@@ -155,3 +159,53 @@ def test_augmentation_from_config_changes_patches(tiny_cache, tmp_path):
     assert a.case_ids == b.case_ids and not torch.equal(a.image, b.image)
     with pytest.raises(ConfigError, match="data.rotate_degrees: Input should be less than or equal to 45"):
         fast_config("data.rotate_degrees=90")
+
+
+@pytest.mark.slow
+def test_a_resume_with_more_steps_stretches_the_schedule_and_keeps_training(tiny_cache, tmp_path):
+    run = tmp_path / "run"
+    short = Trainer(fast_config("train.steps=4", "train.log_every=1", cache=tiny_cache), run, cache_path=tiny_cache)
+    short.fit()
+    short.close()
+    assert short.ctx.learning_rate() == 0.0  # the end of a polynomial schedule
+    frozen = {k: v.clone() for k, v in short.ctx.model.state_dict().items()}
+    longer = Trainer(fast_config("train.steps=8", "train.log_every=1", cache=tiny_cache), run, cache_path=tiny_cache,
+                     resume=True)
+    rows = longer.fit()
+    longer.close()
+    cfg = longer.config.optim
+    expected = [cfg.lr * (1 - s / 8) ** cfg.poly_power for s in range(5, 9)]  # the closed form, stretched to 8
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-6)
+    assert any(not torch.equal(frozen[k], v) for k, v in longer.ctx.model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_fit_in_two_calls_logs_as_one(tiny_cache, tmp_path):
+    trainer = Trainer(fast_config(cache=tiny_cache), tmp_path / "run", cache_path=tiny_cache)
+    trainer.fit(stop_at=3)
+    trainer.fit()
+    trainer.close()
+    rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+
+
+@pytest.mark.slow
+def test_optimizer_step_clips_the_gradient_norm(tiny_cache, tmp_path):
+    cfg = fast_config("optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0", "optim.lr=0.5",
+                      "optim.grad_clip=0.001", cache=tiny_cache)
+    trainer = Trainer(cfg, tmp_path / "run", cache_path=tiny_cache)
+    ctx = trainer.ctx
+    loss, _ = ctx.compute_loss(ctx.next_batch())
+    ctx.zero_grad()
+    ctx.backward(loss)
+    params = [p for p in ctx.parameters() if p.grad is not None]
+    before = [p.detach().clone() for p in params]
+    grads = [p.grad.clone() for p in params]
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    assert norm > 0.001  # so the clip applies: factor = clip / (norm + 1e-6), as torch.nn.utils.clip_grad_norm_
+    ctx.optimizer_step()
+    trainer.close()
+    factor = 0.001 / (norm + 1e-6)
+    for p, p0, g in zip(params, before, grads, strict=True):
+        torch.testing.assert_close(p.detach().double(), p0.double() - 0.5 * factor * g.double(), rtol=1e-5,
+                                   atol=1e-7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -30,10 +31,52 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def run_command(prog: str, body: Callable[[], int | None]) -> int:
-    """Run ``body``; a PrismError is printed as ``prog: error: message`` with exit code 2, no traceback."""
+class ConsoleHandler(logging.Handler):
+    """prism's log records as plain lines on the terminal (the library itself prints nothing): information (the
+    training progress, notices) on standard output, ``prog: warning: ...`` on standard error.
+
+    Args:
+        prog: the command's name, heading warnings.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(logging.INFO)
+        self.prog = prog
+        self.out = stdout_console()
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.WARNING:
+                self.err.print(f"{self.prog}: warning: {message}", markup=False, highlight=False)
+            else:
+                self.out.print(message, markup=False, highlight=False)
+        except Exception:  # pragma: no cover - as logging.Handler.emit does
+            self.handleError(record)
+
+
+@contextmanager
+def library_logging(prog: str) -> Iterator[ConsoleHandler]:
+    """Show the ``prism`` loggers' records (INFO and above) on the terminal while a command runs."""
+    logger = logging.getLogger("prism")
+    handler = ConsoleHandler(prog)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        return int(body() or 0)
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def run_command(prog: str, body: Callable[[], int | None]) -> int:
+    """Run ``body``; a PrismError is printed as ``prog: error: message`` with exit code 2, no traceback. The
+    library's log records are shown while it runs (:func:`library_logging`)."""
+    try:
+        with library_logging(prog):
+            return int(body() or 0)
     except PrismError as exc:
         msg = " ".join(str(exc).split())
         print(f"{prog}: error: {msg}", file=sys.stderr)

@@ -23,6 +23,7 @@ examples:
   prism-train --config my.yaml --data brats.h5 -o runs/brats
   prism-train --preset maml                    first-order MAML on the demo data
   prism-train --resume runs/standard-20261122-101500
+  prism-train -o runs/brats --overwrite        start anew in a folder that holds a run (its files are removed)
 
 Overrides are dotted config fields (see the config sections data, model, losses, masking, strategy, optim,
 train, eval); values are read as YAML (1e-3, true, [64, 64, 64], null).
@@ -43,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps (= train.steps)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start anew in an --output folder that holds a run, "
+                   "removing that run's files first (without it such a folder is refused)")
     p.add_argument("--init-from", type=Path, metavar="RUN", help="start the backbone from a trained run's weights "
                    "(= model.init_from; e.g. for --strategy meta_transfer)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
@@ -74,7 +77,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append(f"{field}={flag}")
     if args.resume is not None:
         given = [flag for flag, value in (("--output", args.output), ("--config", args.config),
-                                          ("--preset", args.preset)) if value is not None]
+                                          ("--preset", args.preset), ("--overwrite", args.overwrite or None))
+                 if value is not None]
         if given:
             raise ConfigError(f"--resume continues the run folder with its own config; it cannot be combined "
                               f"with {', '.join(given)} (use FIELD=VALUE overrides, e.g. train.steps=N)")
@@ -92,7 +96,6 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = args.output or config.output_dir or Path("runs") / f"{config.strategy.name}-{stamp}"
     get_registry().get("strategy", config.strategy.name, field_name="strategy.name")  # fail fast, one line
     console = stdout_console()
-    err_console = stdout_console() if sys.stderr.isatty() else None
     if config.data.cache is None:
         from ..data_tools.demo import ensure_demo_cache
 
@@ -101,16 +104,17 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cache = config.data.cache
     with StopSignals() as stop:  # one watcher from the build to the end of the evaluation: no unguarded gap
-        return _run(args, config, Path(run_dir), cache, console, err_console, stop)
+        return _run(args, config, Path(run_dir), cache, console, stop)
 
 
-def _run(args: argparse.Namespace, config: Any, run_dir: Path, cache: Path, console: Any, err_console: Any,
-         stop: Any) -> int:
+def _run(args: argparse.Namespace, config: Any, run_dir: Path, cache: Path, console: Any, stop: Any) -> int:
     from ..engine.signals import Preempted, exit_code_for
     from ..engine.trainer import Trainer
 
+    # a progress bar on a terminal; otherwise one line per log interval, through the logging handler
     trainer = Trainer(config, Path(run_dir), cache_path=cache, resume=args.resume is not None,
-                      console=err_console or console, check_splits=() if args.no_eval else (config.eval.split,))
+                      console=console if console.is_terminal else None, overwrite=args.overwrite,
+                      check_splits=() if args.no_eval else (config.eval.split,))
     if trainer.dist.is_main:
         console.print(f"run folder: {run_dir}  device: {trainer.device}  strategy: {config.strategy.name}  "
                       f"backbone: {config.model.name}  steps: {trainer.ctx.step}->{config.train.steps}"
@@ -128,7 +132,7 @@ def _run(args: argparse.Namespace, config: Any, run_dir: Path, cache: Path, cons
             return halted.exit_code
         report = None
         if not args.no_eval and trainer.dist.is_main:
-            with case_progress(err_console or console, len(trainer.eval_cases())) as progress:
+            with case_progress(console, len(trainer.eval_cases())) as progress:
                 def on_case(case_id: str) -> None:
                     progress(case_id)
                     if stop.received is not None:  # training is complete and saved: only the evaluation stops

@@ -29,6 +29,7 @@ from ..batch import Batch
 from ..config import Config
 from ..errors import ConfigError
 from .context import TrainContext
+from .meter import StepHealth
 
 CompileMode = Literal["model", "step"]
 
@@ -82,6 +83,8 @@ def install(config: Config, strategy: Any, ctx: TrainContext) -> None:
         ctx.model.compile()  # in place: same module, same state_dict keys
     elif mode == "step":
         ctx.forward_loss = compiled_forward_loss(ctx)
+    if mode or config.train.cuda_graphs:  # compiled or captured steps cast weights their own way
+        ctx.cast_weights_once = False
     if config.train.cuda_graphs:
         strategy.step = CudaGraphStep(ctx)
 
@@ -126,6 +129,7 @@ class CudaGraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: Batch | None = None
         self.parts: dict[str, torch.Tensor] = {}
+        self.health: StepHealth | None = None  # the captured step's gradient norm (updated by each replay)
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -179,8 +183,10 @@ class CudaGraphStep:
         self._restore(model_state, optim_state)
         ctx.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
+        ctx.begin_step()
         with torch.cuda.graph(self.graph):
             self.parts = self._body(self.static)
+        self.health = ctx.end_step()
 
     @torch.no_grad()
     def _restore(self, model_state: dict[str, torch.Tensor], optim_state: dict[Any, dict[str, torch.Tensor]]
@@ -208,6 +214,7 @@ class CudaGraphStep:
             self._capture(batch)
         else:
             self._copy_in(batch)
-        assert self.graph is not None
+        assert self.graph is not None and self.health is not None
         self.graph.replay()
+        ctx.set_step_health(self.health)
         return dict(self.parts)

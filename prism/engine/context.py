@@ -7,6 +7,7 @@ DDP wrapper, the masking table) are engine internals that the trainer and checkp
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,9 @@ from ..outputs import SegOutput
 from ..registry import PluginEntry, blame
 from ..seams import check_mask, check_state_storable, check_step_result, owner_of
 from .distributed import DistInfo, all_reduce_mean_, gather_rows, sync_gradients
+from .half_weights import HalfWeights
 from .losses import LossSet
+from .meter import StepHealth
 from .streams import BatchStreams
 
 #: ``forward_loss(image, mask, batch) -> (loss, parts)``: the model's forward and the loss set, the unit that
@@ -54,6 +57,11 @@ class TrainContext:
     forward_loss: ForwardLoss | None = None
     #: whether the first step of this process has run its seam checks (``run_strategy_step``)
     seams_checked: bool = False
+    #: ``train.nonfinite``: "stop" (the meter stops the run) or "skip" (updates with non-finite gradients skipped)
+    nonfinite: str = "stop"
+    #: under bf16 autocast, run the eager forward on bf16 copies of the weights made in one kernel
+    #: (:mod:`prism.engine.half_weights`: the same results, about two launches fewer per weight and step)
+    cast_weights_once: bool = True
 
     def __post_init__(self) -> None:
         self._classes: dict[str, frozenset[int]] = {}
@@ -62,6 +70,8 @@ class TrainContext:
             self.forward_module = self.model
         if self.forward_loss is None:
             self.forward_loss = self.eager_forward_loss
+        self._half: HalfWeights | None = None
+        self.begin_step()
 
     # ---- identity ------------------------------------------------------------------------------------------
     @property
@@ -160,7 +170,21 @@ class TrainContext:
         """The model and the loss set, op by op (under DDP, the wrapper runs both)."""
         if self.ddp:
             return self.forward_module(image, mask, batch)
+        half = self._half_weights()
+        if half is not None:
+            output = torch.func.functional_call(self.model, half.weights(), (image, mask), strict=False)
+            return self.losses(output, batch)
         return self.losses(self.model(image, mask), batch)
+
+    def _half_weights(self) -> HalfWeights | None:
+        """The bf16 weight copies, when this forward runs under bf16 autocast on an eager, single-process model."""
+        if not (self.cast_weights_once and getattr(self.model, "cast_weights_once", True)
+                and self.amp_dtype == torch.bfloat16 and torch.is_autocast_enabled(self.device.type)) \
+                or self.ddp or getattr(self.model, "_compiled_call_impl", None) is not None:
+            return None
+        if self._half is None or self._half.dtype != self.amp_dtype:
+            self._half = HalfWeights(self.model, self.amp_dtype)
+        return self._half if len(self._half) else None
 
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward the model on ``batch`` and apply the loss set (under autocast when enabled)."""
@@ -173,7 +197,11 @@ class TrainContext:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def backward(self, loss: torch.Tensor) -> None:
+        if self.nonfinite == "skip":
+            self._losses.append(loss.detach())
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self._half is not None:
+            self._half.move_gradients()
 
     def _needs_explicit_sync(self) -> bool:
         return self.dist.enabled and not self.ddp
@@ -184,23 +212,90 @@ class TrainContext:
             sync_gradients(list(params), self.dist)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Synchronise, unscale (fp16), clip gradients and step ``optimizer`` (default: the main one)."""
+        """Synchronise, unscale (fp16), clip gradients and step ``optimizer`` (default: the main one).
+
+        The gradient norm is kept on the device for the engine's health check (no host sync). With
+        ``nonfinite == "skip"`` a non-finite gradient or loss skips the update: on the device for optimizers with
+        a fused kernel (their ``found_inf`` input, as ``GradScaler`` uses it), else after one host read.
+        """
         opt = optimizer or self.optimizer
         params = [p for group in opt.param_groups for p in group["params"]]
         self.sync_gradients(params)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
-        if self.grad_clip is not None:
-            grads = [p for p in params if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(grads, self.grad_clip, foreach=True)
-        if self.scaler is not None:
+        norm = self._gradient_norm([p for p in params if p.grad is not None], clip=True)
+        if self.scaler is not None:  # fp16: the scaler skips overflowing steps itself
             self.scaler.step(opt)
             self.scaler.update()
+        elif self.nonfinite == "skip" and norm is not None:
+            self._step_unless_nonfinite(opt, norm)
         else:
             opt.step()
 
-    # the name strategies written before the contract used
-    clip_and_step = optimizer_step
+    def clip_and_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Deprecated name of :meth:`optimizer_step`."""
+        warnings.warn("StepContext.clip_and_step is deprecated; call optimizer_step", DeprecationWarning,
+                      stacklevel=2)
+        self.optimizer_step(optimizer)
+
+    def _gradient_norm(self, tensors: list[torch.Tensor], *, clip: bool) -> torch.Tensor | None:
+        """The total gradient norm, recorded for the step's health unless fp16 loss scaling owns overflow handling.
+
+        Args:
+            tensors: with ``clip``, parameters whose ``.grad`` is clipped in place to ``grad_clip``; without,
+                gradients.
+            clip: clip (when ``grad_clip`` is set) the parameters' gradients.
+        """
+        if not tensors:
+            return None
+        if clip and self.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(tensors, self.grad_clip, foreach=True)
+        else:
+            grads = [p.grad for p in tensors] if clip else tensors
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if self.scaler is None:
+            self._grad_norms.append(norm)
+        return norm
+
+    def _nonfinite_flag(self, norm: torch.Tensor) -> torch.Tensor:
+        """Device bool: the gradient norm or a loss backpropagated in this step is not finite."""
+        total = norm
+        for loss in self._losses:
+            total = total + loss.float() * 0  # inf * 0 and nan * 0 are nan: the sum is finite iff all are
+        return ~torch.isfinite(total)
+
+    def _step_unless_nonfinite(self, opt: torch.optim.Optimizer, norm: torch.Tensor) -> None:
+        bad = self._nonfinite_flag(norm)
+        if opt.defaults.get("fused"):
+            opt.found_inf = bad.float()  # type: ignore[attr-defined]  # the fused kernel skips the update
+            try:
+                opt.step()
+            finally:
+                del opt.found_inf  # type: ignore[attr-defined]
+            self._found_inf = bad if self._found_inf is None else self._found_inf | bad
+        elif bool(bad):  # one host read per step, as GradScaler does for optimizers without a fused kernel
+            self._skipped_on_host = True
+        else:
+            opt.step()
+
+    def begin_step(self) -> None:
+        """Forget the previous step's gradient health (the engine calls it before each step)."""
+        self._grad_norms: list[torch.Tensor] = []
+        self._losses: list[torch.Tensor] = []
+        self._found_inf: torch.Tensor | None = None
+        self._skipped_on_host = False
+
+    def set_step_health(self, health: StepHealth) -> None:
+        """Make ``health`` this step's (a replayed CUDA graph updates the tensors its capture recorded)."""
+        self.begin_step()
+        self._grad_norms = [] if health.grad_norm is None else [health.grad_norm]
+        self._found_inf = health.found_inf
+
+    def end_step(self) -> StepHealth:
+        """What this step's gradients looked like (device tensors: no host sync)."""
+        norms = self._grad_norms
+        norm = None if not norms else norms[0] if len(norms) == 1 else torch.stack(norms).sum()
+        return StepHealth(norm, self._found_inf, self._skipped_on_host)
 
     def add_param_group(self, params: Sequence[torch.nn.Parameter], **options: Any) -> None:
         params = list(params)
@@ -217,7 +312,8 @@ class TrainContext:
     def unscaled_clipped_grads(self, params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor] | None:
         """The gradients of ``params`` unscaled (fp16) and clipped, for updates made outside an optimizer.
 
-        Returns None when an fp16 gradient overflowed (the caller skips its update, as GradScaler would).
+        Returns None when an fp16 gradient overflowed, or (``nonfinite == "skip"``) a gradient is not finite: the
+        caller skips its update, as GradScaler would (that check reads one value on the host).
         """
         params = list(params)
         self.sync_gradients(params)
@@ -228,8 +324,11 @@ class TrainContext:
             if not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one host sync
                 self.scaler.update(new_scale=scale * self.scaler.get_backoff_factor())  # as GradScaler would
                 return None
-        if self.grad_clip is not None:
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        norm = self._gradient_norm(grads, clip=False)
+        if self.nonfinite == "skip" and norm is not None and bool(self._nonfinite_flag(norm)):  # one host read
+            self._skipped_on_host = True
+            return None
+        if self.grad_clip is not None and norm is not None:
             factor = (self.grad_clip / (norm + 1e-6)).clamp(max=1.0)
             grads = torch._foreach_mul(grads, factor)
         return grads

@@ -1,13 +1,19 @@
-"""CSV log of training losses, kept consistent with the checkpoint on resume."""
+"""CSV log of training losses, kept consistent with the checkpoint on resume; TensorBoard scalars."""
 
 from __future__ import annotations
 
 import csv
 import io
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atomic import storage_error, write_text_atomic
+from .observers import Observer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
 
 
 class CsvLog:
@@ -74,3 +80,48 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self.writer.close()  # type: ignore[attr-defined]
+
+
+class CsvLogger(Observer):
+    """Every log row into ``RUN/train_log.csv`` (rank 0); a resumed run first drops the rows after its checkpoint.
+
+    Args:
+        filename: the file in the run folder.
+    """
+
+    name = "csv"
+
+    def __init__(self, filename: str = "train_log.csv") -> None:
+        self.filename = filename
+        self.log: CsvLog | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.dist.is_main:
+            self.log = CsvLog(trainer.run_dir / self.filename,
+                              resume_step=trainer.log_resume_step)
+
+    def on_log(self, trainer: Trainer, row: Mapping[str, float]) -> None:
+        if self.log is not None:
+            self.log.write(dict(row))
+
+
+class TensorBoardLogger(Observer):
+    """Every log row as TensorBoard scalars in ``RUN/tensorboard`` (rank 0, when tensorboard is installed)."""
+
+    name = "tensorboard"
+
+    def __init__(self) -> None:
+        self.board: TensorBoardLog | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.dist.is_main:
+            self.board = TensorBoardLog.open(trainer.run_dir / "tensorboard")
+
+    def on_log(self, trainer: Trainer, row: Mapping[str, float]) -> None:
+        if self.board is not None:
+            self.board.write(dict(row))
+
+    def on_fit_end(self, trainer: Trainer, error: BaseException | None) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None

@@ -2,15 +2,24 @@
 
 SIGTERM is what SLURM, Kubernetes and ``timeout`` send; SIGUSR1 is SLURM's warning (``--signal=USR1@120``); SIGINT
 is Ctrl-C. The handler only records the signal; the training loop asks :attr:`StopSignals.received` after each
-step. A second SIGINT while stopping aborts at once (KeyboardInterrupt), as users expect of a second Ctrl-C.
+step. A second SIGINT while stopping aborts at once (KeyboardInterrupt), as users expect of a second Ctrl-C,
+except while a checkpoint is being written (:meth:`StopSignals.protect`): the write finishes first, then the run
+stops as it would have on the first signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator, Mapping
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .observers import Observer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainer import Trainer
 
 #: the signals a run stops on
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -48,12 +57,27 @@ class StopSignals:
         self.signals = signals
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._protected = 0
+        self.deferred = 0  # second signals that arrived while protected (and were not acted on)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
         if self.received is None:
             self.received = signum
+        elif signum == signal.SIGINT:
+            if self._protected:  # a checkpoint is being written: finish it, then stop as planned
+                self.deferred += 1
+                return
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+
+    @contextlib.contextmanager
+    def protect(self) -> Iterator[None]:
+        """A section a second Ctrl-C does not interrupt (a checkpoint write): the signal is only counted, and the
+        run stops after the section as the first signal asked."""
+        self._protected += 1
+        try:
+            yield
+        finally:
+            self._protected -= 1
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -66,3 +90,40 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+def stop_requested(stop: StopSignals, trainer: Trainer) -> int | None:
+    """The stop signal received by any rank (all ranks stop at the same step), else None."""
+    flag = stop.received or 0
+    if trainer.dist.enabled:
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([flag], device=trainer.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flag = int(t.item())
+    return flag or None
+
+
+class SignalStop(Observer):
+    """Stops the run on SIGTERM, SIGUSR1 or SIGINT: after the step in flight, ``last.pt`` is written (if that
+    step did not write it already) and :class:`Preempted` is raised; a signal that arrived while the run was
+    being built stops it before its first step."""
+
+    name = "signals"
+    order = 90
+
+    def _check(self, trainer: Trainer) -> None:
+        stop = trainer.signals
+        signum = stop_requested(stop, trainer) if stop is not None else None
+        if signum is None:
+            return
+        if trainer.saved_step != trainer.ctx.step:
+            trainer.save()
+        raise Preempted(signum, trainer.ctx.step, trainer.config.train.steps, trainer.checkpoint_path)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._check(trainer)
+
+    def on_step_end(self, trainer: Trainer, parts: Mapping[str, Any]) -> None:
+        self._check(trainer)

@@ -1,16 +1,25 @@
-"""Named, resumable streams of batches (train, meta, support, ...), each an infinite DataLoader."""
+"""Named, resumable streams of batches (train, meta, support, ...), each an infinite DataLoader.
+
+A stream's position (batches consumed) is its whole state: sample ``i`` of a stream is a function of the stream's
+seed and ``i`` (:class:`prism.data.patches.PatchDataset`, read through :class:`prism.engine.rng.SeededSamples`), and
+each DataLoader draws its worker seeds from a generator of its own seeded by the stream and its position, never
+from torch's global generator (which the run's model draws from: dropout). Re-creating a stream after a resume
+therefore changes nothing the run draws.
+"""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Sequence
 
+import torch
 from torch.utils.data import DataLoader
 
 from ..batch import Batch
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
 from ..data.patches import PatchDataset, RankSampler, collate_batch
+from .rng import SeededSamples
 
 
 class BatchStreams:
@@ -45,14 +54,16 @@ class BatchStreams:
         return self.seed if name == "train" else (self.seed * 7919 + zlib.crc32(name.encode())) % 2**31
 
     def _open(self, name: str) -> Iterator[Batch]:
+        seed, position = self._stream_seed(name), self.positions.get(name, 0)
         dataset = PatchDataset(self.reader, self.subsets.get(name, self.case_ids), self.patch_size,
-                               seed=self._stream_seed(name), foreground_fraction=self.foreground_fraction,
+                               seed=seed, foreground_fraction=self.foreground_fraction,
                                flip=self.flip, augment=self.augment)
-        sampler = RankSampler(self.positions.get(name, 0), self.batch_size, self.rank, self.world)
+        sampler = RankSampler(position, self.batch_size, self.rank, self.world)
         loader = DataLoader(
-            dataset, batch_size=sampler.local, sampler=sampler, collate_fn=collate_batch,
+            SeededSamples(dataset, seed), batch_size=sampler.local, sampler=sampler, collate_fn=collate_batch,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=False, prefetch_factor=2 if self.num_workers else None,
+            generator=torch.Generator().manual_seed(seed * 1_000_003 + position),  # never the global one
         )
         return iter(loader)
 
