@@ -39,6 +39,7 @@ Usage: python benchmarks/bench_cache.py [--cases 4] [--patches 20] [--repeats 5]
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pickle
 import shutil
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                       f".b2nd 1; torch threads {torch.get_num_threads()}")
         headline: dict[str, list[str]] = {name: [] for name in CACHES}
         slower: dict[str, list[str]] = {name: [] for name in CACHES}  # where a median ratio is below 1
+        ratios: dict[str, dict[str, list[float]]] = {name: {} for name in CACHES}  # the JSON line's ratios
         for p in args.sizes:
             both = readers_for(p, {B2ND: b2nd, NNUNET: nnunet}, prism_readers)
             fns = {f"{name} | new arrays": pair[0] for name, pair in both.items()}
@@ -350,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                                              f"{lo:.2f}-{hi:.2f}, patch quartiles {q1:.2f}-{q3:.2f})")
                         if med < 1:
                             slower[fmt].append(f"{p}^3 {how} vs {against}")
+                        ratios[fmt][f"{p} {how} vs {against}"] = [round(v, 3) for v in (med, q1, q3, lo, hi)]
                 table.add_row(fmt, how, str(sizes[fmt]), spread(t), *cells)
             console.print(table)
         for name in CACHES:
@@ -365,6 +368,10 @@ def main(argv: list[str] | None = None) -> None:
             missed = slower[name] + (["more disk than nnU-Net's defaults"] if sizes[name] > sizes[NNUNET] else [])
             console.print(f"  target (median ratio >= 1 against both .b2nd layouts at every size, disk <= nnU-Net's "
                           f"defaults): {'met' if not missed else 'NOT met: ' + '; '.join(missed)}")
+        verdicts = {name: not slower[name] and sizes[name] <= sizes[NNUNET] for name in CACHES}
+        print(json.dumps({"bench": "cache", "cases": args.cases, "shape": list(shape), "repeats": args.repeats,
+                          "patches": args.patches, "disk_bytes": sizes, "b2nd_arrays_bytes": arrays_only,
+                          "ratios_median_q1_q3_repeat_min_max": ratios, "target_met": verdicts}))
         if args.loader_batches > 0:
             loader_table(console, default_path, ids, args.sizes, args.loader_batches)
         for c in [*prism_readers.values(), *closers]:

@@ -3,6 +3,7 @@ rule gives the blocks and chunks worked out by hand from its description."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def test_bench_cache_prints_both_ways_of_reading_for_every_size(capsys):
     for name in bench_cache.CACHES:  # the default and the smaller ZSTD setting, each with its disk and verdict
         assert f"{name}, same run" in out
     assert out.count("disk: ") == 2 and out.count("target (") == 2
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["bench"] == "cache" and set(record["target_met"]) == set(bench_cache.CACHES)
+    assert record["disk_bytes"][bench_cache.NNUNET] > record["b2nd_arrays_bytes"][bench_cache.NNUNET]  # + pickle
+    assert len(record["ratios_median_q1_q3_repeat_min_max"][bench_cache.PRISM]) == 2 * 2 * 2  # sizes, reads, refs
 
 
 def test_nnunet_properties_sample_each_region_by_its_rule():
