@@ -7,7 +7,6 @@ import csv
 import shutil
 
 import pytest
-
 import yaml
 
 from conftest import FAST
