@@ -172,7 +172,8 @@ def test_a_study_job_warned_by_submitits_signal_checkpoints_requeues_itself_and_
     assert proc.returncode == 0, err[-3000:]
     assert "[1/1 done, 0 left] only/seed-0 finished" in out and out.count("submitted") == 1
     log = Path(json.loads((run / "job.json").read_text())["stderr"]).read_text()
-    assert f"stopped by SIGUSR2 at step {stopped_at}/40; requeue job {job}: done" in log
+    assert f"stopped by SIGUSR2 at step {stopped_at}/40; requeue job {job}\n" in log
+    assert f"requeue job {job} failed" not in log
     assert _logged_steps(run) == list(range(1, 41))  # resumed where it stopped: no step twice
     local = tmp_path / "local"
     run_study(load_spec(spec), local, log=lambda _: None)

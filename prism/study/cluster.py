@@ -70,10 +70,13 @@ def execute_job(task: Any) -> Any:
         return outcome
     job = os.environ.get("SLURM_JOB_ID", "")
     if stop.received in (signal.SIGUSR1, signal.SIGUSR2) and job:
-        # a warning before the time limit: ask for the job to run again, where it resumes the run
+        # a warning before the time limit: ask for the job to run again, where it resumes the run. Slurm stops
+        # the job's steps as soon as it takes the request, so the line is written first and the stop ignored.
+        logger.warning("%s; requeue job %s", outcome.error, job)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-        logger.warning("%s; requeue job %s: %s", outcome.error, job,
-                       "done" if done.returncode == 0 else done.stderr.strip())
+        if done.returncode != 0:
+            logger.warning("requeue job %s failed: %s", job, done.stderr.strip())
     raise SystemExit(exit_code_for(stop.received or signal.SIGTERM))  # no result: the study waits on
 
 
