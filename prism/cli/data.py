@@ -66,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.0, help="share of cases in the val split")
     s.add_argument("--hold-out-site", action="append", default=[], metavar="SITE",
                    help="keep this site (e.g. site3) out of train/val/test: its cases form split 'heldout'")
+    s.add_argument("--missing-rates", type=float, nargs=4, metavar=("FLAIR", "T1CE", "T1", "T2"),
+                   help="chance that a training case lacks each modality, drawn once per case with --seed (an "
+                   "all-missing draw is redrawn; other splits keep all four); PASSION's mr2468 is 0.6 0.4 0.2 0.8 "
+                   "(caches only)")
     s.add_argument("--extra-classes", action="store_true",
                    help="also label CSF (4) and white-matter hyperintensities (5): classes to hold out in few-shot "
                    "class tasks (caches only)")
@@ -140,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     console = stdout_console()
     if args.command == "synth":
         from ..data_tools.synthetic import SynthSettings, write_synthetic_cache
+        from ..modalities import BRATS_MODALITIES
 
         if args.cases < 2 or min(args.shape) < 8:
             raise DataError("--cases must be at least 2 and every --shape size at least 8")
@@ -153,6 +158,11 @@ def _run(args: argparse.Namespace) -> int:
                                  extra_classes=args.extra_classes)
         if args.nifti and args.extra_classes:
             raise DataError("--extra-classes: BraTS NIfTI folders have no label values for them; write a cache")
+        if args.nifti and args.missing_rates:
+            raise DataError("--missing-rates: a NIfTI folder's availability is its files; write a cache, or give "
+                            "--missing-rates to prism-data preprocess")
+        rates = (",".join(f"{m}={r}" for m, r in zip(BRATS_MODALITIES, args.missing_rates, strict=True))
+                 if args.missing_rates else None)
         if args.nifti:
             from ..data_tools.synthetic import write_synthetic_nifti
 
@@ -163,7 +173,8 @@ def _run(args: argparse.Namespace) -> int:
             console.print(f"wrote {args.cases} synthetic NIfTI cases to {args.output}")
             return 0
         write_synthetic_cache(str(args.output), settings, test_fraction=args.test_fraction,
-                              val_fraction=args.val_fraction, hold_out_sites=args.hold_out_site)
+                              val_fraction=args.val_fraction, hold_out_sites=args.hold_out_site,
+                              missing_rates=rates)
         console.print(f"wrote {args.cases} synthetic cases to {args.output}")
         return 0
     if args.command == "preprocess":
