@@ -69,9 +69,17 @@ def interleaved(datasets: dict[str, PatchDataset], samples: int, repeats: int) -
 
 def breakdown(reader: CacheReader, case: str, size: int, repeats: int) -> dict[str, dict[str, float]]:
     """Each nnunet transform alone, made to fire: median ms per sample, and that times its chance of firing."""
-    from monai.data import set_track_meta
+    from monai.data import get_track_meta, set_track_meta
 
+    tracking = get_track_meta()
     set_track_meta(False)  # as AugmentPipeline.make_patch runs them
+    try:
+        return _breakdown(reader, case, size, repeats)
+    finally:
+        set_track_meta(tracking)
+
+
+def _breakdown(reader: CacheReader, case: str, size: int, repeats: int) -> dict[str, dict[str, float]]:
     steps = [s.model_dump() for s in build_config(None, ["data.augment=nnunet"]).data.augment]
     image, label = reader.read_region(case, (0, 0, 0), (size, size, size))
     out = {}
