@@ -113,18 +113,14 @@ class ChannelTransform(PatchTransform):
         self.probability = probability
         self.channel_probability = channel_probability
 
-    def apply(self, channel: torch.Tensor) -> torch.Tensor:
-        """Transform one channel ``[1, D, H, W]``."""
+    def draw(self) -> Any:
+        """Draw one channel's random values (called for every channel chosen, available or not); what it returns
+        is passed to :meth:`apply`."""
         raise NotImplementedError
 
-    def draw(self) -> Any:
-        """Draw the channel's random values (called for every channel chosen, available or not); what it returns
-        is passed to :meth:`apply_with`."""
-        return None
-
-    def apply_with(self, channel: torch.Tensor, value: Any) -> torch.Tensor:
-        """Transform one channel ``[1, D, H, W]`` with the values :meth:`draw` drew."""
-        return self.apply(channel)
+    def apply(self, channel: torch.Tensor, value: Any) -> torch.Tensor:
+        """Transform one channel ``[1, D, H, W]`` with what :meth:`draw` returned."""
+        raise NotImplementedError
 
     def __call__(self, sample: PatchSample) -> PatchSample:
         if not self.R.rand() < self.probability:
@@ -134,7 +130,7 @@ class ChannelTransform(PatchTransform):
         for c in np.flatnonzero(chosen):
             value = self.draw()
             if sample.available[c]:
-                image[c:c + 1] = _plain(self.apply_with(image[c:c + 1], value))
+                image[c:c + 1] = _plain(self.apply(image[c:c + 1], value))
         return sample
 
 
@@ -171,9 +167,10 @@ class GaussianBlur(ChannelTransform):
     ``GaussianBlurTransform``: sigma (0.5, 1), each axis and modality its own; MONAI ``RandGaussianSmooth`` draws
     the same way).
 
-    Smoothing is ``scipy.ndimage.gaussian_filter`` (truncated at 4 sigma, as MONAI's ``GaussianFilter``): on one
-    128^3 channel and one CPU thread it takes 39 ms against 140 ms for MONAI's ``GaussianSmooth`` (80^3: 4.9 vs
-    7.6 ms), and blurring is a quarter of the nnU-Net list's time at 128^3.
+    Smoothing is ``scipy.ndimage.gaussian_filter`` (truncated at 4 sigma, as MONAI's ``GaussianFilter``), not
+    MONAI's ``GaussianSmooth``: on one 128^3 channel and one CPU thread it took 39 ms against 140 ms (80^3: 4.9
+    against 7.6 ms), which would make blurring about a third of the nnunet list's time per 128^3 patch instead of
+    a tenth (``benchmarks/bench_augment.py --breakdown``).
 
     Args:
         probability: chance that a sample is blurred (nnU-Net 0.2).
@@ -189,7 +186,7 @@ class GaussianBlur(ChannelTransform):
     def draw(self) -> list[float]:
         return [float(v) for v in self.R.uniform(*self.sigma, size=3)]
 
-    def apply_with(self, channel: torch.Tensor, value: list[float]) -> torch.Tensor:
+    def apply(self, channel: torch.Tensor, value: list[float]) -> torch.Tensor:
         from scipy.ndimage import gaussian_filter
 
         return torch.from_numpy(gaussian_filter(channel[0].numpy(), value, truncate=4.0))[None]
@@ -213,7 +210,7 @@ class Brightness(ChannelTransform):
     def draw(self) -> float:
         return draw_factor(self.R, *self.factor)
 
-    def apply_with(self, channel: torch.Tensor, value: float) -> torch.Tensor:
+    def apply(self, channel: torch.Tensor, value: float) -> torch.Tensor:
         from monai.transforms import ScaleIntensity
 
         return ScaleIntensity(minv=None, maxv=None, factor=value - 1.0)(channel)
@@ -237,7 +234,7 @@ class ShiftIntensity(ChannelTransform):
     def draw(self) -> float:
         return float(self.R.uniform(*self.offset))
 
-    def apply_with(self, channel: torch.Tensor, value: float) -> torch.Tensor:
+    def apply(self, channel: torch.Tensor, value: float) -> torch.Tensor:
         from monai.transforms import ShiftIntensity as MonaiShift
 
         return MonaiShift(offset=value)(channel)
@@ -264,7 +261,7 @@ class Contrast(ChannelTransform):
     def draw(self) -> float:
         return draw_factor(self.R, *self.factor)
 
-    def apply_with(self, channel: torch.Tensor, value: float) -> torch.Tensor:
+    def apply(self, channel: torch.Tensor, value: float) -> torch.Tensor:
         from monai.transforms import ScaleIntensityFixedMean
 
         return ScaleIntensityFixedMean(factor=value - 1.0, preserve_range=self.preserve_range, fixed_mean=True)(
@@ -299,9 +296,9 @@ class LowResolution(ChannelTransform):
         self._randomizable = [self.lowres]
 
     def draw(self) -> None:
-        self.lowres.randomize(None)
+        self.lowres.randomize(None)  # the zoom, kept by the MONAI transform for the call below
 
-    def apply(self, channel: torch.Tensor) -> torch.Tensor:
+    def apply(self, channel: torch.Tensor, value: None) -> torch.Tensor:
         return self.lowres(channel, randomize=False)
 
 
@@ -330,7 +327,7 @@ class Gamma(ChannelTransform):
     def draw(self) -> float:
         return draw_factor(self.R, *self.gamma)
 
-    def apply_with(self, channel: torch.Tensor, value: float) -> torch.Tensor:
+    def apply(self, channel: torch.Tensor, value: float) -> torch.Tensor:
         return self.adjust(channel, gamma=value)
 
 
@@ -342,8 +339,6 @@ class Mirror(PatchTransform):
         axes: the spatial axes (0, 1, 2 for D, H, W) that may be flipped.
         probability: chance of a flip along each axis.
     """
-
-    resamples = False
 
     def __init__(self, axes: Annotated[tuple[Annotated[int, pydantic.Field(ge=0, le=2)], ...],
                                        pydantic.Field(min_length=1, max_length=3)] = (0, 1, 2),
