@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .adapt import ADAPT_DEFAULTS
 from .errors import ConfigError
@@ -44,6 +45,40 @@ class SynthConfig(_Model):
     _shape = field_validator("shape")(_sizes_in(8, 512, "synthetic volume size"))
 
 
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """A validation error reported as ``field: message`` (the dotted field given, not the validator's own)."""
+    return PydanticCustomError("prism_field", "{message}", {"message": message, "field": field})
+
+
+class AugmentStep(_Model):
+    """One transform of a ``data.augment`` list; the [augmentation reference](augmentation.md) lists each with its
+    options."""
+
+    name: str  # the transform: spatial, mirror, gaussian_noise, gaussian_blur, brightness, contrast, ...
+    options: dict[str, Any] = {}  # the transform's options (each has nnU-Net's value by default)
+
+
+def _augment_step(item: Any, i: int) -> dict[str, Any]:
+    """Item ``i`` of a ``data.augment`` list as ``{"name", "options"}``.
+
+    Raises:
+        ValueError: ``data.augment.<i>[.key]: problem`` (an unknown key with its close match, a missing name, ...).
+    """
+    try:
+        return AugmentStep.model_validate(item).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in (f"data.augment.{i}", *err["loc"]))
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), list(AugmentStep.model_fields), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"{where}: unknown field; {hint}allowed: {', '.join(AugmentStep.model_fields)}") from None
+        if err["type"] == "model_type":
+            raise ValueError(f"{where}: a transform is a mapping {{name: ..., options: {{...}}}} (got "
+                             f"{item!r})") from None
+        raise ValueError(f"{where}: {err['msg']}") from None
+
+
 class DataConfig(_Model):
     cache: Path | None = None  # None: the built-in synthetic dataset (generated once in the user cache folder)
     synthetic: SynthConfig = SynthConfig()
@@ -55,7 +90,10 @@ class DataConfig(_Model):
     patch_size: tuple[int, int, int] = (32, 32, 32)  # training patch D H W (multiples of the backbone's size_divisor)
     batch_size: int = Field(2, ge=1, le=65_536)  # global batch (split over the processes under torchrun)
     foreground_fraction: float = Field(1 / 3, ge=0, le=1)  # share of patches centred on a label > 0 voxel
-    flip: bool = True  # random flips along each spatial axis
+    # training augmentation: "light" (flip, rotate_* and intensity_* below), "nnunet" (nnU-Net's default 3D
+    # pipeline, written out as its list in the run's config.yaml) or a list of transforms
+    augment: Literal["light"] | list[AugmentStep] = "light"
+    flip: bool = True  # random flips along each spatial axis (data.augment: light)
     rotate_degrees: float = Field(0.0, ge=0, le=45)  # random rotation per axis in [-r, r] (0: off)
     rotate_probability: float = Field(0.2, ge=0, le=1)  # chance that a sample is rotated (rotate_degrees > 0)
     intensity_scale: float = Field(0.0, ge=0, lt=1)  # each channel x * U(1 - s, 1 + s) + U(-t, t)
@@ -63,6 +101,31 @@ class DataConfig(_Model):
     num_workers: int | None = Field(None, ge=0, le=256)  # None: 0 on CPU, 4 on CUDA
 
     _patch = field_validator("patch_size")(_sizes_in(1, 4096, "patch size"))
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, v: Any) -> Any:
+        from .data.transforms import resolve_augment
+
+        try:
+            if isinstance(v, list | tuple):
+                v = [_augment_step(item, i) for i, item in enumerate(v)]
+            return resolve_augment(v)
+        except ValueError as exc:
+            field, _, message = str(exc).partition(": ")
+            raise _field_error(field, message) from None
+
+    @model_validator(mode="after")
+    def _light_fields(self) -> DataConfig:
+        if self.augment == "light":
+            return self
+        light = DataConfig.model_fields
+        for name, where in (("flip", "'mirror'"), ("rotate_degrees", "'spatial' (rotate_degrees)"),
+                            ("intensity_scale", "'brightness'"), ("intensity_shift", "'shift_intensity'")):
+            if getattr(self, name) != light[name].default:
+                raise _field_error(f"data.{name}", f"configures data.augment: light only; with a transform list, "
+                                                   f"use {where}")
+        return self
 
     @model_validator(mode="after")
     def _fold_or_split(self) -> DataConfig:
@@ -237,6 +300,9 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
     for err in exc.errors():
         loc = tuple(err["loc"])
         field = _dotted(loc)
+        if err["type"] == "prism_field":  # a validator that names the exact field (deeper than its own)
+            lines.append(f"{source}: {err['ctx']['field'] or field}: {err['ctx']['message']}")
+            continue
         if err["type"] == "extra_forbidden":
             holder = _model_at(loc)
             allowed = sorted(holder.model_fields) if holder else []

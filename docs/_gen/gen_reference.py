@@ -333,6 +333,45 @@ def cli_page() -> str:
     return "".join(out)
 
 
+def augmentation_page() -> str:
+    """The transforms ``data.augment`` may list, with their options (read from each class's signature, as plugin
+    options are), and the preset lists."""
+    from prism.data.transforms import PRESETS, TRANSFORMS
+    from prism.registry.options import option_specs
+
+    out = [GENERATED_NOTE, "# Augmentation transforms\n\n",
+           "What `data.augment` may list (`prism/data/transforms.py`), each as `{name: ..., options: {...}}`; an "
+           "option left out takes the default shown, which is nnU-Net's value. `data.augment` also takes a preset "
+           "name: `light` (the default: `data.flip`, `data.rotate_*` and `data.intensity_*`) or one of the lists "
+           "below, which the run's `config.yaml` then holds written out. The [augmentation guide]"
+           "(../guides/augmentation.md) says how they are applied.\n\n"]
+    out.append("| transform | what it does |\n|---|---|\n")
+    for name, cls in TRANSFORMS.items():
+        first = (inspect.getdoc(cls) or "").split("\n\n")[0]
+        out.append(f"| [`{name}`](#transform-{name}) | {md_escape(first)} |\n")
+    out.append("\n")
+    for name, cls in TRANSFORMS.items():
+        out.append(f"## {name} {{ #transform-{name} }}\n\n`{cls.__module__}.{cls.__qualname__}`\n\n")
+        doc = (inspect.getdoc(cls) or "").split("\nArgs:")[0].strip()
+        out.append(md_escape(doc) + "\n\n")
+        out.append("| option | type | default | limits | description |\n|---|---|---|---|---|\n")
+        for o in option_specs(cls, 0):
+            typ = o.type_text.replace("Ellipsis", "...")
+            out.append(f"| {code(o.name)} | {code(typ)} | {code(repr(o.default))} | {md_escape(o.limits)} | "
+                       f"{md_escape(o.description)} |\n")
+        out.append("\n")
+    for name, steps in PRESETS.items():
+        if steps is None:
+            continue
+        import yaml
+
+        out.append(f"## Preset `{name}` {{ #preset-{name} }}\n\n```yaml\ndata:\n  augment:\n")
+        listed = yaml.safe_dump([{"name": s["name"], **({"options": s["options"]} if s["options"] else {})}
+                                 for s in steps], sort_keys=False, default_flow_style=None)
+        out.append("".join(f"    {line}\n" for line in listed.rstrip().splitlines()) + "```\n\n")
+    return "".join(out)
+
+
 # ---- plugins ---------------------------------------------------------------------------------------------------
 
 PARTS_COLUMN = {"backbone": "provides", "loss": "needs"}
@@ -548,6 +587,7 @@ def all_pages() -> dict[str, str]:
     pages = {
         "reference/config.md": config,
         "reference/presets.md": presets_page(),
+        "reference/augmentation.md": augmentation_page(),
         "reference/cli.md": cli_page(),
         "reference/plugins.md": plugins_page(),
         "reference/errors.md": errors_page(),

@@ -1,5 +1,7 @@
-"""Patch augmentation: small random rotations (read with a margin, so corners hold real data) and intensity
-scale/shift. Flips live in :mod:`prism.data.patches`. Every draw comes from the sample's own generator."""
+"""The pieces of the ``light`` augmentation (``data.augment: light``, the default): small random rotations (read
+with a margin, so corners hold real data) and intensity scale/shift. Its flips live in :mod:`prism.data.patches`.
+Every draw comes from the sample's own generator. Transform lists (``nnunet`` and others) are
+:mod:`prism.data.transforms`."""
 
 from __future__ import annotations
 

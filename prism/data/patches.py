@@ -12,15 +12,22 @@ from torch.utils.data import Dataset, Sampler
 from ..batch import Batch
 from .augment import Augmentation, intensity_jitter, random_rotation, rotate_region, rotation_margin
 from .cache_reader import CacheReader
+from .transforms import AugmentPipeline
 
 
 class PatchDataset(Dataset):
     """Sample ``i`` is a patch drawn with a generator seeded by ``(seed, i)``: independent of workers and order.
 
     A fraction ``foreground_fraction`` of patches is centred on a stored foreground voxel (nnU-Net oversamples a
-    third); the rest are uniform. Volumes smaller than the patch are zero-padded (label 0). Flips (each axis with
-    probability 1/2) and the optional ``augment`` (rotations, intensity) use the same per-sample generator, so
-    the sample is the same whichever DataLoader worker draws it; the file handle opens lazily in each worker.
+    third); the rest are uniform. Volumes smaller than the patch are zero-padded (label 0). Augmentation is one of
+    two kinds, both drawn from the same per-sample generator, so the sample is the same whichever DataLoader
+    worker draws it; the file handle opens lazily in each worker:
+
+    - ``light`` (``data.augment: light``): flips (each axis with probability 1/2, ``flip``, on by default) and the
+      optional ``augment`` :class:`~prism.data.augment.Augmentation` (rotations, intensity);
+    - a transform list (``augment`` an :class:`~prism.data.transforms.AugmentPipeline`, ``flip`` False): the
+      pipeline reads the patch (a larger region when it rotates or scales) and transforms it, its generators
+      seeded from the sample's.
 
     ``snap`` > 0 rounds every patch start down to a multiple of ``snap`` (use the cache's chunk edge, 16 by
     default): a patch whose size is a multiple of the chunk then touches no chunk it does not fill, which cuts the
@@ -30,10 +37,13 @@ class PatchDataset(Dataset):
     """
 
     def __init__(self, reader: CacheReader, case_ids: Sequence[str], patch_size: Sequence[int], *,
-                 foreground_fraction: float = 1 / 3, seed: int = 0, flip: bool = True,
-                 augment: Augmentation | None = None, snap: int = 0) -> None:
+                 foreground_fraction: float = 1 / 3, seed: int = 0, flip: bool | None = None,
+                 augment: Augmentation | AugmentPipeline | None = None, snap: int = 0) -> None:
         if not case_ids:
             raise ValueError("PatchDataset needs at least one case")
+        if isinstance(augment, AugmentPipeline) and flip:
+            raise ValueError("flip belongs to the light augmentation; a transform list flips with 'mirror'")
+        flip = not isinstance(augment, AugmentPipeline) if flip is None else flip
         self.reader = reader
         self.case_ids = tuple(case_ids)
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -68,6 +78,12 @@ class PatchDataset(Dataset):
         case_id = self.case_ids[int(rng.integers(len(self.case_ids)))]
         info = self.reader.info(case_id)
         start = self._start(rng, case_id, info.shape)
+        if isinstance(self.augment, AugmentPipeline):
+            image_t, label_t = self.augment.make_patch(
+                lambda at, size: self.reader.read_region(case_id, at, size), start, self.patch_size, info.shape,
+                info.availability, seed=int(rng.integers(2**63)))
+            return {"image": image_t, "label": label_t,
+                    "availability": torch.tensor(info.availability, dtype=torch.bool), "case_id": case_id}
         axes = tuple(ax for ax in range(3) if rng.random() < 0.5) if self.flip else ()
         aug = self.augment
         rotation = None

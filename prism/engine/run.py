@@ -26,6 +26,7 @@ from ..backbone import Backbone
 from ..config import Config
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
+from ..data.transforms import AugmentPipeline
 from ..errors import ConfigError
 from ..masking import MaskingPolicy
 from ..registry import PluginEntry, blame, get_registry
@@ -129,9 +130,12 @@ def select_cases(config: Config, reader: CacheReader, check_splits: Sequence[str
     return train_cases, val_cases
 
 
-def augmentation(config: Config) -> Augmentation | None:
-    """Rotation and intensity augmentation from ``data`` (None when all off: flips are separate)."""
+def augmentation(config: Config) -> Augmentation | AugmentPipeline | None:
+    """The training augmentation ``data.augment`` asks for: a transform list's :class:`AugmentPipeline`, or for
+    ``light`` the rotation and intensity from ``data`` (None when both are off: flips are separate)."""
     d = config.data
+    if d.augment != "light":
+        return AugmentPipeline([step.model_dump() for step in d.augment])
     if not (d.rotate_degrees or d.intensity_scale or d.intensity_shift):
         return None
     return Augmentation(rotate_degrees=d.rotate_degrees, rotate_probability=d.rotate_probability,
@@ -144,8 +148,8 @@ def build_streams(config: Config, reader: CacheReader, cases: Sequence[str], dev
     d = config.data
     workers = d.num_workers if d.num_workers is not None else (4 if device.type == "cuda" else 0)
     return BatchStreams(reader, cases, patch_size=d.patch_size, batch_size=d.batch_size, seed=config.train.seed,
-                        foreground_fraction=d.foreground_fraction, flip=d.flip, num_workers=workers,
-                        pin_memory=device.type == "cuda", rank=dist.rank, world=dist.world,
+                        foreground_fraction=d.foreground_fraction, flip=d.flip and d.augment == "light",
+                        num_workers=workers, pin_memory=device.type == "cuda", rank=dist.rank, world=dist.world,
                         augment=augmentation(config))
 
 

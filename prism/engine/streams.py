@@ -19,6 +19,7 @@ from ..batch import Batch
 from ..data.augment import Augmentation
 from ..data.cache_reader import CacheReader
 from ..data.patches import PatchDataset, RankSampler, collate_batch
+from ..data.transforms import AugmentPipeline
 from .rng import SeededSamples
 
 
@@ -27,7 +28,7 @@ class BatchStreams:
 
     def __init__(self, reader: CacheReader, case_ids: Sequence[str], *, patch_size: Sequence[int], batch_size: int,
                  seed: int, foreground_fraction: float, flip: bool, num_workers: int, pin_memory: bool,
-                 rank: int = 0, world: int = 1, augment: Augmentation | None = None) -> None:
+                 rank: int = 0, world: int = 1, augment: Augmentation | AugmentPipeline | None = None) -> None:
         self.reader = reader
         self.rank, self.world = rank, world
         self.augment = augment
