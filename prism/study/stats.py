@@ -18,6 +18,16 @@ the same seeds:
   seed, since every run is scored on the same cases). It shows how much the test set alone moves the estimate and
   is reported beside the t-interval, never as evidence of a difference between methods.
 
+With cross-validation folds (a spec's ``folds``) the unit is a (seed, fold) pair instead of a seed: every function
+here takes the units along its first axis, whatever they are, and "seeds" below reads "units". Those units are
+not independent (the folds' training sets overlap, one seed's runs share their initialisation), which the
+t-interval does not model: positively correlated units make it narrower than an interval over independent
+replications would be (Bengio and
+Grandvalet 2004, "No unbiased estimator of the variance of K-fold cross-validation", JMLR 5: the fold-to-fold
+covariances cannot be estimated from one cross-validation; Dietterich 1998, "Approximate statistical tests for
+comparing supervised classification learning algorithms", Neural Computation 10(7): the 10-fold cross-validated
+paired t-test rejects a true null more often than its level).
+
 Power: with per-seed differences of sd ``sigma``, a two-sided paired t-test at level ``1 - c`` with S seeds detects
 an effect ``delta`` with probability ``P(|T| > t_crit)`` where T is noncentral t with S - 1 degrees of freedom and
 noncentrality ``delta * sqrt(S) / sigma`` (:func:`power`); :func:`seeds_needed` inverts it.
