@@ -331,7 +331,8 @@ def format_validation_error_spec(exc: ValidationError, source: str) -> str:
         else:
             got = err.get("input")
             got_txt = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-            lines.append(f"{source}: {field}: {err['msg']}{got_txt}".replace("Value error, ", ""))
+            where = f"{field}: " if field else ""  # a check across fields names its fields itself
+            lines.append(f"{source}: {where}{err['msg']}{got_txt}".replace("Value error, ", ""))
     return "; ".join(lines)
 
 
