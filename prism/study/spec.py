@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import Config, _deep_merge, build_config, load_yaml
 from ..errors import ConfigError
+from ..evaluation.adaptation_curve import DEFAULT_DRAWS, DEFAULT_RULE, DEFAULT_STEPS, DEFAULT_SUPPORT
 
 _ARM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 #: the smallest synthetic volume side (as ``prism-data synth --shape``)
@@ -93,12 +94,12 @@ class AdaptSpec(_Model):
     """Adaptation curves (``prism-eval adapt``) for the runs of arms that ask for them."""
 
     site: str  # the site adapted to (a site of the cache, e.g. the synthetic data's hold_out_site)
-    steps: list[int] = [0, 1, 5, 20]  # adaptation step counts K of the curve
-    support: int = Field(1, ge=1)  # support cases per draw
-    draws: int = Field(3, ge=1)  # support draws per step count
-    lr: float | None = Field(None, gt=0)  # None: the strategy's own step size
-    rule: str = "strategy"  # the run's own Strategy.adapt, or "fine_tune"
-    optimizer: str = "sgd"  # fine_tune only
+    steps: list[int] = list(DEFAULT_STEPS)  # adaptation step counts K of the curve
+    support: int = Field(DEFAULT_SUPPORT, ge=1)  # support cases per draw
+    draws: int = Field(DEFAULT_DRAWS, ge=1)  # support draws per step count
+    lr: float | None = Field(None, gt=0)  # None: the strategy's own step size (fine_tune: the run's eval.adapt_lr)
+    rule: str = DEFAULT_RULE  # the run's own Strategy.adapt, or "fine_tune"
+    optimizer: str | None = None  # fine_tune only (None: the run's eval.adapt_optimizer)
     patch_size: tuple[int, int, int] | None = None  # patch the support batches are cut to (None: whole volumes)
     split: str | None = None  # where the site's cases come from (default: 'heldout' if the cache has it)
     max_query: int | None = Field(None, ge=1)  # at most this many query cases scored per draw (None: all)
