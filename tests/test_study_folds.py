@@ -1,6 +1,7 @@
 """Cross-validation folds as a study axis: every arm x seed x fold is a run with ``data.fold``; a synthetic study
 cuts the folds into its cache once, a given cache must hold them; status names the fold; the report pairs the arms
-by (seed, fold) unit. Spec mistakes are one line, exit 2, nothing written."""
+by (seed, fold), averages each seed's folds and puts its intervals over seeds. Spec mistakes are one line, exit 2,
+nothing written."""
 
 from __future__ import annotations
 
@@ -107,32 +108,32 @@ def test_two_arms_one_seed_two_folds_end_to_end_paired_by_seed_and_fold(tmp_path
     assert validated[("baseline", 0)] == validated[("fast", 0)]  # the two arms of one fold saw the same cases
 
     report = json.loads((out / "report.json").read_text())
-    assert report["folds"] == [0, 1] and report["statistics"]["unit"] == "(seed, fold)"
+    assert report["folds"] == [0, 1] and report["statistics"]["unit"] == "seed (mean over its folds)"
     assert [(r["arm"], r["fold"]) for r in report["runs"]] == [("baseline", 0), ("baseline", 1), ("fast", 0),
                                                                ("fast", 1)]
     markdown = (out / "report.md").read_text()
-    assert "paired by (seed, fold)" in markdown and "fold-to-fold variance only" in markdown
+    assert "paired by seed and fold" in markdown and "with one seed there is no interval" in markdown
     assert re.search(r"^\| baseline \| 0 \| 1 \| \w+ \|", markdown, re.M)  # the runs table has a fold column
 
-    # The report pairs by (seed, fold), checked against the runs' eval.json files. Runs this small mostly predict
-    # background and are left out as collapsed, so the pairing is read with every run kept.
+    # The report pairs by (seed, fold) and averages a seed's folds, checked against the runs' eval.json files. Runs
+    # this small mostly predict background and are left out as collapsed, so the pairing is read with every run kept.
     monkeypatch.setattr("prism.study.report.flag_run", lambda record, settings: None)
     report = write_study_report(out)
     diff = report["arms"]["fast"]["vs_reference"]["dice"]
-    assert diff["seeds"] == [0, 0] and diff["folds"] == [0, 1]
-    assert list(diff["per_seed"]) == ["seed-0/fold-0", "seed-0/fold-1"]
+    assert diff["seeds"] == [0] and diff["folds"] == [0, 1] and diff["seeds_incomplete"] == []
+    assert list(diff["per_unit"]) == ["seed-0/fold-0", "seed-0/fold-1"] and list(diff["per_seed"]) == ["0"]
     for i, region in enumerate(report["regions"]):
         per_unit = []
         for k in (0, 1):
             ref, other = (json.loads((out / f"runs/{arm}/seed-0/fold-{k}/eval.json").read_text())
                           for arm in ("baseline", "fast"))
             per_unit.append(_headline_by_hand(other, region) - _headline_by_hand(ref, region))
-            assert diff["per_seed"][f"seed-0/fold-{k}"][i] == pytest.approx(per_unit[-1], abs=1e-4)
-        mean, low, high = _t_interval_by_hand(per_unit, 0.95)
-        assert diff["difference"][i] == pytest.approx(mean, abs=1e-4)
-        if per_unit[0] != per_unit[1]:
-            assert diff["low"][i] == pytest.approx(low, abs=1e-4) and diff["high"][i] == pytest.approx(high, abs=1e-4)
-        assert diff["verdict"][i] == "too few seeds to conclude"  # 2 units
+            assert diff["per_unit"][f"seed-0/fold-{k}"][i] == pytest.approx(per_unit[-1], abs=1e-4)
+        seed_difference = sum(per_unit) / 2  # the seed's cross-validated difference
+        assert diff["per_seed"]["0"][i] == pytest.approx(seed_difference, abs=1e-4)
+        assert diff["difference"][i] == pytest.approx(seed_difference, abs=1e-4)
+        assert diff["low"][i] is None and diff["high"][i] is None  # one seed: its two folds make no interval
+        assert diff["verdict"][i] == "too few seeds to conclude"
     monkeypatch.undo()
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/*/last.pt")}
@@ -292,42 +293,49 @@ def _fake_run(folder: Path, dice: np.ndarray) -> None:
         log.write({"step": (i + 1) * 10, "lr": 0.01, "loss": loss, "fuse": loss})
 
 
-def test_the_report_pairs_by_seed_and_fold_and_drops_only_the_unit_of_a_flagged_run(tmp_path):
+def test_the_report_pairs_by_seed_and_fold_averages_each_seeds_folds_and_drops_a_seed_with_a_flagged_fold(tmp_path):
     spec = StudySpec.model_validate({"name": "fake", "data": {"cache": str(tmp_path / "none.h5")},
-                                     "arms": {"base": {}, "new": {}}, "seeds": [0, 1], "folds": 2,
+                                     "arms": {"base": {}, "new": {}}, "seeds": [0, 1, 2, 3], "folds": 2,
                                      "report": {"bootstrap_samples": 300}})
     (tmp_path / SPEC_NAME).write_text(spec_to_yaml(spec))
     rng = np.random.default_rng(4)
     dice = {}
     for arm, centre in (("base", 0.6), ("new", 0.7)):
-        for seed in (0, 1):
+        for seed in range(4):
             for fold in (0, 1):
                 values = np.clip(rng.normal(centre + 0.05 * fold, 0.05, (4, 15, 3)), 0, 1)
                 values[0, 3] = np.nan  # a case not scored on one combination
                 dice[(arm, seed, fold)] = values
                 if (arm, seed, fold) == ("new", 1, 0):
-                    values = np.zeros((4, 15, 3))  # collapsed: its unit leaves the comparison
+                    values = np.zeros((4, 15, 3))  # collapsed: seed 1 leaves the comparison, both folds
                 _fake_run(tmp_path / f"runs/{arm}/seed-{seed}/fold-{fold}", values)
     summary = write_study_report(tmp_path)
     flagged = [(r["arm"], r["seed"], r["fold"]) for r in summary["runs"] if r["status"] != "ok"]
     assert flagged == [("new", 1, 0)]
     diff = summary["arms"]["new"]["vs_reference"]["dice"]
-    units = [(0, 0), (0, 1), (1, 1)]
-    assert list(zip(diff["seeds"], diff["folds"], strict=True)) == units
-    assert list(diff["per_seed"]) == ["seed-0/fold-0", "seed-0/fold-1", "seed-1/fold-1"]
+    assert diff["seeds"] == [0, 2, 3] and diff["folds"] == [0, 1] and diff["seeds_incomplete"] == [1]
+    assert list(diff["per_unit"]) == [f"seed-{s}/fold-{k}" for s in (0, 2, 3) for k in (0, 1)]
+    assert list(diff["per_seed"]) == ["0", "2", "3"]
+
     def headline(values, r):  # per combination the mean over cases, then the mean over combinations
         return 100 * np.mean([np.nanmean(values[:, c, r]) for c in range(15)])
 
     for r in range(3):
-        d = [headline(dice[("new", s, k)], r) - headline(dice[("base", s, k)], r) for s, k in units]
-        mean, low, high = _t_interval_by_hand(d, 0.95)
-        assert diff["per_seed"]["seed-1/fold-1"][r] == pytest.approx(d[2], abs=1e-4)
+        by_run = {(s, k): headline(dice[("new", s, k)], r) - headline(dice[("base", s, k)], r)
+                  for s in (0, 2, 3) for k in (0, 1)}
+        d = [(by_run[(s, 0)] + by_run[(s, 1)]) / 2 for s in (0, 2, 3)]  # each seed's cross-validated difference
+        mean, low, high = _t_interval_by_hand(d, 0.95)  # over the 3 seeds, not the 6 runs
+        assert diff["per_unit"]["seed-2/fold-1"][r] == pytest.approx(by_run[(2, 1)], abs=1e-4)
+        assert diff["per_seed"]["2"][r] == pytest.approx(d[1], abs=1e-4)
         assert (diff["difference"][r], diff["low"][r], diff["high"][r]) == pytest.approx((mean, low, high), abs=1e-4)
-        assert diff["verdict"][r] == ("better" if low > 0 else "no difference shown")  # 3 units: a verdict
-    assert summary["arms"]["new"]["folds_used"] == [0, 1, 1] and summary["arms"]["new"]["seeds_used"] == [0, 0, 1]
+        assert diff["sd_over_seeds"][r] == pytest.approx(np.std(d, ddof=1), abs=1e-4)
+        assert diff["verdict"][r] == ("better" if low > 0 else "no difference shown")  # 3 seeds: a verdict
+    assert summary["arms"]["new"]["folds_used"] == [0, 1, 1, 0, 1, 0, 1]
+    assert summary["arms"]["new"]["seeds_used"] == [0, 0, 1, 2, 2, 3, 3]
     markdown = (tmp_path / "report.md").read_text()
-    assert "- new/seed-1/fold-0: collapsed" in markdown and "(3 units)" in markdown
-    assert "fold-to-fold variance only" not in markdown  # two seeds: not fold-to-fold variance alone
+    assert "- new/seed-1/fold-0: collapsed" in markdown and "(3 seeds)" in markdown
+    assert "Seeds left out of new's comparison (a fold without both runs usable): [1]." in markdown
+    assert "with one seed there is no interval" not in markdown
     header = (tmp_path / "report.csv").read_text().splitlines()[0]
     assert header == "arm,seed,fold,status,region,dice,hd95_mm,reason"
 
@@ -343,7 +351,8 @@ def test_the_report_without_folds_keeps_its_seed_keys_and_columns(tmp_path):
             _fake_run(tmp_path / f"runs/{arm}/seed-{seed}", np.clip(rng.normal(0.6, 0.05, (4, 15, 3)), 0, 1))
     summary = write_study_report(tmp_path)
     diff = summary["arms"]["new"]["vs_reference"]["dice"]
-    assert diff["seeds"] == [0, 1, 2] and "folds" not in diff and list(diff["per_seed"]) == ["0", "1", "2"]
+    assert diff["seeds"] == [0, 1, 2] and "folds" not in diff and "per_unit" not in diff
+    assert list(diff["per_seed"]) == ["0", "1", "2"]
     assert summary["folds"] is None and summary["statistics"]["unit"] == "seed"
     assert (tmp_path / "report.csv").read_text().splitlines()[0] == "arm,seed,status,region,dice,hd95_mm,reason"
     assert "(3 seeds)" in (tmp_path / "report.md").read_text()

@@ -1,12 +1,16 @@
 """The study report: per arm mean and sd over runs, per-combination table, paired differences against the
-reference arm with t-intervals over the paired units and a verdict (:mod:`prism.study.stats`), loss-term shares,
+reference arm with t-intervals over seeds and a verdict (:mod:`prism.study.stats`), loss-term shares,
 flagged runs, plots (:mod:`prism.study.plots`).
 
-The paired unit is the seed, or the (seed, fold) pair when the spec has ``folds``: the arm's run and the
-reference's run of one unit trained from the same seed on the same cases, and every run is scored on the same test
-cases, so their difference is the method's. In ``report.json`` the per-unit entries (``dice_per_seed``,
-``per_seed``) are keyed by the seed (``"0"``), or ``"seed-S/fold-K"`` with folds; ``seeds`` (and ``folds``) list
-each paired unit's seed (and fold).
+The replicate is the seed, with or without ``folds``. Without folds the arm's run and the reference's run of one
+seed trained from the same seed on the same cases, and every run is scored on the same test cases, so their
+difference is the method's. With folds each seed has one run per fold: the arms are paired by (seed, fold), a
+seed's difference is the mean of its folds' differences (its cross-validated difference), and the t-interval is
+over seeds, never over (seed, fold) runs, which are not independent replicates (:mod:`prism.study.stats`). A seed
+enters only when both arms' runs of every fold are usable. In ``report.json`` each comparison's ``per_seed`` is
+keyed by the seed (``"0"``); with folds ``per_unit`` holds each run pair's difference keyed ``"seed-S/fold-K"``,
+``folds`` the folds each seed averages and ``seeds_incomplete`` the seeds left out for a missing fold; the arms'
+``dice_per_seed`` is keyed by the run (``"0"``, or ``"seed-S/fold-K"`` with folds).
 
 Reads only what the runs wrote (``eval.json``, ``train_log.csv``, ``adapt.json``) and the study's ``study.yaml``;
 writes ``report.md``, ``report.json``, ``report.csv`` and PNG plots into the study folder. Every mean is the
@@ -54,11 +58,11 @@ REPORT_FILES = ("report.md", "report.json", "report.csv", "dice_per_combination.
 #: how the report's intervals are made (report.json's "statistics")
 INTERVAL = ("Student's t-interval over the per-seed paired differences (each seed's difference of headline "
             "metrics); the within-seed interval resamples test cases with the seeds fixed")
-#: the same with folds: the unit is a (seed, fold) pair
-INTERVAL_FOLDS = ("Student's t-interval over the per-(seed, fold) paired differences (each unit's difference of "
-                  "headline metrics; the units share training cases and seeds: they are not independent, which tends "
-                  "to make the interval narrower than one over independent replications); the within-seed interval "
-                  "resamples test cases with the units fixed")
+#: the same with folds: still over seeds, each seed's difference the mean over its folds
+INTERVAL_FOLDS = ("Student's t-interval over the per-seed paired differences, each seed's difference the mean over "
+                  "its folds of the (seed, fold) runs' differences of headline metrics; the folds of one seed are "
+                  "not independent replicates and never count as such; the within-seed interval resamples test "
+                  "cases with the seeds fixed")
 
 
 @dataclass
@@ -177,14 +181,30 @@ def _sd(values: np.ndarray) -> np.ndarray:
         return np.nanstd(values, axis=0, ddof=1)
 
 
-def _paired(records: list[RunRecord], ref: str, arm: str, metric: str
-            ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int | None]]]:
-    """``[U, N, C, R]`` arrays of the units (seeds, or (seed, fold) pairs) where both arms' runs are ok, on the
-    cases both were scored on, and the units."""
+def _paired_units(records: list[RunRecord], ref: str, arm: str, folds: list[int] | None
+                  ) -> tuple[list[tuple[int, int | None]], list[int]]:
+    """(the units where both arms' runs are ok, the seeds left out for an incomplete cross-validation).
+
+    Without folds a unit is a seed. With folds it is a (seed, fold) run, and a seed is kept only when both arms'
+    runs of every one of ``folds`` are ok, so that every seed's difference averages the same folds.
+    """
     by = {(r.arm, *r.unit): r for r in records}
     units = sorted({r.unit for r in records
                     if r.arm == arm and r.ok and (ref, *r.unit) in by and by[(ref, *r.unit)].ok},
                    key=lambda u: (u[0], -1 if u[1] is None else u[1]))
+    if folds is None:
+        return units, []
+    complete = {s for s in {s for s, _ in units} if all((s, k) in units for k in folds)}
+    incomplete = sorted({s for s, _ in units} - complete)
+    return [u for u in units if u[0] in complete], incomplete
+
+
+def _paired(records: list[RunRecord], ref: str, arm: str, metric: str, folds: list[int] | None = None
+            ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int | None]]]:
+    """``[U, N, C, R]`` arrays of the paired units (:func:`_paired_units`: seeds, or the (seed, fold) runs of the
+    seeds whose every fold is paired), on the cases both were scored on, and the units."""
+    by = {(r.arm, *r.unit): r for r in records}
+    units, _ = _paired_units(records, ref, arm, folds)
     a, b = [], []
     for unit in units:
         ra, rb = by[(ref, *unit)].eval, by[(arm, *unit)].eval
@@ -236,22 +256,32 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
         if arm != ref:
             entry["vs_reference"] = {}
             for metric, scale in (("dice", 100.0), *((("hd95", 1.0),) if has_hd else ())):
-                a, b, units = _paired(records, ref, arm, metric)
+                fold_list = spec.folds.indices if spec.folds is not None else None
+                a, b, units = _paired(records, ref, arm, metric, fold_list)
                 if not units:
                     entry["vs_reference"][metric] = None
                     continue
+                seeds = list(dict.fromkeys(s for s, _ in units))
                 d: PairedDifference = paired_difference(a * scale, b * scale, samples=settings.bootstrap_samples,
                                                         confidence=settings.confidence, seed=settings.seed,
-                                                        higher_is_better=metric == "dice")
+                                                        higher_is_better=metric == "dice",
+                                                        groups=[s for s, _ in units] if folds else None)
+                by_fold: dict[str, Any] = {}
+                if folds:
+                    assert d.per_unit is not None
+                    by_fold = {"folds": fold_list,
+                               "seeds_incomplete": _paired_units(records, ref, arm, fold_list)[1],
+                               "per_unit": {unit_label(*u): _floats(v)
+                                            for u, v in zip(units, d.per_unit, strict=True)}}
                 entry["vs_reference"][metric] = {
-                    "seeds": [s for s, _ in units], **({"folds": [k for _, k in units]} if folds else {}),
+                    "seeds": seeds, **by_fold,
                     "cases": d.cases, "difference": _floats(d.estimate), "low": _floats(d.low),
                     "high": _floats(d.high), "sd_over_seeds": _floats(d.sd), "verdict": d.verdicts,
                     "within_seed_low": _floats(d.within_low), "within_seed_high": _floats(d.within_high),
                     "detectable_effect_80": _floats(np.array([detectable_effect(float(v), d.seeds,
                                                                                 confidence=settings.confidence)
                                                               for v in d.sd])),
-                    "per_seed": {unit_label(*u): _floats(v) for u, v in zip(units, d.per_seed, strict=True)}}
+                    "per_seed": {str(s): _floats(v) for s, v in zip(seeds, d.per_seed, strict=True)}}
         arms[arm] = entry
     runs = [{"arm": r.arm, "seed": r.seed, "fold": r.fold, "folder": str(r.folder), "status": r.status,
              "reason": r.reason,
@@ -261,7 +291,7 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
     return {"name": spec.name, "description": spec.description, "reference": ref, "regions": regions,
             "combinations": combinations, "seeds": spec.seeds, "folds": spec.folds.indices if folds else None,
             "arms": arms, "runs": runs, "conventions": conventions(records),
-            "statistics": {"unit": "(seed, fold)" if folds else "seed",
+            "statistics": {"unit": "seed (mean over its folds)" if folds else "seed",
                            "interval": INTERVAL_FOLDS if folds else INTERVAL, "confidence": settings.confidence,
                            "min_seeds": MIN_SEEDS,
                            "within_seed_samples": settings.bootstrap_samples, "within_seed_seed": settings.seed},
@@ -344,19 +374,25 @@ def report_markdown(summary: dict[str, Any]) -> str:
                                                           a.get("hd95_sd", [None] * len(regions)), strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
     if folds:
-        lines += ["", f"## Paired differences against '{ref}' ({level} intervals over (seed, fold) units)", "",
-                  f"Difference = arm − {ref}, paired by (seed, fold): the two runs of one seed and one fold trained "
-                  "from the same seed on the same cases, so their difference of means is the method's; then the mean "
-                  f"over units. Interval: Student's t over those per-unit differences ({level}). The units are not "
-                  "independent: the folds' training sets overlap and the runs of one seed share their "
-                  "initialisation, which tends to make the interval narrower than one over independent replications "
-                  "of the study"
-                  + (" (with one seed it reflects fold-to-fold variance only)" if len(summary["seeds"]) == 1 else "")
-                  + f". Verdict: with fewer than {st['min_seeds']} units, '{TOO_FEW}'; otherwise better or worse "
+        lines += ["", f"## Paired differences against '{ref}' ({level} intervals over seeds)", "",
+                  f"Difference = arm − {ref}, paired by seed and fold: the two runs of one seed and one fold trained "
+                  "from the same seed on the same cases; a seed's difference is the mean over its folds of those "
+                  "runs' differences of means (its cross-validated difference), and the estimate is the mean over "
+                  f"seeds. Interval: Student's t over the per-seed differences ({level}). The folds of one seed are "
+                  "not independent replicates (their training sets overlap and every run is scored on the same test "
+                  "cases), so they never count as such: K folds narrow the interval only through a better per-seed "
+                  "estimate, and a seed enters only when both arms' runs of every fold are usable"
+                  + (" (with one seed there is no interval: run more seeds)" if len(summary["seeds"]) == 1 else "")
+                  + f". Verdict: with fewer than {st['min_seeds']} seeds, '{TOO_FEW}'; otherwise better or worse "
                   "when the interval excludes 0, else 'no difference shown'. 'Within-seed' resamples the test cases "
-                  f"with the units fixed ({st['within_seed_samples']} draws, seed {st['within_seed_seed']}). '80% "
-                  "power' is the smallest difference these units would detect 4 times in 5, given the sd of the "
-                  "per-unit differences.", ""]
+                  f"with the seeds fixed ({st['within_seed_samples']} draws, seed {st['within_seed_seed']}): it shows "
+                  "how much the test set alone moves the estimate and is no evidence of a difference between "
+                  "methods. '80% power' is the smallest difference these seeds would detect 4 times in 5, given the "
+                  "sd of the per-seed differences.", ""]
+        incomplete = {arm: d["seeds_incomplete"] for arm, a in summary["arms"].items()
+                      for d in [(a.get("vs_reference") or {}).get("dice")] if d and d.get("seeds_incomplete")}
+        lines += [f"Seeds left out of {arm}'s comparison (a fold without both runs usable): {seeds}."
+                  for arm, seeds in incomplete.items()] + ([""] if incomplete else [])
     else:
         lines += ["", f"## Paired differences against '{ref}' ({level} intervals over seeds)", "",
                   f"Difference = arm − {ref}, paired by seed: each seed's difference of the two runs' means, then "
@@ -367,19 +403,19 @@ def report_markdown(summary: dict[str, Any]) -> str:
                   "set alone moves the estimate and is no evidence of a difference between methods. '80% power' is "
                   "the smallest difference these seeds would detect 4 times in 5, given the sd of the per-seed "
                   "differences.", ""]
-    units = "units" if folds else "seeds"
-    lines += [f"| Arm | Metric | Region | Difference | {level} interval ({units}) | Verdict | Within-seed (cases) | "
+    lines += [f"| Arm | Metric | Region | Difference | {level} interval (seeds) | Verdict | Within-seed (cases) | "
               "80% power |", "|:---|:---|:---|---:|:---:|:---|:---:|---:|"]
     for arm, a in summary["arms"].items():
         for metric, d in (a.get("vs_reference") or {}).items():
             unit = "Dice (points)" if metric == "dice" else "HD95 (mm)"
             if d is None:
-                lines.append(f"| {arm} | {unit} | | n/a (no {units[:-1]} with both runs usable) | | | | |")
+                every = " on every fold" if folds else ""
+                lines.append(f"| {arm} | {unit} | | n/a (no seed with both runs usable{every}) | | | | |")
                 continue
             for i, r in enumerate(regions):
                 lines.append(f"| {arm} | {unit} | {r} | {_f(d['difference'][i], signed=True)} | "
                              f"{_interval(d['low'][i], d['high'][i])} | {d['verdict'][i]} "
-                             f"({len(d['seeds'])} {units}) | "
+                             f"({len(d['seeds'])} seeds) | "
                              f"{_interval(d['within_seed_low'][i], d['within_seed_high'][i])} | "
                              f"±{_f(d['detectable_effect_80'][i])} |")
     shares = {arm: a["term_shares"] for arm, a in summary["arms"].items() if a.get("term_shares")}
