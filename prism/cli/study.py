@@ -1,5 +1,5 @@
 """prism-study: run a study (arms x seeds, optionally x folds, of ordinary prism runs) and report it with intervals
-over seeds (or (seed, fold) units)."""
+over seeds (with folds, each seed's difference the mean over its folds)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ examples:
   prism-study report s                                rewrite the report from the runs' files
 
 Each run is an ordinary prism run folder under STUDY_DIR/runs/ARM/seed-N (prism-eval and prism-predict work on it),
-or STUDY_DIR/runs/ARM/seed-N/fold-K when the spec has folds (cross-validation folds, paired by seed and fold).
+or STUDY_DIR/runs/ARM/seed-N/fold-K when the spec has folds (paired by seed and fold, intervals still over seeds).
 SIGTERM, SIGUSR1 or Ctrl-C stops the study: every running run writes its checkpoint, the command prints how to
 resume and exits with 143 (130 for Ctrl-C); running it again resumes those runs. Slurm jobs go on without it.
 """

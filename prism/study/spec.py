@@ -131,7 +131,8 @@ class FoldsSpec(_Model):
     Written ``folds: K`` (all K folds), ``folds: [0, 2]`` (those folds of a given cache's split) or
     ``folds: {count: K, use: [...], seed: S}``. A synthetic study cuts its cache's train split into ``count`` folds
     itself (as ``prism-data split --folds``); a given cache must already hold them (``prism-data split CACHE
-    --folds K``).
+    --folds K``). The report pairs the arms by seed and fold, averages each seed's folds and keeps its intervals
+    over seeds: the folds of one seed are not independent replicates.
     """
 
     count: int | None = Field(None, ge=2, le=100)  # K: the train split cut into K folds (None: a given cache's own)
@@ -171,7 +172,7 @@ class StudySpec(_Model):
     overrides: list[str] = []  # dotted field=value overrides for every arm
     arms: dict[str, ArmSpec]
     reference: str | None = None  # the arm every other is compared with (None: the first arm)
-    seeds: list[int] = [0]  # train.seed of each run; the report pairs arms by seed (and fold)
+    seeds: list[int] = [0]  # train.seed of each run; the report's replicates (arms paired by seed, and fold)
     folds: FoldsSpec | None = None  # cross-validation folds as another axis (None: no folds, runs/ARM/seed-S)
     adapt: AdaptSpec | None = None
     report: ReportSpec = ReportSpec()

@@ -20,14 +20,15 @@ the same seeds:
 
 With cross-validation folds (a spec's ``folds``) every seed has one run per fold, and the replicate is still the
 seed: the folds of one seed are not independent replicates (their training sets overlap, and every fold's run is
-scored on the same test cases), so treating each (seed, fold) pair as a unit would shrink the interval by about
-``sqrt(K)`` without new evidence (Bengio and Grandvalet 2004, "No unbiased estimator of the variance of K-fold
-cross-validation", JMLR 5: the fold-to-fold covariances cannot be estimated from one cross-validation; Dietterich
-1998, "Approximate statistical tests for comparing supervised classification learning algorithms", Neural
-Computation 10(7): the 10-fold cross-validated paired t-test rejects a true null more often than its level). The
-functions below take the (seed, fold) runs along their first axis with ``groups`` naming each one's seed: a seed's
-difference ``d_s`` is the mean over its folds of the per-run differences (the cross-validated difference of that
-seed), and the interval, sd, verdict and power are over those S per-seed differences.
+scored on the same test cases), so treating each (seed, fold) pair as a unit would shrink the interval by up to
+about ``sqrt(K)`` (when a seed's folds move together) without new evidence (Bengio and Grandvalet 2004, "No
+unbiased estimator of the variance of K-fold cross-validation", JMLR 5: the fold-to-fold covariances cannot be
+estimated from one cross-validation; Dietterich 1998, "Approximate statistical tests for comparing supervised
+classification learning algorithms", Neural Computation 10(7): the 10-fold cross-validated paired t-test rejects a
+true null more often than its level). The functions below take the (seed, fold) runs along their first axis with
+``groups`` naming each one's seed: a seed's difference ``d_s`` is the mean over its folds of the per-run
+differences (the cross-validated difference of that seed), and the interval, sd, verdict and power are over those
+S per-seed differences.
 
 Power: with per-seed differences of sd ``sigma``, a two-sided paired t-test at level ``1 - c`` with S seeds detects
 an effect ``delta`` with probability ``P(|T| > t_crit)`` where T is noncentral t with S - 1 degrees of freedom and
