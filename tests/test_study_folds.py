@@ -295,25 +295,25 @@ def _fake_run(folder: Path, dice: np.ndarray) -> None:
 
 def test_the_report_pairs_by_seed_and_fold_averages_each_seeds_folds_and_drops_a_seed_with_a_flagged_fold(tmp_path):
     spec = StudySpec.model_validate({"name": "fake", "data": {"cache": str(tmp_path / "none.h5")},
-                                     "arms": {"base": {}, "new": {}}, "seeds": [0, 1, 2, 3], "folds": 2,
+                                     "arms": {"base": {}, "new": {}}, "seeds": [0, 1, 2, 3, 4], "folds": 2,
                                      "report": {"bootstrap_samples": 300}})
     (tmp_path / SPEC_NAME).write_text(spec_to_yaml(spec))
     rng = np.random.default_rng(4)
     dice = {}
     for arm, centre in (("base", 0.6), ("new", 0.7)):
-        for seed in range(4):
+        for seed in range(5):
             for fold in (0, 1):
                 values = np.clip(rng.normal(centre + 0.05 * fold, 0.05, (4, 15, 3)), 0, 1)
                 values[0, 3] = np.nan  # a case not scored on one combination
                 dice[(arm, seed, fold)] = values
-                if (arm, seed, fold) == ("new", 1, 0):
-                    values = np.zeros((4, 15, 3))  # collapsed: seed 1 leaves the comparison, both folds
+                if (arm, seed, fold) == ("new", 1, 0) or (arm, seed) == ("base", 4):
+                    values = np.zeros((4, 15, 3))  # collapsed: seeds 1 and 4 leave the comparison, both folds
                 _fake_run(tmp_path / f"runs/{arm}/seed-{seed}/fold-{fold}", values)
     summary = write_study_report(tmp_path)
     flagged = [(r["arm"], r["seed"], r["fold"]) for r in summary["runs"] if r["status"] != "ok"]
-    assert flagged == [("new", 1, 0)]
+    assert flagged == [("base", 4, 0), ("base", 4, 1), ("new", 1, 0)]
     diff = summary["arms"]["new"]["vs_reference"]["dice"]
-    assert diff["seeds"] == [0, 2, 3] and diff["folds"] == [0, 1] and diff["seeds_incomplete"] == [1]
+    assert diff["seeds"] == [0, 2, 3] and diff["folds"] == [0, 1] and diff["seeds_incomplete"] == [1, 4]
     assert list(diff["per_unit"]) == [f"seed-{s}/fold-{k}" for s in (0, 2, 3) for k in (0, 1)]
     assert list(diff["per_seed"]) == ["0", "2", "3"]
 
@@ -330,11 +330,11 @@ def test_the_report_pairs_by_seed_and_fold_averages_each_seeds_folds_and_drops_a
         assert (diff["difference"][r], diff["low"][r], diff["high"][r]) == pytest.approx((mean, low, high), abs=1e-4)
         assert diff["sd_over_seeds"][r] == pytest.approx(np.std(d, ddof=1), abs=1e-4)
         assert diff["verdict"][r] == ("better" if low > 0 else "no difference shown")  # 3 seeds: a verdict
-    assert summary["arms"]["new"]["folds_used"] == [0, 1, 1, 0, 1, 0, 1]
-    assert summary["arms"]["new"]["seeds_used"] == [0, 0, 1, 2, 2, 3, 3]
+    assert summary["arms"]["new"]["folds_used"] == [0, 1, 1, 0, 1, 0, 1, 0, 1]
+    assert summary["arms"]["new"]["seeds_used"] == [0, 0, 1, 2, 2, 3, 3, 4, 4]
     markdown = (tmp_path / "report.md").read_text()
     assert "- new/seed-1/fold-0: collapsed" in markdown and "(3 seeds)" in markdown
-    assert "Seeds left out of new's comparison (a fold without both runs usable): [1]." in markdown
+    assert "Seeds left out of new's comparison (a fold without both runs usable): [1, 4]." in markdown
     assert "with one seed there is no interval" not in markdown
     header = (tmp_path / "report.csv").read_text().splitlines()[0]
     assert header == "arm,seed,fold,status,region,dice,hd95_mm,reason"

@@ -183,7 +183,7 @@ def _sd(values: np.ndarray) -> np.ndarray:
 
 def _paired_units(records: list[RunRecord], ref: str, arm: str, folds: list[int] | None
                   ) -> tuple[list[tuple[int, int | None]], list[int]]:
-    """(the units where both arms' runs are ok, the seeds left out for an incomplete cross-validation).
+    """(the units where both arms' runs are ok, the seeds left out for a fold without both runs ok).
 
     Without folds a unit is a seed. With folds it is a (seed, fold) run, and a seed is kept only when both arms'
     runs of every one of ``folds`` are ok, so that every seed's difference averages the same folds.
@@ -195,7 +195,7 @@ def _paired_units(records: list[RunRecord], ref: str, arm: str, folds: list[int]
     if folds is None:
         return units, []
     complete = {s for s in {s for s, _ in units} if all((s, k) in units for k in folds)}
-    incomplete = sorted({s for s, _ in units} - complete)
+    incomplete = sorted({r.seed for r in records} - complete)
     return [u for u in units if u[0] in complete], incomplete
 
 
