@@ -344,7 +344,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
     st, conv = summary["statistics"], summary["conventions"]
     level = f"{st['confidence'] * 100:g}%"
     folds = summary.get("folds")
-    over = "runs (seed x fold)" if folds else "seeds"
+    over = "the seed × fold runs" if folds else "seeds"
     lines = [f"# Study '{summary['name']}'", ""]
     if summary["description"]:
         lines += [summary["description"], ""]
