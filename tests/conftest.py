@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,42 @@ def fresh_registry(monkeypatch: pytest.MonkeyPatch):
     reset_registry()
     yield
     reset_registry()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need a Slurm cluster belong to the slow tier too, so ``-m "not slow"`` never selects them."""
+    for item in items:
+        if item.get_closest_marker("slurm") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def quick_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Keep the quick tier quick: a test not marked ``slow`` fails if it trains (``Trainer.fit``) or spawns a
+    process (``subprocess.Popen``, ``multiprocessing.Process.start``), naming what it did."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    from prism.engine.trainer import Trainer
+
+    seen: list[str] = []
+
+    def guard(what: str, original):
+        def wrapper(*args, **kwargs):
+            seen.append(what)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(Trainer, "fit", guard("trains a model (Trainer.fit)", Trainer.fit))
+    monkeypatch.setattr(subprocess.Popen, "__init__", guard("spawns a process (subprocess)", subprocess.Popen.__init__))
+    monkeypatch.setattr(
+        multiprocessing.process.BaseProcess, "start",
+        guard("spawns a process (multiprocessing)", multiprocessing.process.BaseProcess.start),
+    )
+    yield
+    if seen:
+        pytest.fail(f"{request.node.nodeid} {seen[0]}: mark it @pytest.mark.slow", pytrace=False)
 
 
 def fast_config(*overrides: str, cache: Path | None = None):

@@ -220,6 +220,7 @@ def test_prism_eval_adapt_site_uses_the_runs_adaptation_steps_and_rate(site_run,
     assert (adaptation["steps"], adaptation["lr"]) == (1, 0.2)
 
 
+@pytest.mark.slow
 def test_fast_adaptation_in_an_evaluation_uses_the_strategys_own_rule(site_run, tmp_path):
     """eval.adapt_site: MAML adapts with its own rule (inner rate), standard training by fine-tuning."""
     from prism.config import build_config

@@ -108,6 +108,7 @@ def test_terms_say_which_field_is_missing(term, field):
     assert isinstance(info.value, PluginError) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_both_losses_train_end_to_end_for_one_step(tiny_cache, tmp_path):
     losses = ("losses=[{name: fuse}, {name: shaspec_domain, weight: 0.02}, "
               "{name: shaspec_consistency, weight: 0.1}]")

@@ -509,7 +509,12 @@ def test_catalogue_size_matches_the_docstring_and_ids_are_unique():
     assert f"{len(ids)} cases" in __doc__
 
 
-@pytest.mark.parametrize("mistake", CATALOGUE, ids=[m.id for m in CATALOGUE])
+#: the mistakes whose check trains a model or starts a process: the slow tier
+SLOW_MISTAKES = {"train-nan-in-cache"}
+
+
+@pytest.mark.parametrize("mistake", [pytest.param(m, id=m.id, marks=[pytest.mark.slow] if m.id in SLOW_MISTAKES else [])
+                                     for m in CATALOGUE])
 def test_mistake_is_one_line_exit_2_names_the_culprit_and_changes_nothing(mistake, env_parts, readonly, tmp_path,
                                                                           monkeypatch, capsys):
     if mistake.needs_mount and readonly is None:

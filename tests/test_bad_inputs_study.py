@@ -112,7 +112,12 @@ def test_catalogue_count_matches_the_docstring():
     assert f"({len(CATALOGUE)} cases)" in __doc__ and len({m.id for m in CATALOGUE}) == len(CATALOGUE)
 
 
-@pytest.mark.parametrize("mistake", CATALOGUE, ids=[m.id for m in CATALOGUE])
+#: the mistakes whose check trains a model or starts a process: the slow tier
+SLOW_MISTAKES = {"new-folder-on-read-only-mount", "read-only-study-folder"}
+
+
+@pytest.mark.parametrize("mistake", [pytest.param(m, id=m.id, marks=[pytest.mark.slow] if m.id in SLOW_MISTAKES else [])
+                                     for m in CATALOGUE])
 def test_study_mistake_is_one_line_exit_2_and_writes_nothing(mistake, tmp_path, monkeypatch, capsys, request):
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -15,6 +15,7 @@ from prism.cli import plugins as plugins_cli
 from prism.cli import train as train_cli
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["train", "evaluate", "data", "plugins"])
 def test_help_works_as_console_script(module):
     out = subprocess.run([sys.executable, "-m", f"prism.cli.{module}", "--help"], capture_output=True, text=True,
@@ -68,6 +69,7 @@ def test_data_cli_synth_and_info(capsys, tmp_path):
     assert "cache file not found" in err
 
 
+@pytest.mark.slow
 def test_train_then_eval_end_to_end(capsys, tiny_cache, tmp_path):
     run = tmp_path / "run"
     code = train_cli.main(["--data", str(tiny_cache), "-o", str(run), *FAST, "train.steps=2"])

@@ -69,6 +69,7 @@ def test_preprocess_crops_normalises_and_relabels(raw, tmp_path):
     assert report.cases == 3 and report.sources_checked == 14 and report.chunks_read > 0
 
 
+@pytest.mark.slow
 def test_parallel_build_equals_serial_and_rebuild_is_skipped(raw, tmp_path):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     build_cache(raw, a, BRATS2020, SETTINGS, workers=1)
@@ -185,6 +186,7 @@ build_cache(sys.argv[1], sys.argv[2], BRATS2020, PreprocessSettings(min_size=8, 
 """
 
 
+@pytest.mark.slow
 def test_killed_preprocess_leaves_nothing_verify_accepts(raw, tmp_path):
     out = tmp_path / "c.h5"
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(raw), str(out)], stdout=subprocess.PIPE,

@@ -23,6 +23,7 @@ def train(run, cache, overrides, nproc):
     return load_checkpoint(run / CHECKPOINT_NAME)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["standard", "meta_drop"])
 def test_two_processes_match_one(tiny_cache, tmp_path, strategy):
     # SGD: Adam would amplify float rounding in near-zero gradients into lr-sized steps
@@ -36,6 +37,7 @@ def test_two_processes_match_one(tiny_cache, tmp_path, strategy):
     assert len(log) == 1 + 2  # rank 0 alone writes the log (steps 2 and 3)
 
 
+@pytest.mark.slow
 def test_global_batch_must_split_evenly(tiny_cache, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     done = subprocess.run([*launcher, "-m", "prism.cli.train", "--data", str(tiny_cache), "-o", str(tmp_path / "r"),

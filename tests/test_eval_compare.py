@@ -98,6 +98,7 @@ def test_compare_reports_pairs_cases_and_averages_combinations():
         compare_reports(a, _report(b_dice, cases=[f"x{i}" for i in range(5)]))
 
 
+@pytest.mark.slow
 def test_compare_cli_on_two_tiny_runs(capsys, tiny_cache, tmp_path):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     assert train_cli.main(["--data", str(tiny_cache), "-o", str(run_a), *FAST, "train.steps=2"]) == 0

@@ -98,6 +98,7 @@ def test_batched_form_matches_per_mask_calls():
     assert dice.max() < 1.0  # the scattered extra voxels are false positives
 
 
+@pytest.mark.slow
 def test_eval_lesion_metrics_flag_adds_them_to_the_report_files(tiny_cache, tmp_path):
     import csv
     import json

@@ -124,6 +124,14 @@ def test_markdown_has_no_cases_column_when_every_case_has_every_modality(missing
     assert "Cases" not in report_markdown(report)
 
 
+@pytest.mark.parametrize(("tta", "said"), [("mirror", True), ("none", False)])
+def test_markdown_says_when_probabilities_were_averaged_over_mirrored_inputs(tta, said):
+    common = {"modalities": ("a",), "regions": ("WT",), "combinations": ["x"], "case_ids": ["c0"]}
+    report = EvalReport(dice=np.array([[[0.5]]]), settings={"tta": tta, "window": [16, 16, 16], "overlap": 0.5},
+                        **common)
+    assert ("averaged over the 8 mirrored inputs" in report_markdown(report)) is said
+
+
 def test_compare_leaves_out_pairs_scored_in_one_report_only():
     dice_a = np.array([[[0.5], [0.7]], [[0.2], [np.nan]]])  # case 1 lacks combination 1 in A
     dice_b = np.array([[[0.6], [0.9]], [[0.2], [0.8]]])
@@ -137,6 +145,7 @@ def test_compare_leaves_out_pairs_scored_in_one_report_only():
     assert mean.diff == pytest.approx(((0.4 - 0.35) + (0.9 - 0.7)) / 2 * 100)
 
 
+@pytest.mark.slow
 def test_prism_eval_needs_no_train_split(capsys, tiny_cache, missing_cache, tmp_path):
     run = tmp_path / "run"
     assert train_cli.main(["--data", str(tiny_cache), "-o", str(run), *FAST, "train.steps=1", "--no-eval"]) == 0

@@ -52,6 +52,7 @@ def test_class_task_loss_is_cross_entropy_plus_soft_dice():
     assert got == pytest.approx(ce + 1 - dice, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_class_tasks_never_use_a_held_out_class(tiny_cache, tmp_path):
     cfg = fast_config("strategy.name=maml", "strategy.options={tasks: class, held_out_classes: [3]}",
                       "train.steps=3", *SGD, cache=tiny_cache)
@@ -84,6 +85,7 @@ def test_held_out_classes_need_class_tasks(tiny_cache, tmp_path):
         Trainer(cfg, tmp_path / "b", cache_path=tiny_cache)
 
 
+@pytest.mark.slow
 def test_fewshot_dice_adapts_with_the_runs_rule_and_leaves_the_model(tiny_cache, tmp_path):
     cfg = fast_config("strategy.name=maml", "strategy.options={tasks: class, held_out_classes: [3], inner_lr: 0.1}",
                       "train.steps=2", cache=tiny_cache)
@@ -111,6 +113,7 @@ def test_fewshot_dice_adapts_with_the_runs_rule_and_leaves_the_model(tiny_cache,
         fewshot_dice(model, strategy, reader, reader.case_ids, classes=[9], shots=[1], steps=1)
 
 
+@pytest.mark.slow
 def test_prism_eval_fewshot_writes_its_report(tiny_cache, tmp_path, capsys):
     from prism.cli.evaluate import main as eval_main
 
@@ -137,6 +140,7 @@ def test_prism_eval_fewshot_writes_its_report(tiny_cache, tmp_path, capsys):
     assert "--classes: the run holds out no class" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_synthetic_extra_classes_hold_out_on_synthetic_data(tmp_path):
     """--extra-classes labels CSF (4, dark on FLAIR) and white-matter hyperintensities (5, bright on FLAIR) in
     the same images; a class-task run holds class 5 out and few-shot evaluation adapts to it."""

@@ -61,6 +61,7 @@ def test_scale_shift_is_the_papers_formula():
         torch.testing.assert_close(model(x), expected)
 
 
+@pytest.mark.slow
 def test_meta_transfer_from_a_trained_run_trains_only_scale_shift_and_head(tiny_cache, tmp_path):
     base = Trainer(fast_config("train.steps=2", cache=tiny_cache), tmp_path / "base", cache_path=tiny_cache)
     base.fit()

@@ -251,6 +251,7 @@ def test_moved_cache_found_with_data_option(world, tmp_path):
     assert (out / f"{MISSING}.nii.gz").is_file()
 
 
+@pytest.mark.slow
 def test_module_entry_point_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "prism.cli.predict", str(tmp_path / "nope"), str(tmp_path),
                            "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)

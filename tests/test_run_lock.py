@@ -58,6 +58,7 @@ def test_flock_is_used_where_it_works(tmp_path):
     assert (tmp_path / "run" / LOCK_NAME).read_text() == ""  # flock's file stays, emptied
 
 
+@pytest.mark.slow
 def test_without_flock_a_lock_file_holds_the_folder_and_refuses_a_second_writer(tmp_path, no_flock, caplog):
     run = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="prism.engine.run_lock"):
@@ -76,6 +77,7 @@ def test_without_flock_a_lock_file_holds_the_folder_and_refuses_a_second_writer(
     assert _second_writer(run).stdout.strip() == "acquired"
 
 
+@pytest.mark.slow
 def test_a_lock_file_of_a_dead_process_on_this_host_is_taken_over(tmp_path, no_flock):
     run = tmp_path / "run"
     run.mkdir()
@@ -141,6 +143,7 @@ def test_an_unknown_lock_kind_is_a_one_line_error(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_trainer_runs_under_the_lock_file(tmp_path, tiny_cache, no_flock):
     from conftest import fast_config
     from prism.engine.trainer import Trainer

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import shutil
 
+import pytest
+
 import yaml
 
 from conftest import FAST
@@ -15,6 +17,7 @@ from prism.engine.checkpoint import load_checkpoint
 from prism.engine.metrics_log import CsvLog
 
 
+@pytest.mark.slow
 def test_relative_data_path_is_recorded_absolute_and_the_run_works_elsewhere(tiny_cache, tmp_path, monkeypatch,
                                                                               capsys):
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"

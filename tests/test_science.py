@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from prism.config import build_config
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 from prism.engine.trainer import Trainer
 
 
+@pytest.mark.slow
 def test_missing_t1ce_hurts_et_and_missing_flair_t2_hurts_wt(tmp_path):
     cache = tmp_path / "science.h5"
     write_synthetic_cache(str(cache), SynthSettings(cases=12, shape=(32, 32, 32), seed=11), test_fraction=0.34)

@@ -45,6 +45,7 @@ def test_the_pattern_catches_what_it_should():
         assert not offending_lines(fine), fine
 
 
+@pytest.mark.slow
 def test_no_file_points_outside_the_repository_or_into_its_history():
     found = []
     for path in tracked_files():

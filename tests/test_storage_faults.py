@@ -87,6 +87,7 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
         write_text_atomic(tmp_path / "missing" / "x.txt", "x")
 
 
+@pytest.mark.slow
 def test_stale_temporaries_only_of_dead_writers(tmp_path):
     mine = temp_path(tmp_path / "last.pt")
     mine.write_bytes(b"")
@@ -99,6 +100,7 @@ def test_stale_temporaries_only_of_dead_writers(tmp_path):
     assert mine.exists()
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(tiny_cache, small_disk, capsys):
     disk = small_disk.mount("1200k")  # run files and one ~0.8 MB checkpoint fit; a second beside it does not
     run = disk / "run"
@@ -110,6 +112,7 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_one(tiny_c
     assert _temporaries(disk) == []
 
 
+@pytest.mark.slow
 def test_read_only_run_folder_is_one_line(tiny_cache, small_disk, capsys):
     disk = small_disk.mount("8m")
     run = disk / "run"
@@ -126,6 +129,7 @@ def test_read_only_run_folder_is_one_line(tiny_cache, small_disk, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_synth_on_a_full_disk_is_one_line_keeps_the_old_cache_and_never_crashes(small_disk):
     disk = small_disk.mount("1500k")
     old = disk / "x.h5"
@@ -148,6 +152,7 @@ sys.exit(main(["synth", "-o", sys.argv[1], "--cases", "8", "--shape", "32", "32"
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["400k", "1100k"])
 def test_disk_filling_during_an_hdf5_write_is_still_one_line_and_no_crash(small_disk, size):
     disk = small_disk.mount(size)
@@ -159,6 +164,7 @@ def test_disk_filling_during_an_hdf5_write_is_still_one_line_and_no_crash(small_
     assert list(disk.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_new_cache_build_removes_only_dead_builders_temporaries(tmp_path):
     from prism.cli.data import main as data_main
 
@@ -173,6 +179,7 @@ def test_a_new_cache_build_removes_only_dead_builders_temporaries(tmp_path):
     assert out.is_file() and live.exists() and not stale.exists()
 
 
+@pytest.mark.slow
 def test_full_disk_while_writing_the_evaluation_report_is_one_line(tiny_cache, small_disk, capsys):
     from prism.cli.evaluate import main as eval_main
 
@@ -207,6 +214,7 @@ def _lock_folder(folder: Path, locked: bool) -> None:
         pytest.skip(f"cannot make a folder unwritable for root here: {done.stderr.decode().strip()}")
 
 
+@pytest.mark.slow
 def test_folder_without_write_permission_is_one_line(tiny_cache, tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()

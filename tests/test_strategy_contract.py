@@ -26,6 +26,7 @@ def flat(params):
     return torch.cat([p.detach().reshape(-1) for p in params])
 
 
+@pytest.mark.slow
 def test_maml_outer_objective_is_the_sum_of_the_task_query_losses(tiny_cache, tmp_path):
     cfg = fast_config("strategy.name=maml", "strategy.options={tasks_per_step: 2, inner_steps: 1, inner_lr: 0.1}",
                       "train.steps=1", *SGD, cache=tiny_cache)

@@ -38,6 +38,7 @@ def test_validation_masks_are_the_single_modalities_then_all():
     assert validation_masks(1).tolist() == [[True]]
 
 
+@pytest.mark.slow
 def test_validation_dice_agrees_with_the_full_evaluation(val_cache, tmp_path):
     trainer = Trainer(_config(val_cache), tmp_path / "run", cache_path=val_cache)
     trainer.fit(stop_at=2)
@@ -57,6 +58,7 @@ def test_validation_dice_agrees_with_the_full_evaluation(val_cache, tmp_path):
     trainer.close()
 
 
+@pytest.mark.slow
 def test_val_every_logs_and_keeps_the_best_weights_and_resume_keeps_the_best(val_cache, tmp_path):
     run = tmp_path / "run"
     trainer = Trainer(_config(val_cache), run, cache_path=val_cache)

@@ -69,6 +69,8 @@ def _settings_line(report: EvalReport) -> str:
     window = s.get("window")
     inference = (f"sliding window {'x'.join(map(str, window))}, overlap {s.get('overlap')}, Gaussian blending"
                  if window else "whole volume")
+    if s.get("tta") == "mirror":
+        inference += ", probabilities averaged over the 8 mirrored inputs"
     parts = [f"{len(report.case_ids)} cases", inference]
     if _counts_differ(report):
         parts.append("a combination is scored for a case only when the case has all of its modalities "
