@@ -132,3 +132,51 @@ def test_the_within_seed_interval_ignores_seed_to_seed_spread():
     d = paired_difference(ref, ref + shift[:, None, None, None], samples=500)
     assert np.allclose(d.within_low, shift.mean()) and np.allclose(d.within_high, shift.mean())
     assert d.low[0] < 0 < d.high[0] and d.verdicts[0] == "no difference shown"
+
+
+# ---- cross-validation folds: the seed stays the replicate ------------------------------------------------------------
+
+def simulate_folds(rng: np.random.Generator, seeds: int, folds: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A study with no true difference, two arms ``[seeds * folds, cases, combinations, regions]`` and each run's
+    seed: as :func:`simulate`, with each seed's offset shared by all its folds (one initialisation, overlapping
+    training sets) and a smaller per-fold offset (sd 1)."""
+    shared = rng.normal(60.0, CASE_SD, (1, 1, CASES, COMBOS, REGIONS))
+    runs = []
+    for _ in range(2):
+        run = (shared + rng.normal(0, SEED_SD, (seeds, 1, 1, 1, REGIONS)) + rng.normal(0, 1.0, (seeds, folds, 1, 1,
+                                                                                                 REGIONS))
+               + rng.normal(0, NOISE_SD, (seeds, folds, CASES, COMBOS, REGIONS)))
+        runs.append(run.reshape(seeds * folds, CASES, COMBOS, REGIONS))
+    return runs[0], runs[1], [s for s in range(seeds) for _ in range(folds)]
+
+
+def test_folds_of_one_seed_are_not_replicates_the_grouped_interval_keeps_its_level():
+    rng = np.random.default_rng(11)
+    grouped = as_units = total = 0
+    for _ in range(1500):
+        ref, other, groups = simulate_folds(rng, seeds=3, folds=3)
+        g = paired_difference(ref, other, samples=0, groups=groups)
+        u = paired_difference(ref, other, samples=0)  # each (seed, fold) run counted as a replicate
+        grouped += int(((g.low > 0) | (g.high < 0)).sum())
+        as_units += int(((u.low > 0) | (u.high < 0)).sum())
+        total += REGIONS
+    assert 0.03 <= grouped / total <= 0.07, grouped / total
+    assert as_units / total > 0.15, as_units / total  # the correlated folds make that interval far too narrow
+
+
+def test_grouped_folds_average_per_seed_and_copies_of_a_seed_add_no_evidence():
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(40, 60, (3, 6, 15, 2))
+    other = ref + rng.normal(2.0, 3.0, (3, 1, 1, 2)) + rng.normal(0, 1.0, ref.shape)
+    seeds_alone = paired_difference(ref, other, samples=200, seed=4)
+    copies = paired_difference(np.repeat(ref, 4, axis=0), np.repeat(other, 4, axis=0), samples=200, seed=4,
+                               groups=[s for s in range(3) for _ in range(4)])
+    for field in ("estimate", "low", "high", "sd", "per_seed", "within_low", "within_high"):
+        assert np.allclose(getattr(copies, field), getattr(seeds_alone, field)), field
+    assert copies.seeds == 3 and copies.per_unit.shape == (12, 2) and copies.verdicts == seeds_alone.verdicts
+    # different folds: a seed's difference is the mean of its folds' differences, in order of first appearance
+    d = paired_difference(ref[[0, 1, 2]], other[[0, 1, 2]], samples=0, groups=[7, 5, 7])
+    by_run = [np.mean(np.nanmean(o - r, axis=0), axis=0) for r, o in zip(ref, other, strict=True)]
+    assert np.allclose(d.per_seed, [(by_run[0] + by_run[2]) / 2, by_run[1]]) and d.seeds == 2
+    with pytest.raises(ValueError, match="one group per unit"):
+        paired_difference(ref, other, samples=0, groups=[0, 1])

@@ -1,4 +1,5 @@
-"""prism-study: run a study (arms x seeds of ordinary prism runs) and report it with intervals over seeds."""
+"""prism-study: run a study (arms x seeds, optionally x folds, of ordinary prism runs) and report it with intervals
+over seeds (with folds, each seed's difference the mean over its folds)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ examples:
   prism-study status s                                every run: finished, queued, running, failed, to resume ...
   prism-study report s                                rewrite the report from the runs' files
 
-Each run is an ordinary prism run folder under STUDY_DIR/runs/ARM/seed-N (prism-eval and prism-predict work on it).
+Each run is an ordinary prism run folder under STUDY_DIR/runs/ARM/seed-N (prism-eval and prism-predict work on it),
+or STUDY_DIR/runs/ARM/seed-N/fold-K when the spec has folds (paired by seed and fold, intervals still over seeds).
 SIGTERM, SIGUSR1 or Ctrl-C stops the study: every running run writes its checkpoint, the command prints how to
 resume and exits with 143 (130 for Ctrl-C); running it again resumes those runs. Slurm jobs go on without it.
 """
@@ -29,7 +31,8 @@ resume and exits with 143 (130 for Ctrl-C); running it again resumes those runs.
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="prism-study", description="Compare methods over seeds: run every arm x seed "
-                                "of a study spec as a prism run, then report means, sds and paired intervals.",
+                                "(x fold) of a study spec as a prism run, then report means, sds and paired "
+                                "intervals.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("run", help="run (or continue) a study, then write its report")
@@ -124,7 +127,7 @@ def _run_study(args: argparse.Namespace, argv: list[str], console: Any, stop: An
                 raise
     if failed:
         print(f"prism-study: {len(failed)} run(s) failed: " + "; ".join(
-            f"{o.arm}/seed-{o.seed}: {o.error}" for o in failed),
+            f"{o.name}: {o.error}" for o in failed),
             file=sys.stderr)
         return 1
     return 0
@@ -132,9 +135,11 @@ def _run_study(args: argparse.Namespace, argv: list[str], console: Any, stop: An
 
 def _stop_summary(done: Any) -> str:
     """``2 to resume (a/seed-0, b/seed-1), 1 to start, 1 finished`` (+ the Slurm jobs that go on)."""
+    from ..study.status import row_name
+
     by_state: dict[str, list[str]] = {}
     for row in done.statuses:
-        by_state.setdefault(row["state"], []).append(f"{row['arm']}/seed-{row['seed']}")
+        by_state.setdefault(row["state"], []).append(row_name(row))
     parts = [f"{len(names)} {state}" + (f" ({', '.join(names)})" if state == "to resume" else "")
              for state, names in by_state.items()]
     if done.jobs_left:

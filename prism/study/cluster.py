@@ -177,7 +177,7 @@ class JobFollower:
 
     def add(self, task: Any, job: Any, note: str = "") -> None:
         self.jobs.append(_Job(task, job))
-        self.log(f"{task.arm}/seed-{task.seed}: job {job.job_id} {note or 'submitted'}")
+        self.log(f"{task.name}: job {job.job_id} {note or 'submitted'}")
 
     def _states(self) -> dict[str, str] | None:
         if self.cluster == "local":
@@ -200,7 +200,7 @@ class JobFollower:
             if state in ACTIVE_STATES:
                 entry.over_since = None
                 if state != entry.state and state in ("PENDING", "RUNNING"):
-                    self.log(f"{entry.task.arm}/seed-{entry.task.seed}: job {job.job_id} "
+                    self.log(f"{entry.task.name}: job {job.job_id} "
                              f"{'queued' if state == 'PENDING' else 'running'}")
                 entry.state = state
                 continue

@@ -1,6 +1,16 @@
-"""The study report: per arm mean and sd over seeds, per-combination table, paired differences against the
-reference arm with t-intervals over seeds and a verdict (:mod:`prism.study.stats`), loss-term shares, flagged
-runs, plots (:mod:`prism.study.plots`).
+"""The study report: per arm mean and sd over runs, per-combination table, paired differences against the
+reference arm with t-intervals over seeds and a verdict (:mod:`prism.study.stats`), loss-term shares,
+flagged runs, plots (:mod:`prism.study.plots`).
+
+The replicate is the seed, with or without ``folds``. Without folds the arm's run and the reference's run of one
+seed trained from the same seed on the same cases, and every run is scored on the same test cases, so their
+difference is the method's. With folds each seed has one run per fold: the arms are paired by (seed, fold), a
+seed's difference is the mean of its folds' differences (its cross-validated difference), and the t-interval is
+over seeds, never over (seed, fold) runs, which are not independent replicates (:mod:`prism.study.stats`). A seed
+enters only when both arms' runs of every fold are usable. In ``report.json`` each comparison's ``per_seed`` is
+keyed by the seed (``"0"``); with folds ``per_unit`` holds each run pair's difference keyed ``"seed-S/fold-K"``,
+``folds`` the folds each seed averages and ``seeds_incomplete`` the seeds left out for a missing fold; the arms'
+``dice_per_seed`` is keyed by the run (``"0"``, or ``"seed-S/fold-K"`` with folds).
 
 Reads only what the runs wrote (``eval.json``, ``train_log.csv``, ``adapt.json``) and the study's ``study.yaml``;
 writes ``report.md``, ``report.json``, ``report.csv`` and PNG plots into the study folder. Every mean is the
@@ -41,13 +51,18 @@ from ..evaluation.writers import hd95_definition
 from .collapse import prediction_collapse
 from .logs import read_train_log, term_shares
 from .plots import plot_adaptation, plot_per_combination, plot_training_curves
-from .spec import ReportSpec, StudySpec
+from .spec import ReportSpec, StudySpec, run_folder, run_name
 from .stats import MIN_SEEDS, TOO_FEW, PairedDifference, detectable_effect, paired_difference, run_metric
 
 REPORT_FILES = ("report.md", "report.json", "report.csv", "dice_per_combination.png", "training_curves.png")
 #: how the report's intervals are made (report.json's "statistics")
 INTERVAL = ("Student's t-interval over the per-seed paired differences (each seed's difference of headline "
             "metrics); the within-seed interval resamples test cases with the seeds fixed")
+#: the same with folds: still over seeds, each seed's difference the mean over its folds
+INTERVAL_FOLDS = ("Student's t-interval over the per-seed paired differences, each seed's difference the mean over "
+                  "its folds of the (seed, fold) runs' differences of headline metrics; the folds of one seed are "
+                  "not independent replicates and never count as such; the within-seed interval resamples test "
+                  "cases with the seeds fixed")
 
 
 @dataclass
@@ -62,10 +77,21 @@ class RunRecord:
     eval: EvalReport | None = None
     log: dict[str, np.ndarray] = field(default_factory=dict)  # column -> values (train_log.csv)
     adapt: dict[str, Any] | None = None
+    fold: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def unit(self) -> tuple[int, int | None]:
+        """The paired unit: (seed, fold), fold None without folds."""
+        return self.seed, self.fold
+
+
+def unit_label(seed: int, fold: int | None) -> str:
+    """A unit's key in report.json: ``"0"`` (the seed), or ``"seed-0/fold-1"`` with folds."""
+    return str(seed) if fold is None else f"seed-{seed}/fold-{fold}"
 
 
 def flag_run(record: RunRecord, settings: ReportSpec) -> None:
@@ -120,29 +146,30 @@ def _scored_final_checkpoint(folder: Path) -> bool:
 
 
 def load_runs(spec: StudySpec, study_dir: Path) -> list[RunRecord]:
-    """Every planned run's files, flagged."""
-    records = []
-    for arm in spec.arms:
-        for seed in spec.seeds:
-            folder = study_dir / "runs" / arm / f"seed-{seed}"
-            rec = RunRecord(arm=arm, seed=seed, folder=folder)
-            path = folder / "eval.json"
-            if path.is_file():
-                try:
-                    rec.eval = EvalReport.from_dict(json.loads(path.read_text()), str(path))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: not JSON ({exc})") from None
-            rec.log = read_train_log(folder / "train_log.csv")
-            adapt = folder / "adapt.json"
-            if adapt.is_file():
-                rec.adapt = json.loads(adapt.read_text())
-            flag_run(rec, spec.report)
-            if rec.eval is not None and not _scored_final_checkpoint(folder):
-                rec.eval = None
-                rec.status, rec.reason = "missing", ("stale eval.json: it did not score the final checkpoint (rerun "
-                                                     "the study to evaluate it)")
-            records.append(rec)
-    return records
+    """Every planned run's files (arms, then seeds, then folds), flagged."""
+    return [_load_run(spec, study_dir, arm, seed, fold)
+            for arm in spec.arms for seed in spec.seeds for fold in spec.fold_indices]
+
+
+def _load_run(spec: StudySpec, study_dir: Path, arm: str, seed: int, fold: int | None) -> RunRecord:
+    folder = study_dir / run_folder(arm, seed, fold)
+    rec = RunRecord(arm=arm, seed=seed, folder=folder, fold=fold)
+    path = folder / "eval.json"
+    if path.is_file():
+        try:
+            rec.eval = EvalReport.from_dict(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not JSON ({exc})") from None
+    rec.log = read_train_log(folder / "train_log.csv")
+    adapt = folder / "adapt.json"
+    if adapt.is_file():
+        rec.adapt = json.loads(adapt.read_text())
+    flag_run(rec, spec.report)
+    if rec.eval is not None and not _scored_final_checkpoint(folder):
+        rec.eval = None
+        rec.status, rec.reason = "missing", ("stale eval.json: it did not score the final checkpoint (rerun "
+                                             "the study to evaluate it)")
+    return rec
 
 
 def _sd(values: np.ndarray) -> np.ndarray:
@@ -154,14 +181,33 @@ def _sd(values: np.ndarray) -> np.ndarray:
         return np.nanstd(values, axis=0, ddof=1)
 
 
-def _paired(records: list[RunRecord], ref: str, arm: str, metric: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """``[S, N, C, R]`` arrays of the seeds where both arms' runs are ok, on the cases both were scored on."""
-    by = {(r.arm, r.seed): r for r in records}
-    seeds = sorted({r.seed for r in records
-                    if r.arm == arm and r.ok and (ref, r.seed) in by and by[(ref, r.seed)].ok})
+def _paired_units(records: list[RunRecord], ref: str, arm: str, folds: list[int] | None
+                  ) -> tuple[list[tuple[int, int | None]], list[int]]:
+    """(the units where both arms' runs are ok, the seeds left out for a fold without both runs ok).
+
+    Without folds a unit is a seed. With folds it is a (seed, fold) run, and a seed is kept only when both arms'
+    runs of every one of ``folds`` are ok, so that every seed's difference averages the same folds.
+    """
+    by = {(r.arm, *r.unit): r for r in records}
+    units = sorted({r.unit for r in records
+                    if r.arm == arm and r.ok and (ref, *r.unit) in by and by[(ref, *r.unit)].ok},
+                   key=lambda u: (u[0], -1 if u[1] is None else u[1]))
+    if folds is None:
+        return units, []
+    complete = {s for s in {s for s, _ in units} if all((s, k) in units for k in folds)}
+    incomplete = sorted({r.seed for r in records} - complete)
+    return [u for u in units if u[0] in complete], incomplete
+
+
+def _paired(records: list[RunRecord], ref: str, arm: str, metric: str, folds: list[int] | None = None
+            ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int | None]]]:
+    """``[U, N, C, R]`` arrays of the paired units (:func:`_paired_units`: seeds, or the (seed, fold) runs of the
+    seeds whose every fold is paired), on the cases both were scored on, and the units."""
+    by = {(r.arm, *r.unit): r for r in records}
+    units, _ = _paired_units(records, ref, arm, folds)
     a, b = [], []
-    for s in seeds:
-        ra, rb = by[(ref, s)].eval, by[(arm, s)].eval
+    for unit in units:
+        ra, rb = by[(ref, *unit)].eval, by[(arm, *unit)].eval
         assert ra is not None and rb is not None
         common = [c for c in ra.case_ids if c in set(rb.case_ids)]
         va, vb = getattr(ra.subset(common), metric), getattr(rb.subset(common), metric)
@@ -169,9 +215,9 @@ def _paired(records: list[RunRecord], ref: str, arm: str, metric: str) -> tuple[
             return np.zeros((0,)), np.zeros((0,)), []
         a.append(va)
         b.append(vb)
-    if not seeds or len({x.shape for x in a}) > 1:  # runs scored on different case sets cannot be stacked
+    if not units or len({x.shape for x in a}) > 1:  # runs scored on different case sets cannot be stacked
         return np.zeros((0,)), np.zeros((0,)), []
-    return np.stack(a), np.stack(b), seeds
+    return np.stack(a), np.stack(b), units
 
 
 def _floats(values: np.ndarray) -> list[float | None]:
@@ -187,6 +233,7 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
     has_hd = all(r.eval.hd95 is not None for r in records if r.ok and r.eval is not None)
     ref = spec.reference_arm
     settings = spec.report
+    folds = spec.folds is not None
     arms: dict[str, Any] = {}
     for arm in spec.arms:
         ok = [r for r in records if r.arm == arm and r.ok]
@@ -194,8 +241,9 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
         per_combo = np.array([r.eval.mean_dice() * 100 for r in ok]).reshape(len(ok), len(combinations),
                                                                               len(regions))
         entry: dict[str, Any] = {
-            "seeds_used": [r.seed for r in ok], "dice_mean": _floats(nanmean_rows(dice)), "dice_sd": _floats(_sd(dice)),
-            "dice_per_seed": {str(r.seed): _floats(d) for r, d in zip(ok, dice, strict=True)},
+            "seeds_used": [r.seed for r in ok], **({"folds_used": [r.fold for r in ok]} if folds else {}),
+            "dice_mean": _floats(nanmean_rows(dice)), "dice_sd": _floats(_sd(dice)),
+            "dice_per_seed": {unit_label(*r.unit): _floats(d) for r, d in zip(ok, dice, strict=True)},
             "per_combination_dice_mean": [_floats(v) for v in nanmean_rows(per_combo)],
             "per_combination_dice_sd": [_floats(v) for v in _sd(per_combo)],
         }
@@ -208,15 +256,26 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
         if arm != ref:
             entry["vs_reference"] = {}
             for metric, scale in (("dice", 100.0), *((("hd95", 1.0),) if has_hd else ())):
-                a, b, seeds = _paired(records, ref, arm, metric)
-                if not seeds:
+                fold_list = spec.folds.indices if spec.folds is not None else None
+                a, b, units = _paired(records, ref, arm, metric, fold_list)
+                if not units:
                     entry["vs_reference"][metric] = None
                     continue
+                seeds = list(dict.fromkeys(s for s, _ in units))
                 d: PairedDifference = paired_difference(a * scale, b * scale, samples=settings.bootstrap_samples,
                                                         confidence=settings.confidence, seed=settings.seed,
-                                                        higher_is_better=metric == "dice")
+                                                        higher_is_better=metric == "dice",
+                                                        groups=[s for s, _ in units] if folds else None)
+                by_fold: dict[str, Any] = {}
+                if folds:
+                    assert d.per_unit is not None
+                    by_fold = {"folds": fold_list,
+                               "seeds_incomplete": _paired_units(records, ref, arm, fold_list)[1],
+                               "per_unit": {unit_label(*u): _floats(v)
+                                            for u, v in zip(units, d.per_unit, strict=True)}}
                 entry["vs_reference"][metric] = {
-                    "seeds": seeds, "cases": d.cases, "difference": _floats(d.estimate), "low": _floats(d.low),
+                    "seeds": seeds, **by_fold,
+                    "cases": d.cases, "difference": _floats(d.estimate), "low": _floats(d.low),
                     "high": _floats(d.high), "sd_over_seeds": _floats(d.sd), "verdict": d.verdicts,
                     "within_seed_low": _floats(d.within_low), "within_seed_high": _floats(d.within_high),
                     "detectable_effect_80": _floats(np.array([detectable_effect(float(v), d.seeds,
@@ -224,14 +283,17 @@ def summarise(spec: StudySpec, records: list[RunRecord]) -> dict[str, Any]:
                                                               for v in d.sd])),
                     "per_seed": {str(s): _floats(v) for s, v in zip(seeds, d.per_seed, strict=True)}}
         arms[arm] = entry
-    runs = [{"arm": r.arm, "seed": r.seed, "folder": str(r.folder), "status": r.status, "reason": r.reason,
+    runs = [{"arm": r.arm, "seed": r.seed, "fold": r.fold, "folder": str(r.folder), "status": r.status,
+             "reason": r.reason,
              "dice": _floats(run_metric(r.eval.dice) * 100) if r.eval is not None else None,
              "hd95": (_floats(run_metric(r.eval.hd95)) if r.eval is not None and r.eval.hd95 is not None else None)}
             for r in records]
     return {"name": spec.name, "description": spec.description, "reference": ref, "regions": regions,
-            "combinations": combinations, "seeds": spec.seeds, "arms": arms, "runs": runs,
-            "conventions": conventions(records),
-            "statistics": {"interval": INTERVAL, "confidence": settings.confidence, "min_seeds": MIN_SEEDS,
+            "combinations": combinations, "seeds": spec.seeds, "folds": spec.folds.indices if folds else None,
+            "arms": arms, "runs": runs, "conventions": conventions(records),
+            "statistics": {"unit": "seed (mean over its folds)" if folds else "seed",
+                           "interval": INTERVAL_FOLDS if folds else INTERVAL, "confidence": settings.confidence,
+                           "min_seeds": MIN_SEEDS,
                            "within_seed_samples": settings.bootstrap_samples, "within_seed_seed": settings.seed},
             "adaptation": _adaptation_summary(spec, records)}
 
@@ -281,22 +343,28 @@ def report_markdown(summary: dict[str, Any]) -> str:
     regions, ref = summary["regions"], summary["reference"]
     st, conv = summary["statistics"], summary["conventions"]
     level = f"{st['confidence'] * 100:g}%"
+    folds = summary.get("folds")
+    over = "the seed × fold runs" if folds else "seeds"
     lines = [f"# Study '{summary['name']}'", ""]
     if summary["description"]:
         lines += [summary["description"], ""]
-    lines += [f"Seeds {summary['seeds']}; reference arm **{ref}**. Dice in %, HD95 in mm: for each run the "
-              f"{conv['averaging']}; below, the mean and sd of that over seeds. HD95: "
+    axes = f"Seeds {summary['seeds']}" + (f" x folds {folds} (one run per seed and fold, every run scored on the "
+                                          "same test cases)" if folds else "")
+    lines += [f"{axes}; reference arm **{ref}**. Dice in %, HD95 in mm: for each run the "
+              f"{conv['averaging']}; below, the mean and sd of that over {over}. HD95: "
               + ("not computed" if conv["hd95"] is None else hd95_definition(conv["hd95"])
                  if not conv["hd95"].startswith("mixed") else conv["hd95"])
               + ("" if conv["lesion"] is None else f"; lesion-wise metrics: {conv['lesion']}") + ".", ""]
     flagged = [r for r in summary["runs"] if r["status"] != "ok"]
     if flagged:
         lines.append("**Left out of every mean and difference:**")
-        lines += [f"- {r['arm']}/seed-{r['seed']}: {r['status']}: {r['reason']}" for r in flagged]
+        lines += [f"- {run_name(r['arm'], r['seed'], r.get('fold'))}: {r['status']}: {r['reason']}"
+                  for r in flagged]
         lines.append("")
     has_hd = any("hd95_mean" in a for a in summary["arms"].values())
-    cols = ["Arm", "Seeds", *(f"{r} Dice" for r in regions), *((f"{r} HD95" for r in regions) if has_hd else ())]
-    lines += ["## Mean over the combinations (mean ± sd over seeds)", "",
+    cols = ["Arm", "Runs" if folds else "Seeds", *(f"{r} Dice" for r in regions),
+            *((f"{r} HD95" for r in regions) if has_hd else ())]
+    lines += [f"## Mean over the combinations (mean ± sd over {over})", "",
               "| " + " | ".join(cols) + " |", "|:---|---:|" + "---:|" * (len(cols) - 2)]
     for arm, a in summary["arms"].items():
         cells = [f"**{arm}**" if arm == ref else arm, str(len(a["seeds_used"]))]
@@ -305,22 +373,44 @@ def report_markdown(summary: dict[str, Any]) -> str:
             cells += [f"{_f(m)} ± {_f(s)}" for m, s in zip(a.get("hd95_mean", [None] * len(regions)),
                                                           a.get("hd95_sd", [None] * len(regions)), strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"## Paired differences against '{ref}' ({level} intervals over seeds)", "",
-              f"Difference = arm − {ref}, paired by seed: each seed's difference of the two runs' means, then their "
-              f"mean. Interval: Student's t over those per-seed differences ({level}). Verdict: with fewer than "
-              f"{st['min_seeds']} seeds, '{TOO_FEW}'; otherwise better or worse when the interval excludes 0, else "
-              "'no difference shown'. 'Within-seed' resamples the test cases with the seeds fixed "
-              f"({st['within_seed_samples']} draws, seed {st['within_seed_seed']}): it shows how much the test set "
-              "alone moves the estimate and is no evidence of a difference between methods. '80% power' is the "
-              "smallest difference these seeds would detect 4 times in 5, given the sd of the per-seed "
-              "differences.", "",
-              f"| Arm | Metric | Region | Difference | {level} interval (seeds) | Verdict | Within-seed (cases) | "
+    if folds:
+        lines += ["", f"## Paired differences against '{ref}' ({level} intervals over seeds)", "",
+                  f"Difference = arm − {ref}, paired by seed and fold: the two runs of one seed and one fold trained "
+                  "from the same seed on the same cases; a seed's difference is the mean over its folds of those "
+                  "runs' differences of means (its cross-validated difference), and the estimate is the mean over "
+                  f"seeds. Interval: Student's t over the per-seed differences ({level}). The folds of one seed are "
+                  "not independent replicates (their training sets overlap and every run is scored on the same test "
+                  "cases), so they never count as such: K folds narrow the interval only through a better per-seed "
+                  "estimate, and a seed enters only when both arms' runs of every fold are usable"
+                  + (" (with one seed there is no interval: run more seeds)" if len(summary["seeds"]) == 1 else "")
+                  + f". Verdict: with fewer than {st['min_seeds']} seeds, '{TOO_FEW}'; otherwise better or worse "
+                  "when the interval excludes 0, else 'no difference shown'. 'Within-seed' resamples the test cases "
+                  f"with the seeds fixed ({st['within_seed_samples']} draws, seed {st['within_seed_seed']}): it shows "
+                  "how much the test set alone moves the estimate and is no evidence of a difference between "
+                  "methods. '80% power' is the smallest difference these seeds would detect 4 times in 5, given the "
+                  "sd of the per-seed differences.", ""]
+        incomplete = {arm: d["seeds_incomplete"] for arm, a in summary["arms"].items()
+                      for d in [(a.get("vs_reference") or {}).get("dice")] if d and d.get("seeds_incomplete")}
+        lines += [f"Seeds left out of {arm}'s comparison (a fold without both runs usable): {seeds}."
+                  for arm, seeds in incomplete.items()] + ([""] if incomplete else [])
+    else:
+        lines += ["", f"## Paired differences against '{ref}' ({level} intervals over seeds)", "",
+                  f"Difference = arm − {ref}, paired by seed: each seed's difference of the two runs' means, then "
+                  f"their mean. Interval: Student's t over those per-seed differences ({level}). Verdict: with fewer "
+                  f"than {st['min_seeds']} seeds, '{TOO_FEW}'; otherwise better or worse when the interval excludes "
+                  "0, else 'no difference shown'. 'Within-seed' resamples the test cases with the seeds fixed "
+                  f"({st['within_seed_samples']} draws, seed {st['within_seed_seed']}): it shows how much the test "
+                  "set alone moves the estimate and is no evidence of a difference between methods. '80% power' is "
+                  "the smallest difference these seeds would detect 4 times in 5, given the sd of the per-seed "
+                  "differences.", ""]
+    lines += [f"| Arm | Metric | Region | Difference | {level} interval (seeds) | Verdict | Within-seed (cases) | "
               "80% power |", "|:---|:---|:---|---:|:---:|:---|:---:|---:|"]
     for arm, a in summary["arms"].items():
         for metric, d in (a.get("vs_reference") or {}).items():
             unit = "Dice (points)" if metric == "dice" else "HD95 (mm)"
             if d is None:
-                lines.append(f"| {arm} | {unit} | | n/a (no seed with both runs usable) | | | | |")
+                every = " on every fold" if folds else ""
+                lines.append(f"| {arm} | {unit} | | n/a (no seed with both runs usable{every}) | | | | |")
                 continue
             for i, r in enumerate(regions):
                 lines.append(f"| {arm} | {unit} | {r} | {_f(d['difference'][i], signed=True)} | "
@@ -331,12 +421,13 @@ def report_markdown(summary: dict[str, Any]) -> str:
     shares = {arm: a["term_shares"] for arm, a in summary["arms"].items() if a.get("term_shares")}
     if shares:
         parts = sorted({p for v in shares.values() for p in v})
-        lines += ["", "## Loss terms' shares of the total (%, mean over each run's logged rows, then over seeds)", "",
+        lines += ["", f"## Loss terms' shares of the total (%, mean over each run's logged rows, then over {over})",
+                  "",
                   "| Arm | " + " | ".join(parts) + " |", "|:---|" + "---:|" * len(parts)]
         for arm, v in shares.items():
             lines.append(f"| {arm} | " + " | ".join(_f(None if v.get(p) is None else v[p] * 100, 1) for p in parts)
                          + " |")
-    lines += ["", "## Dice (%) per combination (mean over seeds)", ""]
+    lines += ["", f"## Dice (%) per combination (mean over {over})", ""]
     arms = list(summary["arms"])
     head = ["#", "Modalities", *(f"{arm} {r}" for arm in arms for r in regions)]
     lines += ["| " + " | ".join(head) + " |", "|---:|:---|" + "---:|" * (len(head) - 2)]
@@ -348,18 +439,21 @@ def report_markdown(summary: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     adapt = summary.get("adaptation")
     if adapt:
-        lines += ["", "## Adaptation to a held-out site (Dice %, mean ± sd over seeds)", ""]
+        lines += ["", f"## Adaptation to a held-out site (Dice %, mean ± sd over {over})", ""]
         for arm, a in adapt.items():
             lines += [f"**{arm}** (site '{a['site']}', {a['runs']} runs)", "",
                       "| Steps | " + " | ".join(regions) + " |", "|---:|" + "---:|" * len(regions)]
             for k, m, s in zip(a["steps"], a["dice_mean"], a["dice_sd"], strict=True):
                 lines.append(f"| {k} | " + " | ".join(f"{_f(x)} ± {_f(y)}" for x, y in zip(m, s, strict=True)) + " |")
             lines.append("")
-    lines += ["", "## Runs", "", "| Arm | Seed | Status | " + " | ".join(f"{r} Dice" for r in regions) + " |",
-              "|:---|---:|:---|" + "---:|" * len(regions)]
+    fold_head, fold_rule = ("Fold | ", "---:|") if folds else ("", "")
+    lines += ["", "## Runs", "", f"| Arm | Seed | {fold_head}Status | " + " | ".join(f"{r} Dice" for r in regions)
+              + " |", f"|:---|---:|{fold_rule}:---|" + "---:|" * len(regions)]
     for r in summary["runs"]:
         dice = r["dice"] or [None] * len(regions)
-        lines.append(f"| {r['arm']} | {r['seed']} | {r['status']} | " + " | ".join(_f(v) for v in dice) + " |")
+        fold = f"{r['fold']} | " if folds else ""
+        lines.append(f"| {r['arm']} | {r['seed']} | {fold}{r['status']} | " + " | ".join(_f(v) for v in dice)
+                     + " |")
     lines.append("")
     lines.append("Plots: dice_per_combination.png, training_curves.png (the fused segmentation loss and each loss "
                  "term, never the total)" + (", adaptation_curves.png" if adapt else "") + ".")
@@ -367,16 +461,18 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 
 def report_csv(summary: dict[str, Any]) -> str:
-    """One row per run and region: arm, seed, status, region, Dice and HD95 (15-combination means)."""
+    """One row per run and region: arm, seed (fold, with folds), status, region, Dice and HD95 (the headline
+    means)."""
+    folds = bool(summary.get("folds"))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["arm", "seed", "status", "region", "dice", "hd95_mm", "reason"])
+    w.writerow(["arm", "seed", *(["fold"] if folds else []), "status", "region", "dice", "hd95_mm", "reason"])
     for r in summary["runs"]:
         for i, region in enumerate(summary["regions"]):
             dice = r["dice"][i] if r["dice"] else None
             hd = r["hd95"][i] if r["hd95"] else None
-            w.writerow([r["arm"], r["seed"], r["status"], region, "" if dice is None else dice,
-                        "" if hd is None else hd, r["reason"]])
+            w.writerow([r["arm"], r["seed"], *([r["fold"]] if folds else []), r["status"], region,
+                        "" if dice is None else dice, "" if hd is None else hd, r["reason"]])
     return buf.getvalue()
 
 

@@ -1,11 +1,13 @@
-"""Run a study: every arm x seed as an ordinary prism run (the Trainer), skipping finished runs, resuming cut ones.
+"""Run a study: every arm x seed (x fold) as an ordinary prism run (the Trainer), skipping finished runs, resuming
+cut ones.
 
 Layout of a study folder::
 
     STUDY_DIR/study.yaml            the spec as run (validated, defaults filled in)
     STUDY_DIR/status.json           where every run stood when the last prism-study run ended
-    STUDY_DIR/data/synthetic-*.h5   the generated cache (synthetic studies only)
+    STUDY_DIR/data/synthetic-*.h5   the generated cache (synthetic studies only; with the fold splits of ``folds``)
     STUDY_DIR/runs/ARM/seed-N/      one prism run folder each (config.yaml, last.pt, train_log.csv, eval.*, adapt.*)
+    STUDY_DIR/runs/ARM/seed-N/fold-K/   the same, one per fold, when the spec has ``folds``
     STUDY_DIR/submitit/             submitit's job files and logs (executor submitit)
     STUDY_DIR/report.*              written by :func:`prism.study.report.write_study_report`
 
@@ -41,8 +43,9 @@ from ..config import Config, config_to_yaml, load_yaml
 from ..data.cache_format import settings_hash
 from ..errors import ConfigError
 from .cluster import ExecutorOptions, dispatch_submitit
+from .folds import check_folds_before_writing
 from .run_state import ERROR_NAME, read_run_folder
-from .spec import PlannedRun, StudySpec, plan_runs, spec_to_yaml
+from .spec import PlannedRun, StudySpec, plan_runs, run_name, spec_to_yaml
 
 SPEC_NAME = "study.yaml"
 STATUS_NAME = "status.json"
@@ -61,6 +64,11 @@ class RunTask:
     train: bool  # False: training and evaluation are done, only the adaptation curve is missing
     adapt: dict[str, Any] | None
     threads: int | None = None
+    fold: int | None = None
+
+    @property
+    def name(self) -> str:
+        return run_name(self.arm, self.seed, self.fold)
 
 
 @dataclass
@@ -74,6 +82,11 @@ class RunOutcome:
     seconds: float
     error: str = ""
     preempted: bool = False
+    fold: int | None = None
+
+    @property
+    def name(self) -> str:
+        return run_name(self.arm, self.seed, self.fold)
 
 
 @dataclass
@@ -128,11 +141,19 @@ def cache_path(spec: StudySpec, study_dir: Path) -> Path:
 
 
 def prepare_data(spec: StudySpec, study_dir: Path) -> Path:
-    """The study's cache: ``data.cache``, or the synthetic one generated (once, atomically) into the study folder."""
+    """The study's cache: ``data.cache``, or the synthetic one generated (once, atomically) into the study folder,
+    with the fold splits of ``folds`` (:mod:`prism.study.folds`) written into it.
+
+    Raises:
+        ConfigError: the given cache is missing, or lacks the spec's folds.
+    """
+    from .folds import check_cache_folds, write_synthetic_folds
+
     path = cache_path(spec, study_dir)
     if spec.data.cache is not None:
         if not spec.data.cache.is_file():
             raise ConfigError(f"data.cache: {spec.data.cache} not found")
+        check_cache_folds(spec, path)
         return path
     from ..data_tools.synthetic import SynthSettings, write_synthetic_cache
 
@@ -145,6 +166,7 @@ def prepare_data(spec: StudySpec, study_dir: Path) -> Path:
                               test_fraction=syn.test_fraction, val_fraction=syn.val_fraction,
                               hold_out_sites=[syn.hold_out_site] if syn.hold_out_site else (),
                               missing_rates=syn.missing_rates)
+    write_synthetic_folds(spec, path)
     return path
 
 
@@ -205,7 +227,7 @@ def execute_run(task: RunTask, stop: Any = None) -> RunOutcome:
     t0 = time.perf_counter()
 
     def outcome(ok: bool, error: str = "", preempted: bool = False) -> RunOutcome:
-        return RunOutcome(task.arm, task.seed, ok, time.perf_counter() - t0, error, preempted)
+        return RunOutcome(task.arm, task.seed, ok, time.perf_counter() - t0, error, preempted, task.fold)
 
     def check_stop(*_: Any) -> None:
         if stop.received is not None:
@@ -273,12 +295,12 @@ def make_tasks(todo: list[PlannedRun], state: StudyState, spec: StudySpec, study
             adapt["patch_size"] = tuple(adapt["patch_size"]) if adapt["patch_size"] else None
         tasks.append(RunTask(arm=run.arm, seed=run.seed, run_dir=str((study_dir / run.folder).resolve()),
                              config_yaml=config_to_yaml(run.config), cache=str(cache), resume=id(run) in resume,
-                             train=id(run) not in adapt_only, adapt=adapt, threads=threads))
+                             train=id(run) not in adapt_only, adapt=adapt, threads=threads, fold=run.fold))
     return tasks
 
 
 def _died(task: RunTask, why: str) -> RunOutcome:
-    return RunOutcome(task.arm, task.seed, False, 0.0, why)
+    return RunOutcome(task.arm, task.seed, False, 0.0, why, fold=task.fold)
 
 
 def dispatch(tasks: list[RunTask], options: ExecutorOptions, study_dir: Path, on_done: Callable[[RunOutcome], None],
@@ -354,12 +376,14 @@ def run_study(spec: StudySpec, study_dir: Path, *, options: ExecutorOptions = Ex
     check_synthetic_shape(spec, runs)
     if spec.data.cache is not None and not spec.data.cache.is_file():
         raise ConfigError(f"data.cache: {spec.data.cache} not found")
+    check_folds_before_writing(spec, cache)  # a given cache without the folds, or folds that cannot be cut
     ensure_folder(study_dir)
     state = assess(runs, study_dir)
     write_text_atomic(study_dir / SPEC_NAME, spec_to_yaml(spec))
     prepare_data(spec, study_dir)
     total = len(runs)
-    log(f"study '{spec.name}': {len(spec.arms)} arms x {len(spec.seeds)} seeds = {total} runs; "
+    folds = "" if spec.folds is None else f" x {len(spec.folds.indices)} folds"
+    log(f"study '{spec.name}': {len(spec.arms)} arms x {len(spec.seeds)} seeds{folds} = {total} runs; "
         f"{len(state.finished)} finished, {len(state.resume)} to resume, {len(state.fresh)} to start"
         + (f", {len(state.adapt_only)} to adapt" if state.adapt_only else ""))
     threads = None
@@ -369,7 +393,7 @@ def run_study(spec: StudySpec, study_dir: Path, *, options: ExecutorOptions = Ex
     counter = {"done": len(state.finished)}
 
     def on_done(outcome: RunOutcome) -> None:
-        name = f"{outcome.arm}/seed-{outcome.seed}"
+        name = outcome.name
         if outcome.preempted:
             log(f"{name} {outcome.error}")
             return

@@ -1,9 +1,11 @@
-"""A study spec (YAML): the data, a base config, the arms, the seeds, the reference arm and the evaluation.
+"""A study spec (YAML): the data, a base config, the arms, the seeds, the folds, the reference arm and the
+evaluation.
 
-Every arm x seed becomes an ordinary prism :class:`~prism.config.Config`, built exactly as ``prism-train`` builds
-one: the defaults, then the preset or config file, then the spec's ``base`` sections, then the arm's ``config``
-sections (mappings merged, lists replaced), then the spec's ``overrides``, then the arm's ``overrides`` (dotted
-``field=value`` strings), then ``train.seed`` and ``data.cache``. Unknown fields are errors naming the field.
+Every arm x seed (x fold, with ``folds``) becomes an ordinary prism :class:`~prism.config.Config`, built exactly as
+``prism-train`` builds one: the defaults, then the preset or config file, then the spec's ``base`` sections, then
+the arm's ``config`` sections (mappings merged, lists replaced), then the spec's ``overrides``, then the arm's
+``overrides`` (dotted ``field=value`` strings), then ``train.seed``, ``data.fold`` (with ``folds``) and
+``data.cache``. Unknown fields are errors naming the field.
 
 Example::
 
@@ -16,6 +18,7 @@ Example::
       prism: {config: {losses: [{name: fuse}, {name: pixel_kl, weight: 0.5}]}}
     reference: baseline
     seeds: [0, 1]
+    folds: 5              # optional: 5-fold cross-validation of the train split, every arm x seed x fold a run
 """
 
 from __future__ import annotations
@@ -48,14 +51,14 @@ class SyntheticData(_Model):
     ``heldout``) for adaptation.
     """
 
-    cases: int = Field(24, ge=4)
-    shape: tuple[int, int, int] = (48, 48, 48)  # every size at least MIN_SYNTHETIC_SIZE
-    seed: int = 0
-    sites: int = Field(1, ge=1)
-    hold_out_site: str | None = None
-    test_fraction: float = Field(0.25, gt=0, lt=1)
-    val_fraction: float = Field(0.0, ge=0, lt=1)
-    missing_rates: str | None = None
+    cases: int = Field(24, ge=4)  # number of phantoms
+    shape: tuple[int, int, int] = (48, 48, 48)  # volume size D H W, every size at least 8 voxels
+    seed: int = 0  # generation seed (phantoms, splits and drawn availability)
+    sites: int = Field(1, ge=1)  # number of simulated sites (scanners), dealt to the cases in turn
+    hold_out_site: str | None = None  # a site (e.g. site1) whose cases form split 'heldout', kept out of training
+    test_fraction: float = Field(0.25, gt=0, lt=1)  # share of the cases in the test split
+    val_fraction: float = Field(0.0, ge=0, lt=1)  # share of the cases in the val split
+    missing_rates: str | None = None  # availability of the training cases: mr2468 or flair=0.6,t1=0.4,...
 
     @field_validator("shape")
     @classmethod
@@ -68,7 +71,7 @@ class SyntheticData(_Model):
 class DataSpec(_Model):
     """Either an existing prism cache or a synthetic dataset description."""
 
-    cache: Path | None = None
+    cache: Path | None = None  # an existing prism cache (prism-data preprocess or synth)
     synthetic: SyntheticData | None = None
 
     @model_validator(mode="after")
@@ -82,24 +85,24 @@ class ArmSpec(_Model):
     """One arm: config sections merged over the base, and dotted overrides. ``adapt``: also run the study's
     adaptation curve for this arm's runs (None: when the study has an ``adapt`` section)."""
 
-    config: dict[str, Any] = {}
-    overrides: list[str] = []
-    adapt: bool | None = None
+    config: dict[str, Any] = {}  # config sections merged over the study's base (mappings merged, lists replaced)
+    overrides: list[str] = []  # dotted field=value overrides, applied after the spec's own overrides
+    adapt: bool | None = None  # run the adaptation curve for this arm (None: when the study has an adapt section)
 
 
 class AdaptSpec(_Model):
     """Adaptation curves (``prism-eval adapt``) for the runs of arms that ask for them."""
 
-    site: str
-    steps: list[int] = list(DEFAULT_STEPS)
-    support: int = Field(DEFAULT_SUPPORT, ge=1)
-    draws: int = Field(DEFAULT_DRAWS, ge=1)
+    site: str  # the site adapted to (a site of the cache, e.g. the synthetic data's hold_out_site)
+    steps: list[int] = list(DEFAULT_STEPS)  # adaptation step counts K of the curve
+    support: int = Field(DEFAULT_SUPPORT, ge=1)  # support cases per draw
+    draws: int = Field(DEFAULT_DRAWS, ge=1)  # support draws per step count
     lr: float | None = Field(None, gt=0)  # None: the strategy's own step size (fine_tune: the run's eval.adapt_lr)
     rule: str = DEFAULT_RULE  # the run's own Strategy.adapt, or "fine_tune"
     optimizer: str | None = None  # fine_tune only (None: the run's eval.adapt_optimizer)
-    patch_size: tuple[int, int, int] | None = None
+    patch_size: tuple[int, int, int] | None = None  # patch the support batches are cut to (None: whole volumes)
     split: str | None = None  # where the site's cases come from (default: 'heldout' if the cache has it)
-    max_query: int | None = Field(None, ge=1)
+    max_query: int | None = Field(None, ge=1)  # at most this many query cases scored per draw (None: all)
 
     @field_validator("steps")
     @classmethod
@@ -112,27 +115,65 @@ class AdaptSpec(_Model):
 class ReportSpec(_Model):
     """How the report aggregates: bootstrap size and level, and the thresholds that flag collapsed runs."""
 
-    bootstrap_samples: int = Field(10000, ge=100)
-    confidence: float = Field(0.95, gt=0, lt=1)
-    seed: int = 0
+    bootstrap_samples: int = Field(10000, ge=100)  # draws of the within-seed bootstrap over test cases
+    confidence: float = Field(0.95, gt=0, lt=1)  # level of every interval
+    seed: int = 0  # the within-seed bootstrap's seed
     collapse_loss_ratio: float = Field(0.95, gt=0)  # late loss >= ratio x early loss: stuck
     collapse_dice: float = Field(0.02, ge=0, le=1)  # every region's median Dice below this: constant prediction
     collapse_stuck_dice: float = Field(0.10, ge=0, le=1)  # a stuck loss flags a run only when no region reaches this
 
 
+class FoldsSpec(_Model):
+    """Cross-validation folds as a study axis: every arm x seed x fold is a run (``runs/ARM/seed-S/fold-K``) with
+    ``data.fold=K``, training on split ``foldK_train`` and validating (``train.val_every``) on ``foldK_val``; every
+    run is evaluated on the study's ``eval.split`` (the test split), which no fold trains on.
+
+    Written ``folds: K`` (all K folds), ``folds: [0, 2]`` (those folds of a given cache's split) or
+    ``folds: {count: K, use: [...], seed: S}``. A synthetic study cuts its cache's train split into ``count`` folds
+    itself (as ``prism-data split --folds``); a given cache must already hold them (``prism-data split CACHE
+    --folds K``). The report pairs the arms by seed and fold, averages each seed's folds and keeps its intervals
+    over seeds: the folds of one seed are not independent replicates.
+    """
+
+    count: int | None = Field(None, ge=2, le=100)  # K: the train split cut into K folds (None: a given cache's own)
+    use: list[int] | None = None  # the folds to run, e.g. [0] (None: all of them)
+    seed: int | None = Field(None, ge=0)  # shuffle seed of the folds a synthetic study cuts (None: 0)
+
+    @field_validator("use")
+    @classmethod
+    def _use(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v) or any(k < 0 for k in v)):
+            raise ValueError("must be a non-empty list of distinct fold indices >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _some(self) -> FoldsSpec:
+        if self.count is None and self.use is None:
+            raise ValueError("give the number of folds (folds: K) or the folds to run (folds: [0, 1])")
+        if self.count is not None and self.use is not None and max(self.use) >= self.count:
+            raise ValueError(f"use: fold {max(self.use)} of {self.count} folds (folds count from 0)")
+        return self
+
+    @property
+    def indices(self) -> list[int]:
+        """The folds that become runs, in order."""
+        return list(self.use) if self.use is not None else list(range(self.count or 0))
+
+
 class StudySpec(_Model):
     """What ``prism-study run`` reads (see the module docstring)."""
 
-    name: str = "study"
-    description: str = ""
+    name: str = "study"  # the study's name (report title)
+    description: str = ""  # one paragraph at the top of the report
     data: DataSpec
-    preset: str | None = None
-    config: Path | None = None
-    base: dict[str, Any] = {}
-    overrides: list[str] = []
+    preset: str | None = None  # a shipped preset as the base config (prism-train --preset)
+    config: Path | None = None  # a config file as the base config (prism-train -c)
+    base: dict[str, Any] = {}  # config sections merged over the preset or config file, for every arm
+    overrides: list[str] = []  # dotted field=value overrides for every arm
     arms: dict[str, ArmSpec]
-    reference: str | None = None
-    seeds: list[int] = [0]
+    reference: str | None = None  # the arm every other is compared with (None: the first arm)
+    seeds: list[int] = [0]  # train.seed of each run; the report's replicates (arms paired by seed, and fold)
+    folds: FoldsSpec | None = None  # cross-validation folds as another axis (None: no folds, runs/ARM/seed-S)
     adapt: AdaptSpec | None = None
     report: ReportSpec = ReportSpec()
 
@@ -156,6 +197,16 @@ class StudySpec(_Model):
             raise ValueError(f"arm names are folder names (letters, digits, _ . -): {bad}")
         return v
 
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _folds_shorthand(cls, v: Any) -> Any:
+        """``folds: K`` is ``{count: K}``; ``folds: [0, 2]`` is ``{use: [0, 2]}``."""
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {"count": v}
+        if isinstance(v, list):
+            return {"use": v}
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
@@ -169,7 +220,18 @@ class StudySpec(_Model):
             raise ValueError("give at most one of preset and config")
         if self.reference is not None and self.reference not in self.arms:
             raise ValueError(f"reference '{self.reference}' is not an arm ({', '.join(self.arms)})")
+        if self.folds is not None and self.data.synthetic is not None and self.folds.count is None:
+            raise ValueError("folds.count: a synthetic study cuts its own folds: say how many (folds: K, or "
+                             "folds: {count: K, use: [...]})")
+        if self.folds is not None and self.data.cache is not None and self.folds.seed is not None:
+            raise ValueError("folds.seed: a given cache's folds are already cut (prism-data split --folds K --seed "
+                             "S); leave folds.seed out")
         return self
+
+    @property
+    def fold_indices(self) -> list[int | None]:
+        """The fold of each run of one arm x seed: ``[None]`` without folds."""
+        return [None] if self.folds is None else list(self.folds.indices)
 
     @property
     def reference_arm(self) -> str:
@@ -180,18 +242,33 @@ class StudySpec(_Model):
         return self.adapt is not None and (flag is None or flag)
 
 
+def run_name(arm: str, seed: int, fold: int | None = None) -> str:
+    """A run's name in logs, status and the report: ``ARM/seed-S``, or ``ARM/seed-S/fold-K`` with folds."""
+    return f"{arm}/seed-{seed}" + ("" if fold is None else f"/fold-{fold}")
+
+
+def run_folder(arm: str, seed: int, fold: int | None = None) -> str:
+    """A run's folder relative to the study folder: ``runs/ARM/seed-S`` (``runs/ARM/seed-S/fold-K`` with folds)."""
+    return f"runs/{run_name(arm, seed, fold)}"
+
+
 @dataclass(frozen=True)
 class PlannedRun:
-    """One arm x seed: its folder relative to the study folder and its full config."""
+    """One arm x seed (x fold): its folder relative to the study folder and its full config."""
 
     arm: str
     seed: int
     config: Config
     adapt: bool
+    fold: int | None = None
+
+    @property
+    def name(self) -> str:
+        return run_name(self.arm, self.seed, self.fold)
 
     @property
     def folder(self) -> str:
-        return f"runs/{self.arm}/seed-{self.seed}"
+        return run_folder(self.arm, self.seed, self.fold)
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -256,7 +333,8 @@ def format_validation_error_spec(exc: ValidationError, source: str) -> str:
         else:
             got = err.get("input")
             got_txt = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-            lines.append(f"{source}: {field}: {err['msg']}{got_txt}".replace("Value error, ", ""))
+            where = f"{field}: " if field else ""  # a check across fields names its fields itself
+            lines.append(f"{source}: {where}{err['msg']}{got_txt}".replace("Value error, ", ""))
     return "; ".join(lines)
 
 
@@ -274,22 +352,39 @@ def base_config_dict(spec: StudySpec) -> dict[str, Any]:
 
 
 def plan_runs(spec: StudySpec, cache: Path, source: str = "study") -> list[PlannedRun]:
-    """Every arm x seed with its validated config (arms in spec order, seeds inner). Raises ConfigError."""
+    """Every arm x seed (x fold) with its validated config (arms in spec order, then seeds, folds innermost).
+
+    Raises:
+        ConfigError: an arm's config is wrong, or (with folds) evaluates on a split that a fold trains on.
+    """
     base = base_config_dict(spec)
     runs = []
     for arm, arm_spec in spec.arms.items():
         merged = _deep_merge(base, arm_spec.config)
         for seed in spec.seeds:
-            overrides = [*spec.overrides, *arm_spec.overrides, f"train.seed={seed}",
-                         f"data.cache={Path(cache).resolve()}"]
-            config = build_config(merged, overrides, source=f"{source}: arm '{arm}'")
-            runs.append(PlannedRun(arm=arm, seed=seed, config=config, adapt=spec.arm_adapts(arm)))
+            for fold in spec.fold_indices:
+                overrides = [*spec.overrides, *arm_spec.overrides, f"train.seed={seed}",
+                             *([] if fold is None else [f"data.fold={fold}"]), f"data.cache={Path(cache).resolve()}"]
+                config = build_config(merged, overrides, source=f"{source}: arm '{arm}'")
+                if fold is not None:
+                    _check_fold_evaluation(config, source, arm)
+                runs.append(PlannedRun(arm=arm, seed=seed, config=config, adapt=spec.arm_adapts(arm), fold=fold))
     return runs
+
+
+def _check_fold_evaluation(config: Config, source: str, arm: str) -> None:
+    """A fold study evaluates every run on one split that no fold trains on: never ``train`` or a fold's split."""
+    from ..data.splits import FOLD_SPLIT
+
+    split = config.eval.split
+    if split == "train" or FOLD_SPLIT.match(split):
+        raise ConfigError(f"{source}: arm '{arm}': eval.split: '{split}' holds training cases of the folds' runs; "
+                          "evaluate a fold study on a split no fold trains on (test)")
 
 
 def spec_to_yaml(spec: StudySpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
 
-__all__ = ["AdaptSpec", "ArmSpec", "DataSpec", "PlannedRun", "ReportSpec", "StudySpec", "SyntheticData",
-           "base_config_dict", "load_spec", "plan_runs", "spec_to_yaml"]
+__all__ = ["AdaptSpec", "ArmSpec", "DataSpec", "FoldsSpec", "PlannedRun", "ReportSpec", "StudySpec", "SyntheticData",
+           "base_config_dict", "load_spec", "plan_runs", "run_folder", "run_name", "spec_to_yaml"]

@@ -18,6 +18,18 @@ the same seeds:
   seed, since every run is scored on the same cases). It shows how much the test set alone moves the estimate and
   is reported beside the t-interval, never as evidence of a difference between methods.
 
+With cross-validation folds (a spec's ``folds``) every seed has one run per fold, and the replicate is still the
+seed: the folds of one seed are not independent replicates (their training sets overlap, and every fold's run is
+scored on the same test cases), so treating each (seed, fold) pair as a unit would shrink the interval by up to
+about ``sqrt(K)`` (when a seed's folds move together) without new evidence (Bengio and Grandvalet 2004, "No
+unbiased estimator of the variance of K-fold cross-validation", JMLR 5: the fold-to-fold covariances cannot be
+estimated from one cross-validation; Dietterich 1998, "Approximate statistical tests for comparing supervised
+classification learning algorithms", Neural Computation 10(7): the 10-fold cross-validated paired t-test rejects a
+true null more often than its level). The functions below take the (seed, fold) runs along their first axis with
+``groups`` naming each one's seed: a seed's difference ``d_s`` is the mean over its folds of the per-run
+differences (the cross-validated difference of that seed), and the interval, sd, verdict and power are over those
+S per-seed differences.
+
 Power: with per-seed differences of sd ``sigma``, a two-sided paired t-test at level ``1 - c`` with S seeds detects
 an effect ``delta`` with probability ``P(|T| > t_crit)`` where T is noncentral t with S - 1 degrees of freedom and
 noncentrality ``delta * sqrt(S) / sigma`` (:func:`power`); :func:`seeds_needed` inverts it.
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +71,31 @@ def per_seed_differences(reference: np.ndarray, other: np.ndarray) -> np.ndarray
     return np.stack([run_metric(o) - run_metric(r) for r, o in zip(reference, other, strict=True)])
 
 
+def group_indices(groups: Sequence[Hashable] | None, units: int) -> list[np.ndarray]:
+    """The positions of each group's units, groups in order of first appearance (no groups: one unit each).
+
+    Raises:
+        ValueError: ``groups`` does not name one group per unit.
+    """
+    if groups is None:
+        return [np.array([i]) for i in range(units)]
+    groups = list(groups)
+    if len(groups) != units:
+        raise ValueError(f"need one group per unit, got {len(groups)} groups for {units} units")
+    order = list(dict.fromkeys(groups))
+    return [np.array([i for i, g in enumerate(groups) if g == key]) for key in order]
+
+
+def group_means(per_unit: np.ndarray, groups: Sequence[Hashable] | None) -> np.ndarray:
+    """``[groups, ...]``: the mean of each group's rows of ``per_unit [units, ...]`` (NaN rows left out; no groups:
+    ``per_unit`` itself)."""
+    if groups is None:
+        return per_unit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return np.stack([np.nanmean(per_unit[idx], axis=0) for idx in group_indices(groups, len(per_unit))])
+
+
 def t_interval(per_seed: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                          np.ndarray]:
     """Mean, t-interval and sd over seeds of per-seed differences ``[seeds, regions]`` (NaN seeds left out).
@@ -81,16 +119,18 @@ def t_interval(per_seed: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarr
 
 
 def within_seed_draws(reference: np.ndarray, other: np.ndarray, *, samples: int = 10000, seed: int = 0,
-                      chunk: int = 1000) -> np.ndarray:
+                      chunk: int = 1000, groups: Sequence[Hashable] | None = None) -> np.ndarray:
     """Bootstrap draws of the mean per-seed difference with the seeds held fixed and the cases resampled.
 
     Each draw takes N cases with replacement (one draw shared by every seed) and recomputes every seed's difference
     under those case weights, then their mean over seeds.
 
     Args:
-        reference, other: float ``[seeds, cases, combinations, regions]`` (see :func:`per_seed_differences`).
+        reference, other: float ``[units, cases, combinations, regions]`` (see :func:`per_seed_differences`).
         samples: bootstrap iterations.
         seed: the generator's seed (the draws are reproducible).
+        groups: each unit's seed when the units are (seed, fold) runs (None: every unit is a seed); a seed's
+            difference is then the mean over its units.
 
     Returns:
         float ``[samples, regions]``.
@@ -107,7 +147,11 @@ def within_seed_draws(reference: np.ndarray, other: np.ndarray, *, samples: int 
         diffs = [combination_mean(other[i], weights) - combination_mean(reference[i], weights) for i in range(s)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=RuntimeWarning)
-            out.append(np.nanmean(np.stack(diffs, axis=1), axis=1))
+            per_unit = np.stack(diffs, axis=1)  # [draws, units, regions]
+            if groups is not None:
+                per_unit = np.stack([np.nanmean(per_unit[:, idx], axis=1) for idx in group_indices(groups, s)],
+                                    axis=1)
+            out.append(np.nanmean(per_unit, axis=1))
     return np.concatenate(out) if out else np.zeros((0, reference.shape[3]))
 
 
@@ -172,34 +216,41 @@ class PairedDifference:
     verdicts: list[str]
     seeds: int
     cases: int
+    per_unit: np.ndarray | None = None  # [units, regions], with groups: each (seed, fold) run's difference
 
 
 def paired_difference(reference: np.ndarray, other: np.ndarray, *, samples: int = 10000, confidence: float = 0.95,
-                      seed: int = 0, higher_is_better: bool = True) -> PairedDifference:
+                      seed: int = 0, higher_is_better: bool = True,
+                      groups: Sequence[Hashable] | None = None) -> PairedDifference:
     """The comparison the study report prints (see the module docstring).
 
     Args:
-        reference, other: float ``[seeds, cases, combinations, regions]`` (see :func:`per_seed_differences`).
+        reference, other: float ``[units, cases, combinations, regions]`` (see :func:`per_seed_differences`); a
+            unit is a seed, or a (seed, fold) run with ``groups``.
         samples: within-seed bootstrap iterations (0: none, the within-seed interval is NaN).
         confidence: interval level in (0, 1).
         seed: the within-seed bootstrap's seed.
         higher_is_better: the metric's direction (Dice True, HD95 False), for the verdict.
+        groups: each unit's seed, with folds; the per-seed difference is the mean of its units' differences and
+            everything over seeds (interval, sd, verdict, ``seeds``) counts the seeds, not the units.
 
     Returns:
         A :class:`PairedDifference`.
     """
-    per_seed = per_seed_differences(reference, other)
+    per_unit = per_seed_differences(reference, other)
+    per_seed = group_means(per_unit, groups)
     estimate, low, high, sd = t_interval(per_seed, confidence)
     regions = reference.shape[3]
     within_low, within_high = np.full(regions, np.nan), np.full(regions, np.nan)
     if samples > 0 and reference.shape[1] > 1:
-        draws = within_seed_draws(reference, other, samples=samples, seed=seed)
+        draws = within_seed_draws(reference, other, samples=samples, seed=seed, groups=groups)
         alpha = (1 - confidence) / 2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=RuntimeWarning)
             within_low, within_high = np.nanquantile(draws, alpha, axis=0), np.nanquantile(draws, 1 - alpha, axis=0)
-    s = reference.shape[0]
+    s = per_seed.shape[0]
     verdicts = [verdict(float(lo), float(hi), s, higher_is_better=higher_is_better) for lo, hi in zip(low, high,
                                                                                                     strict=True)]
     return PairedDifference(estimate=estimate, low=low, high=high, sd=sd, per_seed=per_seed, within_low=within_low,
-                            within_high=within_high, verdicts=verdicts, seeds=s, cases=reference.shape[1])
+                            within_high=within_high, verdicts=verdicts, seeds=s, cases=reference.shape[1],
+                            per_unit=per_unit if groups is not None else None)

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from .cluster import ACTIVE_STATES, read_job_record, slurm_states
 from .run_state import ERROR_NAME, read_run_folder
-from .spec import PlannedRun, StudySpec, load_spec, plan_runs
+from .spec import PlannedRun, StudySpec, load_spec, plan_runs, run_name
 
 
 def load_study(study_dir: Path) -> StudySpec:
@@ -29,7 +29,8 @@ def load_study(study_dir: Path) -> StudySpec:
 
 def run_statuses(spec: StudySpec, study_dir: Path, *, runs: list[PlannedRun] | None = None,
                  ask_slurm: bool = True) -> list[dict[str, Any]]:
-    """One row per planned run: arm, seed, folder, state, step, steps, job (id or None), log (path or None).
+    """One row per planned run: arm, seed, fold (None without folds), folder, state, step, steps, job (id or
+    None), log (path or None).
 
     Args:
         spec: the study's spec.
@@ -59,18 +60,25 @@ def run_statuses(spec: StudySpec, study_dir: Path, *, runs: list[PlannedRun] | N
             state = "failed"  # its job ended without a result (killed, out of memory): the job's log says why
         if log is None and record is not None:
             log = record.get("stderr")
-        rows.append({"arm": run.arm, "seed": run.seed, "folder": run.folder, "state": state, "step": where.step,
+        rows.append({"arm": run.arm, "seed": run.seed, "fold": run.fold, "folder": run.folder, "state": state,
+                     "step": where.step,
                      "steps": run.config.train.steps, "job": record["job_id"] if record else None, "log": log})
     return rows
 
 
+def row_name(row: dict[str, Any]) -> str:
+    """A status row's run: ``ARM/seed-S`` or ``ARM/seed-S/fold-K``."""
+    return run_name(row["arm"], row["seed"], row.get("fold"))
+
+
 def status_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """A plain table of :func:`run_statuses` rows (one line per run) and a count per state."""
-    width = max([len(f"{r['arm']}/seed-{r['seed']}") for r in rows] + [3])
+    """A plain table of :func:`run_statuses` rows (one line per run, named ``ARM/seed-S`` or
+    ``ARM/seed-S/fold-K``) and a count per state."""
+    width = max([len(row_name(r)) for r in rows] + [3])
     lines = [f"{'run':<{width}}  {'state':<11}  {'step':>11}  {'job':<10}  log"]
     for r in rows:
         step = f"{'-' if r['step'] is None else r['step']}/{r['steps']}"
-        lines.append(f"{r['arm'] + '/seed-' + str(r['seed']):<{width}}  {r['state']:<11}  {step:>11}  "
+        lines.append(f"{row_name(r):<{width}}  {r['state']:<11}  {step:>11}  "
                      f"{r['job'] or '-':<10}  {r['log'] or '-'}")
     counts: dict[str, int] = {}
     for r in rows:
@@ -79,4 +87,4 @@ def status_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-__all__ = ["load_study", "run_statuses", "status_lines"]
+__all__ = ["load_study", "row_name", "run_statuses", "status_lines"]
