@@ -48,7 +48,7 @@ class TinyNet(Backbone):
 
 
 def train_and_evaluate(cache: Path, out: Path, overrides: list[str], preset: str = "demo"):
-    config = build_config(load_preset(preset), [f"data.cache={cache}", "train.tensorboard=false", *overrides])
+    config = build_config(load_preset(preset), [f"data.cache={cache}", "train.loggers=[csv]", *overrides])
     trainer = Trainer(config, out, cache_path=cache)
     trainer.fit()
     report = trainer.evaluate()

@@ -19,7 +19,7 @@ cache = work / "phantoms.h5"
 write_synthetic_cache(str(cache), SynthSettings(cases=6, shape=(24, 24, 24), seed=0), test_fraction=0.34)
 config = build_config(None, ["model.options.width=4", "model.options.depth=3", "data.patch_size=[16,16,16]",
                              "data.batch_size=2", "train.steps=6", "train.log_every=2", "train.checkpoint_every=3",
-                             "train.tensorboard=false", f"data.cache={cache}"])
+                             "train.loggers=[csv]", f"data.cache={cache}"])
 # --8<-- [end:config]
 
 # --8<-- [start:parts]
@@ -91,7 +91,7 @@ from prism.engine.meter import NonFiniteError
 
 diverging = build_config(None, [*[f"{k}={v}" for k, v in {
     "model.options.width": 4, "model.options.depth": 3, "data.patch_size": "[16,16,16]", "data.batch_size": 2,
-    "train.steps": 4, "train.log_every": 2, "train.tensorboard": "false", "data.cache": cache}.items()],
+    "train.steps": 4, "train.log_every": 2, "train.loggers": "[csv]", "data.cache": cache}.items()],
     "optim.lr=1e30"])                              # a learning rate that sends the weights to infinity
 try:
     Trainer(diverging, work / "diverged", cache_path=cache).fit()
