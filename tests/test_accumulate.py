@@ -5,6 +5,8 @@ standard training and for Meta-Drop; a step counts optimisation steps; other str
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -14,8 +16,9 @@ import torch.nn.functional as F
 from conftest import FAST, fast_config
 from prism.batch import Batch
 from prism.cli.train import main as train_main
+from prism.engine.checkpoint import load_checkpoint
 from prism.engine.run import build_run
-from prism.engine.trainer import Trainer
+from prism.engine.trainer import CHECKPOINT_NAME, Trainer
 from prism.errors import ConfigError
 from prism.loss import LossResult, LossTerm
 from prism.registry import register
@@ -138,3 +141,22 @@ def test_prism_train_refuses_it_in_one_line_and_writes_nothing(tiny_cache, tmp_p
     assert code == 2
     assert len(err) == 1 and "train.accumulate: strategy 'reptile' does not accumulate gradients" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_processes_accumulating_match_one(tiny_cache, tmp_path):
+    """Under torchrun the first batches of a step skip DDP's all-reduce (no_sync) and the last one averages the
+    summed gradients over the processes: two processes reach the weights of one with the same global batch."""
+    overrides = ["train.accumulate=2", "train.steps=2", "data.batch_size=2", "optim.name=sgd", "train.loggers=[csv]"]
+
+    def train(run, nproc: int) -> dict[str, torch.Tensor]:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        prefix = launcher if nproc > 1 else [sys.executable]
+        done = subprocess.run([*prefix, "-m", "prism.cli.train", "--data", str(tiny_cache), "-o", str(run),
+                               "--no-eval", *FAST, *overrides], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return load_checkpoint(run / CHECKPOINT_NAME)["model"]
+
+    one, two = train(tmp_path / "one", 1), train(tmp_path / "two", 2)
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -31,9 +31,11 @@ def _import_mlflow() -> Any:
 
 
 class MlflowLogger(Logger):
-    """MLflow tracking: the config as parameters (dotted names, ``optim.lr``), scalars as metrics
-    ``<group>/<name>`` (``train/loss``, ``val/val_dice``) at their step, the evaluation as metrics
-    ``eval/<metric>/<region>`` with ``eval.json`` and ``eval.md`` as artifacts, and the Dice heatmap as an image.
+    """MLflow: parameters, metrics, the evaluation and its heatmap (by default a file store in ``RUN/mlruns``).
+
+    The config goes in as parameters (dotted names, ``optim.lr``), scalars as metrics ``<group>/<name>``
+    (``train/loss``, ``val/val_dice``) at their step, the evaluation as metrics ``eval/<metric>/<region>`` with
+    ``eval.json`` and ``eval.md`` as artifacts, and the Dice heatmap as an image.
 
     By default the store is a local file store in ``RUN/mlruns`` (``mlflow ui --backend-store-uri RUN/mlruns``
     shows it); MLflow 3 keeps file stores in maintenance mode, so this logger sets ``MLFLOW_ALLOW_FILE_STORE=true``

@@ -16,8 +16,10 @@ logger = logging.getLogger(__name__)
 
 
 class TensorBoardLogger(Logger):
-    """TensorBoard event files in ``RUN/tensorboard``: scalars as ``<group>/<name>`` (``train/loss``,
-    ``val/val_dice``), the config and the evaluation's table as text, the Dice heatmap as an image.
+    """TensorBoard event files in ``RUN/tensorboard``: scalars, the config, the evaluation and its heatmap.
+
+    Scalars are ``<group>/<name>`` (``train/loss``, ``val/val_dice``); the config and the evaluation's table are
+    text, the evaluation's headline numbers ``eval/<metric>/<region>`` scalars, the Dice heatmap an image.
 
     The tensorboard package is optional (``prism-seg[dev]`` has it): without it this logger writes nothing and
     says so once. A resumed run purges the events logged after its checkpoint (``SummaryWriter(purge_step=)``).

@@ -23,8 +23,10 @@ def _import_wandb() -> Any:
 
 
 class WandbLogger(Logger):
-    """Weights & Biases: the config as the W&B run's config, scalars as ``<group>/<name>`` (``train/loss``,
-    ``val/val_dice``) at their step, the Dice heatmap as an image and the evaluation as the run's summary
+    """Weights & Biases, offline by default: the config, scalars, the heatmap and the evaluation's summary.
+
+    The config is the W&B run's config, scalars are ``<group>/<name>`` (``train/loss``, ``val/val_dice``) at their
+    step, the Dice heatmap an image and the evaluation's headline numbers the run's summary
     (``eval/<metric>/<region>``).
 
     ``mode: offline`` (the default) writes everything under ``RUN/wandb/offline-run-*`` and needs no account or
