@@ -160,3 +160,13 @@ def test_two_processes_accumulating_match_one(tiny_cache, tmp_path):
     one, two = train(tmp_path / "one", 1), train(tmp_path / "two", 2)
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_cuda_graphs_refuse_accumulation():
+    from prism.config import build_config
+    from prism.engine.compiled import cuda_graph_refusal
+
+    cfg = build_config(None, ["train.accumulate=2", "train.cuda_graphs=true"])
+    ctx = type("Ctx", (), {"device": torch.device("cuda"), "dist": type("D", (), {"enabled": False})(),
+                           "scaler": None, "losses": type("L", (), {"terms": []})()})()
+    assert cuda_graph_refusal(cfg, ctx) == "captures one batch per step; leave train.accumulate at 1"

@@ -54,7 +54,7 @@ def cuda_graph_refusal(config: Config, ctx: TrainContext) -> str | None:
         return "not supported under torch.distributed"
     if ctx.scaler is not None:
         return "fp16 loss scaling checks for overflow on the host every step; use train.amp=bf16 or none"
-    if ctx.accumulate > 1:
+    if config.train.accumulate > 1:
         return "captures one batch per step; leave train.accumulate at 1"
     stateful = [t.name for t in ctx.losses.terms if t.term.state_dict()]
     if stateful:
