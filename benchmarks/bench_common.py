@@ -104,11 +104,12 @@ def evaluate_case(model, image, label, masks, *, device, amp, window, overlap, s
     from prism.evaluation.hausdorff import hd95
     from prism.evaluation.inference import predict_logits
     from prism.evaluation.metrics import BRATS_REGIONS, mask_dice, region_masks
+    from prism.evaluation.options import EvalOptions
 
+    options = EvalOptions(window=window, overlap=overlap, sw_batch_size=sw_batch_size)
     for start in range(0, masks.shape[0], combos_per_pass):
         m = masks[start:start + combos_per_pass]
-        logits = predict_logits(model, image, m, device=device, amp_dtype=amp, window=window, overlap=overlap,
-                                sw_batch_size=sw_batch_size)
+        logits = predict_logits(model, image, m, device=device, amp_dtype=amp, options=options)
         pred = logits.argmax(1)
         p, g = region_masks(pred, label, BRATS_REGIONS, 4)
         mask_dice(p, g)

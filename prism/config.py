@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .adapt import ADAPT_DEFAULTS
 from .errors import ConfigError
 
 
@@ -230,9 +231,10 @@ class EvalConfig(_Model):
     tta: Literal["none", "mirror"] = "none"  # test-time augmentation: mirror = mean probabilities of the 8 flips
     adapt_site: str | None = None  # fast adaptation to this held-out site (off when None)
     adapt_cases: int = Field(1, ge=1)  # support cases of the site (N)
-    adapt_steps: int = Field(10, ge=0)  # fine-tuning steps (K)
-    adapt_lr: float = Field(0.01, gt=0)  # fine-tuning learning rate
-    adapt_optimizer: Literal["sgd", "adam"] = "sgd"  # fine-tuning optimizer
+    # the fine-tuning defaults are prism.adapt.ADAPT_DEFAULTS; a strategy with its own rule (MAML) keeps its step size
+    adapt_steps: int = Field(ADAPT_DEFAULTS.steps, ge=0)  # fine-tuning steps (K)
+    adapt_lr: float = Field(ADAPT_DEFAULTS.lr, gt=0)  # fine-tuning learning rate
+    adapt_optimizer: Literal["sgd", "adam"] = ADAPT_DEFAULTS.optimizer  # fine-tuning optimizer
     adapt_patch_size: tuple[int, int, int] | None = None  # fine-tuning patch (None: whole volumes)
     adapt_split: str | None = None  # split the site's cases come from (None: the evaluated cases)
     adapt_seed: int = Field(0, ge=0, le=MAX_SEED)  # seed of the support draw and fine-tuning

@@ -193,8 +193,9 @@ class TrainedRun:
         amp_dtype: the autocast dtype of ``train.amp`` on that device (None: full precision).
         label_map: the cache's raw -> stored label values (to write predictions in the dataset's values).
         preprocessing: the cache's recorded preprocessing settings (crop, layout).
-        window, overlap, sw_batch_size: the run's ``eval`` sliding-window settings (change them to predict
-            differently).
+
+    How the run predicts (sliding windows, test-time mirroring) is its config's ``eval`` section:
+    ``prism.evaluation.options.EvalOptions.from_config(run.config.eval)``.
     """
 
     model: Backbone
@@ -205,9 +206,6 @@ class TrainedRun:
     labels: dict[int, str]
     device: torch.device
     amp_dtype: torch.dtype | None
-    window: tuple[int, int, int] | None
-    overlap: float
-    sw_batch_size: int
     label_map: dict[int, int] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
@@ -271,5 +269,4 @@ def load_run(run_dir: str | os.PathLike[str], *, cache: str | os.PathLike[str] |
     model = model.to(dev).eval()
     return TrainedRun(model=model, config=config, strategy=strategy, cache=path, modalities=modalities,
                       labels=labels, device=dev, amp_dtype=amp_dtype_for(config, dev), label_map=label_map,
-                      preprocessing=preprocessing, window=config.eval.window, overlap=config.eval.overlap,
-                      sw_batch_size=config.eval.sw_batch_size)
+                      preprocessing=preprocessing)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from .adapt import AdaptLossFn, fine_tune
+from .adapt import ADAPT_DEFAULTS, AdaptLossFn, fine_tune
 from .backbone import Backbone
 from .batch import Batch
 from .masking import MaskingPolicy
@@ -213,8 +213,8 @@ class Strategy:
     gradient_sync: ClassVar[str] = "explicit"
 
     #: fine-tuning defaults of the base ``adapt`` (strategies without an adaptation rule of their own)
-    adapt_steps: ClassVar[int] = 10
-    adapt_lr: ClassVar[float] = 0.01
+    adapt_steps: ClassVar[int] = ADAPT_DEFAULTS.steps
+    adapt_lr: ClassVar[float] = ADAPT_DEFAULTS.lr
 
     def prepare_model(self, model: Backbone) -> Backbone:
         """Change the freshly built backbone before training and before a trained run is loaded (evaluation,
@@ -232,16 +232,17 @@ class Strategy:
         """Weights adapted to a task from its support batches; ``model`` (the meta-learned weights) is unchanged.
 
         Meta-strategies override this with their own rule (MAML: its inner rate and steps, on the parameters
-        it adapts; Meta-SGD: its learned rates). This default, for strategies without one (standard training,
-        Meta-Drop), fine-tunes every parameter with plain SGD. Use :func:`prism.adapt.adapted_copy` to predict
-        with the result.
+        it adapts; Meta-SGD: its learned rates), built on :func:`prism.adapt.fine_tune` (the one adaptation loop).
+        This default, for strategies without one (standard training, Meta-Drop), fine-tunes every parameter with
+        plain SGD. Use :func:`prism.adapt.adapted_copy` (or :func:`prism.adapt.adapted_model`) to predict with the
+        result; run under :func:`prism.adapt.precision` for mixed precision.
 
         Args:
             model: the trained backbone (as the engine built it; in train mode for the steps).
             support: the task's support batches; step ``i`` uses ``support[i % len(support)]``.
             loss_fn: ``(output, batch) -> scalar``.
-            steps: gradient steps (default: the strategy's own, 10 for fine-tuning).
-            lr: step size (default: the strategy's own, 0.01 for fine-tuning).
+            steps: gradient steps (default: the strategy's own; ``adapt_steps`` for fine-tuning).
+            lr: step size (default: the strategy's own; ``adapt_lr`` for fine-tuning).
 
         Returns:
             ``{parameter name: adapted tensor}`` for the parameters it adapted (detached).

@@ -153,3 +153,74 @@ def test_every_strategy_adapts_functionally(name):
     assert got and all(n in before for n in got)
     assert any(not torch.equal(got[n], before[n]) for n in got)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def _adam_moves(g: torch.Tensor, lr: float, steps: int) -> torch.Tensor:
+    """Adam under a constant gradient ``g``: the bias-corrected moments are g and g^2 at every step (any beta1), so
+    each step moves ``lr * g / (|g| + eps)`` (Kingma and Ba, 2015, Algorithm 1)."""
+    return steps * lr * g / (g.abs() + 1e-8)
+
+
+def test_fine_tune_with_a_torch_optimizer_matches_adam_by_hand():
+    """On the head alone the linear loss has constant gradients: dL/dw = body x (-1, +1), dL/db = (-1, +1)."""
+    model = TwoLayer()
+    x, lr, k = 2.0, 0.05, 3
+    got = fine_tune(model, [batch(x)], linear_loss, steps=k, lr=lr, params="head", optimizer=torch.optim.Adam)
+    sign = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    w = torch.tensor([0.5, -0.25], dtype=torch.float64) - _adam_moves(1.5 * x * sign, lr, k)
+    torch.testing.assert_close(got["head.weight"].flatten(), w, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got["head.bias"], -_adam_moves(sign, lr, k), rtol=0, atol=1e-12)
+    assert model.head.bias.abs().sum() == 0 and not got["head.bias"].requires_grad
+
+
+def test_reptile_adam_adapts_with_beta1_zero_by_hand():
+    model = TwoLayer()
+    reptile = _strategy("reptile", inner_steps=2, inner_lr=0.1, inner_optimizer="adam", adapt_params="head")
+    got = reptile.adapt(model, [batch(2.0)], linear_loss)
+    sign = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(got["head.bias"], -_adam_moves(sign, 0.1, 2), rtol=0, atol=1e-12)
+
+
+def test_a_torch_optimizer_refuses_meta_sgd_rates_and_second_order():
+    model = TwoLayer()
+    with pytest.raises(ValueError, match="torch optimizer"):
+        fine_tune(model, [batch(2.0)], linear_loss, steps=1, lr={"body": torch.tensor(0.1)}, params="body",
+                  optimizer=torch.optim.SGD)
+    with pytest.raises(ValueError, match="torch optimizer"):
+        gradient_steps(model, {"body": model.body}, [batch(2.0)], linear_loss, 1, 0.1, create_graph=True,
+                       optimizer=torch.optim.SGD)
+
+
+def test_fp16_adaptation_scales_the_loss_and_retries_an_overflowing_step():
+    """Under fp16 autocast the loss is scaled like GradScaler's first scale (2^16); the gradient of the linear
+    loss at the fp16 logits is then 2^16, beyond fp16's largest value, so the first try overflows, the scale is
+    halved and the step taken again: the result is the full-precision one, not a skipped step or NaN."""
+    from prism.adapt import precision
+
+    model = TwoLayer().float()
+    support = [Batch(image=b.image.float(), label=b.label, mask=b.mask, availability=b.availability)
+               for b in (batch(2.0), batch(-1.0))]
+    full = fine_tune(model, support, linear_loss, steps=3, lr=0.1, params="head")
+    with precision("cpu", torch.float16):
+        out = model(support[0].image, support[0].mask)
+        assert out.logits.dtype == torch.float16
+        overflow = torch.autograd.grad(linear_loss(out, support[0]) * 2.0**16, model.head.bias)[0]
+        assert not torch.isfinite(overflow).all()  # what an unscaled retry would have kept
+        half = fine_tune(model, support, linear_loss, steps=3, lr=0.1, params="head")
+    for n in full:
+        assert torch.isfinite(half[n]).all()
+        torch.testing.assert_close(half[n], full[n], rtol=1e-3, atol=1e-3)
+        assert not torch.equal(half[n], model.get_parameter(n).detach())
+
+    # a loss 1e-8 times as large has fp16 gradients below fp16's smallest value: unscaled they would be 0
+    def tiny_loss(out, b):
+        return 1e-8 * linear_loss(out, b)
+
+    full = fine_tune(model, support, tiny_loss, steps=1, lr=0.1, params="head")
+    with precision("cpu", torch.float16):
+        unscaled = torch.autograd.grad(tiny_loss(model(support[0].image, support[0].mask), support[0]),
+                                       model.head.bias)[0]
+        assert (unscaled == 0).all()
+        half = fine_tune(model, support, tiny_loss, steps=1, lr=0.1, params="head")
+    torch.testing.assert_close(half["head.bias"], full["head.bias"], rtol=1e-2, atol=0)
+    assert (half["head.bias"] != 0).all()

@@ -1,7 +1,9 @@
-"""Held-out sites (splits written atomically) and adaptation curves (prism-eval adapt)."""
+"""Held-out sites (splits written atomically), adaptation curves (prism-eval adapt) and the fast adaptation of
+an evaluation: one adaptation loop under every rule, checked against torch optimizers on a copy written here."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 from conftest import FAST
+from prism.adapt import adaptation_loss
 from prism.cli.data import main as data_main
 from prism.cli.evaluate import main as eval_main
 from prism.config import build_config
@@ -17,7 +20,7 @@ from prism.data.splits import hold_out_site_splits
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 from prism.engine.trainer import Trainer
 from prism.errors import DataError
-from prism.evaluation.adaptation import AdaptationSettings, adapt_model
+from prism.evaluation.adaptation import AdaptationSettings, fine_tune_rule, load_support, support_batches
 from prism.evaluation.adaptation_curve import adaptation_curve, draw_support
 from prism.evaluation.results import mean_over_combinations
 from prism.evaluation.scoring import EvalOptions, evaluate_cases
@@ -112,7 +115,7 @@ def test_curve_calls_the_rule_once_per_draw_and_k_and_k0_is_the_unadapted_model(
 
     def rule(model, support, settings, **kwargs):
         calls.append((len(support), settings.steps, settings.seed))
-        return adapt_model(model, support, settings, **kwargs)
+        return fine_tune_rule(model, support, settings, **kwargs)
 
     base = AdaptationSettings(site="site2", steps=0, lr=0.05, patch_size=(16, 16, 16), seed=4)
     weights = {k: v.clone() for k, v in run.model.state_dict().items()}
@@ -128,8 +131,20 @@ def test_curve_calls_the_rule_once_per_draw_and_k_and_k0_is_the_unadapted_model(
     reader.close()
 
 
-def test_the_strategy_rule_for_standard_training_is_sgd_fine_tuning_on_the_same_batches(site_run):
-    from prism.evaluation.adaptation import load_support, strategy_rule
+def _optimizer_on_a_copy(model, batches, make_optimizer):
+    """The reference: a deep copy trained in place by a torch optimizer (ordinary forward and backward)."""
+    adapted = copy.deepcopy(model).train()
+    optimizer = make_optimizer([p for p in adapted.parameters() if p.requires_grad])
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        adaptation_loss(adapted(batch.image, batch.mask), batch).backward()
+        optimizer.step()
+    return dict(adapted.named_parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fine_tuning_and_the_standard_strategys_rule_equal_a_torch_optimizer_on_a_copy(site_run, optimizer):
+    from prism.evaluation.adaptation import strategy_rule
     from prism.runs import load_run
 
     cache, run_dir = site_run
@@ -137,24 +152,81 @@ def test_the_strategy_rule_for_standard_training_is_sgd_fine_tuning_on_the_same_
     reader = CacheReader(cache)
     support = load_support(reader, list(reader.split("heldout"))[:2])
     reader.close()
-    settings = AdaptationSettings(site="site2", steps=2, lr=0.05, patch_size=(16, 16, 16), seed=3)
+    settings = AdaptationSettings(site="site2", steps=2, lr=0.05, optimizer=optimizer, patch_size=(16, 16, 16),
+                                  seed=3)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    by_strategy = strategy_rule(run.strategy)(run.model, support, settings, device=torch.device("cpu"))
-    by_sgd = adapt_model(run.model, support, settings, device=torch.device("cpu"))
-    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.items())  # the run's model untouched
-    a, b = dict(by_strategy.named_parameters()), dict(by_sgd.named_parameters())
-    assert any(not torch.allclose(a[n], before[n]) for n in a)  # it did adapt
-    for name, value in a.items():
-        torch.testing.assert_close(value, b[name], rtol=1e-4, atol=1e-6)
+    batches = support_batches(run.model, support, settings, torch.device("cpu"))
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05), "adam": lambda p: torch.optim.Adam(p, lr=0.05)}[optimizer]
+    expected = _optimizer_on_a_copy(run.model, batches, make)
+    rules = {"fine_tune": fine_tune_rule}
+    if optimizer == "sgd":  # standard training adapts by plain SGD fine-tuning (settings.optimizer is not its)
+        rules["strategy"] = strategy_rule(run.strategy)
+    for name, rule in rules.items():
+        got = dict(rule(run.model, support, settings, device=torch.device("cpu")).named_parameters())
+        assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in before.items())  # the run's model untouched
+        assert any(not torch.allclose(got[n], before[n]) for n in got), name  # it did adapt
+        for n, value in got.items():
+            torch.testing.assert_close(value, expected[n], rtol=1e-4, atol=1e-6, msg=f"{name} {n}")
+
+
+def test_support_batches_draw_crops_and_registered_random_masks_from_the_seed(site_run):
+    from prism.registry import create_masking_policy
+    from prism.runs import load_run
+
+    cache, run_dir = site_run
+    run = load_run(run_dir)
+    reader = CacheReader(cache)
+    support = load_support(reader, list(reader.split("heldout"))[:2])
+    reader.close()
+    settings = AdaptationSettings(site="site2", steps=4, patch_size=(8, 8, 8), seed=11)
+    batches = support_batches(run.model, support, settings, torch.device("cpu"))
+    again = support_batches(run.model, support, settings, torch.device("cpu"))
+    assert len(batches) == 4
+    available = torch.stack([a for _, _, a in support])
+    gen, policy = torch.Generator().manual_seed(11), create_masking_policy("random", run.modalities)
+    for i, batch in enumerate(batches):
+        assert batch.image.shape == (2, len(run.modalities), 8, 8, 8) and batch.label.shape == (2, 8, 8, 8)
+        for _, label, _ in support:  # the crops come first in each step's draws (3 per case), then the masks
+            [int(torch.randint(0, n - 8 + 1, (), generator=gen)) for n in label.shape]
+        assert torch.equal(batch.mask, policy(available, gen)), i  # the registered random policy, in order
+        assert (batch.mask.any(1) & ~(batch.mask & ~available).any(1)).all()  # non-empty, within availability
+        assert torch.equal(batch.image, again[i].image) and torch.equal(batch.image, batches[i].image)  # re-readable
+        label_crop = [lab for _, lab, _ in support]
+        assert any(torch.equal(batch.label[0], label_crop[0][a:a + 8, b:b + 8, c:c + 8])
+                   for a in range(9) for b in range(9) for c in range(9))  # a crop of the first case's labels
+
+
+def test_prism_eval_adapt_site_uses_the_runs_adaptation_steps_and_rate(site_run, tmp_path):
+    """--adapt-site on a run whose eval.adapt_site is unset: the run's eval.adapt_steps and adapt_lr apply (the
+    flags override them); the report records what was used."""
+    import shutil
+
+    import yaml
+
+    _, run_dir = site_run
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["eval"]["adapt_site"] is None
+    config["eval"].update(adapt_steps=3, adapt_lr=0.05)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert eval_main([str(run), "--split", "heldout", "--adapt-site", "site2", "--no-heatmap"]) == 0
+    adaptation = json.loads((run / "eval.json").read_text())["adaptation"]
+    assert (adaptation["steps"], adaptation["lr"]) == (3, 0.05)
+    assert adaptation["settings"]["steps"] == 3 and adaptation["settings"]["lr"] == 0.05
+    assert eval_main([str(run), "--split", "heldout", "--adapt-site", "site2", "--adapt-steps", "1",
+                      "--adapt-lr", "0.2", "--no-heatmap"]) == 0
+    adaptation = json.loads((run / "eval.json").read_text())["adaptation"]
+    assert (adaptation["steps"], adaptation["lr"]) == (1, 0.2)
 
 
 def test_fast_adaptation_in_an_evaluation_uses_the_strategys_own_rule(site_run, tmp_path):
     """eval.adapt_site: MAML adapts with its own rule (inner rate), standard training by fine-tuning."""
     from prism.config import build_config
-    from prism.evaluation.adaptation import adapt_model, evaluation_rule
+    from prism.evaluation.adaptation import evaluation_rule
     from prism.registry import get_registry
 
-    assert evaluation_rule(get_registry().create("strategy", "standard")) is adapt_model
+    assert evaluation_rule(get_registry().create("strategy", "standard")) is fine_tune_rule
     cache, _ = site_run
     config = build_config(None, [f"data.cache={cache}", "data.patch_size=[16,16,16]", "data.batch_size=2",
                                  "train.steps=1", "model.options.width=4", "model.options.depth=3",
@@ -174,3 +246,29 @@ def test_fast_adaptation_in_an_evaluation_uses_the_strategys_own_rule(site_run, 
     report = trainer.evaluate()
     assert calls == [(2, None, 2)]  # its own step size (0.07), not eval.adapt_lr; one batch per step
     assert report.adaptation is not None and report.adaptation.steps == 2
+
+
+def test_every_rule_adapts_in_the_runs_precision(site_run):
+    """amp_dtype reaches the steps of fine-tuning and of a strategy's own rule alike (autocast around the loop)."""
+    from prism.evaluation.adaptation import strategy_rule
+    from prism.registry import get_registry
+    from prism.runs import load_run
+
+    cache, run_dir = site_run
+    run = load_run(run_dir)
+    reader = CacheReader(cache)
+    support = load_support(reader, list(reader.split("heldout"))[:1])
+    reader.close()
+    settings = AdaptationSettings(site="site2", steps=2, patch_size=(16, 16, 16))
+    dtypes = []
+
+    def recording_loss(output, batch):
+        dtypes.append(output.logits.dtype)
+        return adaptation_loss(output, batch)
+
+    maml = get_registry().create("strategy", "maml", inner_steps=1)
+    for rule in (fine_tune_rule, strategy_rule(run.strategy), strategy_rule(maml)):
+        dtypes.clear()
+        rule(run.model, support, settings, device=torch.device("cpu"), amp_dtype=torch.bfloat16,
+             loss_fn=recording_loss)
+        assert dtypes == [torch.bfloat16, torch.bfloat16]

@@ -17,6 +17,7 @@ from prism.engine.ema import WeightAverage
 from prism.engine.observers import Observer
 from prism.engine.trainer import BEST_NAME, CHECKPOINT_NAME, Trainer
 from prism.engine.validation import validation_dice
+from prism.evaluation.options import EvalOptions
 
 DECAY = 0.8
 
@@ -146,7 +147,7 @@ def test_validation_best_and_the_evaluation_use_the_average(val_cache, tmp_path)
     def score_with(weights) -> float:
         model.load_state_dict(weights)
         return validation_dice(model, trainer.reader, trainer.val_cases, device=trainer.device,
-                               channels_last=cfg.train.channels_last)
+                               options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last))
 
     assert scores[4] == score_with(last["model"])  # the step-4 validation scored the average
     assert scores[4] != score_with(last["training_model"])  # ... not the weights training goes on from

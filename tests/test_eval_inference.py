@@ -7,6 +7,7 @@ import torch
 
 from prism.errors import ConfigError
 from prism.evaluation.inference import predict_combinations, predict_logits
+from prism.evaluation.options import EvalOptions
 from prism.modalities import BRATS_MODALITIES, combination_masks
 from prism.registry import create_backbone
 
@@ -24,12 +25,14 @@ def model():
 def test_sliding_window_batched_combinations_equal_one_sweep_per_combination(model):
     image = torch.randn(4, 12, 8, 12)  # 2 x 1 x 2 windows of 8^3 at overlap 0.5
     masks = combination_masks(BRATS_MODALITIES)
-    batched = predict_logits(model, image, masks, device=CPU, window=(8, 8, 8), overlap=0.5, sw_batch_size=3)
+    batched = predict_logits(model, image, masks, device=CPU,
+                             options=EvalOptions(window=(8, 8, 8), overlap=0.5, sw_batch_size=3))
     assert batched.shape == (15, 4, 12, 8, 12)
-    labels = predict_combinations(model, image, masks, device=CPU, window=(8, 8, 8), sw_batch_size=3)
+    labels = predict_combinations(model, image, masks, device=CPU,
+                                  options=EvalOptions(window=(8, 8, 8), sw_batch_size=3))
     for i in range(15):
-        single = predict_logits(model, image, masks[i:i + 1], device=CPU, window=(8, 8, 8), overlap=0.5,
-                                sw_batch_size=1)
+        single = predict_logits(model, image, masks[i:i + 1], device=CPU,
+                                options=EvalOptions(window=(8, 8, 8), overlap=0.5, sw_batch_size=1))
         torch.testing.assert_close(batched[i], single[0], rtol=1e-5, atol=1e-5)
         assert torch.equal(labels[i], single[0].argmax(0).to(torch.uint8)), i
 
@@ -39,7 +42,7 @@ def test_one_window_covering_the_volume_equals_whole_volume_inference(model):
     image = torch.randn(4, 8, 12, 16)
     masks = combination_masks(BRATS_MODALITIES)[[0, 7, 14]]
     whole = predict_logits(model, image, masks, device=CPU)
-    window = predict_logits(model, image, masks, device=CPU, window=(8, 12, 16))
+    window = predict_logits(model, image, masks, device=CPU, options=EvalOptions(window=(8, 12, 16)))
     torch.testing.assert_close(window, whole, rtol=1e-5, atol=1e-5)
 
 
@@ -48,7 +51,8 @@ def test_sliding_windows_blend_like_monai_gaussian_for_each_combination(model):
 
     image = torch.randn(4, 12, 8, 14)
     masks = combination_masks(BRATS_MODALITIES)[[3, 9]]
-    ours = predict_logits(model, image, masks, device=CPU, window=(8, 8, 8), overlap=0.25, sw_batch_size=2)
+    ours = predict_logits(model, image, masks, device=CPU,
+                          options=EvalOptions(window=(8, 8, 8), overlap=0.25, sw_batch_size=2))
     for i in range(2):
         m = masks[i:i + 1]
 
@@ -64,21 +68,20 @@ def test_sliding_windows_blend_like_monai_gaussian_for_each_combination(model):
 def test_window_not_divisible_is_a_config_error(model):
     with pytest.raises(ConfigError, match="eval.window"):
         predict_logits(model, torch.randn(4, 8, 8, 8), combination_masks(BRATS_MODALITIES)[:1], device=CPU,
-                       window=(6, 8, 8))
+                       options=EvalOptions(window=(6, 8, 8)))
     with pytest.raises(ConfigError, match="eval.overlap"):
-        predict_logits(model, torch.randn(4, 8, 8, 8), combination_masks(BRATS_MODALITIES)[:1], device=CPU,
-                       window=(8, 8, 8), overlap=1.0)
+        EvalOptions(window=(8, 8, 8), overlap=1.0)  # refused before anything is predicted
 
 
 @pytest.mark.parametrize("per_pass", [0, -2])
-def test_combos_per_pass_below_one_is_a_config_error(model, per_pass):
-    masks = combination_masks(BRATS_MODALITIES)
+def test_combos_per_pass_below_one_is_a_config_error(per_pass):
     with pytest.raises(ConfigError, match="combos_per_pass"):
-        predict_combinations(model, torch.randn(4, 8, 8, 8), masks, device=CPU, combos_per_pass=per_pass)
+        EvalOptions(combos_per_pass=per_pass)
 
 
 def test_combos_per_pass_splits_into_passes_with_the_same_labels(model):
     image, masks = torch.randn(4, 8, 8, 8), combination_masks(BRATS_MODALITIES)
-    together = predict_combinations(model, image, masks, device=CPU, combos_per_pass=15)
+    together = predict_combinations(model, image, masks, device=CPU, options=EvalOptions(combos_per_pass=15))
     for per_pass in (1, 4, 16):
-        assert torch.equal(predict_combinations(model, image, masks, device=CPU, combos_per_pass=per_pass), together)
+        split = predict_combinations(model, image, masks, device=CPU, options=EvalOptions(combos_per_pass=per_pass))
+        assert torch.equal(split, together)

@@ -21,6 +21,7 @@ from prism.data.cache_writer import CacheWriter
 from prism.data_tools.synthetic import SynthSettings, make_case
 from prism.evaluation.compare import compare_reports
 from prism.evaluation.metrics import BRATS_REGIONS, region_dice
+from prism.evaluation.options import EvalOptions
 from prism.evaluation.report import EvalReport, evaluate
 from prism.evaluation.writers import report_markdown, write_report
 from prism.modalities import BRATS_MODALITIES, enumerate_combinations
@@ -69,7 +70,7 @@ def test_combinations_a_case_cannot_supply_are_not_run_and_left_out_of_the_means
     _, full_label = reader.read_case(FULL)
     _, lacking_label = reader.read_case(LACKING)
     model = RecordingOracle(reader.modalities, torch.from_numpy(full_label))
-    report = evaluate(model, reader, [FULL, LACKING], device=CPU, combos_per_pass=4)
+    report = evaluate(model, reader, [FULL, LACKING], device=CPU, options=EvalOptions(combos_per_pass=4))
 
     masks = torch.cat(model.masks)
     assert masks.shape[0] == 15 + 7  # every combination of the full case, the 7 without T1ce of the other
@@ -117,7 +118,7 @@ def test_markdown_has_no_cases_column_when_every_case_has_every_modality(missing
     reader = CacheReader(missing_cache)
     _, label = reader.read_case(FULL)
     report = evaluate(RecordingOracle(reader.modalities, torch.from_numpy(label)), reader, [FULL], device=CPU,
-                      hd95=False)
+                      options=EvalOptions(compute_hd95=False))
     reader.close()
     assert report.cases_per_combination().tolist() == [1] * 15
     assert "Cases" not in report_markdown(report)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,11 +15,12 @@ from prism.backbone import Backbone
 from prism.data.cache_reader import CacheReader
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 from prism.errors import DataError
-from prism.evaluation.adaptation import AdaptationSettings, fine_tune, site_cases
+from prism.evaluation.adaptation import AdaptationSettings, fine_tune_rule, load_support, site_cases
 from prism.evaluation.hausdorff import BRATS_EMPTY_HD95
 from prism.evaluation.inference import predict_combinations
 from prism.evaluation.metrics import BRATS_REGIONS, region_dice
-from prism.evaluation.report import EvalReport, evaluate, evaluate_kwargs, write_report
+from prism.evaluation.options import EvalOptions
+from prism.evaluation.report import EvalReport, evaluate, write_report
 from prism.modalities import combination_masks
 from prism.outputs import SegOutput
 from prism.registry import create_backbone
@@ -60,7 +60,7 @@ def test_oracle_scores_perfectly_and_empty_prediction_gets_brats_conventions(sit
     assert all(has)
     assert (empty.dice == 0).all() and (empty.hd95 == BRATS_EMPTY_HD95).all()
     left_out = evaluate(Oracle(reader.modalities, torch.zeros_like(label)), reader, [case], device=CPU,
-                        hd95_empty=math.nan)
+                        options=EvalOptions(hd95_empty=math.nan))
     assert np.isnan(left_out.hd95).all() and np.isnan(left_out.mean_hd95()).all()
 
 
@@ -69,12 +69,13 @@ def test_report_values_equal_the_metrics_of_a_per_combination_loop(sites_cache):
     torch.manual_seed(0)
     model = create_backbone("multi_unet", reader.modalities, 4, width=4, depth=3).eval()
     cases = list(reader.split("test"))[:2]
-    report = evaluate(model, reader, cases, device=CPU, hd95=False, et_postprocess_voxels=5)
+    options = EvalOptions(compute_hd95=False, et_postprocess_voxels=5)
+    report = evaluate(model, reader, cases, device=CPU, options=options)
     masks = combination_masks(reader.modalities)
     for c, case in enumerate(cases):
         image, label = reader.read_case(case)
         labels = torch.cat([predict_combinations(model, torch.from_numpy(image), masks[i:i + 1], device=CPU,
-                                                 combos_per_pass=1) for i in range(15)])
+                                                 options=EvalOptions(combos_per_pass=1)) for i in range(15)])
         expected = region_dice(labels, torch.from_numpy(label), BRATS_REGIONS, 4, et_postprocess_voxels=5)
         # equal up to a few near-tie voxels: an untrained model's class scores differ in the last float bits
         # between a batch of 15 combinations and one at a time (a wrong combination order is off by far more)
@@ -128,17 +129,18 @@ def test_fast_adaptation_support_query_and_report(sites_cache, tmp_path):
     torch.manual_seed(2)
     model = create_backbone("multi_unet", reader.modalities, 4, width=4, depth=3).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    adapted = fine_tune(model, reader, support, settings, device=CPU)
+    adapted = fine_tune_rule(model, load_support(reader, support), settings, device=CPU)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the caller's model is untouched
     assert any(not torch.equal(v, adapted.state_dict()[k]) for k, v in before.items())
-    zero = fine_tune(model, reader, support, AdaptationSettings(site=site, steps=0), device=CPU)
+    zero = fine_tune_rule(model, load_support(reader, support), AdaptationSettings(site=site, steps=0), device=CPU)
     assert all(torch.equal(v, zero.state_dict()[k]) for k, v in before.items())
 
-    report = evaluate(model, reader, cases, device=CPU, hd95=False, adaptation=settings)
+    dice_only = EvalOptions(compute_hd95=False)
+    report = evaluate(model, reader, cases, device=CPU, options=dice_only, adaptation=settings)
     a = report.adaptation
     assert a is not None and a.query_cases == query
     np.testing.assert_allclose(a.before.dice, report.subset(query).dice)  # no adaptation = the plain evaluation
-    expected_after = evaluate(adapted, reader, query, device=CPU, hd95=False)
+    expected_after = evaluate(adapted, reader, query, device=CPU, options=dice_only)
     np.testing.assert_allclose(a.after.dice, expected_after.dice)
     write_report(report, tmp_path, heatmap=False)
     data = json.loads((tmp_path / "eval.json").read_text())
@@ -150,13 +152,3 @@ def test_fast_adaptation_support_query_and_report(sites_cache, tmp_path):
 def test_adaptation_needs_enough_cases_of_the_site(sites_cache):
     with pytest.raises(DataError, match="site 'site9' has 0 cases"):
         site_cases(sites_cache, sites_cache.case_ids, AdaptationSettings(site="site9"))
-
-
-def test_evaluate_kwargs_read_config_fields_with_defaults():
-    old = evaluate_kwargs(SimpleNamespace(et_postprocess_voxels=500))
-    assert old["et_postprocess_voxels"] == 500 and old["window"] is None and old["hd95"] is True
-    assert "adaptation" not in old
-    new = evaluate_kwargs(SimpleNamespace(et_postprocess_voxels=0, window=[64, 64, 64], overlap=0.25, hd95_empty=None,
-                                          adapt_site="site1", adapt_steps=5, adapt_cases=2))
-    assert new["window"] == [64, 64, 64] and new["overlap"] == 0.25 and math.isnan(new["hd95_empty"])
-    assert new["adaptation"] == AdaptationSettings(site="site1", support_cases=2, steps=5)

@@ -7,6 +7,7 @@ import torch
 from prism.evaluation.hausdorff import BRATS_EMPTY_HD95, hd95
 from prism.evaluation.inference import predict_combinations
 from prism.evaluation.metrics import BRATS_REGIONS, region_dice, region_masks
+from prism.evaluation.options import EvalOptions
 from prism.modalities import BRATS_MODALITIES, combination_masks
 from prism.registry import create_backbone
 
@@ -57,7 +58,8 @@ def test_batched_combinations_equal_one_pass_per_combination():
     batched = predict_combinations(model, image, masks, device=torch.device("cpu"))
     assert batched.shape == (15, 14, 16, 18)
     for i in range(15):
-        single = predict_combinations(model, image, masks[i:i + 1], device=torch.device("cpu"), combos_per_pass=1)
+        single = predict_combinations(model, image, masks[i:i + 1], device=torch.device("cpu"),
+                                      options=EvalOptions(combos_per_pass=1))
         assert torch.equal(batched[i], single[0]), i
 
 

@@ -184,11 +184,22 @@ def test_cli_end_to_end(world, tmp_path, capsys):
         assert (data[~inside] == 0).all()
 
 
-def test_cli_window_option(world, tmp_path):
+def test_cli_window_option(world, tmp_path, monkeypatch):
+    import prism.evaluation.inference as inference
+
+    seen = []
+    original = inference.predict_logits
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["options"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_logits", spy)
     out = tmp_path / "pred"
     assert main([str(world["run"]), str(world["raw"] / MISSING), "-o", str(out), "--window", "8", "8", "8",
                  "--overlap", "0.25"]) == 0
     assert (out / f"{MISSING}.nii.gz").is_file()
+    assert [(o.window, o.overlap) for o in seen] == [((8, 8, 8), 0.25)]  # the flags over the run's eval section
 
 
 def _no_checkpoint(world, tmp_path) -> list[str]:
@@ -356,7 +367,7 @@ def test_tta_flag_reaches_the_predictor_and_defaults_to_the_runs_setting(world, 
     original = inference.predict_logits
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["tta"])
+        seen.append(kwargs["options"].tta)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(inference, "predict_logits", spy)

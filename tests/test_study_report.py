@@ -199,3 +199,29 @@ def test_the_training_curves_show_comparable_components_never_the_total():
              "share.fuse": np.ones(3), "samples_per_s": np.ones(3)},
             {"step": np.arange(3), "loss": np.ones(3), "fuse": np.ones(3), "meta": np.ones(3)}]
     assert loss_components(logs) == ["fuse", "uni", "meta"]
+
+
+def test_an_evaluation_that_did_not_score_the_final_checkpoint_is_left_out_as_stale(tmp_path):
+    import torch
+
+    from prism.config import build_config, config_to_yaml
+    from prism.evaluation.provenance import checkpoint_record
+
+    _spec(tmp_path, seeds=(0,))
+    rng = np.random.default_rng(2)
+    for arm in ("base", "new"):
+        folder = tmp_path / "runs" / arm / "seed-0"
+        _fake_run(folder, np.clip(rng.normal(0.6, 0.05, (4, 15, 3)), 0, 1), [0.9, 0.6, 0.4])
+        (folder / "config.yaml").write_text(config_to_yaml(build_config(None, ["train.steps=30"])))
+        torch.save({"step": 30}, folder / "last.pt")
+    current = tmp_path / "runs" / "base" / "seed-0"
+    data = json.loads((current / "eval.json").read_text())
+    (current / "eval.json").write_text(json.dumps({**data, "checkpoint": checkpoint_record(current / "last.pt")}))
+    stale = tmp_path / "runs" / "new" / "seed-0"  # its eval.json scored step 12 of a run trained on since
+    data = json.loads((stale / "eval.json").read_text())
+    (stale / "eval.json").write_text(json.dumps({**data, "checkpoint": {**checkpoint_record(stale / "last.pt"),
+                                                                         "step": 12}}))
+    summary = write_study_report(tmp_path)
+    runs = {r["arm"]: r for r in summary["runs"]}
+    assert runs["base"]["status"] == "ok"
+    assert runs["new"]["status"] == "missing" and "stale eval.json" in runs["new"]["reason"]

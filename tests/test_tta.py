@@ -16,7 +16,8 @@ from prism.backbone import Backbone
 from prism.config import build_config
 from prism.errors import ConfigError
 from prism.evaluation.inference import predict_combinations, predict_logits
-from prism.evaluation.report import evaluate, evaluate_kwargs
+from prism.evaluation.options import EvalOptions
+from prism.evaluation.report import evaluate
 from prism.evaluation.tta import MIRROR_FLIPS, with_tta
 from prism.modalities import BRATS_MODALITIES, combination_masks
 from prism.outputs import SegOutput
@@ -81,12 +82,13 @@ def test_the_flips_are_the_8_subsets_of_the_spatial_axes():
 def test_a_flip_equivariant_model_is_unchanged(image, window):
     model = ConvModel(symmetric=True).eval()
     masks = combination_masks(BRATS_MODALITIES)[[0, 6, 14]]
-    kwargs = dict(device=CPU, window=window, overlap=0.5)
-    plain = torch.softmax(predict_logits(model, image, masks, **kwargs), 1)
-    mirrored = torch.softmax(predict_logits(model, image, masks, tta="mirror", **kwargs), 1)
+    plain_options = EvalOptions(window=window, overlap=0.5)
+    mirror_options = EvalOptions(window=window, overlap=0.5, tta="mirror")
+    plain = torch.softmax(predict_logits(model, image, masks, device=CPU, options=plain_options), 1)
+    mirrored = torch.softmax(predict_logits(model, image, masks, device=CPU, options=mirror_options), 1)
     torch.testing.assert_close(mirrored, plain, atol=1e-5, rtol=0)
-    assert torch.equal(predict_combinations(model, image, masks, tta="mirror", **kwargs),
-                       predict_combinations(model, image, masks, **kwargs))
+    assert torch.equal(predict_combinations(model, image, masks, device=CPU, options=mirror_options),
+                       predict_combinations(model, image, masks, device=CPU, options=plain_options))
 
 
 def test_a_non_equivariant_model_gets_the_mean_of_its_8_flipped_predictions(image):
@@ -94,12 +96,14 @@ def test_a_non_equivariant_model_gets_the_mean_of_its_8_flipped_predictions(imag
     probability of the 8 flips for each combination; it is not the unmirrored prediction."""
     model = ConvModel(symmetric=False, ramp=2.0).eval()
     masks = combination_masks(BRATS_MODALITIES)[[0, 6, 14]]
-    mirrored = torch.softmax(predict_logits(model, image, masks, device=CPU, tta="mirror").double(), 1)
+    mirror = EvalOptions(tta="mirror")
+    mirrored = torch.softmax(predict_logits(model, image, masks, device=CPU, options=mirror).double(), 1)
     for c in range(masks.shape[0]):
         torch.testing.assert_close(mirrored[c], _mirrored_mean(model, image, masks[c]), atol=1e-6, rtol=0)
     plain = torch.softmax(predict_logits(model, image, masks, device=CPU).double(), 1)
     assert (mirrored - plain).abs().max() > 0.05
-    labels = predict_combinations(model, image, masks, device=CPU, tta="mirror", combos_per_pass=2)
+    labels = predict_combinations(model, image, masks, device=CPU,
+                                  options=EvalOptions(tta="mirror", combos_per_pass=2))
     assert torch.equal(labels, mirrored.argmax(1).to(torch.uint8))
 
 
@@ -109,7 +113,8 @@ def test_whole_volume_padding_is_mirrored_with_the_volume():
     model.size_divisor = 4
     image = torch.randn(4, 10, 9, 7, generator=torch.Generator().manual_seed(2))
     mask = combination_masks(BRATS_MODALITIES)[14:]
-    mirrored = torch.softmax(predict_logits(model, image, mask, device=CPU, tta="mirror")[0].double(), 0)
+    mirrored = torch.softmax(predict_logits(model, image, mask, device=CPU,
+                                            options=EvalOptions(tta="mirror"))[0].double(), 0)
     padded = F.pad(image, (0, 1, 0, 3, 0, 2))
     expected = _mirrored_mean(model, padded, mask[0])[:, :10, :9, :7]
     torch.testing.assert_close(mirrored, expected, atol=1e-6, rtol=0)
@@ -126,9 +131,11 @@ def test_sliding_windows_blend_the_mirrored_windows(image):
 
     expected = sliding_window_inference(image[None], roi_size=(8, 8, 8), sw_batch_size=1, predictor=window_predictor,
                                         overlap=0.5, mode="gaussian", sigma_scale=0.125, padding_mode="constant")[0]
-    got = predict_logits(model, image, mask[None], device=CPU, window=(8, 8, 8), overlap=0.5, tta="mirror")[0]
+    got = predict_logits(model, image, mask[None], device=CPU,
+                         options=EvalOptions(window=(8, 8, 8), overlap=0.5, tta="mirror"))[0]
     torch.testing.assert_close(torch.softmax(got, 0), torch.softmax(expected, 0), atol=1e-5, rtol=0)
-    one_window = predict_logits(model, image, mask[None], device=CPU, window=(12, 10, 8), tta="mirror")[0]
+    one_window = predict_logits(model, image, mask[None], device=CPU,
+                                options=EvalOptions(window=(12, 10, 8), tta="mirror"))[0]
     torch.testing.assert_close(torch.softmax(one_window.double(), 0), _mirrored_mean(model, image, mask),
                                atol=1e-5, rtol=0)
 
@@ -139,8 +146,8 @@ def test_unknown_mode_is_one_line_naming_the_field():
     with pytest.raises(ConfigError, match=r"eval.tta"):
         build_config(None, ["eval.tta=flip"])
     assert build_config(None, ["eval.tta=mirror"]).eval.tta == "mirror"
-    assert evaluate_kwargs(build_config(None, ["eval.tta=mirror"]).eval)["tta"] == "mirror"
-    assert evaluate_kwargs(object())["tta"] == "none"
+    assert EvalOptions.from_config(build_config(None, ["eval.tta=mirror"]).eval).tta == "mirror"
+    assert EvalOptions.from_config(build_config(None, []).eval).tta == "none"
 
 
 def test_evaluation_scores_the_mirrored_prediction_and_records_it(tiny_cache):
@@ -155,7 +162,7 @@ def test_evaluation_scores_the_mirrored_prediction_and_records_it(tiny_cache):
         k = len(reader.labels)
         model = ConvModel(symmetric=False, ramp=2.0, k=k).eval()
         case = reader.split("test")[0]
-        report = evaluate(model, reader, [case], device=CPU, tta="mirror", hd95=False)
+        report = evaluate(model, reader, [case], device=CPU, options=EvalOptions(tta="mirror", compute_hd95=False))
         image, label = reader.read_case(case)
         regions = regions_for(reader.labels)
         available = torch.tensor(reader.info(case).availability)

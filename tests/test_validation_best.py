@@ -14,6 +14,7 @@ from prism.engine.checkpoint import load_checkpoint
 from prism.engine.trainer import BEST_NAME, CHECKPOINT_NAME, Trainer, eta_text, rate_text
 from prism.engine.validation import validation_dice, validation_masks
 from prism.errors import ConfigError
+from prism.evaluation.options import EvalOptions
 from prism.evaluation.report import evaluate
 
 
@@ -44,7 +45,11 @@ def test_validation_dice_agrees_with_the_full_evaluation(val_cache, tmp_path):
     cases = list(trainer.val_cases)
     got = validation_dice(model, reader, cases, device=trainer.device)
     assert model.training  # left as it was
-    report = evaluate(model, reader, cases, device=trainer.device, hd95=False)  # an independent code path
+    # the run's options reach it, but validation stays one cheap pass: no mirroring, every combination at once
+    options = EvalOptions.from_config(_config(val_cache, "eval.tta=mirror", "eval.combos_per_pass=1").eval)
+    assert validation_dice(model, reader, cases, device=trainer.device, options=options) == got
+    report = evaluate(model, reader, cases, device=trainer.device,
+                      options=EvalOptions(compute_hd95=False))  # an independent code path
     rows = [i for i, mask in enumerate(report.combination_masks) if sum(mask) in (1, len(mask))]
     assert len(rows) == 5
     expected = np.nanmean(report.dice[:, rows, :])

@@ -56,7 +56,7 @@ import torch
 from prism.adapt import adapted_copy
 from prism.batch import Batch
 from prism.data.cache_reader import CacheReader
-from prism.evaluation.adaptation import dice_ce_loss  # the loss prism-eval adapt hands to Strategy.adapt
+from prism.adapt import adaptation_loss  # the loss prism-eval adapt hands to Strategy.adapt
 from prism.runs import load_run
 
 run = load_run(sys.argv[1])  # the run's backbone (eval mode) and strategy, with their checkpointed state
@@ -72,7 +72,7 @@ crop = (slice(None), *[slice(0, 16)] * 3)  # sizes the backbone takes (multiples
 support = Batch(image=torch.from_numpy(image)[crop][None], label=torch.from_numpy(label)[crop[1:]][None].long(),
                 mask=available[None], availability=available[None])
 
-weights = run.strategy.adapt(run.model, [support], dice_ce_loss, steps=2)  # {parameter name: adapted tensor}
+weights = run.strategy.adapt(run.model, [support], adaptation_loss, steps=2)  # {parameter name: adapted tensor}
 adapted = adapted_copy(run.model, weights).eval()  # the run's model is left as it was
 with torch.no_grad():
     print("adapted", len(weights), "tensors; prediction", tuple(adapted(support.image, support.mask).logits.shape))

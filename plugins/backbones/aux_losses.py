@@ -19,6 +19,7 @@ from prism.plugins.losses.options import (
     SmoothNr,
     TermWeight,
 )
+from prism.plugins.losses.segmentation import SEG
 from prism.plugins.losses.terms import modality_parts, seg_options
 
 
@@ -28,10 +29,13 @@ class RFNetSeparateLoss(LossTerm):
     needs = frozenset({"sep"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weight: TermWeight = 1.0,
-                 include_background: IncludeBackground = True, class_weighting: ClassWeightingOption = "none",
-                 lambda_dice: LambdaDice = 1.0, lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None,
-                 smooth_nr: SmoothNr = 1e-5, smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
-                 batch_reduction: BatchReduction = "mean") -> None:
+                 include_background: IncludeBackground = SEG.include_background,
+                 class_weighting: ClassWeightingOption = SEG.class_weighting,
+                 lambda_dice: LambdaDice = SEG.lambda_dice, lambda_ce: LambdaCE = SEG.lambda_ce,
+                 class_weights: ClassWeights = None,
+                 smooth_nr: SmoothNr = SEG.smooth_nr, smooth_dr: SmoothDr = SEG.smooth_dr,
+                 prob_floor: SegProbFloor = SEG.prob_floor,
+                 batch_reduction: BatchReduction = SEG.batch_reduction) -> None:
         super().__init__(modalities, num_classes)
         self.weight = float(weight)
         self.seg = seg_options(include_background=include_background, class_weights=class_weights,

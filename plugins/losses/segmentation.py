@@ -232,3 +232,7 @@ class SegLossOptions:
                             class_weighting=self.class_weighting, lambda_dice=self.lambda_dice,
                             lambda_ce=self.lambda_ce, smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr,
                             prob_floor=self.prob_floor, reduction="none")
+
+
+#: the segmentation loss's defaults, written once: every term's signature takes its defaults from here
+SEG = SegLossOptions()

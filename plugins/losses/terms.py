@@ -56,16 +56,17 @@ from .options import (
 )
 from .preference import PreferenceRegulariser, batch_preference_gate, preference_gate, relative_preference
 from .prototypes import PROTO_VARIANTS, proto_gap
-from .segmentation import SegLossOptions
+from .segmentation import SEG, SegLossOptions
 from .targets import targets_for
 
 GateMode = Literal["sample", "batch"]
 
 
-def seg_options(*, include_background: bool = True, class_weights: Sequence[float] | None = None,
-                class_weighting: str = "none", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
-                smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, prob_floor: float = 0.005,
-                batch_reduction: str = "mean") -> SegLossOptions:
+def seg_options(*, include_background: bool = SEG.include_background,
+                class_weights: Sequence[float] | None = SEG.class_weights,
+                class_weighting: str = SEG.class_weighting, lambda_dice: float = SEG.lambda_dice,
+                lambda_ce: float = SEG.lambda_ce, smooth_nr: float = SEG.smooth_nr, smooth_dr: float = SEG.smooth_dr,
+                prob_floor: float = SEG.prob_floor, batch_reduction: str = SEG.batch_reduction) -> SegLossOptions:
     """SegLossOptions from term options (lists become tuples)."""
     return SegLossOptions(include_background=include_background,
                           class_weights=None if class_weights is None else tuple(class_weights),
@@ -124,10 +125,13 @@ class FuseLoss(LossTerm):
     needs = frozenset({"logits"})
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *,
-                 include_background: IncludeBackground = True, class_weighting: ClassWeightingOption = "none",
-                 lambda_dice: LambdaDice = 1.0, lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None,
-                 smooth_nr: SmoothNr = 1e-5, smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
-                 batch_reduction: BatchReduction = "mean") -> None:
+                 include_background: IncludeBackground = SEG.include_background,
+                 class_weighting: ClassWeightingOption = SEG.class_weighting,
+                 lambda_dice: LambdaDice = SEG.lambda_dice, lambda_ce: LambdaCE = SEG.lambda_ce,
+                 class_weights: ClassWeights = None,
+                 smooth_nr: SmoothNr = SEG.smooth_nr, smooth_dr: SmoothDr = SEG.smooth_dr,
+                 prob_floor: SegProbFloor = SEG.prob_floor,
+                 batch_reduction: BatchReduction = SEG.batch_reduction) -> None:
         super().__init__(modalities, num_classes)
         self.seg = seg_options(include_background=include_background, class_weights=class_weights,
                                class_weighting=class_weighting, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
@@ -147,11 +151,12 @@ class UniLoss(LossTerm):
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, deep: UniDeep = True,
                  deep_weights: DeepWeights = None, label_resample: LabelResampleOption = "maxpool",
-                 align_corners: AlignCorners = False, include_background: IncludeBackground = True,
-                 class_weighting: ClassWeightingOption = "none", lambda_dice: LambdaDice = 1.0,
-                 lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None, smooth_nr: SmoothNr = 1e-5,
-                 smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
-                 batch_reduction: BatchReduction = "mean") -> None:
+                 align_corners: AlignCorners = False, include_background: IncludeBackground = SEG.include_background,
+                 class_weighting: ClassWeightingOption = SEG.class_weighting, lambda_dice: LambdaDice = SEG.lambda_dice,
+                 lambda_ce: LambdaCE = SEG.lambda_ce, class_weights: ClassWeights = None,
+                 smooth_nr: SmoothNr = SEG.smooth_nr,
+                 smooth_dr: SmoothDr = SEG.smooth_dr, prob_floor: SegProbFloor = SEG.prob_floor,
+                 batch_reduction: BatchReduction = SEG.batch_reduction) -> None:
         super().__init__(modalities, num_classes)
         self.deep, self.deep_weights, self.label_resample = deep, deep_weights, label_resample
         self.align_corners = bool(align_corners)
@@ -184,11 +189,12 @@ class PrmLoss(LossTerm):
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, weights: DeepWeights = None,
                  label_resample: LabelResampleOption = "maxpool", region0_weight: Region0Weight = 0.0,
-                 align_corners: AlignCorners = False, include_background: IncludeBackground = True,
-                 class_weighting: ClassWeightingOption = "none", lambda_dice: LambdaDice = 1.0,
-                 lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None, smooth_nr: SmoothNr = 1e-5,
-                 smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
-                 batch_reduction: BatchReduction = "mean") -> None:
+                 align_corners: AlignCorners = False, include_background: IncludeBackground = SEG.include_background,
+                 class_weighting: ClassWeightingOption = SEG.class_weighting, lambda_dice: LambdaDice = SEG.lambda_dice,
+                 lambda_ce: LambdaCE = SEG.lambda_ce, class_weights: ClassWeights = None,
+                 smooth_nr: SmoothNr = SEG.smooth_nr,
+                 smooth_dr: SmoothDr = SEG.smooth_dr, prob_floor: SegProbFloor = SEG.prob_floor,
+                 batch_reduction: BatchReduction = SEG.batch_reduction) -> None:
         super().__init__(modalities, num_classes)
         self.weights, self.label_resample = weights, label_resample
         self.region0_weight = float(region0_weight)
@@ -232,7 +238,7 @@ class PixelKLLoss(LossTerm):
                  clamped_weight: ClampedWeight = False, deep_resample: DeepResampleOption = "native",
                  deep_weights: KLDeepWeights = None, region0_weight: KLRegion0Weight = 0.0,
                  scale_by_temperature: ScaleByTemperature = True, align_corners: AlignCorners = False,
-                 batch_reduction: BatchReduction = "mean") -> None:
+                 batch_reduction: BatchReduction = SEG.batch_reduction) -> None:
         super().__init__(modalities, num_classes)
         if clamped_weight and prob_floor is None:
             raise LossOptionError("pixel_kl: clamped_weight=true needs prob_floor (the clamp)")
@@ -369,7 +375,7 @@ class ProtoL2Loss(PreferenceTerm):
     def __init__(self, modalities: tuple[str, ...], num_classes: int, *, variant: ProtoVariant = "seeds",
                  eps: ProtoEps = 1e-8, preference: PreferenceEnabled = False, missing_rates: MissingRates = None,
                  gate: GateOption = "sample", preference_options: PreferenceGroup = None,
-                 batch_reduction: BatchReduction = "mean") -> None:
+                 batch_reduction: BatchReduction = SEG.batch_reduction) -> None:
         super().__init__(modalities, num_classes)
         self.proto = variant_options(PROTO_VARIANTS, variant, "proto_l2 variant")
         self.proto["eps"] = float(eps)

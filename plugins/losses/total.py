@@ -48,6 +48,7 @@ from .options import (
     WeightingOption,
 )
 from .preference import initial_coefficients
+from .segmentation import SEG
 from .targets import targets_for
 from .terms import (
     FuseLoss,
@@ -107,10 +108,13 @@ class PrismLoss(PreferenceTerm):
                  weighting: WeightingOption = "seeds", modal_weight: ModalWeight = False,
                  gate: GateOption = "sample", proto_eps: ProtoEps = 1e-8,
                  pixel_kl_options: PixelKLGroup = None, prm_region0: Region0Weight = 0.0,
-                 include_background: IncludeBackground = True, class_weighting: ClassWeightingOption = "none",
-                 lambda_dice: LambdaDice = 1.0, lambda_ce: LambdaCE = 1.0, class_weights: ClassWeights = None,
-                 smooth_nr: SmoothNr = 1e-5, smooth_dr: SmoothDr = 1e-5, prob_floor: SegProbFloor = 0.005,
-                 batch_reduction: BatchReduction = "mean") -> None:
+                 include_background: IncludeBackground = SEG.include_background,
+                 class_weighting: ClassWeightingOption = SEG.class_weighting,
+                 lambda_dice: LambdaDice = SEG.lambda_dice, lambda_ce: LambdaCE = SEG.lambda_ce,
+                 class_weights: ClassWeights = None,
+                 smooth_nr: SmoothNr = SEG.smooth_nr, smooth_dr: SmoothDr = SEG.smooth_dr,
+                 prob_floor: SegProbFloor = SEG.prob_floor,
+                 batch_reduction: BatchReduction = SEG.batch_reduction) -> None:
         super().__init__(modalities, num_classes)
         seg = dict(include_background=include_background, class_weighting=class_weighting, lambda_dice=lambda_dice,
                    lambda_ce=lambda_ce, class_weights=class_weights, smooth_nr=smooth_nr, smooth_dr=smooth_dr,

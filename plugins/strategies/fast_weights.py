@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from prism.adapt import AdaptLossFn, functional_forward, gradient_steps
+from prism.adapt import AdaptLossFn, fine_tune, functional_forward
 from prism.backbone import Backbone
 from prism.batch import Batch
 from prism.errors import ConfigError
@@ -165,12 +165,8 @@ class FastWeights(Strategy):
         with torch.no_grad():
             rho = self.generate(model, [functional_forward(model, {}, b) for b in support], support)
         model.train(was_training)
-        fast = {n: v.detach().requires_grad_(True) for n, v in rho.items()}
-        refine = self.refine_steps if steps is None else steps
-        if refine:
-            fast, _ = gradient_steps(model, fast, list(support), loss_fn, refine,
-                                     self.refine_lr if lr is None else lr)
-        return {n: v.detach() for n, v in fast.items()}
+        return fine_tune(model, support, loss_fn, steps=self.refine_steps if steps is None else steps,
+                         lr=self.refine_lr if lr is None else lr, start=rho)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
-from prism.adapt import AdaptLossFn, StepSizes, class_task_loss, gradient_steps, select_parameters
+from prism.adapt import AdaptLossFn, StepSizes, class_task_loss, fine_tune, select_parameters
 from prism.backbone import Backbone
 from prism.batch import Batch
 from prism.errors import ConfigError
@@ -121,12 +121,8 @@ class MAML(Strategy):
                 trainable = [n for n, p in model.named_parameters() if p.requires_grad]
                 learned = {trainable[int(k)].replace(".", "__"): v for k, v in learned.items()}
             rates = {n: learned[n.replace(".", "__")].detach().clamp(min=0.0) for n in names}
-        own = dict(model.named_parameters())
-        fast = {n: own[n].detach().clone().requires_grad_(True) for n in names}
-        for i in range(self.inner_steps if steps is None else steps):
-            fast, _ = gradient_steps(model, fast, [support[i % len(support)]], loss_fn, 1, rates)
-            fast = {n: w.detach().requires_grad_(True) for n, w in fast.items()}
-        return {n: w.detach() for n, w in fast.items()}
+        return fine_tune(model, support, loss_fn, steps=self.inner_steps if steps is None else steps, lr=rates,
+                         params=names)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(),

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import copy
+import functools
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
-from prism.adapt import AdaptLossFn, select_parameters
+from prism.adapt import AdaptLossFn, OptimizerFactory, fine_tune, select_parameters
 from prism.backbone import Backbone
 from prism.batch import Batch
 from prism.errors import ConfigError
-from prism.loss import observation
 from prism.strategy import StepContext, Strategy
 
 from .options import AdaptParams, InnerLR, InnerSteps, SiteOrCombination, TasksPerStep
@@ -69,10 +68,11 @@ class Reptile(Strategy):
         frac = min(step / max(total, 1), 1.0)
         return self.meta_step + (self.meta_step_final - self.meta_step) * frac
 
-    def _inner_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    def _inner_optimizer(self) -> OptimizerFactory:
+        """``factory(params, lr)`` of the inner optimizer: SGD, or Adam with beta1 = 0."""
         if self.inner_optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.inner_lr, betas=(0.0, 0.999))
-        return torch.optim.SGD(params, lr=self.inner_lr)
+            return functools.partial(torch.optim.Adam, betas=(0.0, 0.999))
+        return torch.optim.SGD
 
     def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         assert self.sampler is not None
@@ -85,7 +85,7 @@ class Reptile(Strategy):
             with torch.no_grad():
                 torch._foreach_copy_(params, theta)
             own = dict(ctx.model.named_parameters())
-            inner = self._inner_optimizer([own[n] for n in self.adapted])
+            inner = self._inner_optimizer()([own[n] for n in self.adapted], self.inner_lr)
             for _ in range(self.inner_steps):
                 batch = self.sampler.batch(ctx, task, task.support_stream)
                 inner.zero_grad(set_to_none=True)
@@ -107,22 +107,10 @@ class Reptile(Strategy):
     def adapt(self, model: Backbone, support: Sequence[Batch], loss_fn: AdaptLossFn, *, steps: int | None = None,
               lr: float | None = None) -> dict[str, torch.Tensor]:
         """The inner optimizer (``inner_optimizer``, ``inner_lr`` or ``lr``) for ``inner_steps`` (or ``steps``)
-        steps on ``adapt_params`` of a copy of ``model``."""
+        steps on ``adapt_params`` (:func:`prism.adapt.fine_tune` with that optimizer; ``model`` unchanged)."""
         names = select_parameters(model, self.adapt_params, field="strategy.options.adapt_params")
-        copy_ = copy.deepcopy(model)
-        own = dict(copy_.named_parameters())
-        inner = self._inner_optimizer([own[n] for n in names])
-        if lr is not None:
-            for group in inner.param_groups:
-                group["lr"] = lr
-        for i in range(self.inner_steps if steps is None else steps):
-            batch = support[i % len(support)]
-            inner.zero_grad(set_to_none=True)
-            with observation(False):
-                loss = loss_fn(copy_(batch.image, batch.mask), batch)
-            loss.backward()
-            inner.step()
-        return {n: own[n].detach() for n in names}
+        return fine_tune(model, support, loss_fn, steps=self.inner_steps if steps is None else steps,
+                         lr=self.inner_lr if lr is None else lr, params=names, optimizer=self._inner_optimizer())
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -81,13 +81,44 @@ run's eval.split of the first run's cache, or --data).
 """
 
 
+def _from_run(field: str, value: object) -> str:
+    """A help text's default: the run's ``eval.<field>``, and the config's own default for it."""
+    shown = "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return f"default: the run's eval.{field}, {shown} unless set"
+
+
+def add_inference_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that change how a run predicts (``prism-eval`` and ``prism-predict``): sliding windows and
+    test-time augmentation, each defaulting to the run's ``eval`` field (see :func:`inference_changes`)."""
+    from ..evaluation.options import DEFAULTS
+    from ..evaluation.tta import TTA_MODES
+
+    window = "the whole volume at once" if DEFAULTS.window is None else " ".join(map(str, DEFAULTS.window))
+    p.add_argument("--window", type=POSITIVE, nargs=3, metavar=("D", "H", "W"),
+                   help=f"sliding-window size, at most the volume's (default: the run's eval.window, {window} "
+                   "unless set)")
+    p.add_argument("--overlap", type=_finite_float(0.0, 1.0),
+                   help=f"sliding-window overlap in [0, 1) ({_from_run('overlap', DEFAULTS.overlap)})")
+    p.add_argument("--sw-batch-size", type=POSITIVE, help="windows per forward pass (>= 1), each run for every "
+                   f"combination ({_from_run('sw_batch_size', DEFAULTS.sw_batch_size)})")
+    p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: mirror = mean probabilities of the 8 "
+                   f"flips ({_from_run('tta', DEFAULTS.tta)})")
+
+
+def inference_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The ``eval`` fields the flags of :func:`add_inference_flags` set (those given)."""
+    given = {"window": args.window, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size, "tta": args.tta}
+    return {field: value for field, value in given.items() if value is not None}
+
+
 def parser() -> argparse.ArgumentParser:
+    from ..config import EvalConfig
+    from ..evaluation.options import DEFAULTS, HD95_CONVENTIONS, convention_empty_hd95
+
     p = OneLineParser(
         prog="prism-eval", description="Evaluate a run folder's last checkpoint: Dice and HD95 per region for each "
         "of the 15 modality combinations, or 'prism-eval compare RUN_A RUN_B'.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    from ..evaluation.tta import TTA_MODES
-
     p.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--ensemble", type=Path, nargs="+", metavar="RUN",
                    help="evaluate these runs as one model, their softmax probabilities averaged (instead of RUN_DIR; "
@@ -98,32 +129,48 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="evaluate on this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
     p.add_argument("--max-cases", type=POSITIVE, help="evaluate only the first N cases of the split")
-    p.add_argument("--window", type=POSITIVE, nargs=3, metavar=("D", "H", "W"),
-                   help="sliding-window size, at most the volume's (default: the whole volume at once)")
-    p.add_argument("--overlap", type=_finite_float(0.0, 1.0), help="sliding-window overlap in [0, 1) (default 0.5)")
-    p.add_argument("--sw-batch-size", type=POSITIVE,
-                   help="windows per forward pass (>= 1), each run for every combination")
-    p.add_argument("--tta", choices=TTA_MODES,
-                   help="test-time augmentation: mirror = mean probabilities of the 8 flips (default: eval.tta)")
-    p.add_argument("--et-postprocess", type=COUNT, metavar="VOXELS",
-                   help="fewer predicted ET voxels count as none (BraTS: 500; 0 = off)")
+    add_inference_flags(p)
+    p.add_argument("--et-postprocess", type=COUNT, metavar="VOXELS", help="fewer predicted ET voxels count as none "
+                   f"(BraTS: 500; 0 = off; {_from_run('et_postprocess_voxels', DEFAULTS.et_postprocess_voxels)})")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (Dice only)")
-    p.add_argument("--hd95", choices=["monai", "brats2023"], dest="hd95_convention",
-                   help="whose HD95: MONAI's compute_hausdorff_distance (monai, default) or the BraTS 2023 "
-                   "challenge code's surface-area-weighted one (brats2023)")
+    p.add_argument("--hd95", choices=HD95_CONVENTIONS, dest="hd95_convention",
+                   help="whose HD95: MONAI's compute_hausdorff_distance (monai) or the BraTS 2023 challenge code's "
+                   f"surface-area-weighted one (brats2023) ({_from_run('hd95_convention', DEFAULTS.hd95_convention)})")
+    d = EvalConfig()
+    values = ", ".join(f"{c} {convention_empty_hd95(c):.2f}" for c in HD95_CONVENTIONS)
     p.add_argument("--hd95-empty", type=_hd95_empty, metavar="MM",
-                   help="HD95 when exactly one of prediction and reference is empty: 'convention' (monai 373.13, "
-                   "brats2023 374; default), a number of mm, or 'nan' (left out of the means)")
+                   help=f"HD95 when exactly one of prediction and reference is empty: 'convention' ({values}), a "
+                   f"number of mm, or 'nan' (left out of the means) ({_from_run('hd95_empty', d.hd95_empty)})")
     p.add_argument("--no-heatmap", action="store_true", help="do not write eval_dice.png")
-    adapt = p.add_argument_group("fast adaptation (evaluate a held-out site before and after fine-tuning)")
-    adapt.add_argument("--adapt-site", metavar="SITE", help="the site to adapt to (cases' site attribute)")
+    adapt = p.add_argument_group("fast adaptation (evaluate a held-out site before and after adapting to it: the "
+                                 "run's own rule, or fine-tuning for strategies without one)")
+    adapt.add_argument("--adapt-site", metavar="SITE", help="the site to adapt to (cases' site attribute; "
+                       f"{_from_run('adapt_site', d.adapt_site)})")
     adapt.add_argument("--adapt-cases", type=POSITIVE, metavar="N",
-                       help="support cases taken from the site (default 1)")
-    adapt.add_argument("--adapt-steps", type=COUNT, metavar="K", help="fine-tuning steps (default 10)")
-    adapt.add_argument("--adapt-lr", type=LR, help="fine-tuning learning rate, finite and > 0 (default 0.01)")
+                       help=f"support cases taken from the site ({_from_run('adapt_cases', d.adapt_cases)})")
+    adapt.add_argument("--adapt-steps", type=COUNT, metavar="K",
+                       help=f"adaptation steps ({_from_run('adapt_steps', d.adapt_steps)})")
+    adapt.add_argument("--adapt-lr", type=LR, help="fine-tuning learning rate, finite and > 0 (strategies with a "
+                       f"rule of their own keep their step size; {_from_run('adapt_lr', d.adapt_lr)})")
     adapt.add_argument("--adapt-patch", type=POSITIVE, nargs=3, metavar=("D", "H", "W"),
-                       help="fine-tuning patch size (default: whole volumes)")
+                       help=f"adaptation patch size ({_from_run('adapt_patch_size', d.adapt_patch_size)}: whole "
+                       "volumes)")
     return p
+
+
+def eval_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The ``eval`` fields the flags of :func:`parser` set (those given), to apply over the run's section."""
+    changes = inference_changes(args)
+    given = {"split": args.split, "max_cases": args.max_cases, "et_postprocess_voxels": args.et_postprocess,
+             "hd95_convention": args.hd95_convention, "adapt_site": args.adapt_site, "adapt_cases": args.adapt_cases,
+             "adapt_steps": args.adapt_steps, "adapt_lr": args.adapt_lr, "adapt_patch_size": args.adapt_patch}
+    changes.update({field: value for field, value in given.items() if value is not None})
+    if args.no_hd95:
+        changes["hd95"] = False
+    if args.hd95_empty is not None:  # 'nan' leaves such pairs out: the config's null
+        changes["hd95_empty"] = None if isinstance(args.hd95_empty, float) and math.isnan(args.hd95_empty) \
+            else args.hd95_empty
+    return changes
 
 
 def compare_parser() -> argparse.ArgumentParser:
@@ -133,35 +180,48 @@ def compare_parser() -> argparse.ArgumentParser:
         "over the cases both runs were evaluated on.")
     p.add_argument("run_a", type=Path, metavar="RUN_A", help="run folder (or its eval.json)")
     p.add_argument("run_b", type=Path, metavar="RUN_B", help="run folder (or its eval.json)")
-    p.add_argument("--samples", type=POSITIVE, default=10000, help="bootstrap resamples (default 10000)")
-    p.add_argument("--confidence", type=_finite_float(0.0, 1.0, low_open=True), default=0.95,
-                   help="interval level in (0, 1) (default 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    _defaulted(p, "--samples", 10000, "bootstrap resamples", type=POSITIVE)
+    _defaulted(p, "--confidence", 0.95, "interval level in (0, 1)", type=_finite_float(0.0, 1.0, low_open=True))
+    _defaulted(p, "--seed", 0, "bootstrap seed", type=int)
     p.add_argument("--per-combination", action="store_true", help="also one row per combination")
     p.add_argument("--json", action="store_true", help="print the differences as JSON")
     return p
 
 
+def _defaulted(p: argparse.ArgumentParser, flag: str, default: object, text: str, **kwargs: object) -> None:
+    """A flag with ``default`` (a tuple: comma-separated), named at the end of its help: the value is written once."""
+    value = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    p.add_argument(flag, default=value, help=f"{text} (default {value})", **kwargs)  # type: ignore[arg-type]
+
+
 def adapt_parser() -> argparse.ArgumentParser:
+    from ..adapt import OPTIMIZERS
+    from ..config import EvalConfig
+    from ..evaluation.adaptation import RULES
+    from ..evaluation.adaptation_curve import DEFAULT_DRAWS, DEFAULT_RULE, DEFAULT_STEPS, DEFAULT_SUPPORT
+
+    d = EvalConfig()
     p = OneLineParser(
         prog="prism-eval adapt", description="Adaptation curve to a held-out site: Dice (mean over the modality "
         "combinations) after K adaptation steps on N support cases, mean and sd over R support draws. Writes "
         "adapt.json, adapt.md and adapt.png into the run folder (eval.json is left as it is).")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--site", required=True, help="the site to adapt to (cases' site attribute)")
-    p.add_argument("--steps", default="0,1,5,20", help="adaptation steps K, comma-separated (default 0,1,5,20)")
-    p.add_argument("--support", type=POSITIVE, default=1, metavar="N", help="support cases per draw (default 1)")
-    p.add_argument("--draws", type=POSITIVE, default=3, metavar="R", help="support draws (default 3)")
-    p.add_argument("--rule", choices=("strategy", "fine_tune"), default="strategy",
-                   help="the run's own adaptation rule (strategy.adapt, default) or plain fine-tuning")
-    p.add_argument("--lr", type=LR, help="step size, finite and > 0 (default: the strategy's own; 0.01 for fine_tune)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="fine_tune only (default sgd)")
+    _defaulted(p, "--steps", DEFAULT_STEPS, "adaptation steps K, comma-separated")
+    _defaulted(p, "--support", DEFAULT_SUPPORT, "support cases per draw", type=POSITIVE, metavar="N")
+    _defaulted(p, "--draws", DEFAULT_DRAWS, "support draws", type=POSITIVE, metavar="R")
+    _defaulted(p, "--rule", DEFAULT_RULE, "the run's own adaptation rule (strategy.adapt) or plain fine-tuning",
+               choices=RULES)
+    p.add_argument("--lr", type=LR, help="step size, finite and > 0 (default: the strategy's own; for fine_tune "
+                   f"{_from_run('adapt_lr', d.adapt_lr)})")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
+                   help=f"fine_tune only ({_from_run('adapt_optimizer', d.adapt_optimizer)})")
     p.add_argument("--patch", type=POSITIVE, nargs=3, metavar=("D", "H", "W"),
                    help="patch size (default: whole volumes)")
     p.add_argument("--split", help="where the site's cases come from (default: 'heldout' if present, else eval.split)")
     p.add_argument("--max-query", type=POSITIVE, metavar="Q",
                    help="evaluate on at most Q of the other cases per draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws and adaptation (default 0)")
+    _defaulted(p, "--seed", 0, "seed of the draws and adaptation", type=int)
     p.add_argument("--data", type=Path, help="use this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
     p.add_argument("--allow-seen-site", action="store_true", help="allow a site that is in the training split")
@@ -169,6 +229,8 @@ def adapt_parser() -> argparse.ArgumentParser:
 
 
 def fewshot_parser() -> argparse.ArgumentParser:
+    from ..evaluation.fewshot import DEFAULT_DRAWS, DEFAULT_SHOTS, DEFAULT_STEPS
+
     p = OneLineParser(
         prog="prism-eval fewshot", description="Few-shot Dice on held-out classes: for each class and number of "
         "shots N, adapt to N support cases that contain the class with the run's own rule (strategy.adapt) on the "
@@ -176,15 +238,15 @@ def fewshot_parser() -> argparse.ArgumentParser:
         "Writes fewshot.json and fewshot.md (into the run folder unless -o).")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by prism-train")
     p.add_argument("--classes", help="label values, comma-separated (default: the run's held_out_classes)")
-    p.add_argument("--shots", default="1,5", help="support set sizes N, comma-separated (default 1,5)")
-    p.add_argument("--steps", type=COUNT, default=10, metavar="K", help="adaptation steps (default 10)")
-    p.add_argument("--draws", type=POSITIVE, default=3, metavar="R", help="support draws (default 3)")
+    _defaulted(p, "--shots", DEFAULT_SHOTS, "support set sizes N, comma-separated")
+    _defaulted(p, "--steps", DEFAULT_STEPS, "adaptation steps", type=COUNT, metavar="K")
+    _defaulted(p, "--draws", DEFAULT_DRAWS, "support draws", type=POSITIVE, metavar="R")
     p.add_argument("--baseline", type=Path, metavar="RUN", help="also score this run (e.g. a standard one, "
                    "adapted by fine-tuning) on the same draws")
     p.add_argument("--lr", type=LR, help="step size for every run, finite and > 0 (default: each strategy's own)")
     p.add_argument("--split", help="where support and query cases come from (default: the run's eval.split)")
     p.add_argument("--max-query", type=POSITIVE, metavar="Q", help="score at most Q query cases per draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    _defaulted(p, "--seed", 0, "seed of the draws", type=int)
     p.add_argument("--data", type=Path, help="use this cache instead of the run's")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="where fewshot.* go (default: RUN_DIR)")
@@ -209,55 +271,30 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..data.cache_reader import CacheReader
     from ..evaluation.adaptation import AdaptationSettings, evaluation_rule
+    from ..evaluation.options import EvalOptions, eval_config_with
     from ..evaluation.provenance import CHECKPOINT_FILE, load_with_record, same_checkpoint
-    from ..evaluation.report import evaluate, evaluate_kwargs, write_report
+    from ..evaluation.report import evaluate, write_report
     from ..evaluation.results import combination_mean
     from .predict import load_runs
 
     run_dirs, out_dir = _evaluated_runs(args)
-    overrides = []
-    for flag, field in ((args.split, "eval.split"), (args.max_cases, "eval.max_cases")):
-        if flag is not None:
-            overrides.append(f"{field}={flag}")
     checkpoint = None if args.ensemble else run_dirs[0] / CHECKPOINT_FILE
     if checkpoint is None:  # an ensemble's report names its runs instead of one checkpoint
-        run, record = load_runs(run_dirs, cache=args.data, device=args.device, overrides=overrides), None
+        run, record = load_runs(run_dirs, cache=args.data, device=args.device), None
     else:
-        run, record = load_with_record(checkpoint, lambda: load_runs(run_dirs, cache=args.data, device=args.device,
-                                                                     overrides=overrides))
+        run, record = load_with_record(checkpoint, lambda: load_runs(run_dirs, cache=args.data, device=args.device))
     config = run.config
-    kwargs = evaluate_kwargs(config.eval)
-    if args.ensemble:
-        kwargs.pop("adaptation", None)  # fast adaptation adapts one run
-    for flag, key in ((args.window, "window"), (args.overlap, "overlap"), (args.sw_batch_size, "sw_batch_size"),
-                      (args.et_postprocess, "et_postprocess_voxels"), (args.tta, "tta")):
-        if flag is not None:
-            kwargs[key] = flag
-    if args.no_hd95:
-        kwargs["hd95"] = False
-    if args.hd95_convention is not None:
-        kwargs["hd95_convention"] = args.hd95_convention
-    if args.hd95_empty is not None:
-        kwargs["hd95_empty"] = None if args.hd95_empty == "convention" else args.hd95_empty
-    if args.adapt_site is not None or "adaptation" in kwargs:
-        base = kwargs.get("adaptation") or AdaptationSettings(site=args.adapt_site)
-        fields = asdict(base)
-        for flag, key in ((args.adapt_site, "site"), (args.adapt_cases, "support_cases"),
-                          (args.adapt_steps, "steps"), (args.adapt_lr, "lr")):
-            if flag is not None:
-                fields[key] = flag
-        if args.adapt_patch is not None:
-            fields["patch_size"] = tuple(args.adapt_patch)
-        kwargs["adaptation"] = AdaptationSettings(**fields)
+    section = eval_config_with(config.eval, eval_changes(args))  # the run's eval section, flags over it
+    options = EvalOptions.from_config(section, channels_last=config.train.channels_last)
+    adaptation = None if args.ensemble else AdaptationSettings.from_config(section)  # fast adaptation adapts one run
     reader = CacheReader(run.cache)
     try:
-        cases = list(reader.split(config.eval.split))
-        if config.eval.max_cases:
-            cases = cases[: config.eval.max_cases]
+        cases = list(reader.split(section.split))
+        if section.max_cases:
+            cases = cases[: section.max_cases]
         with case_progress(Console(stderr=True), len(cases)) as on_case:  # progress on stderr, table on stdout
-            report = evaluate(run.model, reader, cases, device=run.device, amp_dtype=run.amp_dtype,
-                              channels_last=config.train.channels_last, on_case=on_case,
-                              adapt_rule=evaluation_rule(run.strategy), **kwargs)  # type: ignore[arg-type]
+            report = evaluate(run.model, reader, cases, device=run.device, amp_dtype=run.amp_dtype, options=options,
+                              adaptation=adaptation, adapt_rule=evaluation_rule(run.strategy), on_case=on_case)
     finally:
         reader.close()
     if checkpoint is None:
@@ -267,7 +304,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         report.checkpoint = record
     paths = write_report(report, out_dir, heatmap=not args.no_heatmap)
     console = stdout_console()
-    console.print(report_table(report, f"'{config.eval.split}' split, {len(report.case_ids)} cases"))
+    console.print(report_table(report, f"'{section.split}' split, {len(report.case_ids)} cases"))
     if report.adaptation is not None:
         a = report.adaptation
         before = combination_mean(a.before.dice) * 100
@@ -302,11 +339,8 @@ def _adapt(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..evaluation.adaptation_curve import run_adaptation_curve
 
-    try:
-        steps = [int(k) for k in args.steps.split(",") if k.strip()]
-    except ValueError:
-        raise ConfigError(f"--steps: comma-separated integers, got {args.steps!r}") from None
-    if not steps or min(steps) < 0:
+    steps = _int_list(args.steps, "--steps")
+    if min(steps) < 0:
         raise ConfigError(f"--steps: counts >= 0 needed, got {args.steps!r}")
     console = stdout_console()
     curve = run_adaptation_curve(
@@ -359,7 +393,7 @@ def _fewshot(args: argparse.Namespace) -> int:
         cases = list(reader.split(args.split or run.config.eval.split))
         results = [fewshot_dice(r.model, r.strategy, reader, cases, classes=classes, shots=shots, steps=args.steps,
                                 draws=args.draws, seed=args.seed, exclude=held_out, max_query=args.max_query,
-                                lr=args.lr, device=r.device, run=Path(folder).name,
+                                lr=args.lr, device=r.device, amp_dtype=r.amp_dtype, run=Path(folder).name,
                                 strategy_name=r.config.strategy.name)
                    for folder, r, _ in runs]
         for result, (_, _, rec) in zip(results, runs, strict=True):

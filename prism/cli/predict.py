@@ -82,15 +82,17 @@ def input_settings(run: TrainedRun) -> Any:
 
 def predict_probabilities(run: TrainedRun, case: Any) -> Any:
     """Class probabilities float32 ``[K, d, h, w]`` (numpy, on the crop) of a PreprocessedImage, using exactly the
-    modalities present in the case, with the run's window, overlap and test-time augmentation (``eval.tta``)."""
+    modalities present in the case, with the run's evaluation options (``eval``: window, overlap, test-time
+    augmentation; ``EvalOptions.from_config``)."""
     import torch
 
     from ..evaluation.inference import predict_logits
+    from ..evaluation.options import EvalOptions
 
+    options = EvalOptions.from_config(run.config.eval, channels_last=run.config.train.channels_last)
     mask = torch.tensor([case.present], dtype=torch.bool)
     logits = predict_logits(run.model, torch.from_numpy(case.image), mask, device=run.device, amp_dtype=run.amp_dtype,
-                            window=run.window, overlap=run.overlap, sw_batch_size=run.sw_batch_size,
-                            tta=run.config.eval.tta)
+                            options=options)
     return torch.softmax(logits[0], dim=0).cpu().numpy()
 
 
@@ -131,21 +133,20 @@ def adapt_run(run: TrainedRun, support_dir: str | Path, *, layout: str = "auto",
     rule (``Strategy.adapt``: MAML's inner loop, Meta-SGD's rates, fine-tuning for standard runs), in place of the
     model held by ``run``; the run folder is not touched. Returns the number of support cases.
 
-    The adaptation loss is cross-entropy + soft Dice on the fused logits; each support case is one batch with the
-    modalities it has.
+    The adaptation loss is :func:`prism.adapt.adaptation_loss` (cross-entropy + soft Dice on the fused logits);
+    each support case is one batch with the modalities it has; the steps run in the run's precision.
     """
     import dataclasses
 
     import torch
-    import torch.nn.functional as F
 
-    from ..adapt import adapted_copy
+    from ..adapt import adaptation_loss, adapted_model
     from ..batch import Batch
     from ..data_tools.layouts import discover_cases
     from ..data_tools.predict_io import input_case_folders, resolve_input_layout
     from ..data_tools.preprocess import preprocess_case
     from ..errors import ConfigError, DataError
-    from ..evaluation.adaptation import dice_ce_loss
+    from ..evaluation.adaptation import pad_to_divisor
 
     if steps is not None and steps < 0:
         raise ConfigError(f"--adapt-steps: must be >= 0, got {steps}")
@@ -157,20 +158,16 @@ def adapt_run(run: TrainedRun, support_dir: str | Path, *, layout: str = "auto",
     spec = dataclasses.replace(spec, files={m: spec.files[m] for m in run.modalities})  # the model's channel order
     raw = discover_cases(support_dir, spec, require_label=True, folders=input_case_folders(support_dir))
     settings = input_settings(run)
-    divisor = run.model.size_divisor
     batches = []
     for case in raw:
         pre = preprocess_case(case, spec, settings)
-        image, label = torch.from_numpy(pre.image), torch.from_numpy(pre.label.astype("int64"))
-        pad = [(-s) % divisor for s in label.shape]
-        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))
-        label = F.pad(label, (0, pad[2], 0, pad[1], 0, pad[0]))
+        image, label = pad_to_divisor(torch.from_numpy(pre.image), torch.from_numpy(pre.label.astype("int64")),
+                                      run.model.size_divisor)
         present = torch.tensor([pre.present])
         batches.append(Batch(image=image[None], label=label[None], mask=present, availability=present,
                              case_ids=[case.case_id]).to(run.device))
-    run.model.train()
-    weights = run.strategy.adapt(run.model, batches, dice_ce_loss, steps=steps)
-    run.model = adapted_copy(run.model, weights).eval()
+    run.model = adapted_model(run.strategy.adapt, run.model, batches, adaptation_loss, amp_dtype=run.amp_dtype,
+                              steps=steps)
     return len(batches)
 
 
@@ -211,7 +208,7 @@ def predict_folder(run: TrainedRun, input_dir: str | Path, out_dir: str | Path, 
 
 
 def parser() -> argparse.ArgumentParser:
-    from ..evaluation.tta import TTA_MODES
+    from .evaluate import add_inference_flags
 
     p = OneLineParser(
         prog="prism-predict", description="Segment new cases with a trained run (or an ensemble of runs): one NIfTI "
@@ -225,12 +222,7 @@ def parser() -> argparse.ArgumentParser:
                    help="input file naming: brats2020, brats2023, a dataset description file, or auto (default)")
     p.add_argument("--data", type=Path, metavar="CACHE", help="the run's cache, if it moved (modalities, labels)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= train.device")
-    p.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"),
-                   help="sliding-window size (default: the run's eval.window; none = whole volume)")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: eval.overlap)")
-    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: eval.sw_batch_size)")
-    p.add_argument("--tta", choices=TTA_MODES,
-                   help="test-time augmentation: mirror = mean probabilities of the 8 flips (default: eval.tta)")
+    add_inference_flags(p)
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write OUT_DIR/<case>.npz: class probabilities in the original space (see below)")
     p.add_argument("--adapt", type=Path, metavar="SUPPORT_DIR",
@@ -249,23 +241,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..evaluation.options import eval_config_with
+    from .evaluate import inference_changes
 
-    if args.overlap is not None and not 0 <= args.overlap < 1:
-        raise ConfigError(f"--overlap: must be in [0, 1), got {args.overlap}")
-    if args.sw_batch_size is not None and args.sw_batch_size < 1:
-        raise ConfigError(f"--sw-batch-size: must be >= 1, got {args.sw_batch_size}")
     if args.adapt is not None and len(args.models) > 1:
         raise ConfigError("--adapt: adapts one run; give a single MODEL")
-    run = load_runs(args.models, cache=args.data, device=args.device,
-                    overrides=[f"eval.tta={args.tta}"] if args.tta else [])
-    if args.window is not None:
+    run = load_runs(args.models, cache=args.data, device=args.device)
+    section = eval_config_with(run.config.eval, inference_changes(args))  # the run's eval section, flags over it
+    run.config = run.config.model_copy(update={"eval": section})
+    if section.window is not None:
         from ..evaluation.inference import check_window
 
-        run.window = check_window(run.model, args.window)
-    if args.overlap is not None:
-        run.overlap = args.overlap
-    if args.sw_batch_size is not None:
-        run.sw_batch_size = args.sw_batch_size
+        check_window(run.model, section.window)  # before any case is read
     console = stdout_console()
     if args.adapt is not None:
         n = adapt_run(run, args.adapt, layout=args.layout, steps=args.adapt_steps)

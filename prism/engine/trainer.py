@@ -19,8 +19,9 @@ import torch
 from .. import __version__
 from ..atomic import ensure_folder, remove_stale_temporaries, write_text_atomic
 from ..config import Config, config_to_yaml
-from ..evaluation.adaptation import evaluation_rule
-from ..evaluation.report import EvalReport, checkpoint_record, evaluate, evaluate_kwargs, write_report
+from ..evaluation.adaptation import AdaptationSettings, evaluation_rule
+from ..evaluation.options import EvalOptions
+from ..evaluation.report import EvalReport, checkpoint_record, evaluate, write_report
 from ..registry import get_registry
 from ..runs import BEST_NAME, CHECKPOINT_NAME, load_run_config
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -242,8 +243,8 @@ class Trainer:
         cfg = self.config
         with self.evaluated_weights() as model:
             score = validation_dice(model, self.reader, self.val_cases, device=self.device,
-                                    amp_dtype=self.ctx.amp_dtype, channels_last=cfg.train.channels_last,
-                                    window=cfg.eval.window, overlap=cfg.eval.overlap)
+                                    amp_dtype=self.ctx.amp_dtype,
+                                    options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last))
             if score > self.best_val:
                 self.best_val = score
                 self.save(BEST_NAME, val_dice=score)
@@ -409,10 +410,12 @@ class Trainer:
         if not self.dist.is_main:
             return None
         cfg = self.config
+        cases = self.eval_cases()
         with self.evaluated_weights() as model:  # last.pt's "model": the train.ema average when there is one
-            report = evaluate(model, self.reader, self.eval_cases(), device=self.device,
-                              amp_dtype=self.ctx.amp_dtype, channels_last=cfg.train.channels_last, on_case=on_case,
-                              adapt_rule=evaluation_rule(self.strategy), **evaluate_kwargs(cfg.eval))
+            report = evaluate(model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
+                              options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last),
+                              adaptation=AdaptationSettings.from_config(cfg.eval),
+                              adapt_rule=evaluation_rule(self.strategy), on_case=on_case)
         checkpoint = self.run_dir / CHECKPOINT_NAME  # the model evaluated is the one fit() saved last
         report.checkpoint = checkpoint_record(checkpoint) if checkpoint.is_file() else None
         write_report(report, self.run_dir)

@@ -7,6 +7,7 @@ extremes of the missing-modality range, so a model that only learned one modalit
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from ..evaluation.inference import predict_combinations
 from ..evaluation.metrics import region_dice, regions_for
+from ..evaluation.options import DEFAULTS, EvalOptions
 from ..evaluation.scoring import scored_combinations
 from .observers import Observer
 
@@ -34,21 +36,22 @@ def validation_masks(num_modalities: int) -> torch.Tensor:
 
 @torch.no_grad()
 def validation_dice(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, device: torch.device,
-                    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                    window: Sequence[int] | None = None, overlap: float = 0.5) -> float:
+                    amp_dtype: torch.dtype | None = None, options: EvalOptions = DEFAULTS) -> float:
     """Mean Dice over cases, the combinations of :func:`validation_masks` each case can supply, and regions.
 
     Args:
         model: the backbone (put in eval mode here and back in its previous mode after).
         reader: the cache holding ``case_ids``.
         case_ids: validation cases.
-        device, amp_dtype, channels_last, window, overlap: as for
-            :func:`prism.evaluation.inference.predict_combinations`.
+        device, amp_dtype: as for :func:`prism.evaluation.inference.predict_combinations`.
+        options: the run's evaluation options (``EvalOptions.from_config(config.eval, ...)``); validation predicts
+            the combinations of a case in one pass and without test-time augmentation, whatever they say.
 
     Returns:
         The mean Dice in [0, 1] (NaN when no case can supply any of the combinations).
     """
     masks = validation_masks(reader.num_modalities)
+    options = dataclasses.replace(options, combos_per_pass=int(masks.shape[0]), tta="none")
     regions = regions_for(reader.labels)
     num_classes = max(reader.labels) + 1
     was_training = model.training
@@ -61,8 +64,7 @@ def validation_dice(model: Backbone, reader: CacheReader, case_ids: Sequence[str
                 continue
             image, label = reader.read_case(case_id)
             pred = predict_combinations(model, torch.from_numpy(image), masks[scored], device=device,
-                                        amp_dtype=amp_dtype, channels_last=channels_last, window=window,
-                                        overlap=overlap, combos_per_pass=int(masks.shape[0]))
+                                        amp_dtype=amp_dtype, options=options)
             scores.append(region_dice(pred, torch.from_numpy(label), regions, num_classes).numpy().ravel())
     finally:
         model.train(was_training)

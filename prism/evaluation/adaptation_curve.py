@@ -2,8 +2,10 @@
 
 For each draw r (seeded by ``seed + r``), N support cases are drawn without replacement from the site's cases and
 the rest are the query cases (at most ``max_query``). For each K, the trained model is adapted from scratch with K
-steps on the support cases (:func:`~prism.evaluation.adaptation.adapt_model`, or another rule with its signature)
-and scored on the query cases over every modality combination; K = 0 scores the unadapted model. Each draw gives,
+steps on the support cases (an :data:`~prism.evaluation.adaptation.AdaptRule`: the run's own ``Strategy.adapt``
+or :func:`~prism.evaluation.adaptation.fine_tune_rule`) and scored on the query cases over every modality
+combination, with the run's evaluation options (HD95 and lesion-wise metrics off); K = 0 scores the unadapted
+model. Each draw gives,
 per K, the 15-combination mean Dice per region; the curve is its mean and sd over the draws.
 
 Written to ``adapt.json``, ``adapt.md`` and ``adapt.png`` in the run folder; ``eval.json`` is not touched.
@@ -22,20 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..adapt import AdaptLossFn
 from ..backbone import Backbone
 from ..data.cache_reader import CacheReader
 from ..errors import ConfigError, DataError
 from ..runs import load_run
 from .adaptation import (
+    RULES,
     AdaptationSettings,
-    AdaptLoss,
     AdaptRule,
     SupportCase,
-    adapt_model,
+    fine_tune_rule,
     load_support,
     strategy_rule,
 )
-from .options import EvalOptions
+from .options import DEFAULTS, EvalOptions
 from .provenance import load_with_record
 from .results import AVERAGING, combination_mean
 from .scoring import evaluate_cases
@@ -44,7 +47,8 @@ from .writers import checkpoint_line, write_file_set
 HELD_OUT_SPLIT = "heldout"
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "adapt.json", "adapt.md", "adapt.png"
 
-RULES = ("strategy", "fine_tune")
+#: the defaults of ``prism-eval adapt`` and a study's ``adapt`` section: K, support cases N, draws R, the rule
+DEFAULT_STEPS, DEFAULT_SUPPORT, DEFAULT_DRAWS, DEFAULT_RULE = (0, 1, 5, 20), 1, 3, "strategy"
 
 
 @dataclass
@@ -115,13 +119,14 @@ def draw_support(members: Sequence[str], support: int, draws: int, seed: int, ma
 def adaptation_curve(model: Backbone, reader: CacheReader, members: Sequence[str], *, site: str,
                      steps: Sequence[int], support: int, draws: int, base: AdaptationSettings,
                      device: torch.device, amp_dtype: torch.dtype | None = None,
-                     options: EvalOptions = EvalOptions(compute_hd95=False), max_query: int | None = None,
-                     rule: AdaptRule = adapt_model, loss_fn: AdaptLoss | None = None,
+                     options: EvalOptions = DEFAULTS, max_query: int | None = None,
+                     rule: AdaptRule = fine_tune_rule, loss_fn: AdaptLossFn | None = None,
                      on_step: Callable[[int, int], None] | None = None) -> AdaptationCurve:
     """Dice against K over ``draws`` support draws from ``members`` (see the module docstring).
 
     Args:
         base: lr, optimizer, patch_size and seed of the adaptation (its steps are replaced by each K).
+        options: how the query cases are scored.
         rule: the adaptation rule, called once per (draw, K > 0) as ``rule(model, support_cases, settings,
             device=..., amp_dtype=..., loss_fn=...)``.
 
@@ -203,17 +208,21 @@ def write_curve(curve: AdaptationCurve, out_dir: Path) -> list[Path]:
     })
 
 
-def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int] = (0, 1, 5, 20), support: int = 1,
-                         draws: int = 3, lr: float | None = None, optimizer: str = "sgd",
-                         patch_size: tuple[int, int, int] | None = None, split: str | None = None,
-                         max_query: int | None = None, seed: int = 0, allow_seen_site: bool = False,
-                         cache: str | Path | None = None, device: str | None = None, rule: str = "strategy",
-                         on_step: Callable[[int, int], None] | None = None) -> AdaptationCurve:
+def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int] = DEFAULT_STEPS,
+                         support: int = DEFAULT_SUPPORT, draws: int = DEFAULT_DRAWS, lr: float | None = None,
+                         optimizer: str | None = None, patch_size: tuple[int, int, int] | None = None,
+                         split: str | None = None, max_query: int | None = None, seed: int = 0,
+                         allow_seen_site: bool = False, cache: str | Path | None = None, device: str | None = None,
+                         rule: str = DEFAULT_RULE, on_step: Callable[[int, int], None] | None = None
+                         ) -> AdaptationCurve:
     """Load a run's model, compute its adaptation curve to ``site`` and write adapt.* into the run folder.
 
-    ``rule``: ``"strategy"`` (the run's own ``Strategy.adapt``, see :func:`strategy_rule`) or ``"fine_tune"``
-    (:func:`~prism.evaluation.adaptation.adapt_model`: SGD or Adam over every parameter, the same batches).
-    ``lr`` None: the strategy's own step size (``strategy``), 0.01 (``fine_tune``).
+    ``rule``: ``"strategy"`` (the run's own ``Strategy.adapt``, see
+    :func:`~prism.evaluation.adaptation.strategy_rule`) or ``"fine_tune"``
+    (:func:`~prism.evaluation.adaptation.fine_tune_rule`: SGD or Adam over every parameter, the same batches).
+    ``lr`` None: the strategy's own step size (``strategy``), the run's ``eval.adapt_lr`` (``fine_tune``);
+    ``optimizer`` None: the run's ``eval.adapt_optimizer`` (``fine_tune`` only). The query cases are scored with
+    the run's evaluation options (``EvalOptions.from_config``), HD95 and lesion-wise metrics off.
 
     Raises:
         DataError: the site is in the run's training split (unless ``allow_seen_site``), has no cases, or too few.
@@ -221,19 +230,19 @@ def run_adaptation_curve(run_dir: str | Path, *, site: str, steps: Sequence[int]
     if rule not in RULES:
         raise ConfigError(f"--rule: one of {', '.join(RULES)}, got {rule!r}")
     run, record = load_with_record(Path(run_dir) / "last.pt", lambda: load_run(run_dir, cache=cache, device=device))
-    chosen: AdaptRule = adapt_model
-    if rule == "strategy":
-        chosen = strategy_rule(run.strategy, use_strategy_lr=lr is None)
+    section = run.config.eval
+    chosen = strategy_rule(run.strategy, use_strategy_lr=lr is None) if rule == "strategy" else fine_tune_rule
     reader = CacheReader(run.cache)
     try:
         if not allow_seen_site:
             refuse_seen_site(reader, run.config.data.train_split, site)
-        members = site_pool(reader, site, split=split, fallback_split=run.config.eval.split)
-        base = AdaptationSettings(site=site, support_cases=support, steps=0, lr=0.01 if lr is None else lr,
-                                  optimizer=optimizer,
+        members = site_pool(reader, site, split=split, fallback_split=section.split)
+        base = AdaptationSettings(site=site, support_cases=support, steps=0,
+                                  lr=section.adapt_lr if lr is None else lr,
+                                  optimizer=section.adapt_optimizer if optimizer is None else optimizer,
                                   patch_size=tuple(patch_size) if patch_size else None, seed=seed)
-        options = EvalOptions(compute_hd95=False, channels_last=run.config.train.channels_last,
-                              window=run.window, overlap=run.overlap, sw_batch_size=run.sw_batch_size)
+        options = dataclasses.replace(EvalOptions.from_config(section, channels_last=run.config.train.channels_last),
+                                      compute_hd95=False, lesion_metrics=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=RuntimeWarning)
             curve = adaptation_curve(run.model, reader, members, site=site, steps=steps, support=support,

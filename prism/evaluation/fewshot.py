@@ -18,16 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..adapt import adapted_copy, class_logits, class_task_loss
+from ..adapt import ADAPT_DEFAULTS, adapted_model, class_logits, class_task_loss
 from ..backbone import Backbone
 from ..batch import Batch
 from ..data.cache_reader import CacheReader
 from ..errors import ConfigError, DataError
 from ..strategy import Strategy
+from .adaptation import pad_to_divisor
 from .metrics import mask_dice
 from .writers import checkpoint_line, write_file_set
+
+#: the defaults of ``prism-eval fewshot``: shots N, adaptation steps K, draws R
+DEFAULT_SHOTS, DEFAULT_STEPS, DEFAULT_DRAWS = (1, 5), ADAPT_DEFAULTS.steps, 3
 
 
 @dataclass
@@ -56,18 +59,10 @@ class FewShotResult:
                 "sd": self.sd().tolist(), "support": self.support}
 
 
-def _pad(image: torch.Tensor, label: torch.Tensor, divisor: int) -> tuple[torch.Tensor, torch.Tensor]:
-    pad = [(-s) % divisor for s in label.shape]
-    if any(pad):
-        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]))
-        label = F.pad(label, (0, pad[2], 0, pad[1], 0, pad[0]))
-    return image, label
-
-
 def _case_batch(reader: CacheReader, case_id: str, divisor: int, device: torch.device) -> tuple[Batch, tuple]:
     image, label = reader.read_case(case_id)
     shape = label.shape
-    img, lab = _pad(torch.from_numpy(image), torch.from_numpy(label).long(), divisor)
+    img, lab = pad_to_divisor(torch.from_numpy(image), torch.from_numpy(label).long(), divisor)
     available = torch.tensor([reader.info(case_id).availability])
     batch = Batch(image=img[None], label=lab[None], mask=available, availability=available, case_ids=[case_id])
     return batch.to(device).with_mask(available.to(device)), shape
@@ -79,10 +74,10 @@ def classes_by_case(reader: CacheReader, cases: Sequence[str]) -> dict[str, froz
 
 
 def fewshot_dice(model: Backbone, strategy: Strategy, reader: CacheReader, cases: Sequence[str], *,
-                 classes: Sequence[int], shots: Sequence[int], steps: int, draws: int = 3, seed: int = 0,
-                 exclude: Sequence[int] = (), max_query: int | None = None, lr: float | None = None,
-                 device: torch.device = torch.device("cpu"), run: str = "", strategy_name: str = ""
-                 ) -> FewShotResult:
+                 classes: Sequence[int], shots: Sequence[int] = DEFAULT_SHOTS, steps: int = DEFAULT_STEPS,
+                 draws: int = DEFAULT_DRAWS, seed: int = 0, exclude: Sequence[int] = (),
+                 max_query: int | None = None, lr: float | None = None, device: torch.device = torch.device("cpu"),
+                 amp_dtype: torch.dtype | None = None, run: str = "", strategy_name: str = "") -> FewShotResult:
     """Few-shot Dice of ``classes`` after adapting with ``strategy.adapt`` (see the module docstring).
 
     Args:
@@ -96,6 +91,7 @@ def fewshot_dice(model: Backbone, strategy: Strategy, reader: CacheReader, cases
         exclude: classes left out of "rest" besides the scored one (the run's other held-out classes).
         max_query: at most this many query cases per draw.
         lr: step size override (None: the strategy's own).
+        amp_dtype: the autocast dtype of the adaptation steps (the run's ``train.amp``; None: full precision).
 
     Returns:
         A :class:`FewShotResult`.
@@ -129,9 +125,8 @@ def fewshot_dice(model: Backbone, strategy: Strategy, reader: CacheReader, cases
                 query = [members[t] for t in order[n:]][: max_query or None]
                 support_log[f"{cls}/{n}"].append(chosen)
                 batches = [_case_batch(reader, c, model.size_divisor, device)[0] for c in chosen]
-                model.train()
-                weights = strategy.adapt(model, batches, loss_fn, steps=steps, lr=lr)
-                adapted = adapted_copy(model, weights).eval()
+                adapted = adapted_model(strategy.adapt, model, batches, loss_fn, amp_dtype=amp_dtype, steps=steps,
+                                        lr=lr)
                 model.eval()
                 scores = []
                 with torch.no_grad():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..backbone import Backbone
 from ..errors import ConfigError
+from .options import DEFAULTS, EvalOptions
 from .tta import Predictor, with_tta
 
 
@@ -115,8 +116,7 @@ def _whole_volume_logits(model: Backbone, x: torch.Tensor, forward: Predictor) -
 
 
 def _sliding_window_logits(x: torch.Tensor, c: int, forward: Predictor, window: tuple[int, int, int], overlap: float,
-                           sw_batch_size: int, sigma_scale: float, output_device: torch.device | None
-                           ) -> torch.Tensor:
+                           sw_batch_size: int, sigma_scale: float, output_device: torch.device) -> torch.Tensor:
     """Gaussian-blended logits ``[C, K, D, H, W]``; every window is run under all ``C`` masks at once."""
     from monai.inferers import sliding_window_inference
 
@@ -126,59 +126,49 @@ def _sliding_window_logits(x: torch.Tensor, c: int, forward: Predictor, window: 
     blended = sliding_window_inference(
         x.unsqueeze(0), roi_size=window, sw_batch_size=sw_batch_size, predictor=predictor, overlap=overlap,
         mode="gaussian", sigma_scale=sigma_scale, padding_mode="constant", cval=0.0, sw_device=x.device,
-        device=output_device or x.device,
+        device=output_device,
     )
     return blended[0].unflatten(0, (c, -1))
 
 
 @torch.no_grad()
 def predict_logits(model: Backbone, image: torch.Tensor, masks: torch.Tensor, *, device: torch.device,
-                   amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                   window: Sequence[int] | None = None, overlap: float = 0.5, sw_batch_size: int = 1,
-                   sigma_scale: float = 0.125, output_device: torch.device | None = None,
-                   tta: str = "none") -> torch.Tensor:
+                   amp_dtype: torch.dtype | None = None, options: EvalOptions = DEFAULTS) -> torch.Tensor:
     """Float32 logits ``[C, K, D, H, W]`` for image ``[M, D, H, W]`` under every mask of ``masks [C, M]``, in one pass.
 
-    ``window=None``: the whole volume at once. Otherwise sliding windows of that size, ``overlap`` in [0, 1),
-    ``sw_batch_size`` windows per forward (each expanded to the C combinations), Gaussian blending with
-    ``sigma_scale``; ``output_device`` keeps the blended volume elsewhere (e.g. the CPU) to save GPU memory.
-    ``tta='mirror'``: each window (or the whole volume) predicted on its 8 mirrorings, probabilities averaged; the
-    logits are then the log of those mean probabilities (:func:`prism.evaluation.tta.mirrored`).
+    Read from ``options``: ``window`` None predicts the whole volume at once; otherwise sliding windows of that
+    size, ``overlap``, ``sw_batch_size`` windows per forward (each expanded to the C combinations), Gaussian
+    blending with ``sigma_scale``, the blended volume kept in host memory with ``stitch_on_cpu`` (to save GPU
+    memory); ``channels_last`` memory format; ``tta='mirror'``: each window (or the whole volume) predicted on its
+    8 mirrorings, probabilities averaged, the logits then the log of those mean probabilities
+    (:func:`prism.evaluation.tta.mirrored`). ``combos_per_pass`` is not read (all of ``masks`` share the pass).
     """
-    if not 0 <= overlap < 1:
-        raise ConfigError(f"eval.overlap: must be in [0, 1), got {overlap}")
-    if sw_batch_size < 1:
-        raise ConfigError(f"eval.sw_batch_size: must be >= 1, got {sw_batch_size}")
     model.eval()
     x = image.to(device, non_blocking=True)
     m = masks.to(device)
-    forward = with_tta(lambda windows: _forward(model, windows, m, amp_dtype, channels_last), tta)
-    if window is None:
+    forward = with_tta(lambda windows: _forward(model, windows, m, amp_dtype, options.channels_last), options.tta)
+    if options.window is None:
         return _whole_volume_logits(model, x, forward)
-    win = check_window(model, window)
-    check_window_fits(model, x.shape[1:], win, combinations=m.shape[0], sw_batch_size=sw_batch_size,
-                      devices=[output_device or x.device, x.device])
-    return _sliding_window_logits(x, m.shape[0], forward, win, overlap, sw_batch_size, sigma_scale, output_device)
+    win = check_window(model, options.window)
+    output_device = torch.device("cpu") if options.stitch_on_cpu else x.device
+    check_window_fits(model, x.shape[1:], win, combinations=m.shape[0], sw_batch_size=options.sw_batch_size,
+                      devices=[output_device, x.device])
+    return _sliding_window_logits(x, m.shape[0], forward, win, options.overlap, options.sw_batch_size,
+                                  options.sigma_scale, output_device)
 
 
 @torch.no_grad()
 def predict_combinations(model: Backbone, image: torch.Tensor, masks: torch.Tensor, *, device: torch.device,
-                         amp_dtype: torch.dtype | None = None, combos_per_pass: int = 15,
-                         channels_last: bool = False, window: Sequence[int] | None = None, overlap: float = 0.5,
-                         sw_batch_size: int = 1, sigma_scale: float = 0.125,
-                         output_device: torch.device | None = None, tta: str = "none") -> torch.Tensor:
+                         amp_dtype: torch.dtype | None = None, options: EvalOptions = DEFAULTS) -> torch.Tensor:
     """Label maps uint8 ``[C, D, H, W]`` (on the CPU) for image ``[M, D, H, W]`` under each mask of ``masks [C, M]``.
 
-    ``combos_per_pass`` combinations share one pass (``1`` = one loop per combination); the other options are
-    those of :func:`predict_logits`.
+    ``options.combos_per_pass`` combinations share one pass (``1`` = one loop per combination); the other options
+    are those of :func:`predict_logits`.
     """
-    if combos_per_pass < 1:
-        raise ConfigError(f"eval.combos_per_pass: must be >= 1, got {combos_per_pass}")
     out = []
-    for start in range(0, masks.shape[0], combos_per_pass):
-        logits = predict_logits(model, image, masks[start:start + combos_per_pass], device=device,
-                                amp_dtype=amp_dtype, channels_last=channels_last, window=window, overlap=overlap,
-                                sw_batch_size=sw_batch_size, sigma_scale=sigma_scale, output_device=output_device,
-                                tta=tta)
+    step = options.combos_per_pass
+    for start in range(0, masks.shape[0], step):
+        logits = predict_logits(model, image, masks[start:start + step], device=device, amp_dtype=amp_dtype,
+                                options=options)
         out.append(logits.argmax(1).to(torch.uint8).cpu())
     return torch.cat(out)

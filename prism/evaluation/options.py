@@ -1,14 +1,22 @@
-"""EvalOptions: how predictions are made and measured. Its defaults are the config's ``eval`` section's
-(:class:`prism.config.EvalConfig`, the one source); :func:`prism.evaluation.report.evaluate` and the
-command-line help read them from here.
+"""EvalOptions: how predictions are made and measured, the one options object of the evaluation stack.
+
+Its defaults are the config's ``eval`` section's (:class:`prism.config.EvalConfig`, the one source; the
+sliding-window ``sigma_scale``, which the config does not hold, is defined here). A run's options are
+``EvalOptions.from_config(config.eval, channels_last=config.train.channels_last)``, passed down as one object to
+:func:`prism.evaluation.report.evaluate`, scoring, inference, validation during training and prediction; the
+command-line defaults and help read :data:`DEFAULTS`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from ..config import EvalConfig
+from pydantic import ValidationError
+
+from ..config import EvalConfig, format_validation_error
 from ..errors import ConfigError
 
 _CONFIG = EvalConfig()  # the config's eval defaults
@@ -76,6 +84,22 @@ class EvalOptions:
             if not ok:
                 raise ConfigError(f"eval.{name}: must be {what}, got {getattr(self, name)}")
 
+    @classmethod
+    def from_config(cls, section: EvalConfig, *, channels_last: bool = False) -> EvalOptions:
+        """The options of a config's ``eval`` section (``channels_last``: the run's ``train.channels_last``).
+
+        ``hd95_empty``: ``"convention"`` gives the convention's value, ``None`` (null) NaN, i.e. such pairs are left
+        out of the means.
+        """
+        empty = section.hd95_empty
+        return cls(window=tuple(section.window) if section.window else None,  # type: ignore[arg-type]
+                   overlap=section.overlap, sw_batch_size=section.sw_batch_size,
+                   combos_per_pass=section.combos_per_pass, et_postprocess_voxels=section.et_postprocess_voxels,
+                   compute_hd95=section.hd95, hd95_convention=section.hd95_convention,
+                   hd95_empty=None if empty == "convention" else math.nan if empty is None else float(empty),
+                   channels_last=channels_last, stitch_on_cpu=section.stitch_on_cpu,
+                   lesion_metrics=section.lesion_metrics, tta=section.tta)
+
     @property
     def empty_hd95(self) -> float:
         """The HD95 of a pair where exactly one set is empty (``hd95_empty``, or the convention's value)."""
@@ -96,3 +120,16 @@ class EvalOptions:
 
 #: the defaults, for signatures and help texts
 DEFAULTS = EvalOptions()
+
+
+def eval_config_with(section: EvalConfig, changes: Mapping[str, Any], *, source: str = "command line") -> EvalConfig:
+    """``section`` with ``changes`` (``eval`` field name -> value, e.g. from command-line flags) applied and checked
+    as the config checks them.
+
+    Raises:
+        ConfigError: a change the config refuses (one line naming ``eval.<field>``).
+    """
+    try:
+        return EvalConfig.model_validate({**section.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source).replace(f"{source}: ", f"{source}: eval.")) from None

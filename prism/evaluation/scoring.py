@@ -21,7 +21,7 @@ from .hausdorff import check_spacing, hd95
 from .inference import predict_combinations
 from .lesion import lesion_metrics
 from .metrics import Regions, mask_dice, region_masks, regions_for
-from .options import EvalOptions
+from .options import DEFAULTS, EvalOptions
 from .results import EvalReport
 
 
@@ -81,7 +81,7 @@ def scored_combinations(combination_masks: torch.Tensor, availability: Sequence[
 
 
 def evaluate_cases(model: Backbone, reader: CacheReader, case_ids: Sequence[str], *, device: torch.device,
-                   amp_dtype: torch.dtype | None = None, options: EvalOptions = EvalOptions(),
+                   amp_dtype: torch.dtype | None = None, options: EvalOptions = DEFAULTS,
                    on_case: Callable[[str], None] | None = None) -> EvalReport:
     """Dice (and HD95) per case, combination and region; every scored combination of a case in batched passes.
 
@@ -116,12 +116,8 @@ def evaluate_cases(model: Backbone, reader: CacheReader, case_ids: Sequence[str]
         constant.append(constant_prediction_dice(
             region_masks(label_t[None], label_t, regions, num_classes)[1], regions, num_classes).numpy())
         if scored.any():
-            pred = predict_combinations(
-                model, torch.from_numpy(image), all_masks[scored], device=device, amp_dtype=amp_dtype,
-                combos_per_pass=options.combos_per_pass, channels_last=options.channels_last, window=options.window,
-                overlap=options.overlap, sw_batch_size=options.sw_batch_size, sigma_scale=options.sigma_scale,
-                output_device=torch.device("cpu") if options.stitch_on_cpu else None, tta=options.tta,
-            )
+            pred = predict_combinations(model, torch.from_numpy(image), all_masks[scored], device=device,
+                                        amp_dtype=amp_dtype, options=options)
             frac[scored.numpy()] = label_fractions(pred, num_classes).numpy()
             p, g = region_masks(pred.to(device), label_t, regions, num_classes,
                                 et_postprocess_voxels=options.et_postprocess_voxels)

@@ -65,17 +65,17 @@ register_strategy = _decorator("strategy")
 register_logger = _decorator("logger")
 
 
-def create_backbone(name: str, modalities: tuple[str, ...], num_classes: int, /, **options: Any) -> Any:
-    """Build a registered backbone; ``options`` are checked against its factory first (any name allowed)."""
+def create_backbone(name: str, /, modalities: tuple[str, ...], num_classes: int, **options: Any) -> Any:
+    """Build a registered backbone; ``options`` are checked against its factory first (any name but the two above)."""
     return get_registry().build("backbone", name, (tuple(modalities), num_classes), options)
 
 
-def create_loss(name: str, modalities: tuple[str, ...], num_classes: int, /, **options: Any) -> Any:
+def create_loss(name: str, /, modalities: tuple[str, ...], num_classes: int, **options: Any) -> Any:
     """Build a registered loss term; ``options`` are checked against its factory first."""
     return get_registry().build("loss", name, (tuple(modalities), num_classes), options)
 
 
-def create_masking_policy(name: str, modalities: tuple[str, ...], /, **options: Any) -> Any:
+def create_masking_policy(name: str, /, modalities: tuple[str, ...], **options: Any) -> Any:
     """Build a registered masking policy; ``options`` are checked against its factory first."""
     return get_registry().build("masking", name, (tuple(modalities),), options)
 

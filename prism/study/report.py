@@ -103,6 +103,22 @@ def flag_run(record: RunRecord, settings: ReportSpec) -> None:
                              f"{settings.collapse_stuck_dice * 100:g}% Dice (best {best * 100:.1f})")
 
 
+def _scored_final_checkpoint(folder: Path) -> bool:
+    """Whether the run's eval.json scored its final ``last.pt`` (its ``train.steps``, the same file now); a folder
+    without ``last.pt`` (reports copied without their weights) has nothing to compare and is taken as it is."""
+    from ..errors import PrismError
+    from ..runs import CHECKPOINT_NAME, load_run_config
+    from .run_state import evaluation_is_current
+
+    if not (folder / CHECKPOINT_NAME).is_file():
+        return True
+    try:
+        steps = load_run_config(folder).train.steps
+    except PrismError:
+        return False
+    return evaluation_is_current(folder, steps)
+
+
 def load_runs(spec: StudySpec, study_dir: Path) -> list[RunRecord]:
     """Every planned run's files, flagged."""
     records = []
@@ -121,6 +137,10 @@ def load_runs(spec: StudySpec, study_dir: Path) -> list[RunRecord]:
             if adapt.is_file():
                 rec.adapt = json.loads(adapt.read_text())
             flag_run(rec, spec.report)
+            if rec.eval is not None and not _scored_final_checkpoint(folder):
+                rec.eval = None
+                rec.status, rec.reason = "missing", ("stale eval.json: it did not score the final checkpoint (rerun "
+                                                     "the study to evaluate it)")
             records.append(rec)
     return records
 

@@ -29,8 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import Config, _deep_merge, build_config, load_yaml
 from ..errors import ConfigError
+from ..evaluation.adaptation_curve import DEFAULT_DRAWS, DEFAULT_RULE, DEFAULT_STEPS, DEFAULT_SUPPORT
 
 _ARM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: the smallest synthetic volume side (as ``prism-data synth --shape``)
+MIN_SYNTHETIC_SIZE = 8
 
 
 class _Model(BaseModel):
@@ -46,13 +49,20 @@ class SyntheticData(_Model):
     """
 
     cases: int = Field(24, ge=4)
-    shape: tuple[int, int, int] = (48, 48, 48)
+    shape: tuple[int, int, int] = (48, 48, 48)  # every size at least MIN_SYNTHETIC_SIZE
     seed: int = 0
     sites: int = Field(1, ge=1)
     hold_out_site: str | None = None
     test_fraction: float = Field(0.25, gt=0, lt=1)
     val_fraction: float = Field(0.0, ge=0, lt=1)
     missing_rates: str | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < MIN_SYNTHETIC_SIZE:
+            raise ValueError(f"every size must be at least {MIN_SYNTHETIC_SIZE} voxels")
+        return v
 
 
 class DataSpec(_Model):
@@ -81,12 +91,12 @@ class AdaptSpec(_Model):
     """Adaptation curves (``prism-eval adapt``) for the runs of arms that ask for them."""
 
     site: str
-    steps: list[int] = [0, 1, 5, 20]
-    support: int = Field(1, ge=1)
-    draws: int = Field(3, ge=1)
-    lr: float | None = Field(None, gt=0)  # None: the strategy's own step size
-    rule: str = "strategy"  # the run's own Strategy.adapt, or "fine_tune"
-    optimizer: str = "sgd"  # fine_tune only
+    steps: list[int] = list(DEFAULT_STEPS)
+    support: int = Field(DEFAULT_SUPPORT, ge=1)
+    draws: int = Field(DEFAULT_DRAWS, ge=1)
+    lr: float | None = Field(None, gt=0)  # None: the strategy's own step size (fine_tune: the run's eval.adapt_lr)
+    rule: str = DEFAULT_RULE  # the run's own Strategy.adapt, or "fine_tune"
+    optimizer: str | None = None  # fine_tune only (None: the run's eval.adapt_optimizer)
     patch_size: tuple[int, int, int] | None = None
     split: str | None = None  # where the site's cases come from (default: 'heldout' if the cache has it)
     max_query: int | None = Field(None, ge=1)
@@ -185,12 +195,55 @@ class PlannedRun:
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study spec; errors are one line naming the file and the field."""
+    """Read and validate a study spec; errors are one line naming the file and the field.
+
+    Raises:
+        ConfigError: unreadable, not UTF-8, not YAML, a key given twice in one mapping (YAML would keep only
+            the last: two arms of one name), or a field wrong.
+    """
+    text = _read_text(path)
     data = load_yaml(path)
+    _refuse_duplicate_keys(text, str(path))
     try:
         return StudySpec.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error_spec(exc, str(path))) from None
+
+
+def _read_text(path: str | Path) -> str:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the study spec: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the spec as "
+                          "UTF-8") from None
+
+
+def _refuse_duplicate_keys(text: str, source: str) -> None:
+    """A key written twice in one mapping is an error naming it and its two lines."""
+    def walk(node: yaml.Node, where: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and name in seen:
+                    field = f"{where}.{name}" if where else name
+                    raise ConfigError(f"{source}: line {key.start_mark.line + 1}: {field} is given twice (first "
+                                      f"on line {seen[name]}); YAML would keep only the last one")
+                if name is not None:
+                    seen[name] = key.start_mark.line + 1
+                walk(value, f"{where}.{name}" if where and name is not None else (name or where))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{where}.{i}" if where else str(i))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
 
 
 def format_validation_error_spec(exc: ValidationError, source: str) -> str:

@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from ..adapt import adaptation_loss
 from ..backbone import Backbone
-from ..batch import Batch
 from ..config import Config, build_config
 from ..data_tools.synthetic import SynthSettings, write_synthetic_cache
 from ..engine.trainer import Trainer
-from ..outputs import SegOutput
 from ..registry import get_registry
 from ..seams import check_state_round_trip
 from ._report import Checks, ConformanceReport, SkipCheck, expect, registered
@@ -51,11 +49,6 @@ def tiny_cache(folder: str | os.PathLike[str]) -> Path:
 
 def flat_parameters(trainer: Trainer) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).cpu() for p in trainer.ctx.parameters()])
-
-
-def adaptation_loss(output: SegOutput, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of the fused logits: what the suite hands to ``Strategy.adapt``."""
-    return F.cross_entropy(output.logits.float(), batch.label)
 
 
 @contextlib.contextmanager
