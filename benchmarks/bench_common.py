@@ -36,7 +36,7 @@ def build_trainer(overrides: list[str], cache: Path, run_dir: Path, *, size: int
 
     cfg = build_config(None, [
         f"data.patch_size=[{size},{size},{size}]", f"data.batch_size={batch}", "data.num_workers=0",
-        f"train.device={device}", "train.tensorboard=false", f"train.steps={steps}",
+        f"train.device={device}", "train.loggers=[csv]", f"train.steps={steps}",
         "train.checkpoint_every=100000", "train.log_every=100000", *overrides,
     ])
     return Trainer(cfg, run_dir, cache_path=cache)

@@ -12,7 +12,8 @@ patches, see ``BF16_MIN_SIZE``) and split into model forward, losses, loss backw
     python benchmarks/bench_launches.py --only rfnet
 
 Targets for the rfnet step (rfnet w8 + prism + rfnet_sep): at most 1,000 ops in float32 and 1,100 under bf16
-autocast; 0 syncs on a step without a log row, at most 1 on a logging step. Reference: PASSION's step
+autocast; 0 syncs on a step without a log row, at most 1 on a logging step. ``train.ema`` adds one op (a single
+``_foreach_lerp_`` over the weights) and no sync. Reference: PASSION's step
 (Jun-Jie-Shi/PASSION, code/train.py: its RFNet width 8, full losses, AdamW), counted by the same rule: 11,782 ops
 and 214 device syncs, plus 576 host reads of AdamW's step counters.
 """
@@ -48,6 +49,7 @@ CONFIGS: dict[str, list[str]] = {
     "multi_unet + prism": ["model.name=multi_unet", "model.options={width: 8}",
                            "losses=[{name: prism, options: {beta: 0.5, delta: 0.1}}]"],
     "rfnet, meta_drop": [*RFNET, "strategy.name=meta_drop"],
+    "rfnet, train.ema": [*RFNET, "train.ema=0.999"],  # the weight average: one multi-tensor update a step
     "rfnet, maml first order (K=1, 2 tasks)": [
         *RFNET, "strategy.name=maml", "strategy.options={first_order: true, inner_steps: 1, tasks_per_step: 2}"],
 }

@@ -56,7 +56,7 @@ class TinyNet(Backbone):
 
 def train_and_evaluate(cache: Path, out: Path, overrides: list[str]) -> tuple[np.ndarray, list[str]]:
     """Train the demo preset with ``overrides`` and evaluate: mean Dice (%) ``[15, 3]`` and combination names."""
-    config = build_config(load_preset("demo"), [f"data.cache={cache}", "train.tensorboard=false", "eval.hd95=false",
+    config = build_config(load_preset("demo"), [f"data.cache={cache}", "train.loggers=[csv]", "eval.hd95=false",
                                                 "train.checkpoint_every=100000", *overrides])
     trainer = Trainer(config, out, cache_path=cache)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,6 +136,16 @@ class DataConfig(_Model):
         return self
 
 
+def _logger_name(item: Any) -> str | None:
+    """The name of one ``train.loggers`` item (a name, a mapping or a PluginChoice)."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        name = item.get("name")
+        return name if isinstance(name, str) else None
+    return getattr(item, "name", None)
+
+
 class PluginChoice(_Model):
     name: str  # a registered plugin name (prism-plugins lists them)
     options: dict[str, Any] = {}  # keyword arguments of the plugin's factory
@@ -158,12 +169,37 @@ class MaskingConfig(_Model):
 
 
 class OptimConfig(_Model):
+    """The optimizer and its learning-rate schedule. A step of the schedule is an optimisation step
+    (``train.steps`` of them; with ``train.accumulate`` each one sums the gradients of several batches)."""
+
     name: Literal["adamw", "adam", "sgd"] = "adamw"  # the optimizer
-    lr: float = Field(3e-3, gt=0)  # peak learning rate (polynomial decay to 0 over train.steps)
+    lr: float = Field(3e-3, gt=0)  # peak learning rate (after the warm-up; optim.schedule decays it over train.steps)
     weight_decay: float = Field(1e-5, ge=0)  # weight decay
     momentum: float = Field(0.99, ge=0, lt=1)  # sgd only (nnU-Net's default, with nesterov)
-    poly_power: float = Field(0.9, ge=0)  # lr = peak * (1 - step / steps) ** poly_power
+    # the learning rate after the warm-up, over the T = train.steps - warmup_steps steps t left: poly
+    # (lr * (1 - t / T) ** poly_power, nnU-Net's), cosine (min_lr + (lr - min_lr) * (1 + cos(pi t / T)) / 2) or
+    # constant (lr)
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    poly_power: float = Field(0.9, ge=0)  # schedule poly: lr = peak * (1 - t / T) ** poly_power
+    # linear warm-up over the first N steps, from warmup_start * lr up to lr, before the schedule (0: none)
+    warmup_steps: int = Field(0, ge=0)
+    warmup_start: float = Field(0.01, gt=0, le=1)  # the first warm-up step's learning rate, as a fraction of lr
+    min_lr: float = Field(0.0, ge=0)  # schedule cosine: the learning rate it ends at (below lr)
     grad_clip: float | None = Field(12.0, gt=0)  # clip the gradient norm to this (None: no clipping)
+
+
+class EarlyStopConfig(_Model):
+    """Stop training when the validation score has not improved for ``patience`` validations in a row (needs
+    ``train.val_every``). The final checkpoint is written and the run is evaluated as after a normal end; a resume
+    of a stopped run trains no further unless ``patience`` is raised."""
+
+    metric: Literal["val_dice"] = "val_dice"  # the score watched: validation mean Dice (higher is better)
+    patience: int = Field(5, ge=1, le=100_000)  # validations in a row without improvement that stop the run
+    min_delta: float = Field(0.0, ge=0, le=1)  # an improvement must raise the best score by more than this
+
+
+#: the loggers a run writes to when ``train.loggers`` is not given
+DEFAULT_LOGGERS = ("csv", "tensorboard")
 
 
 class TrainConfig(_Model):
@@ -178,7 +214,9 @@ class TrainConfig(_Model):
     # callable). Refused by strategies whose inner loops it would break (prism/engine/compiled.py)
     compile: bool | Literal["model", "step"] = False
     cuda_graphs: bool = False  # capture the standard step into one CUDA graph and replay it (CUDA, static shapes)
-    tensorboard: bool = True  # also log to TensorBoard when the tensorboard package is installed
+    # experiment trackers (logger plugins, prism-plugins lists them) that receive the config, the log rows,
+    # validation scores, the evaluation's heatmap and summary: a name, or {name: mlflow, options: {...}}
+    loggers: list[PluginChoice] = [PluginChoice(name=n) for n in DEFAULT_LOGGERS]
     checkpoint_every: int = Field(100, ge=1)  # write last.pt every N steps
     log_every: int = Field(25, ge=1)  # log the losses every N steps
     # a non-finite loss part or gradient: stop (after the last good checkpoint, exit 3) or skip the step's update
@@ -189,6 +227,53 @@ class TrainConfig(_Model):
     val_every: int | None = Field(None, ge=1)
     val_split: str = "val"  # split validated on (train.val_every)
     val_cases: int = Field(5, ge=1)  # cases validated each time
+    # stop when the validation score stops improving (needs val_every; None: train all train.steps)
+    early_stop: EarlyStopConfig | None = None
+    # exponential moving average of the weights with this decay d: after every step ema = d * ema + (1 - d) *
+    # weights, starting from the initial weights (None: off). Validation, best.pt, the evaluation, prism-eval and
+    # prism-predict use the average (the checkpoints' "model"); training continues from the weights themselves
+    ema: float | None = Field(None, gt=0, lt=1)
+    # gradient accumulation: one optimisation step from the gradients of this many batches of data.batch_size
+    # (effective batch data.batch_size * accumulate). train.steps, the LR schedule, log_every, checkpoint_every,
+    # val_every and epoch_length count optimisation steps. Strategies standard and meta_drop; others refuse it
+    accumulate: int = Field(1, ge=1, le=4096)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_flag(cls, data: Any) -> Any:
+        """The deprecated ``train.tensorboard`` flag, mapped onto ``train.loggers``."""
+        if not isinstance(data, dict) or "tensorboard" not in data:
+            return data
+        data = dict(data)
+        flag = data.pop("tensorboard")
+        if isinstance(flag, str) and flag.strip().lower() in {"true", "false"}:
+            flag = flag.strip().lower() == "true"
+        if not isinstance(flag, bool):
+            raise ValueError(f"tensorboard (deprecated: use train.loggers) must be true or false (got {flag!r})")
+        warnings.warn("train.tensorboard is deprecated: list the loggers in train.loggers (the default "
+                      f"{list(DEFAULT_LOGGERS)}; train.loggers=[csv] leaves TensorBoard out)", DeprecationWarning,
+                      stacklevel=2)
+        loggers = list(data.get("loggers", DEFAULT_LOGGERS))
+        names = [_logger_name(item) for item in loggers]
+        if flag and "tensorboard" not in names:
+            loggers.append("tensorboard")
+        elif not flag:
+            loggers = [item for item, name in zip(loggers, names, strict=True) if name != "tensorboard"]
+        data["loggers"] = loggers
+        return data
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _logger_names(cls, v: Any) -> Any:
+        """A bare name stands for ``{name: NAME}``; a name listed twice is an error."""
+        if not isinstance(v, list | tuple):
+            return v
+        items = [{"name": item} if isinstance(item, str) else item for item in v]
+        names = [_logger_name(item) for item in items]
+        twice = sorted({n for n in names if n is not None and names.count(n) > 1})
+        if twice:
+            raise ValueError(f"logger {', '.join(repr(n) for n in twice)} is listed more than once")
+        return items
 
 
 class EvalConfig(_Model):
@@ -261,6 +346,22 @@ class Config(_Model):
         from .data.splits import fold_split_names
 
         return fold_split_names(self.data.fold)
+
+    @model_validator(mode="after")
+    def _training_options(self) -> Config:
+        o = self.optim
+        if o.min_lr and o.schedule != "cosine":
+            raise ValueError(f"optim.min_lr: only the cosine schedule ends at min_lr (optim.schedule is "
+                             f"'{o.schedule}'); leave it at 0")
+        if o.min_lr >= o.lr:
+            raise ValueError(f"optim.min_lr: must be below optim.lr ({o.min_lr:g} >= {o.lr:g})")
+        if self.optim.warmup_steps >= self.train.steps:
+            raise ValueError(f"optim.warmup_steps: {self.optim.warmup_steps} warm-up steps leave none of the "
+                             f"train.steps={self.train.steps} for optim.schedule; use fewer")
+        if self.train.early_stop is not None and not self.train.val_every:
+            raise ValueError("train.early_stop: watches the validation Dice, so it needs train.val_every (e.g. "
+                             "train.val_every=50)")
+        return self
 
     @model_validator(mode="after")
     def _fold_validation_split(self) -> Config:

@@ -48,6 +48,8 @@ class StepContext(Protocol):
         generator: the run's random generator for masks and task sampling (checkpointed by the engine). Draw
             from it, or seed a strategy's own generator from it in ``setup``, never from global RNG state.
         world_size: processes under torch.distributed (1 otherwise); ``rank``: this process's index.
+        accumulate: ``train.accumulate``, the batches whose gradients one step sums (see
+            ``accumulate_gradients``; 1 unless the strategy declares ``accumulates``).
     """
 
     model: Backbone
@@ -56,6 +58,7 @@ class StepContext(Protocol):
     step: int
     total_steps: int
     generator: torch.Generator
+    accumulate: int
 
     @property
     def world_size(self) -> int: ...
@@ -115,6 +118,17 @@ class StepContext(Protocol):
 
     def loss_of(self, output: SegOutput, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Apply the configured losses to an output computed elsewhere (e.g. a functional call)."""
+        ...
+
+    def accumulate_gradients(self, stream: str = "train", policy: str = "train") -> dict[str, torch.Tensor]:
+        """Draw ``accumulate`` batches of ``stream`` masked by ``policy`` and backpropagate each one's loss divided
+        by ``accumulate``, one batch at a time: the gradients add up to those of the mean loss over the
+        concatenated batch (with one batch, ``next_batch``, ``compute_loss`` and ``backward``). Gradients are
+        added to ``.grad`` (call ``zero_grad`` first); under DDP they are all-reduced once, with the last batch.
+
+        Returns:
+            the loss parts, each the mean over the batches (detached).
+        """
         ...
 
     # ---- gradients and updates ------------------------------------------------------------------------------
@@ -189,9 +203,12 @@ class Strategy:
             context all-reduces gradients when they are read (``optimizer_step``, ``unscaled_clipped_grads``,
             ``sync_gradients``). Strategies whose gradients come from functional calls or ``autograd.grad``
             (MAML) must be explicit.
+        accumulates: True when ``step`` draws its batches through ``ctx.accumulate_gradients``, so that
+            ``train.accumulate`` applies to it (the engine refuses ``train.accumulate`` above 1 otherwise).
     """
 
     uses_optimizer: ClassVar[bool] = True
+    accumulates: ClassVar[bool] = False
     compile_refusal: ClassVar[str | None] = None
     gradient_sync: ClassVar[str] = "explicit"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Tutorial: your own package with a backbone, a loss term, a masking policy and a strategy, installed with pip,
-# checked with prism's conformance kit, trained with prism-train and loaded back from Python.
+# Tutorial: your own package with a backbone, a loss term, a masking policy, a strategy and a logger, installed
+# with pip, checked with prism's conformance kit, trained with prism-train and loaded back from Python.
 # Run from the repository root: bash tutorials/plugin_package.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -20,7 +20,8 @@ export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 prism-plugins --json | python -c '
 import json, sys
 found = json.load(sys.stdin)
-for kind, name in [("backbone", "tiny"), ("loss", "uni_dice"), ("masking", "drop_one"), ("strategy", "accumulate")]:
+for kind, name in [("backbone", "tiny"), ("loss", "uni_dice"), ("masking", "drop_one"), ("strategy", "accumulate"),
+                   ("logger", "jsonl")]:
     entry = next(e for e in found[kind] if e["name"] == name)
     print(kind, name, entry["distribution"], entry["version"], "provides" if kind == "backbone" else "needs",
           entry["provides"] if kind == "backbone" else entry["needs"])
@@ -28,7 +29,7 @@ assert not found["failures"], found["failures"]'
 # --8<-- [end:list]
 
 # --8<-- [start:check]
-# prism's own suites on the package's four plugins (prism.testing); every failed check is named at once
+# prism's own suites on the package's five plugins (prism.testing); every failed check is named at once
 (cd "$work/prism-tiny" && python -m pytest -q -p no:cacheprovider tests)
 # --8<-- [end:check]
 
@@ -39,10 +40,12 @@ prism-train --data "$work/tiny.h5" -o "$work/run" --no-eval \
     'losses=[{name: fuse}, {name: uni_dice, weight: 0.5}]' \
     masking.train.name=drop_one \
     strategy.name=accumulate strategy.options.micro_batches=2 strategy.options.warmup=1 \
+    'train.loggers=[csv, {name: jsonl, options: {filename: tiny.jsonl}}]' train.log_every=1 \
     train.steps=2 data.patch_size=[16,16,16] data.batch_size=1
 # --8<-- [end:train]
 test -f "$work/run/last.pt"
 grep -q "uni_dice" "$work/run/train_log.csv"
+grep -q '"group": "train"' "$work/run/tiny.jsonl"   # the package's logger wrote the rows
 
 # --8<-- [start:load]
 python - "$work/run" <<'PY'

@@ -19,7 +19,7 @@ cache = work / "phantoms.h5"
 write_synthetic_cache(str(cache), SynthSettings(cases=6, shape=(24, 24, 24), seed=0), test_fraction=0.34)
 config = build_config(None, ["model.options.width=4", "model.options.depth=3", "data.patch_size=[16,16,16]",
                              "data.batch_size=2", "train.steps=6", "train.log_every=2", "train.checkpoint_every=3",
-                             "train.tensorboard=false", f"data.cache={cache}"])
+                             "train.loggers=[csv]", f"data.cache={cache}"])
 # --8<-- [end:config]
 
 # --8<-- [start:parts]
@@ -91,11 +91,39 @@ from prism.engine.meter import NonFiniteError
 
 diverging = build_config(None, [*[f"{k}={v}" for k, v in {
     "model.options.width": 4, "model.options.depth": 3, "data.patch_size": "[16,16,16]", "data.batch_size": 2,
-    "train.steps": 4, "train.log_every": 2, "train.tensorboard": "false", "data.cache": cache}.items()],
+    "train.steps": 4, "train.log_every": 2, "train.loggers": "[csv]", "data.cache": cache}.items()],
     "optim.lr=1e30"])                              # a learning rate that sends the weights to infinity
 try:
     Trainer(diverging, work / "diverged", cache_path=cache).fit()
 except NonFiniteError as exc:                      # train.nonfinite: stop (the default); skip skips such steps
     print(f"stopped: {exc}")
 # --8<-- [end:nonfinite]
+
+# --8<-- [start:options]
+import csv
+
+from prism.engine.checkpoint import load_checkpoint
+
+validated = work / "validated.h5"                  # a cache with a validation split
+write_synthetic_cache(str(validated), SynthSettings(cases=8, shape=(24, 24, 24), seed=0), test_fraction=0.25,
+                      val_fraction=0.25)
+options = build_config(None, [
+    "model.options.width=4", "model.options.depth=3", "data.patch_size=[16,16,16]", "data.batch_size=1",
+    f"data.cache={validated}", "train.steps=12", "train.log_every=3", "train.loggers=[csv]",
+    "train.ema=0.9",                                # validation, best.pt and the evaluation use the average
+    "optim.schedule=cosine", "optim.warmup_steps=3",  # a linear warm-up, then half a cosine to optim.min_lr
+    "train.accumulate=2",                           # each step: 2 batches of 1 (an effective batch of 2)
+    "train.val_every=3", "train.val_cases=2",
+    "train.early_stop={patience: 2, min_delta: 0.05}",  # 2 validations in a row without a 0.05 gain: stop
+])
+trainer = Trainer(options, work / "options", cache_path=validated)
+rows = trainer.fit()
+trainer.close()
+print("learning rates:", [round(r["lr"], 5) for r in rows])
+with open(work / "options" / "val_log.csv", newline="") as fh:
+    print("validations:", [(r["step"], round(float(r["val_dice"]), 4)) for r in csv.DictReader(fh)])
+last = load_checkpoint(work / "options" / "last.pt")
+print(f"stopped at step {last['step']}; last.pt holds 'model' (the average) and 'training_model' (the weights); "
+      f"early stop state {last['observers']['early_stop']}")
+# --8<-- [end:options]
 print("trainer_parts: ok")

@@ -35,6 +35,7 @@ API_PAGES: dict[str, tuple[str, str]] = {
     "loss": ("prism.loss", "the LossTerm contract"),
     "masking": ("prism.masking", "the MaskingPolicy contract"),
     "strategy": ("prism.strategy", "the Strategy contract"),
+    "logger": ("prism.logger", "the Logger contract: experiment trackers"),
     "adapt": ("prism.adapt", "adapting a model to a task, functionally (what every strategy's adapt uses)"),
     "errors": ("prism.errors", "the errors a user can meet"),
     "registry": ("prism.registry", "the plugin registry"),

@@ -21,12 +21,16 @@ class MetaDrop(Strategy):
     ``masking.extra.meta`` in the config, or else the policy named by the option ``meta_masking`` (default
     ``full``). Setting both is an error.
 
+    With ``train.accumulate`` N, the inner step and the meta gradient each come from N batches (the gradients of
+    the mean loss over N times the batch).
+
     Choices: the optimizer's moments are updated by the inner step only (the meta correction is a plain gradient
     step of size ``meta_lr``, which follows the LR schedule as a fraction ``meta_lr_scale`` of the current
     learning rate when ``meta_lr`` is not given); normalisation layers see both batches in train mode.
     """
 
     gradient_sync = "ddp"
+    accumulates = True
 
     def __init__(
         self, *,
@@ -57,18 +61,14 @@ class MetaDrop(Strategy):
     def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         params = ctx.parameters()
         phi0 = torch._foreach_mul(params, 1.0) if self.alpha != 1.0 else None  # detached copy, one fused op
-        # inner step: phi_tilde
-        batch = ctx.next_batch("train")
+        # inner step: phi_tilde (from train.accumulate training batches)
         ctx.zero_grad()
-        loss, parts = ctx.compute_loss(batch)
-        ctx.backward(loss)
+        parts = ctx.accumulate_gradients("train")
         ctx.optimizer_step()
-        # meta gradient at phi_tilde
-        meta_batch = ctx.next_batch("meta", policy="meta")
+        # meta gradient at phi_tilde (from as many meta batches)
         ctx.zero_grad(set_to_none=False)
         with observation(False):  # epoch statistics come from training batches only
-            meta_loss, meta_parts = ctx.compute_loss(meta_batch)
-        ctx.backward(meta_loss)
+            meta_parts = ctx.accumulate_gradients("meta", policy="meta")
         grads = ctx.unscaled_clipped_grads(params)
         eta = self.meta_lr if self.meta_lr is not None else self.meta_lr_scale * ctx.learning_rate()
         with torch.no_grad():

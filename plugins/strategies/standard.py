@@ -8,14 +8,13 @@ from prism.strategy import StepContext, Strategy
 
 
 class Standard(Strategy):
-    """Plain supervised training under the training masking policy."""
+    """Plain supervised training under the training masking policy (``train.accumulate`` batches per step)."""
 
     gradient_sync = "ddp"
+    accumulates = True
 
     def step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        batch = ctx.next_batch("train")
         ctx.zero_grad()
-        loss, parts = ctx.compute_loss(batch)
-        ctx.backward(loss)
+        parts = ctx.accumulate_gradients("train")  # next_batch, compute_loss, backward (per accumulated batch)
         ctx.optimizer_step()
         return parts

@@ -12,7 +12,8 @@ from ..outputs import PARTS
 from ..registry import KINDS, OptionSpec, get_registry
 from .common import run_command, stdout_console
 
-PLURALS = {"backbone": "backbones", "loss": "losses", "masking": "masking policies", "strategy": "meta-strategies"}
+PLURALS = {"backbone": "backbones", "loss": "losses", "masking": "masking policies", "strategy": "meta-strategies",
+           "logger": "loggers (experiment trackers)"}
 
 
 def parser() -> argparse.ArgumentParser:

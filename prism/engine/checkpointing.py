@@ -5,6 +5,10 @@ that are never overwritten by accident.
 terms, masking policies, stream positions, every random generator (:mod:`prism.engine.rng`), the open log
 interval (:class:`prism.engine.meter.StepMeter`) and the observers' state; so a resumed run is bitwise the run
 that was never stopped.
+
+A checkpoint's ``model`` holds the weights the run is used with (evaluation, ``prism-eval``, ``prism-predict``,
+``model.init_from``): with ``train.ema`` the moving average, the weights training continues from being in
+``training_model``.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from .. import __version__
 from ..config import config_to_yaml
@@ -28,6 +30,7 @@ from .observers import Observer
 from .rng import capture_rng, restore_rng
 from .run import Run
 from .run_lock import LOCK_NAME, RunLock
+from .schedules import stretch_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -42,16 +45,19 @@ RUN_FILES = (
     "config.yaml", "run_info.json", CHECKPOINT_NAME, BEST_NAME, "train_log.csv", "val_log.csv", "tensorboard",
     writers.JSON_NAME, writers.CSV_NAME, writers.MARKDOWN_NAME, writers.HEATMAP_NAME,
     adaptation_curve.JSON_NAME, adaptation_curve.MARKDOWN_NAME, adaptation_curve.PLOT_NAME,
-    "fewshot.json", "fewshot.md", "study.log", "error.txt",
+    "fewshot.json", "fewshot.md", "study.log", "error.txt", "mlruns", "wandb",
 )
 
 
 def run_state(run: Run, strategy_state: dict[str, Any]) -> dict[str, Any]:
     """The run's state at ``run.ctx.step`` (the trainer adds the meter, observers and best score)."""
     ctx = run.ctx
+    weights: dict[str, Any] = {"model": ctx.model.state_dict()}
+    if run.ema is not None:  # "model": what the run is used with; "training_model": what training continues from
+        weights = {"model": run.ema.averaged_state(), "training_model": run.ema.trained_state()}
     return {
         "step": ctx.step,
-        "model": ctx.model.state_dict(),
+        **weights,
         "optimizer": ctx.optimizer.state_dict(),
         "scheduler": ctx.scheduler.state_dict(),
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
@@ -76,8 +82,9 @@ def restore_run(run: Run, state: dict[str, Any], path: Path) -> None:
     if state.get("dataset", run.reader.fingerprint) != run.reader.fingerprint:
         raise CheckpointError(dataset_changed_message(path, state["dataset"], run.reader))
     ctx = run.ctx
+    trained = "training_model" if "training_model" in state else "model"  # saved with train.ema, or without
     loaders = (
-        ("model", lambda s: ctx.model.load_state_dict(s)),
+        (trained, lambda s: ctx.model.load_state_dict(s)),
         ("optimizer", ctx.optimizer.load_state_dict),
         ("scheduler", ctx.scheduler.load_state_dict),
         ("scaler", lambda s: ctx.scaler.load_state_dict(s) if ctx.scaler is not None and s else None),
@@ -95,29 +102,24 @@ def restore_run(run: Run, state: dict[str, Any], path: Path) -> None:
                                                    part)) from None
     ctx.step = int(state["step"])
     stretch_schedule(run.scheduler, run.config.train.steps)
+    _restore_average(run, state, path)
 
 
-def stretch_schedule(scheduler: Any, steps: int) -> None:
-    """Make a loaded LR schedule end at ``steps`` when a resume changed ``train.steps``.
-
-    The schedule's saved state ends where the run was first planned to end, and PolynomialLR updates the rate
-    from the previous one, so a run resumed with more steps would otherwise train them at the rate it had reached:
-    0 at the old end. The rates restart from the closed form ``base * (1 - step / steps) ** power`` instead; an
-    unchanged ``train.steps`` leaves everything as saved (the resume stays bitwise exact).
-    """
-    total = max(steps, 1)
-    if getattr(scheduler, "total_iters", total) == total:
+def _restore_average(run: Run, state: dict[str, Any], path: Path) -> None:
+    """The ``train.ema`` average: the checkpoint's ``model`` when it was saved with one, else started anew from
+    the restored weights."""
+    if run.ema is None:
         return
-    old = scheduler.total_iters
-    scheduler.total_iters = total
-    for group, lr in zip(scheduler.optimizer.param_groups, scheduler._get_closed_form_lr(), strict=True):
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(float(lr))
-        else:
-            group["lr"] = float(lr)
-    scheduler._last_lr = [float(g["lr"]) for g in scheduler.optimizer.param_groups]
-    logger.info("train.steps changed from %d to %d: the learning-rate schedule now ends at step %d", old, total,
-                total)
+    if "training_model" not in state:
+        run.ema.reset()
+        logger.info("%s holds no weight average (written without train.ema): the average starts at step %d", path,
+                    run.ctx.step)
+        return
+    try:
+        run.ema.load_averaged_state(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(mismatch_message(path, state, run.ctx.model.state_dict(), run.config, exc,
+                                               "model")) from None
 
 
 def best_score(run_dir: Path, state: Mapping[str, Any]) -> float:

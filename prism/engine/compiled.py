@@ -11,9 +11,10 @@
 
 Each is refused with a one-line ``ConfigError`` where it would be wrong: strategies that declare a
 ``compile_refusal`` (MAML's functional inner loop), CUDA graphs on a CPU, with strategies other than
-``standard``, under torch.distributed, with fp16 loss scaling (its overflow check reads the host), with loss terms
-that keep Python-side statistics (a replayed graph would skip their updates), and when the eager step syncs with
-the host (checked with ``torch.cuda.set_sync_debug_mode`` on the first warm-up step).
+``standard``, under torch.distributed, with fp16 loss scaling (its overflow check reads the host), with
+``train.accumulate`` above 1, with loss terms that keep Python-side statistics (a replayed graph would skip their
+updates), and when the eager step syncs with the host (checked with ``torch.cuda.set_sync_debug_mode`` on the
+first warm-up step).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def cuda_graph_refusal(config: Config, ctx: TrainContext) -> str | None:
         return "not supported under torch.distributed"
     if ctx.scaler is not None:
         return "fp16 loss scaling checks for overflow on the host every step; use train.amp=bf16 or none"
+    if config.train.accumulate > 1:
+        return "captures one batch per step; leave train.accumulate at 1"
     stateful = [t.name for t in ctx.losses.terms if t.term.state_dict()]
     if stateful:
         return (f"loss term(s) {', '.join(stateful)} keep statistics across steps in Python, which a replayed "

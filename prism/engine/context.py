@@ -62,6 +62,8 @@ class TrainContext:
     #: under bf16 autocast, run the eager forward on bf16 copies of the weights made in one kernel
     #: (:mod:`prism.engine.half_weights`: the same results, about two launches fewer per weight and step)
     cast_weights_once: bool = True
+    #: ``train.accumulate``: batches whose gradients one optimisation step sums (:meth:`accumulate_gradients`)
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         self._classes: dict[str, frozenset[int]] = {}
@@ -191,6 +193,32 @@ class TrainContext:
         assert self.forward_loss is not None
         with self.autocast():
             return self.forward_loss(self.prepare_image(batch.image), batch.mask, batch)
+
+    def accumulate_gradients(self, stream: str = "train", policy: str = "train") -> dict[str, torch.Tensor]:
+        """Backpropagate the loss of ``accumulate`` batches of ``stream`` (masked by ``policy``), each scaled by
+        ``1 / accumulate``: the gradients add up to those of the mean loss over the concatenated batch.
+
+        Each batch is drawn, forwarded and backpropagated in turn, so only one batch's activations are held at a
+        time. Under DistributedDataParallel the gradients are all-reduced once, with the last batch's backward.
+        The gradients are added to what ``.grad`` holds (call ``zero_grad`` first).
+
+        Returns:
+            The loss parts, each the mean over the batches (detached, on the device).
+        """
+        n = self.accumulate
+        if n == 1:  # the plain step, op for op
+            loss, parts = self.compute_loss(self.next_batch(stream, policy))
+            self.backward(loss)
+            return parts
+        totals: dict[str, torch.Tensor] = {}
+        for i in range(n):
+            sync = i == n - 1 or not self.ddp
+            with contextlib.nullcontext() if sync else self.forward_module.no_sync():
+                loss, parts = self.compute_loss(self.next_batch(stream, policy))
+                self.backward(loss / n)
+            for name, value in parts.items():
+                totals[name] = value / n if name not in totals else totals[name] + value / n
+        return totals
 
     # ---- gradients and updates -----------------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:

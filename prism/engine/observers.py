@@ -10,10 +10,13 @@ The order of calls in one ``fit()``::
     on_fit_start                      once, after a resume is restored, before the first step
     for each step:
         on_step_start                 before the step (``trainer.ctx.step`` steps done so far)
-        strategy.step(ctx)            the optimisation step (the LR schedule steps after it)
+        strategy.step(ctx)            the optimisation step (then the LR schedule and train.ema's average)
         on_log(row)                   every train.log_every steps and at the last step: interval means (floats)
         on_step_end(parts)            every step, detached device tensors (reading one makes the host wait)
     on_fit_end(error)                 once, also after an error or a stop (``error`` is then the exception)
+
+and after ``fit``: ``on_evaluation(report)`` when ``trainer.evaluate()`` has written the report, and ``on_close``
+when ``trainer.close()`` ends the run (the experiment trackers of ``train.loggers`` finish there).
 
 Within one event observers run by ``order`` (lower first; ties keep the order they were added in): yours
 (``order`` 0) run before the built-in validation (50), checkpointing (80) and signal handling (90), so state an
@@ -56,6 +59,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..evaluation.results import EvalReport
     from .trainer import Trainer
 
 
@@ -107,6 +111,12 @@ class Observer:
 
     def on_fit_end(self, trainer: Trainer, error: BaseException | None) -> None:
         """Once, when ``fit`` returns or raises (``error``: the exception, e.g. ``Preempted``; else None)."""
+
+    def on_evaluation(self, trainer: Trainer, report: EvalReport) -> None:
+        """After :meth:`Trainer.evaluate` wrote the run's evaluation (``eval.json``, ``eval_dice.png``...) (rank 0)."""
+
+    def on_close(self, trainer: Trainer) -> None:
+        """When :meth:`Trainer.close` ends the run (after ``fit`` and any evaluation)."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to save in checkpoints (tensors, numbers, strings, lists, dicts)."""

@@ -7,6 +7,8 @@ instead (``tutorials/own_loop.py``)::
     for _ in range(100):
         parts = run.strategy.step(run.ctx)
         run.scheduler.step()
+        if run.ema is not None:  # train.ema
+            run.ema.update()
         run.ctx.step += 1
     run.close()
 
@@ -31,13 +33,15 @@ from ..errors import ConfigError
 from ..masking import MaskingPolicy
 from ..registry import PluginEntry, blame, get_registry
 from ..strategy import Strategy
-from .builder import amp_dtype_for, build_optimizer, build_parts, poly_schedule, select_device
+from .builder import amp_dtype_for, build_optimizer, build_parts, select_device
 from .checkpoint import load_initial_weights
 from .compiled import install as install_compilation
 from .context import TrainContext
 from .distributed import DistInfo, init_from_env, wrap_ddp
+from .ema import WeightAverage
 from .losses import LossSet
 from .rng import seed_globals
+from .schedules import build_schedule
 from .streams import BatchStreams
 
 
@@ -51,9 +55,11 @@ class Run:
         reader: the open cache; ``train_cases`` / ``val_cases``: the cases trained and validated on.
         model: the backbone (after the strategy's ``prepare_model``, on ``device``).
         losses, masking, strategy: the built plugins (``strategy_entry``: its registry entry, for blame).
-        optimizer, scheduler: the configured optimizer and its LR schedule (``train.steps`` long).
+        optimizer, scheduler: the configured optimizer and its LR schedule (``train.steps`` long,
+            :func:`prism.engine.schedules.build_schedule`).
         streams: the named batch streams (DataLoaders) the context draws from.
         ctx: the :class:`TrainContext` strategies step with.
+        ema: the moving average of the weights (``train.ema``; update it after every step), or None.
     """
 
     config: Config
@@ -71,6 +77,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     streams: BatchStreams
     ctx: TrainContext
+    ema: WeightAverage | None = None
 
     def close(self) -> None:
         """Stop the streams' DataLoaders and release the cache handle."""
@@ -175,7 +182,7 @@ def build_run(config: Config, *, cache_path: str | os.PathLike[str], check_split
 
     Returns:
         The :class:`Run`: model, losses, masking policies, strategy (``setup`` done), optimizer, LR schedule,
-        streams and the step context.
+        streams, the step context and the weights' moving average (``train.ema``).
 
     Raises:
         ConfigError, PluginError, CacheError, CheckpointError: a mistake in the config, a plugin or the cache
@@ -197,6 +204,9 @@ def _assemble(config: Config, reader: CacheReader, device: torch.device, dist: D
     parts = build_parts(config, reader.modalities, max(reader.labels) + 1,
                         availability=[reader.info(c).availability for c in train_cases])
     entry = get_registry().get("strategy", config.strategy.name)
+    if config.train.accumulate > 1 and not parts.strategy.accumulates:
+        raise ConfigError(f"train.accumulate: strategy '{config.strategy.name}' does not accumulate gradients "
+                          "over batches (standard and meta_drop do); leave train.accumulate at 1")
     model = _prepared_model(config, parts.model, parts.strategy, entry, device)
     parts.losses.to(device)  # the loss terms' tensors, before the first (compiled) step
     optimizer = build_optimizer(config, model)
@@ -211,13 +221,15 @@ def _assemble(config: Config, reader: CacheReader, device: torch.device, dist: D
         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
         grad_clip=config.optim.grad_clip, total_steps=config.train.steps,
         channels_last=config.train.channels_last, dist=dist, nonfinite=config.train.nonfinite,
+        accumulate=config.train.accumulate,
     )
     install_compilation(config, parts.strategy, ctx)  # train.compile / train.cuda_graphs (or refused)
     with blame(entry, "setting up"):
         parts.strategy.setup(ctx)
     # after setup: a strategy may add parameter groups (Meta-SGD's learned inner learning rates)
-    ctx.scheduler = poly_schedule(optimizer, config.train.steps, config.optim.poly_power)
+    ctx.scheduler = build_schedule(optimizer, config.optim, config.train.steps)
+    ema = WeightAverage(model, config.train.ema) if config.train.ema is not None else None
     return Run(config=config, device=device, dist=dist, reader=reader, train_cases=train_cases,
                val_cases=val_cases, model=model, losses=parts.losses, masking=parts.masking,
                strategy=parts.strategy, strategy_entry=entry, optimizer=optimizer, scheduler=ctx.scheduler,
-               streams=ctx.streams, ctx=ctx)
+               streams=ctx.streams, ctx=ctx, ema=ema)

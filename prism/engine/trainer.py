@@ -1,6 +1,6 @@
 """The training loop: a run built by :func:`prism.engine.run.build_run`, stepped by its strategy, with everything
-around the steps (progress, logs, validation, checkpoints, signals) done by observers
-(:mod:`prism.engine.observers`)."""
+around the steps (progress, experiment trackers, validation, early stopping, checkpoints, signals) done by
+observers (:mod:`prism.engine.observers`)."""
 
 from __future__ import annotations
 
@@ -34,13 +34,14 @@ from .checkpointing import (
     run_state,
 )
 from .context import run_strategy_step
+from .early_stop import EarlyStopping
 from .meter import GRADIENT, IntervalRead, NonFiniteError, StepMeter
-from .metrics_log import CsvLogger, TensorBoardLogger
 from .observers import Observer, Observers
 from .progress import eta_text, progress_observer, rate_text
 from .run import Run, augmentation, build_run
 from .run_lock import RunLock
 from .signals import Preempted, SignalStop, StopSignals
+from .tracking import build_loggers
 from .validation import Validation, validation_dice
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,7 +58,7 @@ def run_info(config: Config) -> dict[str, Any]:
     reg = get_registry()
     used = [("backbone", config.model.name), ("strategy", config.strategy.name),
             ("masking", config.masking.train.name), *[("masking", c.name) for c in config.masking.extra.values()],
-            *[("loss", c.name) for c in config.losses]]
+            *[("loss", c.name) for c in config.losses], *[("logger", c.name) for c in config.train.loggers]]
     plugins = []
     for kind, name in dict.fromkeys(used):
         e = reg.get(kind, name)
@@ -68,14 +69,19 @@ def run_info(config: Config) -> dict[str, Any]:
 
 
 def default_observers(config: Config, console: Console | None = None) -> list[Observer]:
-    """The built-in observers of a run: progress, ``train_log.csv``, TensorBoard (``train.tensorboard``),
-    validation and ``best.pt`` (``train.val_every``), ``last.pt`` and stopping on signals."""
+    """The built-in observers of a run: progress, one per logger of ``train.loggers`` (named after it: ``csv``,
+    ``tensorboard``...), validation and ``best.pt`` (``train.val_every``), early stopping (``train.early_stop``),
+    ``last.pt`` and stopping on signals.
+
+    Raises:
+        PluginError, ConfigError: an unknown logger, a bad option, or a logger's missing package (one line).
+    """
     t = config.train
-    observers: list[Observer] = [progress_observer(console), CsvLogger()]
-    if t.tensorboard:
-        observers.append(TensorBoardLogger())
+    observers: list[Observer] = [progress_observer(console), *build_loggers(config)]
     if t.val_every:
         observers.append(Validation(t.val_every))
+    if t.early_stop is not None:
+        observers.append(EarlyStopping(t.early_stop))
     return [*observers, Checkpointer(t.checkpoint_every), SignalStop()]
 
 
@@ -235,13 +241,21 @@ class Trainer:
         if not self.val_cases or not self.dist.is_main:
             return None
         cfg = self.config
-        score = validation_dice(self.ctx.model, self.reader, self.val_cases, device=self.device,
-                                amp_dtype=self.ctx.amp_dtype,
-                                options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last))
-        if score > self.best_val:
-            self.best_val = score
-            self.save(BEST_NAME, val_dice=score)
+        with self.evaluated_weights() as model:
+            score = validation_dice(model, self.reader, self.val_cases, device=self.device,
+                                    amp_dtype=self.ctx.amp_dtype,
+                                    options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last))
+            if score > self.best_val:
+                self.best_val = score
+                self.save(BEST_NAME, val_dice=score)
         return score
+
+    def evaluated_weights(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        """The model as validation and evaluation see it: with the ``train.ema`` average in place of its weights
+        for the block (its own weights come back after), or as it is without ``train.ema``."""
+        if self.run.ema is None:
+            return contextlib.nullcontext(self.ctx.model)
+        return self.run.ema.applied()
 
     def verify_health(self) -> None:
         """Read the open interval's health (one transfer, none when this step was read already); in ``stop`` mode
@@ -313,8 +327,10 @@ class Trainer:
         parts = run_strategy_step(self.strategy, self.strategy_entry, ctx)  # blamed and checked at the seam
         if self.strategy.uses_optimizer:
             self.run.scheduler.step()
+        if self.run.ema is not None:
+            self.run.ema.update()
         ctx.step += 1
-        self._clock = (self._clock[0], self._clock[1] + cfg.data.batch_size)
+        self._clock = (self._clock[0], self._clock[1] + cfg.data.batch_size * cfg.train.accumulate)
         if ctx.step % cfg.train.epoch_length == 0:
             ctx.losses.on_epoch_end()
         self.meter.add(parts, ctx.end_step())
@@ -361,9 +377,15 @@ class Trainer:
 
     # ---- the end -------------------------------------------------------------------------------------------------
     def close(self, *, synchronise: bool = True) -> None:
-        """Leave the process group (under torchrun), release the cache handle and the run folder's lock; safe to
-        call more than once. ``synchronise=False`` (after an error) skips the barrier the other ranks may never
-        reach."""
+        """Finish the experiment trackers (observers' ``on_close``), leave the process group (under torchrun),
+        release the cache handle and the run folder's lock; safe to call more than once. ``synchronise=False``
+        (after an error) skips the barrier the other ranks may never reach."""
+        try:
+            self.observers.notify("on_close", self)  # the experiment trackers finish their runs
+        finally:
+            self._release(synchronise)
+
+    def _release(self, synchronise: bool) -> None:
         import torch.distributed as dist
 
         if self.ctx.ddp:  # the DDP reducer must go before its process group (or gloo aborts at exit)
@@ -389,12 +411,14 @@ class Trainer:
             return None
         cfg = self.config
         cases = self.eval_cases()
-        report = evaluate(self.ctx.model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
-                          options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last),
-                          adaptation=AdaptationSettings.from_config(cfg.eval),
-                          adapt_rule=evaluation_rule(self.strategy), on_case=on_case)
+        with self.evaluated_weights() as model:  # last.pt's "model": the train.ema average when there is one
+            report = evaluate(model, self.reader, cases, device=self.device, amp_dtype=self.ctx.amp_dtype,
+                              options=EvalOptions.from_config(cfg.eval, channels_last=cfg.train.channels_last),
+                              adaptation=AdaptationSettings.from_config(cfg.eval),
+                              adapt_rule=evaluation_rule(self.strategy), on_case=on_case)
         checkpoint = self.run_dir / CHECKPOINT_NAME  # the model evaluated is the one fit() saved last
         report.checkpoint = checkpoint_record(checkpoint) if checkpoint.is_file() else None
         write_report(report, self.run_dir)
+        self.observers.notify("on_evaluation", self, report)
         return report
 

@@ -20,7 +20,6 @@ from ..evaluation.inference import predict_combinations
 from ..evaluation.metrics import region_dice, regions_for
 from ..evaluation.options import DEFAULTS, EvalOptions
 from ..evaluation.scoring import scored_combinations
-from .metrics_log import CsvLog
 from .observers import Observer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,20 +72,15 @@ def validation_dice(model: Backbone, reader: CacheReader, case_ids: Sequence[str
 
 
 class Validation(Observer):
-    """Validates every ``every`` steps and at the last step (rank 0): the score goes to ``RUN/val_log.csv``, a new
-    best score writes ``best.pt`` (:meth:`Trainer.validate`), and observers get ``on_validation``."""
+    """Validates every ``every`` steps and at the last step (rank 0): a new best score writes ``best.pt``
+    (:meth:`Trainer.validate`, with the ``train.ema`` average when there is one), and observers get
+    ``on_validation`` (the ``csv`` logger writes the scores to ``RUN/val_log.csv``)."""
 
     name = "validation"
     order = 50
 
     def __init__(self, every: int) -> None:
         self.every = every
-        self.log: CsvLog | None = None
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.dist.is_main and trainer.val_cases:
-            self.log = CsvLog(trainer.run_dir / "val_log.csv",
-                              resume_step=trainer.log_resume_step)
 
     def on_step_end(self, trainer: Trainer, parts: Mapping[str, Any]) -> None:
         step = trainer.ctx.step
@@ -95,6 +89,4 @@ class Validation(Observer):
         score = trainer.validate()
         if score is None:
             return
-        if self.log is not None:
-            self.log.write({"step": step, "val_dice": score, "best_val_dice": trainer.best_val})
         trainer.observers.notify("on_validation", trainer, score, trainer.best_val)

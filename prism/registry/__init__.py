@@ -31,12 +31,13 @@ __all__ = [
     "CONTRACT_ARGUMENTS", "KINDS", "OptionSpec", "PluginEntry", "PluginFailure", "Registry", "blame", "describe",
     "get_registry", "origin", "reset_registry", "hookimpl",
     "list_plugins", "register", "create_backbone", "create_loss", "create_masking_policy", "create_strategy",
-    "register_backbone", "register_loss", "register_masking_policy", "register_strategy",
+    "create_logger", "register_backbone", "register_loss", "register_masking_policy", "register_strategy",
+    "register_logger",
 ]
 
 
 def list_plugins(kind: str) -> list[str]:
-    """Names registered for ``kind`` (backbone, loss, masking, strategy), sorted."""
+    """Names registered for ``kind`` (backbone, loss, masking, strategy, logger), sorted."""
     return get_registry().names(kind)
 
 
@@ -61,6 +62,7 @@ register_backbone = _decorator("backbone")
 register_loss = _decorator("loss")
 register_masking_policy = _decorator("masking")
 register_strategy = _decorator("strategy")
+register_logger = _decorator("logger")
 
 
 def create_backbone(name: str, /, modalities: tuple[str, ...], num_classes: int, **options: Any) -> Any:
@@ -81,3 +83,8 @@ def create_masking_policy(name: str, /, modalities: tuple[str, ...], **options: 
 def create_strategy(name: str, /, **options: Any) -> Any:
     """Build a registered meta-strategy; ``options`` are checked against its factory first."""
     return get_registry().build("strategy", name, (), options)
+
+
+def create_logger(name: str, /, **options: Any) -> Any:
+    """Build a registered logger (experiment tracker); ``options`` are checked against its factory first."""
+    return get_registry().build("logger", name, (), options)

@@ -37,6 +37,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "loss": ("register_losses", "loss"),
     "masking": ("register_masking_policies", "masking policy"),
     "strategy": ("register_strategies", "meta-strategy"),
+    "logger": ("register_loggers", "logger"),
 }
 
 #: kind -> the contract's positional arguments every factory takes before its options
@@ -45,6 +46,7 @@ CONTRACT_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "loss": ("modalities", "num_classes"),
     "masking": ("modalities",),
     "strategy": (),
+    "logger": (),
 }
 
 
@@ -245,7 +247,7 @@ class Registry:
         Options travel as a mapping, so any option name is allowed (``kind``, ``name``, ``field``...).
 
         Args:
-            kind: ``backbone``, ``loss``, ``masking`` or ``strategy``.
+            kind: ``backbone``, ``loss``, ``masking``, ``strategy`` or ``logger``.
             name: the registered name.
             args: the contract's positional arguments (modalities, number of classes; see ``CONTRACT_ARGUMENTS``).
             options: the plugin's options, checked against its factory's signature before it is built.

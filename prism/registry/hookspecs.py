@@ -37,3 +37,8 @@ def register_masking_policies(register):
 @hookspec
 def register_strategies(register):
     """Register meta-strategies: ``register(name, factory)``; factory(**options) -> Strategy."""
+
+
+@hookspec
+def register_loggers(register):
+    """Register loggers (experiment trackers): ``register(name, factory)``; factory(**options) -> Logger."""

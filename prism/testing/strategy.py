@@ -35,7 +35,7 @@ STRATEGY_CHECKS = (
 TINY_RUN = (
     "model.options.width=4", "model.options.depth=3", "data.patch_size=[16,16,16]", "data.batch_size=2",
     "train.log_every=1", "train.checkpoint_every=2", "train.threads=1", "train.deterministic=true",
-    "train.tensorboard=false", "optim.lr=0.01",
+    "train.loggers=[csv]", "optim.lr=0.01",
 )
 
 

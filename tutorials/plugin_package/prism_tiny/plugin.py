@@ -5,6 +5,7 @@ from __future__ import annotations
 from prism.registry import hookimpl
 
 from .backbone import TinyNet
+from .logger import JsonLines
 from .loss import UniDice
 from .masking import DropOne
 from .strategy import Accumulate
@@ -28,3 +29,8 @@ def register_masking_policies(register):
 @hookimpl
 def register_strategies(register):
     register("accumulate", Accumulate)  # factory(**strategy.options)
+
+
+@hookimpl
+def register_loggers(register):
+    register("jsonl", JsonLines)  # factory(**options of its train.loggers entry)

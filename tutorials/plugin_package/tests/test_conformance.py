@@ -3,7 +3,7 @@
 Each check raises one error listing every failed check by name; run with ``python -m pytest tests``.
 """
 
-from prism.testing import check_backbone, check_loss, check_masking_policy, check_strategy
+from prism.testing import check_backbone, check_logger, check_loss, check_masking_policy, check_strategy
 
 
 def test_backbone():
@@ -20,3 +20,7 @@ def test_masking_policy():
 
 def test_strategy():
     check_strategy("accumulate", options={"micro_batches": 2, "warmup": 1})
+
+
+def test_logger():
+    check_logger("jsonl")
