@@ -34,7 +34,7 @@ def site_run(tmp_path_factory):
     write_synthetic_cache(str(cache), SynthSettings(cases=9, shape=(16, 16, 16), seed=2, sites=3),
                           test_fraction=0.34, hold_out_sites=["site2"])
     config = build_config(None, [*FAST, f"data.cache={cache}", "train.steps=2", "eval.hd95=false",
-                                 "train.tensorboard=false"])
+                                 "train.loggers=[csv]"])
     trainer = Trainer(config, root / "run", cache_path=cache)
     trainer.fit()
     trainer.evaluate()

@@ -191,7 +191,7 @@ class KillAt(Observer):
 @pytest.mark.slow
 def test_a_run_with_the_nnunet_list_resumes_bitwise(tiny_cache, tmp_path):
     config = fast_config("data.augment=nnunet", "train.steps=8", "train.checkpoint_every=2", "train.log_every=2",
-                         "train.tensorboard=false", "data.patch_size=[20,20,20]", cache=tiny_cache)
+                         "train.loggers=[csv]", "data.patch_size=[20,20,20]", cache=tiny_cache)
     straight = Trainer(config, tmp_path / "straight", cache_path=tiny_cache)
     straight.fit()
     straight.close()

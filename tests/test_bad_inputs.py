@@ -27,7 +27,7 @@ from prism.cli.train import main as train_main
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_nifti
 
 MAINS = {"train": train_main, "data": data_main, "eval": eval_main, "predict": predict_main}
-QUICK = [*FAST, "train.steps=1", "train.tensorboard=false"]
+QUICK = [*FAST, "train.steps=1", "train.loggers=[csv]"]
 HEADER = "data_name,mask_id,mask,pos_mask_ids\n"
 
 

@@ -36,7 +36,7 @@ from prism.cli.train import main as train_main
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache, write_synthetic_nifti
 
 MAINS = {"train": train_main, "data": data_main, "predict": predict_main}
-QUICK = [*FAST, "train.steps=1", "train.tensorboard=false"]
+QUICK = [*FAST, "train.steps=1", "train.loggers=[csv]"]
 HEADER = "data_name,mask_id,mask,pos_mask_ids\n"
 CASE = "BraTS20_Training_001"
 ROW1 = 'HG_BraTS20_Training_001,3,"[True, False, False, False]",[3]\n'

@@ -88,7 +88,7 @@ CASES = [
 def trained(tmp_path_factory, tiny_cache):
     run = tmp_path_factory.mktemp("bad_eval") / "run"
     assert train_main(["--data", str(tiny_cache), "-o", str(run), "--no-eval", *FAST, "train.steps=1",
-                       "train.tensorboard=false"]) == 0
+                       "train.loggers=[csv]"]) == 0
     return run
 
 

@@ -23,7 +23,7 @@ from prism.cli.study import main as study_main
 SPEC = {
     "name": "bad",
     "data": {"synthetic": {"cases": 6, "shape": [16, 16, 16], "seed": 3, "test_fraction": 0.34}},
-    "overrides": [*FAST, "train.steps=1", "eval.hd95=false", "train.tensorboard=false"],
+    "overrides": [*FAST, "train.steps=1", "eval.hd95=false", "train.loggers=[csv]"],
     "arms": {"a": None, "b": ["optim.lr=0.02"]},
     "seeds": [0],
 }

@@ -21,7 +21,7 @@ from prism.registry import register
 STEPS = 10
 KILLS = sorted(random.Random(2026).sample(range(1, STEPS), 5))  # five kill points, the same in every run
 CONFIG = ["model.name=dropout_unet", f"train.steps={STEPS}", "train.checkpoint_every=2", "train.log_every=3",
-          "train.tensorboard=false", "data.intensity_scale=0.2", "data.intensity_shift=0.1",
+          "train.loggers=[csv]", "data.intensity_scale=0.2", "data.intensity_shift=0.1",
           "data.rotate_degrees=10", "data.rotate_probability=0.5"]
 
 

@@ -20,7 +20,7 @@ PRISM = "losses=[{name: prism, options: {beta: 0.5, delta: 0.1}}]"
 
 
 def _bf16_trainer(cache, run, once: bool, *extra: str) -> Trainer:
-    trainer = Trainer(fast_config("train.steps=3", "train.tensorboard=false", PRISM, *extra, cache=cache), run,
+    trainer = Trainer(fast_config("train.steps=3", "train.loggers=[csv]", PRISM, *extra, cache=cache), run,
                       cache_path=cache)
     trainer.ctx.amp_dtype = torch.bfloat16  # CPU autocast (train.amp applies on CUDA only)
     trainer.ctx.cast_weights_once = once

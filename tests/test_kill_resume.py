@@ -36,7 +36,7 @@ def _checkpoint_step(run) -> int:
 @pytest.mark.parametrize("strategy, kill_after", [("standard", 2), ("meta_drop", 3)])
 def test_sigkill_then_resume_is_exact(tiny_cache, tmp_path, strategy, kill_after):
     overrides = [f"strategy.name={strategy}", f"train.steps={STEPS}", "train.checkpoint_every=1",
-                 "train.tensorboard=false"]
+                 "train.loggers=[csv]"]
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "prism.cli.train", "--data", str(tiny_cache), "-o", str(run),
                              "--no-eval", *FAST, *overrides], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -20,7 +20,7 @@ if sys.argv[2] == "configured":
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 from prism.config import build_config
 from prism.engine.trainer import Trainer
-overrides = {fast!r} + ["train.steps=2", "train.tensorboard=false", "data.cache=" + sys.argv[1]]
+overrides = {fast!r} + ["train.steps=2", "train.loggers=[csv]", "data.cache=" + sys.argv[1]]
 trainer = Trainer(build_config(None, overrides), sys.argv[3], cache_path=sys.argv[1])
 trainer.fit()
 trainer.close()
@@ -56,7 +56,7 @@ def test_importing_prism_adds_only_a_null_handler():
 @pytest.mark.slow
 def test_prism_train_prints_one_line_per_log_interval_when_not_on_a_terminal(tiny_cache, tmp_path, capsys):
     assert train_main(["--data", str(tiny_cache), "-o", str(tmp_path / "run"), "--no-eval", *FAST,
-                       "train.tensorboard=false"]) == 0
+                       "train.loggers=[csv]"]) == 0
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert lines[0].startswith(f"run folder: {tmp_path / 'run'}  device: cpu  strategy: standard")

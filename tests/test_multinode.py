@@ -23,7 +23,7 @@ from prism.engine.checkpoint import load_checkpoint
 from prism.engine.trainer import CHECKPOINT_NAME
 
 SGD = ["strategy.name=standard", "data.batch_size=2", "optim.name=sgd", "train.log_every=1",
-       "train.checkpoint_every=1000", "train.tensorboard=false"]  # SGD: see test_distributed.py
+       "train.checkpoint_every=1000", "train.loggers=[csv]"]  # SGD: see test_distributed.py
 
 
 def _free_port() -> int:

@@ -60,7 +60,7 @@ class Idle(Strategy):
         return parts
 
 
-LOOP = ["train.steps=8", "train.log_every=4", "train.checkpoint_every=2", "train.tensorboard=false"]
+LOOP = ["train.steps=8", "train.log_every=4", "train.checkpoint_every=2", "train.loggers=[csv]"]
 
 
 def _poisoned_config(cache, *extra):
@@ -136,7 +136,7 @@ def test_skip_makes_no_update_on_the_bad_step(tiny_cache, tmp_path):
 
 def test_a_step_that_changes_no_parameter_is_reported_once(tiny_cache, tmp_path, caplog):
     register("strategy", "idle", Idle)
-    cfg = fast_config("strategy.name=idle", "train.steps=4", "train.log_every=2", "train.tensorboard=false",
+    cfg = fast_config("strategy.name=idle", "train.steps=4", "train.log_every=2", "train.loggers=[csv]",
                       cache=tiny_cache)
     trainer = Trainer(cfg, tmp_path / "run", cache_path=tiny_cache)
     with caplog.at_level(logging.WARNING, logger="prism"):
@@ -148,7 +148,7 @@ def test_a_step_that_changes_no_parameter_is_reported_once(tiny_cache, tmp_path,
 
 
 def test_a_training_step_is_not_reported(tiny_cache, tmp_path, caplog):
-    trainer = Trainer(fast_config("train.steps=2", "train.tensorboard=false", cache=tiny_cache), tmp_path / "run",
+    trainer = Trainer(fast_config("train.steps=2", "train.loggers=[csv]", cache=tiny_cache), tmp_path / "run",
                       cache_path=tiny_cache)
     with caplog.at_level(logging.WARNING, logger="prism"):
         trainer.fit()

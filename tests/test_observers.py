@@ -49,7 +49,7 @@ class Recorder(Observer):
 @pytest.mark.slow
 def test_a_custom_observer_sees_every_step_log_and_checkpoint_event(tiny_cache, tmp_path):
     recorder = Recorder()
-    cfg = fast_config("train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.tensorboard=false",
+    cfg = fast_config("train.steps=6", "train.log_every=2", "train.checkpoint_every=3", "train.loggers=[csv]",
                       cache=tiny_cache)
     trainer = Trainer(cfg, tmp_path / "run", cache_path=tiny_cache, observers=[recorder])
     history = trainer.fit()
@@ -103,7 +103,7 @@ class StopAt(Observer):
 
 @pytest.mark.slow
 def test_observer_state_is_checkpointed_and_an_observer_can_stop_the_run(tiny_cache, tmp_path):
-    cfg = fast_config("train.steps=6", "train.checkpoint_every=100", "train.tensorboard=false", cache=tiny_cache)
+    cfg = fast_config("train.steps=6", "train.checkpoint_every=100", "train.loggers=[csv]", cache=tiny_cache)
     run = tmp_path / "run"
     first = Trainer(cfg, run, cache_path=tiny_cache)
     first.add_observer(StepCounter())

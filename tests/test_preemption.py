@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow  # every test here trains a model or spawns a proc
 
 STEPS = 40
 OVERRIDES = [*FAST, f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
-             "train.tensorboard=false"]
+             "train.loggers=[csv]"]
 
 
 def _start(cache: Path, run: Path, *extra: str) -> subprocess.Popen:
@@ -58,7 +58,7 @@ def _wait_for_step(proc: subprocess.Popen, run: Path, step: int, timeout: float 
 
 def _straight_params(cache: Path, run: Path) -> list[torch.Tensor]:
     cfg = fast_config(f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
-                      "train.tensorboard=false", cache=cache)
+                      "train.loggers=[csv]", cache=cache)
     trainer = Trainer(cfg, run, cache_path=cache)
     trainer.fit()
     trainer.close()
@@ -106,7 +106,7 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_at_step_0(ti
     run = tmp_path / "early"
     run.mkdir()
     cfg = fast_config(f"train.steps={STEPS}", "train.checkpoint_every=1000", "train.log_every=1",
-                      "train.tensorboard=false", cache=tiny_cache)
+                      "train.loggers=[csv]", cache=tiny_cache)
     (run / "config.yaml").write_text(config_to_yaml(cfg))  # what a run killed during its first steps leaves
     assert train_main(["--resume", str(run), "--no-eval"]) == 0
     state = load_checkpoint(run / CHECKPOINT_NAME)
@@ -163,7 +163,7 @@ def test_lock_of_a_dead_trainer_is_taken_over_and_stale_temporaries_removed(tiny
 def test_signal_during_the_evaluation_stops_it_with_training_complete(tiny_cache, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "prism.cli.train", "--data", str(tiny_cache), "-o", str(run),
-                             *FAST, "train.steps=2", "train.tensorboard=false", "eval.window=[16,16,16]",
+                             *FAST, "train.steps=2", "train.loggers=[csv]", "eval.window=[16,16,16]",
                              "eval.overlap=0.8", "eval.hd95=false"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -13,7 +13,7 @@ from prism.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # every test here trains a model or spawns a process
 
-ARGS = ["--no-eval", *FAST, "train.steps=3", "train.tensorboard=false"]
+ARGS = ["--no-eval", *FAST, "train.steps=3", "train.loggers=[csv]"]
 
 
 def _snapshot(folder):

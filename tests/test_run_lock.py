@@ -148,7 +148,7 @@ def test_a_trainer_runs_under_the_lock_file(tmp_path, tiny_cache, no_flock):
     from conftest import fast_config
     from prism.engine.trainer import Trainer
 
-    trainer = Trainer(fast_config("train.steps=1", "train.tensorboard=false", cache=tiny_cache), tmp_path / "run",
+    trainer = Trainer(fast_config("train.steps=1", "train.loggers=[csv]", cache=tiny_cache), tmp_path / "run",
                       cache_path=tiny_cache)
     try:
         assert trainer.lock is not None and trainer.lock.kind == "file"

@@ -25,7 +25,7 @@ def test_relative_data_path_is_recorded_absolute_and_the_run_works_elsewhere(tin
     shutil.copy(tiny_cache, here / "data" / "c.h5")
     monkeypatch.chdir(here)
     # overrides before, between and after flags
-    argv = ["train.steps=2", "--no-eval", *FAST[:4], "--data", "data/c.h5", "train.tensorboard=false", "-o", "run",
+    argv = ["train.steps=2", "--no-eval", *FAST[:4], "--data", "data/c.h5", "train.loggers=[csv]", "-o", "run",
             *FAST[4:], "train.steps=2"]
     assert train_main(argv) == 0
     recorded = yaml.safe_load((here / "run" / "config.yaml").read_text())["data"]["cache"]

@@ -22,7 +22,7 @@ from prism.registry import reset_registry
 
 PLANTED = f"({planted_plugins.DISTRIBUTION} {planted_plugins.VERSION})"
 SMALL = ["data.patch_size=[16,16,16]", "data.batch_size=2", "train.threads=1", "train.deterministic=true",
-         "train.log_every=1", "train.checkpoint_every=2", "train.tensorboard=false"]
+         "train.log_every=1", "train.checkpoint_every=2", "train.loggers=[csv]"]
 BASE = ["model.options.width=4", "model.options.depth=3", *SMALL]
 
 

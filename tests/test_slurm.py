@@ -86,7 +86,7 @@ def _spec(tmp_path: Path, steps: int = 100000, seeds: tuple[int, ...] = (0, 1)) 
     spec = {"name": "long", "data": {"synthetic": {"cases": 6, "shape": [16, 16, 16], "seed": 3}},
             "overrides": ["model.options.width=4", "data.patch_size=[16,16,16]", f"train.steps={steps}",
                           "train.log_every=1", "train.checkpoint_every=1000000", "train.threads=1",
-                          "train.tensorboard=false", "eval.hd95=false"],
+                          "train.loggers=[csv]", "eval.hd95=false"],
             "arms": {"only": None}, "seeds": list(seeds)}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))

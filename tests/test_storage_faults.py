@@ -26,7 +26,7 @@ from prism.cli.train import main as train_main
 from prism.engine.checkpoint import load_checkpoint
 from prism.engine.trainer import CHECKPOINT_NAME
 
-TRAIN = ["--no-eval", *FAST, "train.steps=6", "train.checkpoint_every=3", "train.tensorboard=false"]
+TRAIN = ["--no-eval", *FAST, "train.steps=6", "train.checkpoint_every=3", "train.loggers=[csv]"]
 
 
 def _mount(point: Path, options: str) -> None:

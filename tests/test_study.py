@@ -28,7 +28,7 @@ from prism.study.spec import StudySpec, load_spec, plan_runs
 TINY = {
     "name": "tiny",
     "data": {"synthetic": {"cases": 6, "shape": [24, 24, 24], "seed": 3, "test_fraction": 0.34}},
-    "overrides": [*FAST, "train.steps=4", "eval.hd95=false", "train.tensorboard=false"],
+    "overrides": [*FAST, "train.steps=4", "eval.hd95=false", "train.loggers=[csv]"],
     "arms": {"baseline": None, "fast": ["optim.lr=0.03"]},
     "seeds": [0, 1],
     "report": {"bootstrap_samples": 200},

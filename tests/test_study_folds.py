@@ -34,7 +34,7 @@ from prism.study.status import run_statuses, status_lines
 TINY_FOLDS = {
     "name": "folds",
     "data": {"synthetic": {"cases": 6, "shape": [16, 16, 16], "seed": 3, "test_fraction": 0.34}},
-    "overrides": [*FAST, "train.steps=2", "train.val_every=2", "eval.hd95=false", "train.tensorboard=false"],
+    "overrides": [*FAST, "train.steps=2", "train.val_every=2", "eval.hd95=false", "train.loggers=[csv]"],
     "arms": {"baseline": None, "fast": ["optim.lr=0.03"]},
     "seeds": [0],
     "folds": 2,

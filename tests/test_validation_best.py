@@ -27,7 +27,7 @@ def val_cache(tmp_path_factory):
 
 
 def _config(cache, *extra):
-    return fast_config("train.steps=6", "train.val_every=2", "train.val_cases=2", "train.tensorboard=false",
+    return fast_config("train.steps=6", "train.val_every=2", "train.val_cases=2", "train.loggers=[csv]",
                        "train.checkpoint_every=100", *extra, cache=cache)
 
 

@@ -23,6 +23,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,11 @@ def execute_job(task: Any) -> Any:
     from ..engine.signals import STOP_SIGNALS, StopSignals, exit_code_for
     from .runner import execute_run
 
+    # the job's log (submitit's stderr file) shows prism's warnings: the library alone prints nothing
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("prism-study job: %(message)s"))
+    logging.getLogger("prism").addHandler(handler)
     with StopSignals((*STOP_SIGNALS, signal.SIGUSR2)) as stop:
         outcome = execute_run(task, stop)
     if not (outcome.preempted and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"):
