@@ -258,7 +258,8 @@ def test_a_logger_from_its_own_package_logs_a_run(tiny_cache, tmp_path):
 
 # ---- the conformance kit --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["csv", "tensorboard", "mlflow", "wandb"])
+@pytest.mark.parametrize("name", ["csv", "tensorboard", "mlflow",
+                                  pytest.param("wandb", marks=pytest.mark.slow)])  # wandb starts its service
 def test_the_built_in_loggers_pass_the_conformance_kit(name, tmp_path, monkeypatch):
     if name in ("mlflow", "wandb"):
         pytest.importorskip(name)
