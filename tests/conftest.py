@@ -10,6 +10,7 @@ import pytest
 
 from prism.config import build_config
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
+from prism.engine.observers import Observer
 from prism.registry import reset_registry
 
 #: public files vendored for the tests (each folder's README names its source and licence)
@@ -78,3 +79,23 @@ def quick_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
 def fast_config(*overrides: str, cache: Path | None = None):
     extra = [f"data.cache={cache}"] if cache is not None else []
     return build_config(None, [*FAST, *extra, *overrides])
+
+
+def tree_state(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every path under ``roots``: equal before and after means nothing changed."""
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for root in roots for p in sorted(root.rglob("*"))}
+
+
+class Killed(Exception):
+    """Raised by :class:`KillAt`."""
+
+
+class KillAt(Observer):
+    """Dies at the end of step ``step``, before that step's checkpoint is written (as a SIGKILL would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, parts):
+        if trainer.ctx.step == self.step:
+            raise Killed

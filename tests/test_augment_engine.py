@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fast_config
+from conftest import KillAt, Killed, fast_config
 from prism.data.augment import intensity_jitter, random_rotation, rotate_region, rotation_margin
 from prism.data.cache_reader import CacheReader
 from prism.data.patches import PatchDataset
 from prism.data.transforms import AugmentPipeline
 from prism.data_tools.synthetic import SynthSettings, write_synthetic_cache
 from prism.engine.distributed import DistInfo
-from prism.engine.observers import Observer
 from prism.engine.run import augmentation, build_streams
 from prism.engine.trainer import Trainer
 
@@ -171,21 +170,6 @@ def test_missing_modalities_are_zero_in_every_augmented_patch(missing_cache):
         assert missing.any() and torch.count_nonzero(sample["image"][missing]) == 0
         assert torch.count_nonzero(sample["image"][~missing]) > 0
     reader.close()
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAt(Observer):
-    """Dies at the end of step ``step``, before that step's checkpoint is written (as a SIGKILL would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, parts):
-        if trainer.ctx.step == self.step:
-            raise Killed
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, tree_state
 from prism.cli.data import main as data_main
 from prism.cli.evaluate import main as eval_main
 from prism.cli.predict import main as predict_main
@@ -441,15 +441,6 @@ def env_parts(tmp_path_factory, tiny_cache):
     return tiny_cache, run, raw
 
 
-def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
-    out = {}
-    for root in roots:
-        for p in sorted(root.rglob("*")):
-            st = p.lstat()
-            out[str(p)] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
 def test_catalogue_is_large_and_unique():
     ids = [m.id for m in CATALOGUE]
     assert len(ids) >= 80 and len(set(ids)) == len(ids)
@@ -465,7 +456,7 @@ def test_mistake_is_one_line_exit_2_names_the_culprit_and_writes_nothing(mistake
     env = Env(cwd=cwd, cache=cache, run=run, raw=raw)
     mistake.setup(env)
     argv = mistake.argv(env)
-    before = _snapshot(cwd, run, raw, cache.parent)
+    before = tree_state(cwd, run, raw, cache.parent)
     capsys.readouterr()
     try:
         code = MAINS[mistake.cli](argv)
@@ -477,7 +468,7 @@ def test_mistake_is_one_line_exit_2_names_the_culprit_and_writes_nothing(mistake
     assert len(lines) == 1, err[-3000:]
     assert re.search(mistake.culprit, lines[0]), lines[0]
     assert "Traceback" not in err
-    assert _snapshot(cwd, run, raw, cache.parent) == before
+    assert tree_state(cwd, run, raw, cache.parent) == before
 
 
 def test_lock_file_names_holder_json(env_parts):

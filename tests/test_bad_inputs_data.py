@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import FAST
+from conftest import FAST, tree_state
 from prism.cli.data import main as data_main
 from prism.cli.predict import main as predict_main
 from prism.cli.train import main as train_main
@@ -494,15 +494,6 @@ def env_parts(tmp_path_factory, tiny_cache):
     return tiny_cache, run, raw
 
 
-def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
-    out = {}
-    for root in roots:
-        for p in sorted(root.rglob("*")):
-            st = p.lstat()
-            out[str(p)] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
 def test_catalogue_size_matches_the_docstring_and_ids_are_unique():
     ids = [m.id for m in CATALOGUE]
     assert len(set(ids)) == len(ids)
@@ -529,7 +520,7 @@ def test_mistake_is_one_line_exit_2_names_the_culprit_and_changes_nothing(mistak
     mistake.setup(env)
     argv = mistake.argv(env)
     roots = [cwd, run, raw, cache.parent]
-    before = _snapshot(*roots)
+    before = tree_state(*roots)
     hook = sys.excepthook
     capsys.readouterr()
     try:
@@ -543,7 +534,7 @@ def test_mistake_is_one_line_exit_2_names_the_culprit_and_changes_nothing(mistak
     assert re.search(mistake.culprit, lines[0]), lines[0]
     assert "Traceback" not in err
     assert sys.excepthook is hook  # never replaced, whatever failed
-    after = _snapshot(*roots)
+    after = tree_state(*roots)
     if mistake.strict:
         assert after == before
     else:

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import FAST
+from conftest import FAST, tree_state
 from prism.cli.evaluate import main as eval_main
 from prism.cli.train import main as train_main
 
@@ -92,10 +92,6 @@ def trained(tmp_path_factory, tiny_cache):
     return run
 
 
-def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for root in roots for p in sorted(root.rglob("*"))}
-
-
 def test_the_docstring_counts_the_cases():
     assert f": {len(CASES)} cases." in __doc__ and len({c.id for c in CASES}) == len(CASES)
 
@@ -107,7 +103,7 @@ def test_mistake_is_one_line_exit_2_and_changes_nothing(case, trained, tiny_cach
     monkeypatch.chdir(cwd)
     if case.setup is not None:
         case.setup(tiny_cache, cwd)
-    before = _snapshot(cwd, trained, tiny_cache.parent)
+    before = tree_state(cwd, trained, tiny_cache.parent)
     capsys.readouterr()
     try:
         code = eval_main(case.argv(trained, tiny_cache, cwd))
@@ -119,4 +115,4 @@ def test_mistake_is_one_line_exit_2_and_changes_nothing(case, trained, tiny_cach
     assert len(lines) == 1, err[-3000:]
     assert re.search(case.culprit, lines[0]), lines[0]
     assert "Traceback" not in err
-    assert _snapshot(cwd, trained, tiny_cache.parent) == before
+    assert tree_state(cwd, trained, tiny_cache.parent) == before

@@ -12,12 +12,11 @@ import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import FAST
+from conftest import FAST, tree_state
 from prism.cli.study import main as study_main
 
 SPEC = {
@@ -85,15 +84,6 @@ CATALOGUE = [
 ]
 
 
-def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
-    out = {}
-    for root in roots:
-        for p in sorted(root.rglob("*")):
-            st = p.lstat()
-            out[str(p)] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
 @pytest.fixture
 def read_only_mount(tmp_path):
     """A fresh read-only tmpfs (skipped where mounting is not allowed)."""
@@ -130,7 +120,7 @@ def test_study_mistake_is_one_line_exit_2_and_writes_nothing(mistake, tmp_path, 
         spec.write_text(mistake.spec)
     fill: Callable[[str], str] = lambda a: a.format(cwd=cwd, spec=spec, ro=ro)  # noqa: E731
     roots = [cwd, ro] if mistake.mount else [cwd]
-    before = _snapshot(*roots)
+    before = tree_state(*roots)
     capsys.readouterr()
     try:
         code = study_main([fill(a) for a in mistake.argv])
@@ -142,4 +132,4 @@ def test_study_mistake_is_one_line_exit_2_and_writes_nothing(mistake, tmp_path, 
     assert len(lines) == 1, err[-3000:]
     assert re.match(r"prism-study( run)?: error: ", lines[0]) and re.search(mistake.culprit, lines[0]), lines[0]
     assert "Traceback" not in err
-    assert _snapshot(*roots) == before
+    assert tree_state(*roots) == before

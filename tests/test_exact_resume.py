@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import fast_config
-from prism.engine.observers import Observer
+from conftest import KillAt, Killed, fast_config
 from prism.engine.trainer import Trainer
 from prism.plugins.backbones.multi_unet import MultiEncoderUNet
 from prism.registry import register
@@ -38,21 +37,6 @@ class DropoutUNet(MultiEncoderUNet):
         if self.training:
             out.logits = out.logits * (1 + 0.01 * (random.random() - float(np.random.rand())))
         return out
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAt(Observer):
-    """Dies at the end of step ``step``, before that step's checkpoint is written (as a SIGKILL would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, parts):
-        if trainer.ctx.step == self.step:
-            raise Killed
 
 
 def _disturb_global_generators() -> None:

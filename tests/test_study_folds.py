@@ -15,7 +15,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import FAST
+from conftest import FAST, tree_state
 from prism.cli.study import main as study_main
 from prism.data.cache_reader import CacheReader
 from prism.data.splits import fold_splits, update_splits
@@ -233,10 +233,6 @@ def test_a_given_cache_must_hold_the_folds_the_spec_runs(plain_cache):
         check_folds_before_writing(spec([1, 3]), plain_cache)
 
 
-def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for root in roots for p in sorted(root.rglob("*"))}
-
-
 SYNTHETIC_MISTAKES = [
     ({"folds": 1}, r"folds\.count: Input should be greater than or equal to 2"),
     ({"folds": [0, 0]}, r"folds\.use: must be a non-empty list of distinct fold indices"),
@@ -254,11 +250,11 @@ SYNTHETIC_MISTAKES = [
 def test_fold_mistakes_are_one_line_exit_2_and_write_nothing(change, culprit, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     spec = _write(tmp_path, {**TINY_FOLDS, **change})
-    before = _snapshot(tmp_path)
+    before = tree_state(tmp_path)
     assert study_main(["run", str(spec), "-o", str(tmp_path / "study")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("prism-study: error: ") and re.search(culprit, err), err
-    assert _snapshot(tmp_path) == before
+    assert tree_state(tmp_path) == before
 
 
 @pytest.mark.parametrize(("folds", "culprit"), [
@@ -271,11 +267,11 @@ def test_a_given_cache_without_the_folds_is_one_line_and_left_as_it_is(folds, cu
     work.mkdir()
     monkeypatch.chdir(work)
     spec = _write(work, {**TINY_FOLDS, "data": {"cache": str(plain_cache)}, "folds": folds})
-    before = _snapshot(work, plain_cache.parent)
+    before = tree_state(work, plain_cache.parent)
     assert study_main(["run", str(spec), "-o", str(work / "study")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(culprit, err), err
-    assert _snapshot(work, plain_cache.parent) == before
+    assert tree_state(work, plain_cache.parent) == before
 
 
 # ---- the report from fake run folders ------------------------------------------------------------------------------

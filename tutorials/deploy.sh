@@ -64,8 +64,8 @@ if python -c "import onnxruntime, onnxscript" 2>/dev/null; then   # pip install 
 import numpy as np
 import onnxruntime as ort
 
-session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
-logits = session.run(["logits"], {"image": np.zeros((2, 4, 16, 16, 16), np.float32)})[0]
+runtime = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+logits = runtime.run(["logits"], {"image": np.zeros((2, 4, 16, 16, 16), np.float32)})[0]
 print(logits.shape)
 PY
 fi
